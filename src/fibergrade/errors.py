@@ -1,0 +1,105 @@
+"""Typed errors raised by the library.
+
+Library code raises these; only ``fibergrade.cli`` turns them into messages and exit codes.
+Every error message names *where* the problem is (file and line, lot and fibre index, store
+path) and *what was expected*, so a lab technician can fix the input without reading code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FibergradeError(Exception):
+    """Base class of every error fibergrade raises on purpose."""
+
+    #: process exit code the CLI uses for this kind of error
+    exit_code: int = 1
+
+
+class InputError(FibergradeError):
+    """Malformed or physically impossible input in a file.
+
+    ``path`` and ``line`` (1-based, counting the header and comment lines as a text editor
+    does) locate the problem; ``line`` is None when the problem concerns the whole file.
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        path: str | Path,
+        line: int | None,
+        message: str,
+        *,
+        expected: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        self.expected = expected
+        where = f"{self.path}:{line}" if line is not None else self.path
+        text = f"{where}: {message}"
+        if expected:
+            text += f" (expected {expected})"
+        super().__init__(text)
+
+
+class MeasurementError(FibergradeError):
+    """A measurement array holds a value the core refuses (NaN, <= 0 um, > 200 um).
+
+    Raised by the distribution core when arrays reach it without having been validated by a
+    reader; names the lot and the index of the fibre within the lot.
+    """
+
+    exit_code = 2
+
+    def __init__(self, lot_id: str, index: int, value: float, reason: str) -> None:
+        self.lot_id = lot_id
+        self.index = index
+        self.value = value
+        self.reason = reason
+        super().__init__(f"lot {lot_id!r}, fibre {index}: diameter {value!r} um {reason}")
+
+
+class DataModelError(FibergradeError):
+    """Arrays handed to the core do not form a valid columnar lot table."""
+
+    exit_code = 2
+
+
+class StandardDefinitionError(FibergradeError):
+    """A grading standard file is missing, malformed or unknown."""
+
+    exit_code = 2
+
+
+class StoreError(FibergradeError):
+    """The store cannot do what was asked."""
+
+    exit_code = 3
+
+
+class StoreCorruptError(StoreError):
+    """A committed segment or the manifest fails its integrity check."""
+
+
+class LotNotFoundError(StoreError):
+    """A lot id that is not in the store."""
+
+    def __init__(self, lot_ids: list[str] | tuple[str, ...]) -> None:
+        self.lot_ids = tuple(lot_ids)
+        shown = ", ".join(repr(x) for x in self.lot_ids[:10])
+        more = f" and {len(self.lot_ids) - 10} more" if len(self.lot_ids) > 10 else ""
+        super().__init__(f"lot(s) not in the store: {shown}{more}")
+
+
+class LotConflictError(StoreError):
+    """An import would add a lot id that the store already holds from another source.
+
+    Raw data is never rewritten, so a second measurement of a lot needs a new lot id.
+    """
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing to the store."""

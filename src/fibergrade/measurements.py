@@ -1,0 +1,247 @@
+"""The columnar data model: fibre measurements, histogram-only lots and lot metadata.
+
+Fibre measurements are one array per quantity (``diameter_um: float32[n]`` required, the
+others optional) and a lot is a contiguous run described by CSR ``offsets: int64[lots + 1]``
+(see ``shared/DESIGN.md``, "Data model"). Every computation takes all lots at once.
+
+Physical limits enforced here (and by every reader): a diameter must satisfy
+``0 < d <= 200`` um (DESIGN.md, "Errors and bad input"). A diameter below
+``MM_SUSPECT_BELOW_UM`` is refused as "looks like millimetres": the finest animal fibres
+graded here are above 10 um (``shared/reference/fibre.md``, typical populations), so a value
+such as 0.016 is a millimetre figure in the wrong column, not a fibre. The 1 um threshold is
+the project's own choice, not taken from a standard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fibergrade.errors import DataModelError
+
+#: exclusive lower bound of a physically possible diameter, um (DESIGN.md)
+DIAMETER_MIN_UM = 0.0
+#: inclusive upper bound of a physically possible diameter, um (DESIGN.md)
+DIAMETER_MAX_UM = 200.0
+#: diameters below this are refused as millimetre values (project's own threshold)
+MM_SUSPECT_BELOW_UM = 1.0
+
+#: declared fibre types the project grades; a lot manifest may only use these
+FIBRE_TYPES = ("cashmere", "baby-camel", "adult-camel", "camel-hair", "yak", "wool")
+
+
+def diameter_problem(value: float) -> str | None:
+    """Why a single diameter (um) is refused, or None when it is acceptable."""
+    if value != value:  # NaN
+        return "is not a number (NaN)"
+    if value <= DIAMETER_MIN_UM:
+        return "is <= 0; a fibre diameter must be positive"
+    if value > DIAMETER_MAX_UM:
+        return f"is above {DIAMETER_MAX_UM:g} um, beyond any animal fibre"
+    if value < MM_SUSPECT_BELOW_UM:
+        return (
+            "looks like millimetres; diameters are expected in micrometres "
+            f"(a value below {MM_SUSPECT_BELOW_UM:g} um is not an animal fibre)"
+        )
+    return None
+
+
+def _as_offsets(offsets: Any, n: int, what: str) -> np.ndarray:
+    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    if off.ndim != 1 or off.size < 1:
+        raise DataModelError(f"{what}: offsets must be a 1-D int64 array of lots + 1 entries")
+    if off[0] != 0 or off[-1] != n:
+        raise DataModelError(
+            f"{what}: offsets must start at 0 and end at {n} (the number of rows), "
+            f"got {int(off[0])} .. {int(off[-1])}"
+        )
+    if off.size > 1 and np.any(np.diff(off) < 0):
+        bad = int(np.flatnonzero(np.diff(off) < 0)[0])
+        raise DataModelError(f"{what}: offsets decrease at lot index {bad}")
+    return off
+
+
+def _lot_ids(lot_ids: Any, lots: int, what: str) -> tuple[str, ...]:
+    ids = tuple(str(x) for x in lot_ids)
+    if len(ids) != lots:
+        raise DataModelError(f"{what}: {len(ids)} lot ids for {lots} lots")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(x for x in ids if x in seen or seen.add(x))  # type: ignore[func-returns-value]
+        raise DataModelError(f"{what}: lot id {dup!r} appears twice")
+    return ids
+
+
+@dataclass(frozen=True)
+class FibreLots:
+    """Per-fibre measurements of many lots, columnar with CSR offsets."""
+
+    lot_ids: tuple[str, ...]
+    offsets: np.ndarray  # int64[lots + 1]
+    diameter_um: np.ndarray  # float32[n]
+    length_mm: np.ndarray | None = None  # float32[n]
+    curvature_deg_mm: np.ndarray | None = None  # float32[n]
+    medullated: np.ndarray | None = None  # bool[n]
+
+    def __post_init__(self) -> None:
+        d = np.ascontiguousarray(self.diameter_um, dtype=np.float32)
+        if d.ndim != 1:
+            raise DataModelError("diameter_um must be a 1-D array")
+        object.__setattr__(self, "diameter_um", d)
+        off = _as_offsets(self.offsets, d.size, "FibreLots")
+        object.__setattr__(self, "offsets", off)
+        object.__setattr__(self, "lot_ids", _lot_ids(self.lot_ids, off.size - 1, "FibreLots"))
+        for name, dtype in (
+            ("length_mm", np.float32),
+            ("curvature_deg_mm", np.float32),
+            ("medullated", np.bool_),
+        ):
+            col = getattr(self, name)
+            if col is None:
+                continue
+            arr = np.ascontiguousarray(col, dtype=dtype)
+            if arr.shape != d.shape:
+                raise DataModelError(
+                    f"{name} has {arr.size} values for {d.size} diameters; "
+                    "optional columns must have one value per fibre"
+                )
+            object.__setattr__(self, name, arr)
+
+    @property
+    def n_lots(self) -> int:
+        return self.offsets.size - 1
+
+    @property
+    def n_fibres(self) -> int:
+        return int(self.diameter_um.size)
+
+    def optional_columns(self) -> dict[str, np.ndarray]:
+        """The optional per-fibre columns that are present."""
+        out = {}
+        for name in ("length_mm", "curvature_deg_mm", "medullated"):
+            col = getattr(self, name)
+            if col is not None:
+                out[name] = col
+        return out
+
+    def select(self, indices: Any) -> FibreLots:
+        """A new table holding the lots at ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        starts, stops = self.offsets[idx], self.offsets[idx + 1]
+        lens = stops - starts
+        new_off = np.zeros(idx.size + 1, dtype=np.int64)
+        np.cumsum(lens, out=new_off[1:])
+        # gather rows of each selected lot without a Python loop over fibres
+        rows = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
+        cols = {k: v[rows] for k, v in self.optional_columns().items()}
+        return FibreLots(
+            lot_ids=tuple(self.lot_ids[i] for i in idx.tolist()),
+            offsets=new_off,
+            diameter_um=self.diameter_um[rows],
+            **cols,
+        )
+
+    @staticmethod
+    def concat(parts: list[FibreLots]) -> FibreLots:
+        """Join tables end to end; an optional column is kept only if every part has it."""
+        if not parts:
+            return FibreLots((), np.zeros(1, np.int64), np.zeros(0, np.float32))
+        sizes = np.array([p.n_fibres for p in parts], dtype=np.int64)
+        shifts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        off = np.concatenate(
+            [[0]] + [p.offsets[1:] + s for p, s in zip(parts, shifts, strict=True)]
+        ).astype(np.int64)
+        cols: dict[str, np.ndarray] = {}
+        for name in ("length_mm", "curvature_deg_mm", "medullated"):
+            if all(getattr(p, name) is not None for p in parts):
+                cols[name] = np.concatenate([getattr(p, name) for p in parts])
+        return FibreLots(
+            lot_ids=tuple(x for p in parts for x in p.lot_ids),
+            offsets=off,
+            diameter_um=np.concatenate([p.diameter_um for p in parts]),
+            **cols,
+        )
+
+
+@dataclass(frozen=True)
+class HistogramLots:
+    """Lots reported only as counts per diameter class (e.g. Laserscan 1-um classes).
+
+    Classes of a lot are the CSR run ``offsets[i]:offsets[i+1]`` of ``lower_um``,
+    ``upper_um`` and ``counts``; within a lot they are sorted by ``lower_um`` and do not
+    overlap. A class is ``[lower, upper)``.
+    """
+
+    lot_ids: tuple[str, ...]
+    offsets: np.ndarray  # int64[lots + 1]
+    lower_um: np.ndarray  # float64[k]
+    upper_um: np.ndarray  # float64[k]
+    counts: np.ndarray  # int64[k]
+
+    def __post_init__(self) -> None:
+        lo = np.ascontiguousarray(self.lower_um, dtype=np.float64)
+        hi = np.ascontiguousarray(self.upper_um, dtype=np.float64)
+        c = np.ascontiguousarray(self.counts, dtype=np.int64)
+        if not (lo.shape == hi.shape == c.shape) or lo.ndim != 1:
+            raise DataModelError("lower_um, upper_um and counts must be 1-D of equal length")
+        off = _as_offsets(self.offsets, lo.size, "HistogramLots")
+        if np.any(hi <= lo):
+            raise DataModelError("every class needs upper_um > lower_um")
+        if np.any(c < 0):
+            raise DataModelError("class counts must be >= 0")
+        if np.any(lo < 0) or np.any(hi > DIAMETER_MAX_UM):
+            raise DataModelError(f"classes must lie within 0 .. {DIAMETER_MAX_UM:g} um")
+        # classes sorted and non-overlapping within each lot
+        if lo.size > 1:
+            same_lot = np.ones(lo.size - 1, dtype=bool)
+            same_lot[off[1:-1][(off[1:-1] > 0) & (off[1:-1] < lo.size)] - 1] = False
+            if np.any(same_lot & (lo[1:] < hi[:-1])):
+                raise DataModelError("classes of a lot must be sorted and must not overlap")
+        object.__setattr__(self, "lower_um", lo)
+        object.__setattr__(self, "upper_um", hi)
+        object.__setattr__(self, "counts", c)
+        object.__setattr__(self, "offsets", off)
+        object.__setattr__(self, "lot_ids", _lot_ids(self.lot_ids, off.size - 1, "HistogramLots"))
+
+    @property
+    def n_lots(self) -> int:
+        return self.offsets.size - 1
+
+
+@dataclass(frozen=True)
+class LotMeta:
+    """What a lab knows about a lot besides its measurements (DESIGN.md, "Data model")."""
+
+    lot_id: str
+    declared_type: str | None = None
+    origin: str | None = None  # country (ISO 3166 code or name, as the lab writes it)
+    region: str | None = None
+    gi_code: str | None = None  # geographical-indication code claimed for the lot
+    client: str | None = None
+    instrument_id: str | None = None
+    calibration_id: str | None = None
+    received_at: str | None = None  # ISO 8601
+    measured_at: str | None = None  # ISO 8601
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lot_id": self.lot_id,
+            "declared_type": self.declared_type,
+            "origin": self.origin,
+            "region": self.region,
+            "gi_code": self.gi_code,
+            "client": self.client,
+            "instrument_id": self.instrument_id,
+            "calibration_id": self.calibration_id,
+            "received_at": self.received_at,
+            "measured_at": self.measured_at,
+            "extra": dict(self.extra),
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> LotMeta:
+        known = {k: d.get(k) for k in LotMeta.__dataclass_fields__ if k != "extra"}
+        return LotMeta(**known, extra=dict(d.get("extra") or {}))
