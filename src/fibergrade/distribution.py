@@ -10,7 +10,8 @@ Definitions follow ``shared/reference/fibre.md`` ("Statistics a certificate repo
   ``coarse_mass_pct = 100 * sum(d^2 for d > cut) / sum(d^2)``: snippet counts are
   length-biased, so mass per snippet ~ d^2 (Peterson & Gherardi 1996).
 * ``sf_um``: spinning fineness ``0.881 * MFD * sqrt(1 + 5 (CV/100)^2)`` (Butler & Dolling;
-  the reference marks the primary text as not found). It equals MFD at CV = 24 %.
+  the reference marks the primary text as not found). It equals MFD at CV = 24 % to the
+  precision of the 0.881 constant (0.881 * sqrt(1.288) = 0.99985).
 * curvature mean / SD (deg/mm), medullated %, mean length (mm) where those columns exist.
 * ``histogram``: counts in 1-um classes ``[k, k+1)`` for k = 0 .. 199, the last class closed
   at 200 um (Laserscan reports 1-um classes, IWTO-12).
@@ -237,14 +238,18 @@ def derive(
     sd: np.ndarray,
     n_le_cut: np.ndarray,
     mass_gt: np.ndarray,
-    mass_all: np.ndarray,
+    mass_le: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Figures derived from the accumulated ones (shared by every implementation)."""
+    """Figures derived from the accumulated ones (shared by every implementation).
+
+    ``mass_gt`` and ``mass_le`` are the sums of d^2 above and at-or-below the cut; dividing
+    by their sum keeps the coarse share within 0..100 % under any summation order.
+    """
     nf = n.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         cv = 100.0 * sd / mfd
-        cf = 100.0 * n_le_cut / nf
-        mass = 100.0 * mass_gt / mass_all
+        cf = 100.0 * (n_le_cut / nf)
+        mass = 100.0 * (mass_gt / (mass_gt + mass_le))
         sf = SF_FACTOR * mfd * np.sqrt(1.0 + 5.0 * (cv / 100.0) ** 2)
     return {
         "cv_pct": cv,
@@ -309,7 +314,12 @@ def summarise_reference(lots: FibreLots, cut_um: float = DEFAULT_CUT_UM) -> LotS
     figures = {"mfd_um": mfd, "sd_um": sd, "min_um": lo, "max_um": hi}
     figures.update(
         derive(
-            n, mfd, sd, per_lot((d <= cut).astype(np.float64)), per_lot(d2 * (d > cut)), per_lot(d2)
+            n,
+            mfd,
+            sd,
+            per_lot((d <= cut).astype(np.float64)),
+            per_lot(d2 * (d > cut)),
+            per_lot(d2 * (d <= cut)),
         )
     )
 
@@ -412,9 +422,10 @@ def summarise_histograms(hist: HistogramLots, cut_um: float = DEFAULT_CUT_UM) ->
     a = np.maximum(lower, cut)
     above = upper > cut
     mass_gt = np.where(above, c * (upper**3 - a**3) / (3.0 * (upper - lower)), 0.0)
-    mass_all = c * (upper**3 - lower**3) / (3.0 * (upper - lower))
+    b = np.minimum(upper, cut)
+    mass_le = np.where(lower < cut, c * (b**3 - lower**3) / (3.0 * (upper - lower)), 0.0)
     figures = {"mfd_um": mfd, "sd_um": sd}
-    figures.update(derive(n, mfd, sd, per_lot(c * fine_share), per_lot(mass_gt), per_lot(mass_all)))
+    figures.update(derive(n, mfd, sd, per_lot(c * fine_share), per_lot(mass_gt), per_lot(mass_le)))
 
     # outer non-empty classes
     nonempty = c > 0

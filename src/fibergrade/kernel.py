@@ -48,7 +48,7 @@ D_HI = DIAMETER_MAX_UM
     A_MAX,
     A_LE,
     A_MGT,
-    A_MALL,
+    A_MLE,
     A_P5,
     A_P50,
     A_P95,
@@ -97,16 +97,19 @@ def _sums(d, s, e, k, cut):  # pragma: no cover - compiled
     s1 = 0.0
     s2 = 0.0
     mgt = 0.0
+    mle = 0.0
     le = 0
     for i in range(s, e):
         x = np.float64(d[i])
         y = x - k
         s1 += y
         s2 += y * y
+        x2 = x * x
         coarse = x > cut
         le += 0 if coarse else 1
-        mgt += x * x if coarse else 0.0
-    return s1, s2, mgt, le
+        mgt += x2 if coarse else 0.0
+        mle += 0.0 if coarse else x2
+    return s1, s2, mgt, mle, le
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -129,7 +132,7 @@ def _fused(d, off, cut, curv, med, length, acc, hist, first_bad, n_chunks):  # p
                 continue
             k = np.float64(d[s])
             mn, mx = _min_max(d, s, e)
-            s1, s2, mgt, le = _sums(d, s, e, k, cut)
+            s1, s2, mgt, mle, le = _sums(d, s, e, k, cut)
             if not (mn >= D_LO and mx <= D_HI and s1 == s1):
                 for i in range(s, e):
                     x = d[i]
@@ -142,8 +145,6 @@ def _fused(d, off, cut, curv, med, length, acc, hist, first_bad, n_chunks):  # p
                 fine[min(b, N_FINE - 1)] += 1
             bmin = min(int(mn * INV_FINE), N_FINE - 1)
             bmax = min(int(mx * INV_FINE), N_FINE - 1)
-            # sum of d^2 over the lot from the shifted sums: sum (y + k)^2
-            mall = s2 + 2.0 * k * s1 + np.float64(n) * k * k
             nf = np.float64(n)
             acc[lot, A_MFD] = s1 / nf + k
             if n > 1:
@@ -154,7 +155,7 @@ def _fused(d, off, cut, curv, med, length, acc, hist, first_bad, n_chunks):  # p
             acc[lot, A_MAX] = mx
             acc[lot, A_LE] = le
             acc[lot, A_MGT] = mgt
-            acc[lot, A_MALL] = mall
+            acc[lot, A_MLE] = mle
             acc[lot, A_P5] = _quantile(fine, bmin, bmax, n, Q5, mn, mx)
             acc[lot, A_P50] = _quantile(fine, bmin, bmax, n, Q50, mn, mx)
             acc[lot, A_P95] = _quantile(fine, bmin, bmax, n, Q95, mn, mx)
@@ -239,7 +240,7 @@ def summarise_fast(lots: FibreLots, cut_um: float) -> LotSummary:
         "length_mean_mm": acc[:, A_LEN],
     }
     figures.update(
-        derive(n, acc[:, A_MFD], acc[:, A_SD], acc[:, A_LE], acc[:, A_MGT], acc[:, A_MALL])
+        derive(n, acc[:, A_MFD], acc[:, A_SD], acc[:, A_LE], acc[:, A_MGT], acc[:, A_MLE])
     )
     return LotSummary(
         lot_ids=lots.lot_ids,

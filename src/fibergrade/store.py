@@ -1,0 +1,1123 @@
+"""The embedded store: immutable HDF5 segments, a manifest, and content-addressed results.
+
+See ``shared/DESIGN.md``, section "Store": an embedded store needs no server; an import
+writes a new segment to a temporary name, flushes and fsyncs it, then renames it into place
+and records it in the manifest. A crash leaves at most an orphan temporary file, never a
+half-written lot. Raw readings are never rewritten; results point at segments by SHA-256.
+
+Layout of a store directory::
+
+    <root>/segments/<sha256>.h5           immutable segment files, named by their SHA-256
+    <root>/manifest.json                  index of segments and lots (a rebuildable cache)
+    <root>/results/<kind>/<sha256>.json   result records, named by the SHA-256 of their
+                                          canonical JSON bytes
+    <root>/.lock                          ``fcntl.flock`` taken by writers
+
+A segment is self-describing. Per-fibre segments hold ``fibres/diameter_um`` (float32,
+contiguous, uncompressed) and optionally ``fibres/length_mm``, ``fibres/curvature_deg_mm``
+(float32) and ``fibres/medullated`` (bool); histogram segments hold ``classes/lower_um``,
+``classes/upper_um`` (float64) and ``classes/counts`` (int64). Both hold ``lots/offsets``
+(int64, CSR) and ``lots/lot_id`` (variable-length UTF-8). Root attributes: ``format``
+(``"fibergrade-segment"``), ``format_version`` (1), ``kind`` (``"fibres"`` or
+``"histogram"``), ``source_name``, ``source_digest`` (SHA-256 of the imported source file),
+``created_at`` (ISO 8601 UTC), ``software_version`` and ``lots_meta`` (JSON list of
+``LotMeta.to_dict()``).
+
+Commit protocol of a segment (one import item = one segment):
+
+1. write ``segments/.tmp-<random>.h5``, flush, close, fsync the file;
+2. compute its SHA-256 and ``os.rename`` it to ``segments/<digest>.h5``, fsync the
+   directory. **The rename is the commit point.**
+3. rewrite ``manifest.json`` atomically (temporary file, fsync, rename, fsync directory).
+
+On open the manifest is reconciled with the directory: a committed segment missing from the
+manifest (the crash came between steps 2 and 3) is read, verified and indexed; a manifest
+entry whose file is missing is corruption (raw data was lost) and raises
+:class:`~fibergrade.errors.StoreCorruptError`. Temporary files left by a crash are orphans
+and are deleted by the next writer once it holds the lock.
+
+A :class:`Store` is a snapshot: it shows the store as of :meth:`Store.open`, its own last
+write, or :meth:`Store.refresh`. Readers never take the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from fibergrade import __version__
+from fibergrade.errors import (
+    LotConflictError,
+    LotNotFoundError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+)
+from fibergrade.measurements import FibreLots, HistogramLots, LotMeta
+
+__all__ = [
+    "ImportOutcome",
+    "LotRecord",
+    "PendingSegment",
+    "SegmentRecord",
+    "Store",
+    "sha256_file",
+]
+
+#: value of the ``format`` root attribute of every segment file
+SEGMENT_FORMAT = "fibergrade-segment"
+#: value of the ``format_version`` root attribute this module writes and reads
+SEGMENT_FORMAT_VERSION = 1
+#: ``format`` field of manifest.json
+MANIFEST_FORMAT = "fibergrade-manifest"
+MANIFEST_FORMAT_VERSION = 1
+
+SEGMENT_KINDS = ("fibres", "histogram")
+
+_TMP_PREFIX = ".tmp-"
+_MANIFEST_NAME = "manifest.json"
+_MANIFEST_TMP_PREFIX = _MANIFEST_NAME + ".tmp-"
+_LOCK_NAME = ".lock"
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_SEGMENT_NAME_RE = re.compile(r"([0-9a-f]{64})\.h5")
+_RESULT_NAME_RE = re.compile(r"([0-9a-f]{64})\.json")
+_RESULT_KIND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: result writes do not take the writer lock, so a writer only removes result temporary
+#: files older than this (a live ``put_result`` finishes in milliseconds)
+_RESULT_TMP_MAX_AGE_S = 3600.0
+_BLOCK = 1 << 20
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """One committed segment file. ``n_rows`` counts fibres, or classes for histograms."""
+
+    digest: str
+    path: Path
+    kind: str
+    source_name: str
+    source_digest: str
+    created_at: str
+    lot_ids: tuple[str, ...]
+    n_rows: int
+
+
+@dataclass(frozen=True)
+class LotRecord:
+    """Where a lot lives. ``n`` counts fibres, or the total class count for histograms."""
+
+    lot_id: str
+    meta: LotMeta
+    segment: str
+    kind: str
+    index: int
+    n: int
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """What an import did; ``already_imported`` means the source was in the store already."""
+
+    segment: str
+    source_name: str
+    lot_ids: tuple[str, ...]
+    n_rows: int
+    already_imported: bool
+
+
+@dataclass(frozen=True)
+class PendingSegment:
+    """One table to be committed as its own segment by :meth:`Store.import_segments`.
+
+    ``source_digest`` is the SHA-256 hex of the imported source file (re-import detection);
+    a lot missing from ``meta`` gets ``LotMeta(lot_id)``.
+    """
+
+    table: FibreLots | HistogramLots
+    meta: Mapping[str, LotMeta]
+    source_name: str
+    source_digest: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, tmp_name: str) -> None:
+    """Write ``data`` to ``path`` through ``tmp_name`` in the same directory (fsync, rename,
+    fsync directory), so readers see the old file or the new one, never a mix."""
+    tmp = path.parent / tmp_name
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _canonical_json(payload: Any) -> bytes:
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _lot_counts(kind: str, offsets: np.ndarray, counts: np.ndarray | None) -> list[int]:
+    """Per-lot ``n``: fibres per lot, or summed class counts for histogram lots."""
+    if kind == "fibres" or counts is None:
+        return np.diff(offsets).tolist()
+    cs = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=cs[1:])
+    return (cs[offsets[1:]] - cs[offsets[:-1]]).tolist()
+
+
+def _read_array(ds: h5py.Dataset, dtype: Any) -> np.ndarray:
+    """Read a whole 1-D dataset with one ``read_direct`` into a fresh array."""
+    out = np.empty(ds.shape, dtype=dtype)
+    if out.size:
+        ds.read_direct(out)
+    return out
+
+
+def _select_histograms(table: HistogramLots, indices: Sequence[int]) -> HistogramLots:
+    """The lots of ``table`` at ``indices`` (in that order), gathered with numpy."""
+    idx = np.asarray(indices, dtype=np.int64)
+    starts, stops = table.offsets[idx], table.offsets[idx + 1]
+    lens = stops - starts
+    new_off = np.zeros(idx.size + 1, dtype=np.int64)
+    np.cumsum(lens, out=new_off[1:])
+    rows = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
+    return HistogramLots(
+        lot_ids=tuple(table.lot_ids[i] for i in idx.tolist()),
+        offsets=new_off,
+        lower_um=table.lower_um[rows],
+        upper_um=table.upper_um[rows],
+        counts=table.counts[rows],
+    )
+
+
+def _concat_histograms(parts: list[HistogramLots]) -> HistogramLots:
+    """Join histogram tables end to end."""
+    if not parts:
+        return _empty_histograms()
+    sizes = np.array([p.lower_um.size for p in parts], dtype=np.int64)
+    shifts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    off = np.concatenate(
+        [np.zeros(1, np.int64)] + [p.offsets[1:] + s for p, s in zip(parts, shifts, strict=True)]
+    )
+    return HistogramLots(
+        lot_ids=tuple(x for p in parts for x in p.lot_ids),
+        offsets=off,
+        lower_um=np.concatenate([p.lower_um for p in parts]),
+        upper_um=np.concatenate([p.upper_um for p in parts]),
+        counts=np.concatenate([p.counts for p in parts]),
+    )
+
+
+def _empty_fibres() -> FibreLots:
+    return FibreLots((), np.zeros(1, np.int64), np.zeros(0, np.float32))
+
+
+def _empty_histograms() -> HistogramLots:
+    z = np.zeros(0, np.float64)
+    return HistogramLots((), np.zeros(1, np.int64), z, z, np.zeros(0, np.int64))
+
+
+def _now_after(previous: str | None) -> str:
+    """ISO 8601 UTC timestamp (microseconds), strictly after ``previous`` so that sorting
+    by ``created_at`` reproduces commit order even if the wall clock steps back."""
+    now = datetime.now(UTC)
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            prev = datetime.fromisoformat(previous)
+            if prev.tzinfo is None:
+                prev = prev.replace(tzinfo=UTC)
+            if now <= prev:
+                now = prev + timedelta(microseconds=1)
+    return now.strftime(_TIME_FORMAT)
+
+
+# --------------------------------------------------------------------------- segment files
+
+
+def _kind_of(table: FibreLots | HistogramLots) -> str:
+    if isinstance(table, FibreLots):
+        return "fibres"
+    if isinstance(table, HistogramLots):
+        return "histogram"
+    raise StoreError(f"cannot import a {type(table).__name__}; expected FibreLots or HistogramLots")
+
+
+def _write_segment_file(
+    path: Path,
+    table: FibreLots | HistogramLots,
+    metas: list[LotMeta],
+    *,
+    source_name: str,
+    source_digest: str,
+    created_at: str,
+) -> None:
+    """Write one self-describing segment (layout in the module docstring).
+
+    Datasets are contiguous and uncompressed (reads must be as fast as a plain h5py read)
+    and carry no timestamps, so identical content gives identical bytes.
+    """
+    kind = _kind_of(table)
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = SEGMENT_FORMAT
+        f.attrs["format_version"] = np.int64(SEGMENT_FORMAT_VERSION)
+        f.attrs["kind"] = kind
+        f.attrs["source_name"] = source_name
+        f.attrs["source_digest"] = source_digest
+        f.attrs["created_at"] = created_at
+        f.attrs["software_version"] = __version__
+        f.attrs["lots_meta"] = json.dumps(
+            [m.to_dict() for m in metas], sort_keys=True, ensure_ascii=False
+        )
+        if isinstance(table, FibreLots):
+            g = f.create_group("fibres")
+            g.create_dataset("diameter_um", data=table.diameter_um, track_times=False)
+            for name, col in table.optional_columns().items():
+                g.create_dataset(name, data=col, track_times=False)
+        else:
+            g = f.create_group("classes")
+            g.create_dataset("lower_um", data=table.lower_um, track_times=False)
+            g.create_dataset("upper_um", data=table.upper_um, track_times=False)
+            g.create_dataset("counts", data=table.counts, track_times=False)
+        lots = f.create_group("lots")
+        lots.create_dataset("offsets", data=table.offsets, track_times=False)
+        lots.create_dataset(
+            "lot_id",
+            data=np.array(table.lot_ids, dtype=object),
+            dtype=h5py.string_dtype("utf-8"),
+            track_times=False,
+        )
+        f.flush()
+
+
+def _check_segment_attrs(f: h5py.File, path: Path) -> str:
+    fmt = f.attrs.get("format")
+    if fmt != SEGMENT_FORMAT:
+        raise StoreCorruptError(f"{path}: not a fibergrade segment (format attribute {fmt!r})")
+    version = f.attrs.get("format_version")
+    if version is None or int(version) != SEGMENT_FORMAT_VERSION:
+        raise StoreCorruptError(
+            f"{path}: segment format_version {version!r}; this fibergrade reads version "
+            f"{SEGMENT_FORMAT_VERSION}"
+        )
+    kind = str(f.attrs.get("kind"))
+    if kind not in SEGMENT_KINDS:
+        raise StoreCorruptError(f"{path}: unknown segment kind {kind!r}")
+    return kind
+
+
+def _read_segment_file(path: Path) -> FibreLots | HistogramLots:
+    """The whole table of a segment: one ``read_direct`` per dataset."""
+    try:
+        with h5py.File(path, "r") as f:
+            kind = _check_segment_attrs(f, path)
+            offsets = _read_array(f["lots/offsets"], np.int64)
+            lot_ids = tuple(f["lots/lot_id"].asstr()[()].tolist())
+            if kind == "fibres":
+                g = f["fibres"]
+                cols = {
+                    name: _read_array(g[name], dtype)
+                    for name, dtype in (
+                        ("length_mm", np.float32),
+                        ("curvature_deg_mm", np.float32),
+                        ("medullated", np.bool_),
+                    )
+                    if name in g
+                }
+                return FibreLots(
+                    lot_ids=lot_ids,
+                    offsets=offsets,
+                    diameter_um=_read_array(g["diameter_um"], np.float32),
+                    **cols,
+                )
+            g = f["classes"]
+            return HistogramLots(
+                lot_ids=lot_ids,
+                offsets=offsets,
+                lower_um=_read_array(g["lower_um"], np.float64),
+                upper_um=_read_array(g["upper_um"], np.float64),
+                counts=_read_array(g["counts"], np.int64),
+            )
+    except FileNotFoundError as e:
+        raise StoreCorruptError(f"{path}: committed segment file is missing") from e
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise StoreCorruptError(f"{path}: unreadable segment: {e}") from e
+
+
+def _index_segment_file(path: Path, digest: str) -> tuple[SegmentRecord, list[LotRecord]]:
+    """Read a segment's header (everything but the per-fibre arrays) to index it."""
+    try:
+        with h5py.File(path, "r") as f:
+            kind = _check_segment_attrs(f, path)
+            offsets = _read_array(f["lots/offsets"], np.int64)
+            lot_ids = tuple(f["lots/lot_id"].asstr()[()].tolist())
+            if kind == "fibres":
+                counts = None
+                n_rows = int(f["fibres/diameter_um"].shape[0])
+            else:
+                counts = _read_array(f["classes/counts"], np.int64)
+                n_rows = int(counts.size)
+            meta_list = json.loads(str(f.attrs["lots_meta"]))
+            seg = SegmentRecord(
+                digest=digest,
+                path=path,
+                kind=kind,
+                source_name=str(f.attrs["source_name"]),
+                source_digest=str(f.attrs["source_digest"]),
+                created_at=str(f.attrs["created_at"]),
+                lot_ids=lot_ids,
+                n_rows=n_rows,
+            )
+    except FileNotFoundError as e:
+        raise StoreCorruptError(f"{path}: committed segment file is missing") from e
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise StoreCorruptError(f"{path}: unreadable segment: {e}") from e
+    if offsets.size != len(lot_ids) + 1 or len(meta_list) != len(lot_ids):
+        raise StoreCorruptError(f"{path}: lots/offsets, lots/lot_id and lots_meta disagree")
+    ns = _lot_counts(kind, offsets, counts)
+    lots = [
+        LotRecord(
+            lot_id=lot_id,
+            meta=LotMeta.from_dict(m),
+            segment=digest,
+            kind=kind,
+            index=i,
+            n=int(n),
+        )
+        for i, (lot_id, m, n) in enumerate(zip(lot_ids, meta_list, ns, strict=True))
+    ]
+    return seg, lots
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class _State:
+    segments: list[SegmentRecord]
+    by_digest: dict[str, SegmentRecord]
+    lots: dict[str, LotRecord]  # insertion order = commit order, then order within segment
+    by_source: dict[str, str]  # source_digest -> segment digest
+    manifest_current: bool  # manifest.json on disk says exactly this
+    manifest_key: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) when read
+
+
+class Store:
+    """An embedded store directory (DESIGN.md, "Store"). Create with :meth:`Store.open`.
+
+    Attributes:
+        root: the store directory.
+        orphans_removed: temporary files left by interrupted writes that this object's
+            writes deleted (a CLI may report it).
+        segments_recovered: committed segments that were missing from manifest.json and
+            were indexed from their files at the last open/refresh/write.
+    """
+
+    root: Path
+    orphans_removed: int
+    segments_recovered: int
+
+    def __init__(self, root: Path) -> None:
+        """Use :meth:`Store.open`; this assumes the directory layout exists."""
+        self.root = root
+        self.orphans_removed = 0
+        self.segments_recovered = 0
+        self._state = self._load_state()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, root: str | Path, *, create: bool = True) -> Store:
+        """Open the store at ``root``, creating it when ``create`` is true.
+
+        Opening only reads: the manifest is reconciled with ``segments/`` in memory (see the
+        module docstring); the reconciled manifest is written by the next write.
+        """
+        rootp = Path(root)
+        if not rootp.exists():
+            if not create:
+                raise StoreError(
+                    f"{rootp}: no store here (the directory does not exist); "
+                    "create it by importing data, or check the --store path"
+                )
+        elif not rootp.is_dir():
+            raise StoreError(f"{rootp}: not a directory, so it cannot be a store")
+        if create:
+            try:
+                (rootp / "segments").mkdir(parents=True, exist_ok=True)
+                (rootp / "results").mkdir(exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"{rootp}: cannot create the store: {e}") from e
+        elif not (rootp / "segments").is_dir():
+            raise StoreError(
+                f"{rootp}: not a fibergrade store (expected a segments/ directory in it)"
+            )
+        return cls(rootp)
+
+    def refresh(self) -> None:
+        """Re-read the manifest and segments/ to see what other processes committed."""
+        self._state = self._load_state(reuse=self._state)
+
+    @property
+    def _segments_dir(self) -> Path:
+        return self.root / "segments"
+
+    @property
+    def _manifest_path(self) -> Path:
+        return self.root / _MANIFEST_NAME
+
+    def _manifest_key(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._manifest_path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"{self._manifest_path}: cannot read: {e}") from e
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _list_segment_files(self) -> set[str]:
+        try:
+            names = os.listdir(self._segments_dir)
+        except OSError as e:
+            raise StoreError(f"{self._segments_dir}: cannot list segments: {e}") from e
+        return {m.group(1) for n in names if (m := _SEGMENT_NAME_RE.fullmatch(n))}
+
+    def _load_state(self, reuse: _State | None = None) -> _State:
+        """Reconcile manifest.json with segments/ (module docstring).
+
+        Manifest first, then the directory listing: a segment is always renamed into place
+        before the manifest names it, so the listing taken afterwards covers the manifest.
+        ``reuse`` is returned as is when neither the manifest file (every rewrite is a
+        rename, so a new inode) nor the set of segment files changed since it was loaded.
+        """
+        key = self._manifest_key()
+        if (
+            reuse is not None
+            and key is not None
+            and key == reuse.manifest_key
+            and self._list_segment_files() == reuse.by_digest.keys()
+        ):
+            self.segments_recovered = 0
+            return reuse
+        entries = self._read_manifest()
+        on_disk = self._list_segment_files()
+
+        pairs: list[tuple[SegmentRecord, list[LotRecord]]] = []
+        manifest_ok = entries is not None
+        if entries is not None:
+            missing = [seg.digest for seg, _ in entries if seg.digest not in on_disk]
+            if missing:
+                raise StoreCorruptError(
+                    f"{self._manifest_path}: segment file(s) named in the manifest are "
+                    "missing: "
+                    + ", ".join(str(self._segments_dir / f"{d}.h5") for d in missing[:5])
+                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                )
+            pairs = entries
+        known = {seg.digest for seg, _ in pairs}
+        recovered: list[tuple[SegmentRecord, list[LotRecord]]] = []
+        for digest in sorted(on_disk - known):
+            path = self._segments_dir / f"{digest}.h5"
+            actual = sha256_file(path)
+            if actual != digest:
+                raise StoreCorruptError(
+                    f"{path}: content digest is {actual}, not the digest in its name"
+                )
+            recovered.append(_index_segment_file(path, digest))
+        recovered.sort(key=lambda p: (p[0].created_at, p[0].digest))
+        self.segments_recovered = len(recovered)
+        pairs = pairs + recovered
+
+        state = _State([], {}, {}, {}, manifest_ok and not recovered, key)
+        for seg, lots in pairs:
+            self._add_to_state(state, seg, lots)
+        return state
+
+    def _add_to_state(self, state: _State, seg: SegmentRecord, lots: list[LotRecord]) -> None:
+        if seg.digest in state.by_digest:
+            raise StoreCorruptError(f"{seg.path}: segment listed twice in the manifest")
+        for lot in lots:
+            if lot.lot_id in state.lots:
+                other = state.by_digest[state.lots[lot.lot_id].segment]
+                raise StoreCorruptError(
+                    f"lot {lot.lot_id!r} is held by two segments: {other.path} and {seg.path}"
+                )
+        if seg.source_digest in state.by_source:
+            other = state.by_digest[state.by_source[seg.source_digest]]
+            raise StoreCorruptError(
+                f"source {seg.source_digest} was committed twice: {other.path} and {seg.path}"
+            )
+        state.segments.append(seg)
+        state.by_digest[seg.digest] = seg
+        state.by_source[seg.source_digest] = seg.digest
+        for lot in lots:
+            state.lots[lot.lot_id] = lot
+
+    # ------------------------------------------------------------------ manifest
+
+    def _read_manifest(self) -> list[tuple[SegmentRecord, list[LotRecord]]] | None:
+        """Entries of manifest.json, or None when it is missing or unusable (it is a cache
+        and is then rebuilt from the segment files)."""
+        try:
+            raw = self._manifest_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"{self._manifest_path}: cannot read: {e}") from e
+        try:
+            doc = json.loads(raw)
+            if (
+                doc.get("format") != MANIFEST_FORMAT
+                or doc.get("format_version") != MANIFEST_FORMAT_VERSION
+            ):
+                return None
+            out: list[tuple[SegmentRecord, list[LotRecord]]] = []
+            for e in doc["segments"]:
+                digest = str(e["digest"])
+                if not _DIGEST_RE.fullmatch(digest):
+                    return None
+                kind = str(e["kind"])
+                lots_doc = e["lots"]
+                seg = SegmentRecord(
+                    digest=digest,
+                    path=self._segments_dir / f"{digest}.h5",
+                    kind=kind,
+                    source_name=str(e["source_name"]),
+                    source_digest=str(e["source_digest"]),
+                    created_at=str(e["created_at"]),
+                    lot_ids=tuple(str(x["meta"]["lot_id"]) for x in lots_doc),
+                    n_rows=int(e["n_rows"]),
+                )
+                lots = [
+                    LotRecord(
+                        lot_id=seg.lot_ids[i],
+                        meta=LotMeta.from_dict(x["meta"]),
+                        segment=digest,
+                        kind=kind,
+                        index=i,
+                        n=int(x["n"]),
+                    )
+                    for i, x in enumerate(lots_doc)
+                ]
+                out.append((seg, lots))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return out
+
+    def _write_manifest(self, state: _State) -> None:
+        segs = []
+        for seg in state.segments:
+            segs.append(
+                {
+                    "digest": seg.digest,
+                    "kind": seg.kind,
+                    "source_name": seg.source_name,
+                    "source_digest": seg.source_digest,
+                    "created_at": seg.created_at,
+                    "n_rows": seg.n_rows,
+                    "lots": [
+                        {"n": state.lots[lot_id].n, "meta": state.lots[lot_id].meta.to_dict()}
+                        for lot_id in seg.lot_ids
+                    ],
+                }
+            )
+        doc = {
+            "format": MANIFEST_FORMAT,
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "segments": segs,
+        }
+        data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        _atomic_write(self._manifest_path, data, _MANIFEST_TMP_PREFIX + secrets.token_hex(8))
+        state.manifest_current = True
+        state.manifest_key = self._manifest_key()
+
+    # ------------------------------------------------------------------ locking
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[_State]:
+        """Hold ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``.lock``; delete orphans, reload the
+        state (another process may have committed since open) and persist a reconciled
+        manifest before yielding it."""
+        lock_path = self.root / _LOCK_NAME
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"{lock_path}: cannot open the store lock: {e}") from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise StoreLockedError(
+                        f"{self.root}: another process is writing to this store "
+                        f"(lock {lock_path} is held); try again when it has finished"
+                    ) from e
+                raise StoreError(f"{lock_path}: cannot lock the store: {e}") from e
+            self.orphans_removed += self._remove_orphans()
+            state = self._load_state(reuse=self._state)
+            self._state = state
+            if not state.manifest_current:
+                self._write_manifest(state)
+            yield state
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _remove_orphans(self) -> int:
+        """Delete temporary files of interrupted writes; only call with the lock held."""
+        removed = 0
+        candidates: list[tuple[Path, float | None]] = []
+        with contextlib.suppress(OSError):
+            candidates += [
+                (p, None) for p in self._segments_dir.iterdir() if p.name.startswith(_TMP_PREFIX)
+            ]
+        with contextlib.suppress(OSError):
+            candidates += [
+                (p, None) for p in self.root.iterdir() if p.name.startswith(_MANIFEST_TMP_PREFIX)
+            ]
+        results = self.root / "results"
+        with contextlib.suppress(OSError):
+            for kind_dir in results.iterdir():
+                if kind_dir.is_dir():
+                    candidates += [
+                        (p, _RESULT_TMP_MAX_AGE_S)
+                        for p in kind_dir.iterdir()
+                        if p.name.startswith(_TMP_PREFIX)
+                    ]
+        now = time.time()
+        for path, max_age in candidates:
+            try:
+                if max_age is not None and now - path.stat().st_mtime < max_age:
+                    continue
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StoreError(f"{path}: cannot remove orphan temporary file: {e}") from e
+        return removed
+
+    # ------------------------------------------------------------------ importing
+
+    def import_fibres(
+        self,
+        table: FibreLots,
+        meta: Mapping[str, LotMeta],
+        *,
+        source_name: str,
+        source_digest: str,
+    ) -> ImportOutcome:
+        """Commit per-fibre lots as one segment (see :meth:`import_segments`)."""
+        if not isinstance(table, FibreLots):
+            raise StoreError(f"import_fibres needs a FibreLots table, got {type(table).__name__}")
+        return self.import_segments([PendingSegment(table, meta, source_name, source_digest)])[0]
+
+    def import_histograms(
+        self,
+        table: HistogramLots,
+        meta: Mapping[str, LotMeta],
+        *,
+        source_name: str,
+        source_digest: str,
+    ) -> ImportOutcome:
+        """Commit histogram lots as one segment (see :meth:`import_segments`)."""
+        if not isinstance(table, HistogramLots):
+            raise StoreError(
+                f"import_histograms needs a HistogramLots table, got {type(table).__name__}"
+            )
+        return self.import_segments([PendingSegment(table, meta, source_name, source_digest)])[0]
+
+    def import_segments(self, items: list[PendingSegment]) -> list[ImportOutcome]:
+        """Commit each item as its own segment, in order, under the writer lock.
+
+        All items are validated first, against each other and against the store: a lot id
+        the store (or an earlier item) holds from a different source raises
+        :class:`LotConflictError` before anything is written. An item whose
+        ``source_digest`` is already in the store (or repeats an earlier item's) is not
+        written again; its outcome has ``already_imported=True``.
+        """
+        if not items:
+            return []
+        prepared = [self._prepare(item) for item in items]
+        with self._write_lock() as state:
+            plan: list[str | None] = []  # per item: digest of existing segment, or None
+            batch_sources: dict[str, int] = {}
+            batch_lots: dict[str, int] = {}
+            for i, (item, _kind, _metas) in enumerate(prepared):
+                if item.source_digest in state.by_source:
+                    plan.append(state.by_source[item.source_digest])
+                    continue
+                if item.source_digest in batch_sources:
+                    plan.append(None)
+                    continue
+                for lot_id in item.table.lot_ids:
+                    if lot_id in state.lots:
+                        seg = state.by_digest[state.lots[lot_id].segment]
+                        raise LotConflictError(
+                            f"lot {lot_id!r} in {item.source_name!r} is already in the store "
+                            f"(segment {seg.digest}, imported from {seg.source_name!r}); raw "
+                            "data is never rewritten, so a new measurement needs a new lot id"
+                        )
+                    if lot_id in batch_lots:
+                        other = items[batch_lots[lot_id]]
+                        raise LotConflictError(
+                            f"lot {lot_id!r} appears in both {other.source_name!r} and "
+                            f"{item.source_name!r}; a lot id may come from one source only"
+                        )
+                for lot_id in item.table.lot_ids:
+                    batch_lots[lot_id] = i
+                batch_sources[item.source_digest] = i
+                plan.append(None)
+
+            outcomes: list[ImportOutcome] = []
+            for (item, kind, metas), existing in zip(prepared, plan, strict=True):
+                if existing is None and item.source_digest in state.by_source:
+                    existing = state.by_source[item.source_digest]  # repeated in this batch
+                if existing is not None:
+                    seg = state.by_digest[existing]
+                    outcomes.append(
+                        ImportOutcome(seg.digest, seg.source_name, seg.lot_ids, seg.n_rows, True)
+                    )
+                    continue
+                seg = self._commit(state, item, kind, metas)
+                outcomes.append(
+                    ImportOutcome(seg.digest, seg.source_name, seg.lot_ids, seg.n_rows, False)
+                )
+            return outcomes
+
+    def _prepare(self, item: PendingSegment) -> tuple[PendingSegment, str, list[LotMeta]]:
+        """Validate one import item before the lock is taken; nothing is written here."""
+        kind = _kind_of(item.table)
+        if not isinstance(item.source_name, str) or not item.source_name:
+            raise StoreError("an import needs a non-empty source_name (the imported file)")
+        if not isinstance(item.source_digest, str) or not _DIGEST_RE.fullmatch(item.source_digest):
+            raise StoreError(
+                f"{item.source_name}: source_digest {item.source_digest!r} is not a SHA-256 "
+                "hex digest (64 lowercase hex characters)"
+            )
+        if item.table.n_lots == 0:
+            raise StoreError(f"{item.source_name}: holds no lots; nothing to import")
+        metas: list[LotMeta] = []
+        for lot_id in item.table.lot_ids:
+            m = item.meta.get(lot_id)
+            if m is None:
+                m = LotMeta(lot_id)
+            elif not isinstance(m, LotMeta) or m.lot_id != lot_id:
+                raise StoreError(
+                    f"{item.source_name}: metadata given for lot {lot_id!r} is "
+                    f"{m!r}; expected a LotMeta with that lot id"
+                )
+            metas.append(m)
+        return item, kind, metas
+
+    def _commit(
+        self, state: _State, item: PendingSegment, kind: str, metas: list[LotMeta]
+    ) -> SegmentRecord:
+        """Write, fsync, hash and rename one segment (the commit point), then update the
+        manifest. Only call with the writer lock held."""
+        seg_dir = self._segments_dir
+        tmp = seg_dir / f"{_TMP_PREFIX}{secrets.token_hex(8)}.h5"
+        created_at = _now_after(state.segments[-1].created_at if state.segments else None)
+        try:
+            _write_segment_file(
+                tmp,
+                item.table,
+                metas,
+                source_name=item.source_name,
+                source_digest=item.source_digest,
+                created_at=created_at,
+            )
+            _fsync_file(tmp)
+            digest = sha256_file(tmp)
+            final = seg_dir / f"{digest}.h5"
+            os.rename(tmp, final)  # the commit point
+            _fsync_dir(seg_dir)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(e, OSError):
+                raise StoreError(f"{seg_dir}: cannot write segment: {e}") from e
+            raise
+        table = item.table
+        counts = table.counts if isinstance(table, HistogramLots) else None
+        n_rows = table.n_fibres if isinstance(table, FibreLots) else int(table.lower_um.size)
+        seg = SegmentRecord(
+            digest=digest,
+            path=final,
+            kind=kind,
+            source_name=item.source_name,
+            source_digest=item.source_digest,
+            created_at=created_at,
+            lot_ids=table.lot_ids,
+            n_rows=n_rows,
+        )
+        ns = _lot_counts(kind, table.offsets, counts)
+        lots = [
+            LotRecord(lot_id=lot_id, meta=m, segment=digest, kind=kind, index=i, n=int(n))
+            for i, (lot_id, m, n) in enumerate(zip(table.lot_ids, metas, ns, strict=True))
+        ]
+        self._add_to_state(state, seg, lots)
+        self._write_manifest(state)
+        return seg
+
+    # ------------------------------------------------------------------ listing
+
+    def segments(self) -> list[SegmentRecord]:
+        """Committed segments in commit order."""
+        return list(self._state.segments)
+
+    def lots(self) -> list[LotRecord]:
+        """All lots, in commit order of their segments, then order within the segment."""
+        return list(self._state.lots.values())
+
+    def lot(self, lot_id: str) -> LotRecord:
+        """The record of one lot; :class:`LotNotFoundError` if the store does not hold it."""
+        try:
+            return self._state.lots[lot_id]
+        except KeyError:
+            raise LotNotFoundError([lot_id]) from None
+
+    def segment_path(self, digest: str) -> Path:
+        """Path of a committed segment (a distributed engine reads segments by path)."""
+        return self._segment(digest).path
+
+    def _segment(self, digest: str) -> SegmentRecord:
+        seg = self._state.by_digest.get(digest)
+        if seg is None:
+            raise StoreError(f"{self.root}: no segment {digest!r} in the store")
+        return seg
+
+    # ------------------------------------------------------------------ reading
+
+    def read_segment(self, digest: str) -> FibreLots | HistogramLots:
+        """The whole table of one segment, one ``read_direct`` per dataset."""
+        return _read_segment_file(self._segment(digest).path)
+
+    def verify_segment(self, digest: str) -> None:
+        """Recompute the SHA-256 of a segment file; :class:`StoreCorruptError` on mismatch."""
+        path = self._segment(digest).path
+        try:
+            actual = sha256_file(path)
+        except FileNotFoundError as e:
+            raise StoreCorruptError(f"{path}: committed segment file is missing") from e
+        except OSError as e:
+            raise StoreCorruptError(f"{path}: cannot read segment: {e}") from e
+        if actual != digest:
+            raise StoreCorruptError(
+                f"{path}: content digest is {actual}, expected {digest}; the segment file "
+                "was altered after it was committed"
+            )
+
+    def _resolve(self, lot_ids: Sequence[str], kind: str) -> list[LotRecord]:
+        if isinstance(lot_ids, str):
+            raise StoreError("lot_ids must be a sequence of lot ids, not a single string")
+        ids = list(lot_ids)
+        lots = self._state.lots
+        missing = [x for x in ids if x not in lots]
+        if missing:
+            raise LotNotFoundError(missing)
+        if len(set(ids)) != len(ids):
+            dup = next(x for x, c in Counter(ids).items() if c > 1)
+            raise StoreError(f"lot {dup!r} is requested twice")
+        recs = [lots[x] for x in ids]
+        wrong = [r for r in recs if r.kind != kind]
+        if wrong:
+            r = wrong[0]
+            hint = "read_histograms" if r.kind == "histogram" else "read_fibres"
+            what = "histogram classes" if r.kind == "histogram" else "per-fibre measurements"
+            raise StoreError(
+                f"lot {r.lot_id!r} (segment {r.segment}) holds {what}, not {kind} data; "
+                f"read it with {hint}"
+            )
+        return recs
+
+    def _gather(
+        self, lot_ids: Sequence[str] | None, kind: str
+    ) -> tuple[list[FibreLots | HistogramLots], list[str] | None]:
+        """Per-segment tables holding the requested lots (grouped by segment, in commit
+        order), and the requested order when it differs from the grouped order."""
+        if lot_ids is None:
+            segs = [s for s in self._state.segments if s.kind == kind]
+            return [self.read_segment(s.digest) for s in segs], None
+        recs = self._resolve(lot_ids, kind)
+        wanted: dict[str, list[int]] = {}
+        for r in recs:
+            wanted.setdefault(r.segment, []).append(r.index)
+        parts: list[FibreLots | HistogramLots] = []
+        grouped: list[str] = []
+        for seg in self._state.segments:
+            idx = wanted.get(seg.digest)
+            if idx is None:
+                continue
+            table = self.read_segment(seg.digest)
+            if idx != list(range(table.n_lots)):
+                table = (
+                    table.select(idx)
+                    if isinstance(table, FibreLots)
+                    else _select_histograms(table, idx)
+                )
+            parts.append(table)
+            grouped.extend(table.lot_ids)
+        order = [r.lot_id for r in recs]
+        return parts, (None if grouped == order else order)
+
+    def read_fibres(self, lot_ids: Sequence[str] | None = None) -> FibreLots:
+        """Per-fibre lots, in the requested order (``None``: every fibre lot, commit order).
+
+        Reads each segment involved once and gathers with numpy; there is no Python loop
+        over fibres. An optional column is returned only if every segment read has it
+        (``FibreLots.concat``). Unknown ids raise :class:`LotNotFoundError`; a histogram
+        lot raises :class:`StoreError`.
+        """
+        parts, order = self._gather(lot_ids, "fibres")
+        fparts = [p for p in parts if isinstance(p, FibreLots)]
+        if not fparts:
+            return _empty_fibres()
+        table = fparts[0] if len(fparts) == 1 else FibreLots.concat(fparts)
+        if order is not None:
+            pos = {x: i for i, x in enumerate(table.lot_ids)}
+            table = table.select([pos[x] for x in order])
+        return table
+
+    def read_histograms(self, lot_ids: Sequence[str] | None = None) -> HistogramLots:
+        """Histogram lots, in the requested order (``None``: every histogram lot)."""
+        parts, order = self._gather(lot_ids, "histogram")
+        hparts = [p for p in parts if isinstance(p, HistogramLots)]
+        if not hparts:
+            return _empty_histograms()
+        table = hparts[0] if len(hparts) == 1 else _concat_histograms(hparts)
+        if order is not None:
+            pos = {x: i for i, x in enumerate(table.lot_ids)}
+            table = _select_histograms(table, [pos[x] for x in order])
+        return table
+
+    # ------------------------------------------------------------------ results
+
+    def _result_dir(self, kind: str) -> Path:
+        if not isinstance(kind, str) or not _RESULT_KIND_RE.fullmatch(kind):
+            raise StoreError(
+                f"result kind {kind!r} is not a valid name (letters, digits, '_', '.', '-'; "
+                "starting with a letter or digit)"
+            )
+        return self.root / "results" / kind
+
+    def put_result(self, kind: str, payload: dict[str, Any]) -> str:
+        """Store a result record as canonical JSON; returns its SHA-256 (its name).
+
+        Idempotent: the same payload gives the same digest and is written once. Result
+        writes are atomic and content-addressed, so they do not take the writer lock.
+        """
+        directory = self._result_dir(kind)
+        if not isinstance(payload, dict):
+            raise StoreError(f"a {kind} result must be a JSON object, got {type(payload)}")
+        try:
+            data = _canonical_json(payload)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"{kind} result is not representable as canonical JSON: {e}") from e
+        digest = hashlib.sha256(data).hexdigest()
+        path = directory / f"{digest}.json"
+        if path.exists():
+            return digest
+        try:
+            if not directory.is_dir():
+                directory.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(directory.parent)
+            _atomic_write(path, data, f"{_TMP_PREFIX}{secrets.token_hex(8)}.json")
+        except OSError as e:
+            raise StoreError(f"{path}: cannot write result: {e}") from e
+        return digest
+
+    def _load_result(self, path: Path, digest: str) -> dict[str, Any]:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise StoreError(f"{path}: cannot read result: {e}") from e
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise StoreCorruptError(f"{path}: content does not match the digest in its name")
+        try:
+            payload = json.loads(data)
+        except ValueError as e:
+            raise StoreCorruptError(f"{path}: not valid JSON: {e}") from e
+        if not isinstance(payload, dict):
+            raise StoreCorruptError(f"{path}: a result record must be a JSON object")
+        return payload
+
+    def get_result(self, kind: str, digest: str) -> dict[str, Any]:
+        """A stored result record; its bytes are checked against ``digest``."""
+        directory = self._result_dir(kind)
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            raise StoreError(f"{digest!r} is not a SHA-256 hex digest")
+        path = directory / f"{digest}.json"
+        if not path.exists():
+            raise StoreError(f"{self.root}: no {kind} result {digest}")
+        return self._load_result(path, digest)
+
+    def results(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """All ``(digest, payload)`` of a kind, sorted by ``payload["created_at"]`` (missing
+        sorts first) then digest."""
+        directory = self._result_dir(kind)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StoreError(f"{directory}: cannot list results: {e}") from e
+        out = []
+        for name in names:
+            m = _RESULT_NAME_RE.fullmatch(name)
+            if m:
+                out.append((m.group(1), self._load_result(directory / name, m.group(1))))
+        out.sort(key=lambda r: (str(r[1].get("created_at") or ""), r[0]))
+        return out

@@ -1,0 +1,602 @@
+"""Tests of the embedded store (shared/DESIGN.md, "Store") on real HDF5 files."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fibergrade import __version__
+from fibergrade.errors import (
+    LotConflictError,
+    LotNotFoundError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+)
+from fibergrade.measurements import FibreLots, HistogramLots, LotMeta
+from fibergrade.store import PendingSegment, Store, sha256_file
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fibres(ids: list[str], sizes: list[int], seed: int = 0, *, optional: bool = True) -> FibreLots:
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    cols = {}
+    if optional:
+        cols = {
+            "length_mm": rng.uniform(10, 60, n).astype(np.float32),
+            "curvature_deg_mm": rng.uniform(20, 90, n).astype(np.float32),
+            "medullated": rng.random(n) < 0.1,
+        }
+    return FibreLots(tuple(ids), off, rng.normal(16, 3, n).clip(5, 60).astype(np.float32), **cols)
+
+
+def histograms(ids: list[str], seed: int = 0) -> HistogramLots:
+    rng = np.random.default_rng(seed)
+    k = rng.integers(1, 8, len(ids))
+    lower = np.concatenate([np.arange(10, 10 + m, dtype=np.float64) for m in k])
+    return HistogramLots(
+        tuple(ids),
+        np.concatenate([[0], np.cumsum(k)]),
+        lower,
+        lower + 1.0,
+        rng.integers(0, 500, int(k.sum())),
+    )
+
+
+def assert_same_fibres(a: FibreLots, b: FibreLots) -> None:
+    assert a.lot_ids == b.lot_ids
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    assert a.diameter_um.dtype == b.diameter_um.dtype == np.float32
+    np.testing.assert_array_equal(a.diameter_um.view(np.uint32), b.diameter_um.view(np.uint32))
+    for name in ("length_mm", "curvature_deg_mm", "medullated"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+
+
+def assert_same_histograms(a: HistogramLots, b: HistogramLots) -> None:
+    assert a.lot_ids == b.lot_ids
+    for name in ("offsets", "lower_um", "upper_um", "counts"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def lot_slice(table: FibreLots, lot_id: str) -> np.ndarray:
+    i = table.lot_ids.index(lot_id)
+    return table.diameter_um[table.offsets[i] : table.offsets[i + 1]]
+
+
+# ------------------------------------------------------------------ opening
+
+
+def test_open_missing_without_create_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.open(tmp_path / "nowhere", create=False)
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a fibergrade store"):
+        Store.open(tmp_path / "plain", create=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="not a directory"):
+        Store.open(tmp_path / "file")
+
+
+def test_empty_store(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    assert store.root == tmp_path / "s"
+    assert store.segments() == [] and store.lots() == []
+    assert store.read_fibres().n_lots == 0
+    assert store.read_histograms().n_lots == 0
+    assert store.read_fibres([]).n_fibres == 0
+    assert Store.open(tmp_path / "s", create=False).lots() == []
+
+
+# ------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize("optional", [True, False])
+def test_fibre_round_trip(tmp_path: Path, optional: bool) -> None:
+    store = Store.open(tmp_path)
+    table = fibres(["L1", "L2", "L3"], [5, 0, 7], seed=1, optional=optional)
+    meta = {
+        "L1": LotMeta(
+            "L1",
+            declared_type="cashmere",
+            origin="MN",
+            region="Gobi-Altai",
+            gi_code="GI-1",
+            client="Ölzii LLC",
+            instrument_id="ofda-2000-1",
+            calibration_id="cal-7",
+            received_at="2024-05-01T08:00:00Z",
+            measured_at="2024-05-02T09:30:00Z",
+            extra={"bale": "17"},
+        )
+    }
+    out = store.import_fibres(table, meta, source_name="run1.csv", source_digest=sha("run1"))
+    assert out.already_imported is False
+    assert out.lot_ids == ("L1", "L2", "L3") and out.n_rows == 12
+    assert out.source_name == "run1.csv"
+    assert out.segment == sha256_file(store.segment_path(out.segment))
+
+    for s in (store, Store.open(tmp_path, create=False)):
+        assert_same_fibres(s.read_fibres(), table)
+        assert_same_fibres(s.read_fibres(["L1", "L2", "L3"]), table)
+        seg_table = s.read_segment(out.segment)
+        assert isinstance(seg_table, FibreLots)
+        assert_same_fibres(seg_table, table)
+        assert s.lot("L1").meta == meta["L1"]
+        assert s.lot("L2").meta == LotMeta("L2")
+        assert [(r.lot_id, r.index, r.n, r.kind) for r in s.lots()] == [
+            ("L1", 0, 5, "fibres"),
+            ("L2", 1, 0, "fibres"),
+            ("L3", 2, 7, "fibres"),
+        ]
+        (seg,) = s.segments()
+        assert seg.digest == out.segment and seg.kind == "fibres"
+        assert seg.source_name == "run1.csv" and seg.source_digest == sha("run1")
+        assert seg.lot_ids == ("L1", "L2", "L3") and seg.n_rows == 12
+        assert seg.path == tmp_path / "segments" / f"{seg.digest}.h5"
+        assert seg.created_at.endswith("Z")
+
+
+def test_histogram_round_trip(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    table = histograms(["H1", "H2"], seed=3)
+    out = store.import_histograms(table, {}, source_name="laser.csv", source_digest=sha("h"))
+    assert out.n_rows == table.lower_um.size
+    reopened = Store.open(tmp_path)
+    assert_same_histograms(reopened.read_histograms(), table)
+    assert_same_histograms(reopened.read_histograms(["H2", "H1"]), _hist_select(table, [1, 0]))
+    seg_table = reopened.read_segment(out.segment)
+    assert isinstance(seg_table, HistogramLots)
+    assert_same_histograms(seg_table, table)
+    rec = reopened.lot("H2")
+    assert rec.kind == "histogram" and rec.index == 1
+    assert rec.n == int(table.counts[table.offsets[1] : table.offsets[2]].sum())
+    assert reopened.segments()[0].kind == "histogram"
+
+
+def _hist_select(t: HistogramLots, idx: list[int]) -> HistogramLots:
+    parts = [slice(t.offsets[i], t.offsets[i + 1]) for i in idx]
+    sizes = [p.stop - p.start for p in parts]
+    return HistogramLots(
+        tuple(t.lot_ids[i] for i in idx),
+        np.concatenate([[0], np.cumsum(sizes)]),
+        np.concatenate([t.lower_um[p] for p in parts]),
+        np.concatenate([t.upper_um[p] for p in parts]),
+        np.concatenate([t.counts[p] for p in parts]),
+    )
+
+
+def test_segment_file_layout(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    table = fibres(["A", "B"], [3, 4], optional=True)
+    out = store.import_fibres(
+        table, {"A": LotMeta("A", client="c")}, source_name="x.csv", source_digest=sha("x")
+    )
+    with h5py.File(store.segment_path(out.segment), "r") as f:
+        assert f.attrs["format"] == "fibergrade-segment"
+        assert int(f.attrs["format_version"]) == 1
+        assert f.attrs["kind"] == "fibres"
+        assert f.attrs["source_name"] == "x.csv"
+        assert f.attrs["source_digest"] == sha("x")
+        assert f.attrs["software_version"] == __version__
+        assert str(f.attrs["created_at"]).startswith("20")
+        metas = json.loads(f.attrs["lots_meta"])
+        assert [LotMeta.from_dict(m) for m in metas] == [LotMeta("A", client="c"), LotMeta("B")]
+        d = f["fibres/diameter_um"]
+        assert d.dtype == np.float32 and d.chunks is None and d.compression is None
+        assert f["fibres/medullated"].dtype == np.bool_
+        assert f["fibres/length_mm"].dtype == np.float32
+        assert f["lots/offsets"].dtype == np.int64
+        assert f["lots/lot_id"].asstr()[()].tolist() == ["A", "B"]
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_random_tables_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    root = tmp_path_factory.mktemp("hyp")
+    store = Store.open(root)
+    n_segments = data.draw(st.integers(1, 3))
+    expected: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    for s in range(n_segments):
+        sizes = data.draw(st.lists(st.integers(0, 40), min_size=1, max_size=4))
+        ids = [f"s{s}-l{i}-ü" for i in range(len(sizes))]
+        n = sum(sizes)
+        diam = np.array(
+            data.draw(
+                st.lists(st.floats(1, 200, width=32), min_size=n, max_size=n),
+            ),
+            dtype=np.float32,
+        )
+        present = data.draw(
+            st.sets(st.sampled_from(["length_mm", "curvature_deg_mm", "medullated"]))
+        )
+        rng = np.random.default_rng(s)
+        cols = {
+            name: (rng.random(n) < 0.5) if name == "medullated" else rng.random(n, np.float32)
+            for name in present
+        }
+        off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        table = FibreLots(tuple(ids), off, diam, **cols)
+        store.import_fibres(table, {}, source_name=f"{s}.csv", source_digest=sha(f"{root}{s}"))
+        for i, lot_id in enumerate(ids):
+            sl = slice(off[i], off[i + 1])
+            expected[lot_id] = (diam[sl], {k: v[sl] for k, v in cols.items()})
+
+    ids = list(expected)
+    wanted = data.draw(st.permutations(ids)).copy()
+    wanted = wanted[: data.draw(st.integers(0, len(wanted)))]
+    got = Store.open(root).read_fibres(wanted)
+    assert list(got.lot_ids) == wanted
+    # an optional column is kept when every segment read has it (FibreLots.concat)
+    got_optional = set(got.optional_columns())
+    column_sets = [set(expected[x][1]) for x in wanted]
+    assert got_optional == (set.intersection(*column_sets) if wanted else set())
+    for i, lot_id in enumerate(wanted):
+        sl = slice(got.offsets[i], got.offsets[i + 1])
+        diam, cols = expected[lot_id]
+        np.testing.assert_array_equal(got.diameter_um[sl].view(np.uint32), diam.view(np.uint32))
+        for name in got_optional:
+            np.testing.assert_array_equal(getattr(got, name)[sl], cols[name])
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _three_segments(tmp_path: Path) -> tuple[Store, list[FibreLots]]:
+    store = Store.open(tmp_path)
+    tables = [
+        fibres(["a1", "a2", "a3"], [3, 2, 4], seed=10),
+        histograms(["h1"], seed=11),
+        fibres(["b1", "b2"], [5, 1], seed=12),
+        fibres(["c1"], [6], seed=13, optional=False),
+    ]
+    for i, t in enumerate(tables):
+        if isinstance(t, HistogramLots):
+            store.import_histograms(t, {}, source_name=f"{i}.csv", source_digest=sha(str(i)))
+        else:
+            store.import_fibres(t, {}, source_name=f"{i}.csv", source_digest=sha(str(i)))
+    return store, [t for t in tables if isinstance(t, FibreLots)]
+
+
+def test_lot_and_segment_order(tmp_path: Path) -> None:
+    store, _ = _three_segments(tmp_path)
+    assert [s.source_name for s in store.segments()] == ["0.csv", "1.csv", "2.csv", "3.csv"]
+    assert [r.lot_id for r in store.lots()] == ["a1", "a2", "a3", "h1", "b1", "b2", "c1"]
+    assert store.read_fibres().lot_ids == ("a1", "a2", "a3", "b1", "b2", "c1")
+    assert store.read_histograms().lot_ids == ("h1",)
+
+
+def test_read_subset_across_segments_keeps_requested_order(tmp_path: Path) -> None:
+    store, tables = _three_segments(tmp_path)
+    whole = FibreLots.concat(tables)
+    wanted = ["c1", "a3", "b1", "a1"]
+    got = store.read_fibres(wanted)
+    assert list(got.lot_ids) == wanted
+    for lot_id in wanted:
+        np.testing.assert_array_equal(lot_slice(got, lot_id), lot_slice(whole, lot_id))
+    # c1 has no optional columns, so the gathered table has none (FibreLots.concat)
+    assert got.optional_columns() == {}
+    # lots from segments that all have the optional columns keep them
+    got = store.read_fibres(["b2", "a2", "a1"])
+    assert set(got.optional_columns()) == {"length_mm", "curvature_deg_mm", "medullated"}
+    expected = FibreLots.concat(tables[:2]).select([4, 1, 0])
+    assert_same_fibres(got, expected)
+
+
+def test_read_errors(tmp_path: Path) -> None:
+    store, _ = _three_segments(tmp_path)
+    with pytest.raises(LotNotFoundError) as e:
+        store.read_fibres(["a1", "zz", "yy"])
+    assert e.value.lot_ids == ("zz", "yy")
+    with pytest.raises(LotNotFoundError):
+        store.lot("zz")
+    with pytest.raises(LotNotFoundError):
+        store.read_histograms(["nope"])
+    with pytest.raises(StoreError, match="read_histograms"):
+        store.read_fibres(["a1", "h1"])
+    with pytest.raises(StoreError, match="read_fibres"):
+        store.read_histograms(["a1"])
+    with pytest.raises(StoreError, match="twice"):
+        store.read_fibres(["a1", "a1"])
+    with pytest.raises(StoreError, match="no segment"):
+        store.read_segment("0" * 64)
+    with pytest.raises(StoreError, match="no segment"):
+        store.segment_path("0" * 64)
+
+
+# ------------------------------------------------------------------ imports
+
+
+def test_reimport_does_nothing(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    table = fibres(["L1"], [4])
+    first = store.import_fibres(table, {}, source_name="a.csv", source_digest=sha("a"))
+    before = files_under(tmp_path)
+    again = store.import_fibres(table, {}, source_name="a.csv", source_digest=sha("a"))
+    assert again.already_imported and again.segment == first.segment
+    assert again.lot_ids == first.lot_ids and again.n_rows == first.n_rows
+    # the same source under another file name is still the same source
+    renamed = Store.open(tmp_path).import_fibres(
+        table, {}, source_name="copy-of-a.csv", source_digest=sha("a")
+    )
+    assert renamed.already_imported and renamed.segment == first.segment
+    assert files_under(tmp_path) == before
+    assert len(Store.open(tmp_path).segments()) == 1
+
+
+def test_conflict_raises_before_writing(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    first = store.import_fibres(
+        fibres(["L1", "L2"], [3, 3]), {}, source_name="first.csv", source_digest=sha("1")
+    )
+    before = files_under(tmp_path)
+    with pytest.raises(LotConflictError) as e:
+        store.import_fibres(
+            fibres(["L9", "L2"], [1, 1], seed=5),
+            {},
+            source_name="second.csv",
+            source_digest=sha("2"),
+        )
+    msg = str(e.value)
+    assert "'L2'" in msg and first.segment in msg and "first.csv" in msg
+    assert files_under(tmp_path) == before
+    assert [r.lot_id for r in Store.open(tmp_path).lots()] == ["L1", "L2"]
+
+
+def test_batch_import_is_validated_as_a_whole(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.import_fibres(fibres(["X"], [2]), {}, source_name="x.csv", source_digest=sha("x"))
+    before = files_under(tmp_path)
+    ok = PendingSegment(fibres(["A"], [2]), {}, "a.csv", sha("a"))
+    clash_store = PendingSegment(fibres(["B", "X"], [2, 2]), {}, "b.csv", sha("b"))
+    with pytest.raises(LotConflictError, match=r"x\.csv"):
+        store.import_segments([ok, clash_store])
+    clash_batch = PendingSegment(fibres(["C", "A"], [2, 2]), {}, "c.csv", sha("c"))
+    with pytest.raises(LotConflictError, match=r"a\.csv.*c\.csv"):
+        store.import_segments([ok, clash_batch])
+    assert files_under(tmp_path) == before
+
+    hist = PendingSegment(histograms(["H"]), {"H": LotMeta("H", client="k")}, "h.csv", sha("h"))
+    same_source_twice = PendingSegment(fibres(["A"], [2]), {}, "a-again.csv", sha("a"))
+    already = PendingSegment(fibres(["X"], [2]), {}, "x.csv", sha("x"))
+    outs = store.import_segments([ok, hist, same_source_twice, already])
+    assert [o.already_imported for o in outs] == [False, False, True, True]
+    assert outs[2].segment == outs[0].segment
+    assert len({o.segment for o in outs}) == 3
+    reopened = Store.open(tmp_path)
+    assert [s.source_name for s in reopened.segments()] == ["x.csv", "a.csv", "h.csv"]
+    assert reopened.lot("H").meta.client == "k"
+
+
+def test_bad_import_items(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    t = fibres(["A"], [2])
+    with pytest.raises(StoreError, match="SHA-256"):
+        store.import_fibres(t, {}, source_name="a.csv", source_digest="abc")
+    with pytest.raises(StoreError, match="LotMeta"):
+        store.import_fibres(t, {"A": LotMeta("B")}, source_name="a.csv", source_digest=sha("a"))
+    empty = FibreLots((), np.zeros(1, np.int64), np.zeros(0, np.float32))
+    with pytest.raises(StoreError, match="no lots"):
+        store.import_fibres(empty, {}, source_name="e.csv", source_digest=sha("e"))
+    with pytest.raises(StoreError, match="FibreLots"):
+        store.import_fibres(histograms(["H"]), {}, source_name="h", source_digest=sha("h"))  # type: ignore[arg-type]
+    assert store.import_segments([]) == []
+    assert store.segments() == []
+    assert list((tmp_path / "segments").iterdir()) == []
+
+
+# ------------------------------------------------------------------ manifest and integrity
+
+
+def test_manifest_deleted_is_rebuilt(tmp_path: Path) -> None:
+    store, _ = _three_segments(tmp_path)
+    lots, segs = store.lots(), store.segments()
+    (tmp_path / "manifest.json").unlink()
+    rebuilt = Store.open(tmp_path)
+    assert rebuilt.lots() == lots and rebuilt.segments() == segs
+    assert rebuilt.segments_recovered == 4
+    assert not (tmp_path / "manifest.json").exists()  # opening only reads
+    rebuilt.import_fibres(fibres(["new"], [1]), {}, source_name="n", source_digest=sha("n"))
+    assert json.loads((tmp_path / "manifest.json").read_text())["segments"][0]["digest"] == (
+        segs[0].digest
+    )
+    assert Store.open(tmp_path).segments_recovered == 0
+
+
+def test_manifest_stale_or_garbage_is_rebuilt(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.import_fibres(fibres(["A"], [2]), {}, source_name="a", source_digest=sha("a"))
+    old = (tmp_path / "manifest.json").read_bytes()
+    store.import_fibres(fibres(["B"], [2]), {}, source_name="b", source_digest=sha("b"))
+    store.import_histograms(histograms(["C"]), {}, source_name="c", source_digest=sha("c"))
+    lots, segs = store.lots(), store.segments()
+
+    (tmp_path / "manifest.json").write_bytes(old)
+    stale = Store.open(tmp_path)
+    assert stale.lots() == lots and stale.segments() == segs
+    assert stale.segments_recovered == 2
+    # a writer reconciles first: B is known, so this is a conflict, not a duplicate
+    with pytest.raises(LotConflictError):
+        stale.import_fibres(fibres(["B"], [1]), {}, source_name="b2", source_digest=sha("b2"))
+    assert Store.open(tmp_path).segments_recovered == 0
+
+    (tmp_path / "manifest.json").write_text("{ not json")
+    assert Store.open(tmp_path).segments() == segs
+
+
+def test_manifest_entry_without_file_is_corruption(tmp_path: Path) -> None:
+    store, _ = _three_segments(tmp_path)
+    gone = store.segments()[1]
+    gone.path.unlink()
+    with pytest.raises(StoreCorruptError, match=gone.digest):
+        Store.open(tmp_path)
+    with pytest.raises(StoreCorruptError, match="missing"):
+        store.verify_segment(gone.digest)
+
+
+def test_altered_segment_fails_verification(tmp_path: Path) -> None:
+    store, _ = _three_segments(tmp_path)
+    for seg in store.segments():
+        store.verify_segment(seg.digest)
+    victim = store.segments()[2]
+    data = bytearray(victim.path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorruptError, match=victim.digest):
+        store.verify_segment(victim.digest)
+    store.verify_segment(store.segments()[0].digest)
+    # a altered segment that has to be indexed from its file is refused on open
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(StoreCorruptError, match="digest"):
+        Store.open(tmp_path)
+
+
+def test_orphans_are_removed_by_the_next_writer(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.import_fibres(fibres(["A"], [2]), {}, source_name="a", source_digest=sha("a"))
+    store.put_result("grading", {"x": 1})
+    seg_orphan = tmp_path / "segments" / ".tmp-deadbeef.h5"
+    seg_orphan.write_bytes(b"half a segment")
+    man_orphan = tmp_path / "manifest.json.tmp-0123"
+    man_orphan.write_bytes(b"{")
+    old_result = tmp_path / "results" / "grading" / ".tmp-old.json"
+    old_result.write_bytes(b"{")
+    os.utime(old_result, (time.time() - 7200, time.time() - 7200))
+    fresh_result = tmp_path / "results" / "grading" / ".tmp-fresh.json"
+    fresh_result.write_bytes(b"{")
+
+    reader = Store.open(tmp_path)
+    assert reader.lots() == store.lots()
+    assert seg_orphan.exists() and man_orphan.exists()  # readers never delete
+
+    writer = Store.open(tmp_path)
+    assert writer.orphans_removed == 0
+    writer.import_fibres(fibres(["B"], [2]), {}, source_name="b", source_digest=sha("b"))
+    assert writer.orphans_removed == 3
+    assert not seg_orphan.exists() and not man_orphan.exists() and not old_result.exists()
+    assert fresh_result.exists()  # may belong to a put_result in flight
+    assert [r.lot_id for r in Store.open(tmp_path).lots()] == ["A", "B"]
+
+
+_HOLD_LOCK = """
+import fcntl, sys, time
+fd = open(sys.argv[1], "a")
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_concurrent_writer_gets_store_locked(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.import_fibres(fibres(["A"], [2]), {}, source_name="a", source_digest=sha("a"))
+    before = files_under(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError, match="another process"):
+            store.import_fibres(fibres(["B"], [2]), {}, source_name="b", source_digest=sha("b"))
+        assert files_under(tmp_path) == before
+        # readers do not need the lock
+        assert [r.lot_id for r in Store.open(tmp_path).lots()] == ["A"]
+    finally:
+        child.communicate("\n", timeout=10)
+    store.import_fibres(fibres(["B"], [2]), {}, source_name="b", source_digest=sha("b"))
+    assert [r.lot_id for r in store.lots()] == ["A", "B"]
+
+
+def test_lock_is_per_open_file_even_in_one_process(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    with open(tmp_path / ".lock", "a") as fd:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(StoreLockedError):
+            store.import_histograms(histograms(["H"]), {}, source_name="h", source_digest=sha("h"))
+    store.import_histograms(histograms(["H"]), {}, source_name="h", source_digest=sha("h"))
+
+
+def test_refresh_sees_other_writers(tmp_path: Path) -> None:
+    a = Store.open(tmp_path)
+    b = Store.open(tmp_path)
+    b.import_fibres(fibres(["B"], [2]), {}, source_name="b", source_digest=sha("b"))
+    assert a.lots() == []
+    a.refresh()
+    assert [r.lot_id for r in a.lots()] == ["B"]
+
+
+# ------------------------------------------------------------------ results
+
+
+def test_results_put_get_list(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    p1 = {"created_at": "2024-05-02T00:00:00Z", "lot": "L1", "mfd_um": 15.5, "note": "Ölzii"}
+    p2 = {"created_at": "2024-05-01T00:00:00Z", "lot": "L2", "mfd_um": 16.0}
+    d1 = store.put_result("grading", p1)
+    d2 = store.put_result("grading", p2)
+    assert store.put_result("grading", dict(reversed(list(p1.items())))) == d1  # idempotent
+    path = tmp_path / "results" / "grading" / f"{d1}.json"
+    canonical = json.dumps(p1, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert path.read_bytes() == canonical.encode("utf-8")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == d1
+    assert len(list(path.parent.iterdir())) == 2
+    assert store.get_result("grading", d1) == p1
+    assert store.results("grading") == [(d2, p2), (d1, p1)]
+    assert Store.open(tmp_path).results("grading") == [(d2, p2), (d1, p1)]
+    assert store.results("certificates") == []
+
+
+def test_result_errors(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    with pytest.raises(StoreError, match="not a valid name"):
+        store.put_result("../escape", {})
+    with pytest.raises(StoreError, match="canonical JSON"):
+        store.put_result("grading", {"x": float("nan")})
+    with pytest.raises(StoreError, match="canonical JSON"):
+        store.put_result("grading", {"x": object()})
+    with pytest.raises(StoreError, match="no grading result"):
+        store.get_result("grading", "0" * 64)
+    with pytest.raises(StoreError, match="not a SHA-256"):
+        store.get_result("grading", "../../x")
+    d = store.put_result("grading", {"x": 1})
+    (tmp_path / "results" / "grading" / f"{d}.json").write_text('{"x":2}')
+    with pytest.raises(StoreCorruptError):
+        store.get_result("grading", d)
+    with pytest.raises(StoreCorruptError):
+        store.results("grading")
