@@ -1,0 +1,1 @@
+"""Instrument adapters: transports, scale and analyser protocols, export readers, simulators."""

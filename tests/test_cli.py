@@ -1,0 +1,214 @@
+"""The CLI end to end, as a user runs it: the installed console script in a subprocess, real
+files under tmp_path, exit codes and what is (not) stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fibergrade.adapters.writers import (
+    to_histograms,
+    write_fibre_csv,
+    write_histogram_csv,
+    write_lot_manifest,
+)
+from fibergrade.measurements import FibreLots, LotMeta
+
+pytestmark = pytest.mark.integration
+
+EXE = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+
+
+def run(*args: str, store: Path | None = None, cwd: Path | None = None, env=None):
+    cmd = [EXE, *args]
+    if store is not None:
+        cmd += ["--store", str(store)]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A small realistic set: per-fibre lots, histogram lots and their manifest."""
+    d = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(11)
+    means = {"C-001": 15.2, "C-002": 18.2, "B-001": 16.4, "A-001": 21.0, "W-001": 15.0}
+    sizes = [3000, 2500, 2800, 2600, 2000]
+    diam = np.concatenate(
+        [rng.lognormal(np.log(m), 0.21, n) for m, n in zip(means.values(), sizes, strict=True)]
+    )
+    # C-002 carries a coarse tail: 8 % of snippets at 35 um
+    tail = slice(3000, 3000 + 200)
+    diam[tail] = rng.normal(35.0, 2.0, 200)
+    off = np.concatenate([[0], np.cumsum(sizes)])
+    lots = FibreLots(
+        tuple(means),
+        off,
+        diam.astype(np.float32),
+        curvature_deg_mm=rng.uniform(40, 60, off[-1]).astype(np.float32),
+    )
+    fibre = lots.select([0, 1, 2, 3])
+    hist = to_histograms(lots.select([4]))
+    write_fibre_csv(d / "ofda.csv", fibre)
+    write_histogram_csv(d / "laserscan.csv", hist)
+    types = {
+        "C-001": "cashmere",
+        "C-002": "cashmere",
+        "B-001": "baby-camel",
+        "A-001": "baby-camel",
+        "W-001": "cashmere",
+    }
+    write_lot_manifest(
+        d / "lots.csv",
+        [LotMeta(k, declared_type=v, origin="MN", client="Gobi Coop") for k, v in types.items()],
+    )
+    return {"fibre": d / "ofda.csv", "hist": d / "laserscan.csv", "manifest": d / "lots.csv"}
+
+
+def test_import_grade_show_and_reimport(files, tmp_path):
+    store = tmp_path / "store"
+    r = run(
+        "import",
+        str(files["fibre"]),
+        str(files["hist"]),
+        "--lots",
+        str(files["manifest"]),
+        store=store,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "4 lots" in r.stdout and "1 lots" in r.stdout
+
+    r = run("lots", "--json", store=store)
+    lots = {x["lot_id"]: x for x in json.loads(r.stdout)}
+    assert set(lots) == {"C-001", "C-002", "B-001", "A-001", "W-001"}
+    assert lots["W-001"]["kind"] == "histogram" and lots["C-001"]["declared_type"] == "cashmere"
+
+    r = run("grade", "--json", store=store)
+    assert r.returncode == 0, r.stderr
+    recs = {x["lot_id"]: x for x in json.loads(r.stdout)}
+    for rec in recs.values():
+        for key in (
+            "lot_id",
+            "n",
+            "mfd_um",
+            "sd_um",
+            "cv_pct",
+            "cf_pct",
+            "pf_pct",
+            "coarse_count_pct",
+            "coarse_mass_pct",
+            "sf_um",
+            "standard",
+            "grade",
+            "criteria",
+        ):
+            assert key in rec
+    assert recs["C-001"]["grade"] == "cashmere"
+    assert recs["C-002"]["grade"] is None  # coarse tail: > 3 % by mass over 30 um
+    failed = [c["figure"] for c in recs["C-002"]["criteria"] if not c["passed"]]
+    assert "coarse_mass_pct" in failed
+    assert recs["B-001"]["grade"] == "baby-camel"
+    assert recs["A-001"]["grade"] == "adult-camel"  # declared baby camel, measures adult
+    assert recs["W-001"]["basis"] == "histogram" and "mfd_um" in recs["W-001"]["binned"]
+    assert recs["C-001"]["standard"]["id"] == "us-wpla-cashmere"
+
+    r = run("grade", "C-001", "C-002", "--standard", "gb18267-cashmere", "--json", store=store)
+    assert [x["grade"] for x in json.loads(r.stdout)] == ["fine", "coarse"]
+
+    r = run("grade", store=store)  # the readable table
+    assert r.returncode == 0 and "C-002" in r.stdout and "not cashmere" in r.stdout
+
+    png = tmp_path / "c2.png"
+    r = run("show", "C-002", "--plot", str(png), store=store)
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "coarse_mass_pct" in r.stdout
+    r = run("show", "C-002", "--json", store=store)
+    shown = json.loads(r.stdout)
+    assert shown["lot_id"] == "C-002" and sum(shown["histogram"]["counts"]) == shown["n"]
+    assert shown["recorded_result"]  # the grade run above was recorded
+
+    before = sorted(p.name for p in (store / "segments").iterdir())
+    r = run("import", str(files["fibre"]), "--lots", str(files["manifest"]), store=store)
+    assert r.returncode == 0 and "already imported" in r.stdout
+    assert sorted(p.name for p in (store / "segments").iterdir()) == before
+
+
+def test_store_from_environment(files, tmp_path):
+    env = dict(os.environ, FIBERGRADE_STORE=str(tmp_path / "envstore"))
+    assert run("import", str(files["fibre"]), env=env).returncode == 0
+    r = run("lots", "--json", env=env)
+    assert len(json.loads(r.stdout)) == 4
+
+
+BAD_ROWS = {
+    "nan": ("lot_id,diameter_um\nL1,15.2\nL1,nan\n", "3"),
+    "zero": ("lot_id,diameter_um\nL1,15.2\nL1,0\n", "3"),
+    "too-big": ("lot_id,diameter_um\nL1,15.2\nL1,250.0\n", "3"),
+    "millimetres": ("lot_id,diameter_um\nL1,0.0152\nL1,0.016\n", "2"),
+    "text": ("lot_id,diameter_um\nL1,15.2\nL1,fifteen\n", "3"),
+    "missing-column": ("lot_id,length_mm\nL1,30\n", None),
+    "empty": ("", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ROWS))
+def test_bad_input_names_file_and_line_and_stores_nothing(files, tmp_path, case):
+    text, line = BAD_ROWS[case]
+    bad = tmp_path / f"{case}.csv"
+    bad.write_text(text)
+    store = tmp_path / "store"
+    # a good file first: the whole import must still store nothing
+    r = run("import", str(files["fibre"]), str(bad), store=store)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"{case}.csv" in r.stderr
+    if line is not None:
+        assert f"{case}.csv:{line}" in r.stderr
+    assert "Traceback" not in r.stderr
+    segs = list((store / "segments").glob("*.h5")) if (store / "segments").exists() else []
+    assert segs == []
+
+
+def test_unknown_lot_and_missing_store_are_clear_errors(files, tmp_path):
+    store = tmp_path / "store"
+    run("import", str(files["fibre"]), store=store)
+    r = run("grade", "NO-SUCH-LOT", store=store)
+    assert r.returncode != 0 and "NO-SUCH-LOT" in r.stderr and "Traceback" not in r.stderr
+    r = run("lots", store=tmp_path / "nowhere")
+    assert r.returncode != 0 and "nowhere" in r.stderr and "Traceback" not in r.stderr
+    r = run("grade", "--standard", "no-such-standard", store=store)
+    assert r.returncode == 2 and "us-wpla-cashmere" in r.stderr
+
+
+def test_cli_import_does_not_load_heavy_libraries():
+    """`fibergrade --help` stays fast: numba, h5py, scipy and matplotlib load only in commands."""
+    code = (
+        "import sys, fibergrade.cli; "
+        "print(sorted(m for m in ('numba', 'h5py', 'matplotlib', 'scipy', 'sklearn', 'numpy') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    r = run("--help")
+    assert r.returncode == 0 and "grade" in r.stdout and "demo" in r.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_is_idempotent(tmp_path):
+    r = run("demo", "--lots", "40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "demo-out"
+    assert (out / "fibergrade-data" / "manifest.json").exists()
+    pngs = list((out / "plots").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert "grades by declared type" in r.stdout
+    r2 = run("demo", "--lots", "40", cwd=tmp_path)
+    assert r2.returncode == 0 and "already in the store" in r2.stdout
