@@ -39,6 +39,9 @@ INV_FINE = 10.0  # 1 / FINE_CLASS_UM, exactly as the reference computes it
 Q5, Q50, Q95 = QUANTILES
 D_LO = MM_SUSPECT_BELOW_UM
 D_HI = DIAMETER_MAX_UM
+#: int32 bit patterns of the float32 bounds (see _bits_range)
+LO_BITS = int(np.array(D_LO, np.float32).view(np.int32))
+HI_BITS = int(np.array(D_HI, np.float32).view(np.int32))
 
 # columns of the accumulator matrix the kernel fills
 (
@@ -78,48 +81,55 @@ def _quantile(fine, bmin, bmax, n, q, lo, hi):  # pragma: no cover - compiled
     return min(max(p, lo), hi)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _min_max(d, s, e):  # pragma: no cover - compiled
-    # vectorised; a NaN may be skipped here, which is why _sums checks for it
-    mn = d[s]
-    mx = d[s]
+@numba.njit(cache=True, nogil=True)
+def _bits_range(bits, s, e):  # pragma: no cover - compiled
+    # For float32 values the int32 bit patterns of positive numbers sort like the numbers,
+    # while negatives, -0.0 and -NaN are negative ints and +NaN and +inf exceed every
+    # finite float: one integer min/max (which vectorises without fast-math) tells whether
+    # every value lies in [D_LO, D_HI].
+    lo = bits[s]
+    hi = bits[s]
     for i in range(s, e):
-        x = d[i]
-        mn = min(mn, x)
-        mx = max(mx, x)
-    return np.float64(mn), np.float64(mx)
+        v = bits[i]
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _sums(d, s, e, k, cut):  # pragma: no cover - compiled
-    # Reassociation lets LLVM vectorise the sums; no "nnan" flag, so a NaN anywhere in the
-    # lot propagates into s1, which the caller checks.
+    # Only called on lots whose values _bits_range has checked lie in [D_LO, D_HI], so
+    # fast-math (no NaN, no inf, reassociation) cannot change what is compared; sums are
+    # straight-line multiply-adds so that LLVM vectorises the whole loop.
     s1 = 0.0
     s2 = 0.0
     mgt = 0.0
     mle = 0.0
-    le = 0
+    le = 0.0
     for i in range(s, e):
         x = np.float64(d[i])
         y = x - k
         s1 += y
         s2 += y * y
         x2 = x * x
-        coarse = x > cut
-        le += 0 if coarse else 1
-        mgt += x2 if coarse else 0.0
-        mle += 0.0 if coarse else x2
+        fine = np.float64(x <= cut)
+        le += fine
+        mle += x2 * fine
+        mgt += x2 * (1.0 - fine)
     return s1, s2, mgt, mle, le
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _fused(d, off, cut, curv, med, length, acc, hist, first_bad, n_chunks):  # pragma: no cover
+def _fused(d, bits, off, cut, curv, med, length, acc, hist, first_bad, n_chunks):
     n_lots = off.size - 1
     has_curv = curv.size > 0
     has_med = med.size > 0
     has_len = length.size > 0
     for c in numba.prange(n_chunks):
-        fine = np.zeros(N_FINE, np.int64)
+        fine = np.zeros(N_FINE, np.int32)
+        # reinterpret the min/max bit patterns of _bits_range as float32 values
+        as_bits = np.empty(2, np.int32)
+        as_float = as_bits.view(np.float32)
         l0 = (c * n_lots) // n_chunks
         l1 = ((c + 1) * n_lots) // n_chunks
         for lot in range(l0, l1):
@@ -130,16 +140,20 @@ def _fused(d, off, cut, curv, med, length, acc, hist, first_bad, n_chunks):  # p
                 for j in range(N_ACC):
                     acc[lot, j] = np.nan
                 continue
-            k = np.float64(d[s])
-            mn, mx = _min_max(d, s, e)
-            s1, s2, mgt, mle, le = _sums(d, s, e, k, cut)
-            if not (mn >= D_LO and mx <= D_HI and s1 == s1):
+            lo_bits, hi_bits = _bits_range(bits, s, e)
+            if lo_bits < LO_BITS or hi_bits > HI_BITS:
                 for i in range(s, e):
                     x = d[i]
                     if not (x >= D_LO and x <= D_HI):
                         first_bad[lot] = i
                         break
                 continue
+            k = np.float64(d[s])
+            s1, s2, mgt, mle, le = _sums(d, s, e, k, cut)
+            as_bits[0] = lo_bits
+            as_bits[1] = hi_bits
+            mn = np.float64(as_float[0])
+            mx = np.float64(as_float[1])
             for i in range(s, e):
                 b = int(np.float64(d[i]) * INV_FINE)
                 fine[min(b, N_FINE - 1)] += 1
@@ -211,6 +225,7 @@ def summarise_fast(lots: FibreLots, cut_um: float) -> LotSummary:
     first_bad = np.full(n_lots, -1, np.int64)
     _fused(
         lots.diameter_um,
+        lots.diameter_um.view(np.int32),
         lots.offsets,
         cut,
         lots.curvature_deg_mm if lots.curvature_deg_mm is not None else _NO_F32,
