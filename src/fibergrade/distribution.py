@@ -43,7 +43,6 @@ the specification) and the fused kernel in :mod:`fibergrade.kernel` (one pass, n
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -165,29 +164,32 @@ class LotSummary:
 
     def to_records(self) -> list[dict[str, Any]]:
         """One JSON-ready dict per lot; undefined figures are None (see module docs)."""
+        cols = {f: [None if v != v else v for v in self.figures[f].tolist()] for f in FIGURES}
+        n = self.n.tolist()
+        status = self.status.tolist()
+        basis = self.basis.tolist()
+        binned = {b: list(BINNED[b]) for b in BINNED}
+        nz = self.histogram != 0
+        any_nz = nz.any(axis=1)
+        first = np.where(any_nz, nz.argmax(axis=1), 0).tolist()
+        last = np.where(any_nz, N_REPORT - nz[:, ::-1].argmax(axis=1), 0).tolist()
         out = []
         for i, lot_id in enumerate(self.lot_ids):
-            rec: dict[str, Any] = {"lot_id": lot_id, "n": int(self.n[i])}
+            rec: dict[str, Any] = {"lot_id": lot_id, "n": n[i]}
             for f in FIGURES:
-                v = float(self.figures[f][i])
-                rec[f] = None if math.isnan(v) else v
-            basis = str(self.basis[i])
-            rec["status"] = str(self.status[i])
-            rec["basis"] = basis
-            rec["binned"] = list(BINNED[basis])
+                rec[f] = cols[f][i]
+            rec["status"] = status[i]
+            rec["basis"] = basis[i]
+            rec["binned"] = list(binned[basis[i]])
             rec["cut_um"] = self.cut_um
-            rec["histogram"] = histogram_record(self.histogram[i])
+            lo, hi = first[i], last[i]
+            rec["histogram"] = {
+                "class_um": 1.0,
+                "first_lower_um": float(lo) if hi > lo else None,
+                "counts": self.histogram[i, lo:hi].tolist(),
+            }
             out.append(rec)
         return out
-
-
-def histogram_record(counts: np.ndarray) -> dict[str, Any]:
-    """The 1-um histogram of one lot trimmed to its non-empty span."""
-    nz = np.flatnonzero(counts)
-    if nz.size == 0:
-        return {"class_um": 1.0, "first_lower_um": None, "counts": []}
-    lo, hi = int(nz[0]), int(nz[-1]) + 1
-    return {"class_um": 1.0, "first_lower_um": float(lo), "counts": counts[lo:hi].tolist()}
 
 
 def _empty_summary(cut_um: float) -> LotSummary:

@@ -17,6 +17,7 @@ Evaluation is vectorised over lots (one numpy comparison per criterion).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import operator
@@ -169,7 +170,9 @@ def parse_standard(data: bytes, path: str) -> Standard:
     )
 
 
+@functools.cache
 def _packaged() -> dict[str, tuple[bytes, str]]:
+    """The packaged standard files (read once per process; they ship with the code)."""
     out = {}
     for entry in resources.files("fibergrade.standards").iterdir():
         if entry.name.endswith(".toml"):
@@ -177,9 +180,14 @@ def _packaged() -> dict[str, tuple[bytes, str]]:
     return out
 
 
+@functools.cache
+def _parse_packaged(key: str) -> Standard:
+    return parse_standard(*_packaged()[key])
+
+
 def list_standards() -> list[Standard]:
     """Every packaged standard, sorted by id."""
-    return [parse_standard(data, path) for _, (data, path) in sorted(_packaged().items())]
+    return [_parse_packaged(key) for key in sorted(_packaged())]
 
 
 def load_standard(ref: str | Path) -> Standard:
@@ -187,7 +195,7 @@ def load_standard(ref: str | Path) -> Standard:
     packaged = _packaged()
     key = str(ref)
     if key in packaged:
-        std = parse_standard(*packaged[key])
+        std = _parse_packaged(key)
         if std.id != key:
             raise StandardDefinitionError(f"{std.path}: file name and id {std.id!r} differ")
         return std
@@ -235,30 +243,27 @@ class GradeResult:
     def records(self) -> list[dict[str, Any]]:
         """Per lot: the standard, the grade (or None) and every criterion's verdict."""
         grade_ids = self.grade_ids()
+        values = self.values.tolist()
+        evaluable = self.evaluable.tolist()
+        passed = self.passed.tolist()
+        fixed = [
+            {
+                "grade": self.standard.grades[gi].id,
+                "name": c.name,
+                "figure": c.figure,
+                "op": c.op,
+                "limit": c.limit,
+            }
+            for gi, c in self.criteria
+        ]
+        ref = self.standard.ref()
         out = []
         for i in range(self.summary.n_lots):
-            crits = []
-            for j, (gi, c) in enumerate(self.criteria):
-                ok = bool(self.evaluable[i, j])
-                crits.append(
-                    {
-                        "grade": self.standard.grades[gi].id,
-                        "name": c.name,
-                        "figure": c.figure,
-                        "op": c.op,
-                        "value": float(self.values[i, j]) if ok else None,
-                        "limit": c.limit,
-                        "passed": bool(self.passed[i, j]),
-                        "evaluable": ok,
-                    }
-                )
-            out.append(
-                {
-                    "standard": self.standard.ref(),
-                    "grade": grade_ids[i],
-                    "criteria": crits,
-                }
-            )
+            crits = [
+                f | {"value": v if ok else None, "passed": p, "evaluable": ok}
+                for f, v, ok, p in zip(fixed, values[i], evaluable[i], passed[i], strict=True)
+            ]
+            out.append({"standard": dict(ref), "grade": grade_ids[i], "criteria": crits})
         return out
 
 

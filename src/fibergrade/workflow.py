@@ -137,21 +137,29 @@ def summarise_lots(
     parts: list[LotSummary] = []
     order: list[int] = []
     for k, (digest, idxs) in enumerate(by_segment.items()):
-        table = store.read_segment(digest)
-        pos = [lots[i].index for i in idxs]
-        if isinstance(table, FibreLots):
-            sub = table if pos == list(range(table.n_lots)) else table.select(pos)
-            parts.append(summarise(sub, cut_um, engine=engine))
-        else:
-            parts.append(summarise_histograms(_select_hist(table, pos), cut_um))
+        parts.append(
+            _summarise_segment(store, digest, [lots[i].index for i in idxs], cut_um, engine)
+        )
         order.extend(idxs)
-        del table
         if progress:
             progress(k + 1, len(by_segment))
     joined = LotSummary.concat(parts)
+    if order == list(range(len(order))):
+        return joined
     inverse = np.empty(len(order), np.int64)
     inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
     return joined.select(inverse)
+
+
+def _summarise_segment(
+    store: Store, digest: str, pos: list[int], cut_um: float, engine: Engine
+) -> LotSummary:
+    """Figures of the lots at ``pos`` in one segment; the raw arrays are freed on return."""
+    table = store.read_segment(digest)
+    if isinstance(table, FibreLots):
+        sub = table if pos == list(range(table.n_lots)) else table.select(pos)
+        return summarise(sub, cut_um, engine=engine)
+    return summarise_histograms(_select_hist(table, pos), cut_um)
 
 
 def _select_hist(h: HistogramLots, pos: list[int]) -> HistogramLots:
