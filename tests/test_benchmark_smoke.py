@@ -1,0 +1,41 @@
+"""Smoke test of benchmarks/grading_throughput.py: it runs and reports the six figures.
+
+No timing is asserted: the figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grading_throughput.py"
+KEYS = ("ceiling", "baseline", "reference", "fast", "store", "h5py_read")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_benchmark_runs_and_prints_six_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--fibres", "200000", "--json", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # stdout holds the JSON object and nothing else
+    for key in KEYS:
+        value = doc[key]
+        assert isinstance(value, float), (key, value)
+        assert math.isfinite(value) and value > 0, (key, value)
+    assert set(doc["ratios"]) >= {"fast_vs_ceiling", "fast_vs_baseline", "store_vs_h5py_read"}
+    assert all(math.isfinite(v) and v >= 0 for v in doc["ratios"].values())
+    assert doc["details"]["fibres"] == 200_000
+    assert json.loads(out.read_text())["ratios"] == doc["ratios"]
