@@ -1,0 +1,267 @@
+"""Scale results and the abstract scale backend shared by every protocol driver.
+
+Design after PyLabRobot's ``pylabrobot/scales`` (scales.md, "Well-regarded patterns"): an
+abstract backend with concrete drivers per protocol; the simulators in
+:mod:`fibergrade.adapters.simulators` format their replies with the same protocol modules,
+so the real parsers run in every test.
+
+Stability rule (scales.md, "When a weight counts as stable"): a weight is stable when the
+device flags it stable (MT ``S S`` vs ``S D``, A&D ``ST`` vs ``US``, CAS ``ST`` with lamp
+bit 6, SBI non-blank unit) *and* the readings over about the last second
+(``stability_window_s``) all carry that flag and span no more than one verification interval
+``e``. Overload and underload are raised at once, never waited out. A weighing outside
+[Min, Max] of the profile is refused, never clipped. Every :class:`Weighing` records whether
+it came from the stable procedure or a single immediate reading, the scale id and the unit.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from fibergrade.adapters.errors import (
+    StabilityTimeout,
+    UnitMismatch,
+    WeightOutOfRange,
+)
+from fibergrade.adapters.profiles import ScaleSettings
+from fibergrade.adapters.transport import Transport
+
+#: relative slack when comparing a span with e (decimal values are not exact in binary)
+_SPAN_SLACK = 1e-6
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One weight reply as the device sent it (no range check applied).
+
+    ``unit`` is the device's unit (for SBI dynamic readings, which leave the unit blank, the
+    profile's unit). ``gross`` is True / False when the device says gross / net (CAS
+    ``GS``/``NT``), else None.
+    """
+
+    value: float
+    unit: str
+    device_stable: bool
+    raw: bytes = b""
+    gross: bool | None = None
+
+
+@dataclass(frozen=True)
+class Weighing:
+    """A weight fit to store: checked against the profile's unit and [Min, Max].
+
+    ``mode`` is ``"stable"`` for :meth:`ScaleBackend.stable_weight` (device flag and the
+    one-second span rule both held) and ``"immediate"`` for
+    :meth:`ScaleBackend.immediate_weight` (one reading; ``device_stable`` tells what the
+    device said about it). ``span`` is the spread of the readings in the stability window
+    and ``readings`` how many were taken.
+    """
+
+    value: float
+    unit: str
+    mode: Literal["stable", "immediate"]
+    device_stable: bool
+    scale_id: str
+    protocol: str
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    readings: int = 1
+    span: float | None = None
+    raw: bytes = b""
+
+    @property
+    def stable(self) -> bool:
+        """True when the weight came from the stable procedure."""
+        return self.mode == "stable"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (timestamp in ISO 8601 UTC, raw as latin-1 text)."""
+        return {
+            "value": self.value,
+            "unit": self.unit,
+            "mode": self.mode,
+            "stable": self.stable,
+            "device_stable": self.device_stable,
+            "scale_id": self.scale_id,
+            "protocol": self.protocol,
+            "timestamp": self.timestamp.isoformat(),
+            "readings": self.readings,
+            "span": self.span,
+            "raw": self.raw.decode("latin-1"),
+        }
+
+
+def split_lines(buf: bytearray) -> list[bytes]:
+    """Remove and return the complete LF-terminated lines in ``buf`` (CR LF stripped).
+
+    Used by simulators to split the host's commands (MT-SICS, A&D, CAS end them in CR LF).
+    """
+    out = []
+    while (i := buf.find(b"\n")) >= 0:
+        out.append(bytes(buf[:i]).rstrip(b"\r"))
+        del buf[: i + 1]
+    return out
+
+
+def decimals_for(e: float) -> int:
+    """Digits after the point needed to show multiples of ``e`` (0.01 -> 2, 5 -> 0)."""
+    if e >= 1 and float(e).is_integer():
+        return 0
+    return max(0, math.ceil(-math.log10(e) - 1e-9)) if e < 1 else 1
+
+
+class ScaleBackend(ABC):
+    """A scale driver: protocol primitives in subclasses, the weighing rules here.
+
+    ``transport`` carries the bytes; ``settings`` (from the profile) give unit, Max, Min, e
+    and the timing; ``scale_id`` is recorded in every :class:`Weighing` (default: the
+    profile's ``scale.id``, else the port name).
+    """
+
+    #: protocol name as in profiles (``mt-sics``, ``sbi``, ``and``, ``cas``)
+    protocol: ClassVar[str] = ""
+
+    def __init__(
+        self, transport: Transport, settings: ScaleSettings, *, scale_id: str | None = None
+    ) -> None:
+        self.transport = transport
+        self.settings = settings
+        self.scale_id = scale_id or settings.id or transport.name
+
+    # ------------------------------------------------------------------ primitives
+    @abstractmethod
+    def read_immediate(self) -> Reading:
+        """One reading now, with the device's stability flag (no range check)."""
+
+    @abstractmethod
+    def zero(self) -> None:
+        """Set zero. Raises a typed error when the device refuses."""
+
+    @abstractmethod
+    def tare(self) -> Reading | None:
+        """Tare; the tare weight when the protocol reports it, else None."""
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _ctx(self) -> dict[str, str | None]:
+        return {"scale_id": self.scale_id, "source": self.transport.name}
+
+    def _command_line(self, command: bytes, *, immediate: bytes = b"") -> bytes:
+        """Discard stale input, send ``command``, return the reply line."""
+        self.transport.discard_input()
+        self.transport.write(command)
+        return self.transport.read_line(self.settings.reply_timeout_s, immediate=immediate)
+
+    def _check(self, reading: Reading) -> None:
+        s = self.settings
+        if reading.unit != s.unit:
+            raise UnitMismatch(
+                f"device reports unit {reading.unit!r}, the profile declares {s.unit!r}; "
+                "set the scale's unit or use the matching profile",
+                **self._ctx,
+            )
+        if not (s.min <= reading.value <= s.max):
+            raise WeightOutOfRange(reading.value, reading.unit, s.min, s.max, **self._ctx)
+
+    # ------------------------------------------------------------------ weighing
+    def immediate_weight(self) -> Weighing:
+        """One immediate reading, checked (unit, [Min, Max]), recorded as ``immediate``."""
+        r = self.read_immediate()
+        self._check(r)
+        return Weighing(
+            value=r.value,
+            unit=r.unit,
+            mode="immediate",
+            device_stable=r.device_stable,
+            scale_id=self.scale_id,
+            protocol=self.protocol,
+            raw=r.raw,
+        )
+
+    def stable_weight(
+        self,
+        *,
+        timeout_s: float | None = None,
+        window_s: float | None = None,
+        poll_s: float | None = None,
+    ) -> Weighing:
+        """Poll immediate readings until the stability rule holds (module docstring).
+
+        Defaults come from the profile (``stability_timeout_s``, ``stability_window_s``,
+        ``poll_interval_s``). Raises :class:`StabilityTimeout` when the rule does not hold
+        within the timeout; :class:`~fibergrade.adapters.errors.Overload` and the other
+        device errors at once; :class:`WeightOutOfRange` / :class:`UnitMismatch` for a
+        stable weight the profile refuses.
+        """
+        s = self.settings
+        timeout = s.stability_timeout_s if timeout_s is None else timeout_s
+        window = s.stability_window_s if window_s is None else window_s
+        poll = s.poll_interval_s if poll_s is None else poll_s
+        clock = self.transport.clock
+        deadline = clock() + timeout
+        win: deque[tuple[float, Reading]] = deque()
+        total = 0
+        last: Reading | None = None
+        while True:
+            r = self.read_immediate()
+            t = clock()
+            total += 1
+            last = r
+            if not r.device_stable:
+                win.clear()
+            else:
+                win.append((t, r))
+                # keep the shortest run of readings that still covers the window
+                while len(win) >= 2 and t - win[1][0] >= window:
+                    win.popleft()
+                if len(win) >= 2 and t - win[0][0] >= window:
+                    values = [x.value for _, x in win]
+                    span = max(values) - min(values)
+                    if span <= s.e * (1 + _SPAN_SLACK) and len({x.unit for _, x in win}) == 1:
+                        self._check(r)
+                        return Weighing(
+                            value=r.value,
+                            unit=r.unit,
+                            mode="stable",
+                            device_stable=True,
+                            scale_id=self.scale_id,
+                            protocol=self.protocol,
+                            readings=total,
+                            span=span,
+                            raw=r.raw,
+                        )
+            if clock() >= deadline:
+                spread: float | None = None
+                if win:
+                    values = [x.value for _, x in win]
+                    spread = max(values) - min(values)
+                    if spread > s.e * (1 + _SPAN_SLACK):
+                        why = (
+                            f"the device reports stable but readings span {spread:g} "
+                            f"{last.unit}, more than e = {s.e:g}"
+                        )
+                    else:
+                        why = f"stable readings did not yet cover the {window:g} s window"
+                else:
+                    why = "the device never reported a stable reading (drifting load?)"
+                raise StabilityTimeout(
+                    f"no stable weight within {timeout:g} s: {why}",
+                    span=spread,
+                    device_stable=bool(win),
+                    **self._ctx,
+                )
+            self.transport.sleep(poll)
+
+    def close(self) -> None:
+        """Close the transport."""
+        self.transport.close()
+
+    def __enter__(self) -> ScaleBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

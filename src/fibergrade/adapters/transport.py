@@ -1,0 +1,600 @@
+"""Byte transports with their own deadlines, session recording and replay.
+
+:class:`Transport` sits on a raw byte :class:`Port` and turns its reads into lines or
+fixed-size frames under a deadline the caller chooses. Raw ports:
+
+* :class:`SerialPort`: ``serial.serial_for_url`` (scales.md, "pyserial without hardware"):
+  device paths (``/dev/ttyUSB0``, a pty slave), ``socket://host:port`` (a simulator over
+  TCP or an Ethernet-serial converter), ``spy://PORT?file=log`` (hex log of the traffic),
+  ``rfc2217://``, ``loop://``. Line settings (baud, bits, parity, stop bits, handshake)
+  come from the instrument profile.
+* :class:`ReplayPort`: feeds a captured session (see below) to the real parsers in tests:
+  record once on hardware, regression-test forever (the PyLabRobot ``io/`` pattern cited
+  in scales.md).
+
+pyserial returns short data on timeout without raising (scales.md: "check the terminator
+yourself and keep your own deadline"), so :meth:`Transport.read_line` loops on short reads
+until a terminator arrives or *its* deadline passes, and then raises
+:class:`~fibergrade.adapters.errors.InstrumentTimeout`. The failure kinds are distinct:
+
+* :class:`~fibergrade.adapters.errors.InstrumentTimeout`: the deadline passed;
+* :class:`~fibergrade.adapters.errors.Disconnected`: pyserial's ``SerialException``/
+  ``OSError`` on read or write, EOF on a socket, EIO on a pty whose master went away
+  (an unplugged USB adapter looks the same);
+* :class:`~fibergrade.adapters.errors.FrameError`: a line longer than ``max_line`` bytes
+  (garbage with no terminator); parsers raise it for every other kind of garbage.
+
+Capture files (``*.jsonl``): one JSON object per line. The first is a header
+``{"fibergrade_capture": 1, "meta": {...}}``; then events in time order, ``t`` in seconds
+since the start of the session::
+
+    {"t": 0.0012, "tx": "SI\\r\\n"}          bytes written by the host
+    {"t": 0.0051, "rx": "S S    100.00 g\\r\\n"}  bytes as one read returned them
+    {"t": 2.1, "event": "disconnected", "detail": "..."}
+
+Bytes are stored as the latin-1 decoding of the data (JSON escapes control characters), so
+a capture is readable and exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import termios
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol, Self
+
+import serial
+
+from fibergrade.adapters.errors import (
+    Disconnected,
+    FrameError,
+    InstrumentTimeout,
+    PortOpenError,
+    ReplayMismatch,
+)
+from fibergrade.adapters.profiles import SerialSettings
+
+#: how long one low-level read may block before the deadline is checked again (seconds)
+_POLL_S = 0.05
+#: most bytes taken from the OS in one read
+_CHUNK = 65536
+CAPTURE_VERSION = 1
+
+
+class Port(Protocol):
+    """A raw byte port. Implementations raise ``Disconnected`` when the peer is gone."""
+
+    name: str
+
+    def read_chunk(self, timeout_s: float) -> bytes:
+        """Whatever bytes arrive within ``timeout_s`` (possibly none: ``b""``)."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Send all of ``data``."""
+        ...
+
+    def discard_input(self) -> None:
+        """Drop bytes received but not yet read."""
+        ...
+
+    def clock(self) -> float:
+        """Monotonic seconds (a replay returns the capture's time)."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait (a replay only advances its clock)."""
+        ...
+
+    def close(self) -> None:
+        """Release the port."""
+        ...
+
+
+class SerialPort:
+    """A pyserial port opened with ``serial.serial_for_url``.
+
+    The pyserial object is kept non-blocking (``timeout=0``); waiting is done with
+    ``select`` on its file descriptor where it has one (device paths, ``spy://``,
+    ``socket://``), else by short blocking reads.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        settings: SerialSettings | None = None,
+        *,
+        write_timeout_s: float = 2.0,
+    ) -> None:
+        self.name = url
+        settings = settings or SerialSettings()
+        try:
+            ser = serial.serial_for_url(url, do_not_open=True)
+            for key, value in settings.pyserial_kwargs().items():
+                setattr(ser, key, value)
+            ser.timeout = 0
+            ser.write_timeout = write_timeout_s
+            ser.open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise PortOpenError(f"cannot open port: {exc}", source=url) from None
+        self._ser = ser
+        try:
+            self._fd: int | None = ser.fileno()
+        except (AttributeError, NotImplementedError, serial.SerialException, OSError):
+            self._fd = None
+
+    def read_chunk(self, timeout_s: float) -> bytes:
+        try:
+            if self._fd is not None:
+                ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout_s))
+                if not ready:
+                    return b""
+                data = self._ser.read(_CHUNK)
+                if not data:
+                    # select said readable but nothing came: EOF / hang-up
+                    raise Disconnected(
+                        "device reports readiness but returned no data", source=self.name
+                    )
+                return bytes(data)
+            self._ser.timeout = max(0.0, min(timeout_s, _POLL_S))
+            n = max(1, self._ser.in_waiting)
+            return bytes(self._ser.read(n))
+        except (serial.SerialException, OSError, termios.error, ValueError, TypeError) as exc:
+            # pyserial: "device reports readiness to read but returned no data",
+            # "read failed: [Errno 5] Input/output error", "socket disconnected"
+            raise Disconnected(
+                f"read failed, adapter unplugged or peer gone: {exc}", source=self.name
+            ) from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._ser.write(data)
+            self._ser.flush()
+        except serial.SerialTimeoutException:
+            raise InstrumentTimeout(
+                "write blocked (hardware or software handshake holding the line?)",
+                source=self.name,
+                waited_s=float(self._ser.write_timeout or 0),
+            ) from None
+        except (serial.SerialException, OSError, termios.error, ValueError, TypeError) as exc:
+            raise Disconnected(
+                f"write failed, adapter unplugged or peer gone: {exc}", source=self.name
+            ) from None
+
+    def discard_input(self) -> None:
+        try:
+            self._ser.reset_input_buffer()
+        except (serial.SerialException, OSError, termios.error, ValueError, TypeError) as exc:
+            raise Disconnected(f"cannot reset input: {exc}", source=self.name) from None
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def close(self) -> None:
+        with contextlib.suppress(serial.SerialException, OSError):  # a dead port is fine
+            self._ser.close()
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def _enc(data: bytes) -> str:
+    return data.decode("latin-1")
+
+
+def _dec(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+class SessionRecorder:
+    """Writes a capture file (format in the module docstring) of one session.
+
+    ``meta`` is stored in the header: protocol, profile, what the session did. Timestamps
+    come from the transport's clock, relative to the first event.
+    """
+
+    def __init__(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.meta: dict[str, Any] = dict(meta or {})
+        self._fh: IO[str] | None = self.path.open("w", encoding="ascii", newline="\n")
+        self._t0: float | None = None
+        self._last_flush = time.monotonic()
+        self._write({"fibergrade_capture": CAPTURE_VERSION, "meta": self.meta})
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        if self._fh is None:
+            return
+        self._fh.write(json.dumps(obj, ensure_ascii=True) + "\n")
+        now = time.monotonic()
+        if now - self._last_flush > 1.0:
+            self._fh.flush()
+            self._last_flush = now
+
+    def _t(self, now: float) -> float:
+        if self._t0 is None:
+            self._t0 = now
+        return round(now - self._t0, 6)
+
+    def tx(self, now: float, data: bytes) -> None:
+        """Record bytes the host wrote."""
+        self._write({"t": self._t(now), "tx": _enc(data)})
+
+    def rx(self, now: float, data: bytes) -> None:
+        """Record bytes one read returned."""
+        self._write({"t": self._t(now), "rx": _enc(data)})
+
+    def event(self, now: float, name: str, detail: str = "") -> None:
+        """Record a transport event (``disconnected``)."""
+        self._write({"t": self._t(now), "event": name, "detail": detail})
+
+    def close(self) -> None:
+        """Flush and close the capture file."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+@dataclass(frozen=True)
+class CaptureEvent:
+    """One event of a capture: ``kind`` is ``tx``, ``rx`` or an event name."""
+
+    t: float
+    kind: str
+    data: bytes = b""
+    detail: str = ""
+
+
+def read_capture(path: str | Path) -> tuple[dict[str, Any], list[CaptureEvent]]:
+    """Parse a capture file into its ``meta`` header and events.
+
+    Raises :class:`FrameError` (source = the file) when the file is not a capture.
+    """
+    path = Path(path)
+    meta: dict[str, Any] | None = None
+    events: list[CaptureEvent] = []
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FrameError(f"cannot read capture: {exc}", source=str(path)) from None
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if meta is None:
+                if obj.get("fibergrade_capture") != CAPTURE_VERSION:
+                    raise ValueError("header")
+                meta = dict(obj.get("meta") or {})
+                continue
+            t = float(obj["t"])
+            if "tx" in obj:
+                events.append(CaptureEvent(t, "tx", _dec(obj["tx"])))
+            elif "rx" in obj:
+                events.append(CaptureEvent(t, "rx", _dec(obj["rx"])))
+            else:
+                events.append(CaptureEvent(t, str(obj["event"]), detail=str(obj.get("detail"))))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
+            raise FrameError(
+                f"line {no} is not a capture record",
+                source=str(path),
+                expected=f"a fibergrade capture version {CAPTURE_VERSION} (JSON lines)",
+            ) from None
+    if meta is None:
+        raise FrameError("empty capture file", source=str(path))
+    return meta, events
+
+
+class ReplayPort:
+    """Plays a captured session back: received bytes are served as they were read, and
+    every write must match the next captured ``tx`` (else :class:`ReplayMismatch`).
+
+    The clock follows the capture's timestamps, so deadlines and stability windows behave
+    as they did live while the replay runs at full speed. A read whose next captured bytes
+    arrived later than its deadline times out, as it did live. At the end of the capture,
+    reads time out; a captured ``disconnected`` event raises :class:`Disconnected`.
+    """
+
+    def __init__(self, events: list[CaptureEvent], *, name: str = "replay") -> None:
+        self.name = name
+        self._events = events
+        self._i = 0
+        self._now = 0.0
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ReplayPort:
+        """A replay of a capture file written by :class:`SessionRecorder`."""
+        _, events = read_capture(path)
+        return cls(events, name=str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, chunk: int = 0, name: str = "bytes") -> ReplayPort:
+        """A port that delivers ``data`` (in chunks of ``chunk`` bytes if > 0) at t = 0."""
+        if chunk <= 0:
+            pieces = [data] if data else []
+        else:
+            pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+        return cls([CaptureEvent(0.0, "rx", p) for p in pieces], name=name)
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every captured event has been consumed."""
+        return self._i >= len(self._events)
+
+    def read_chunk(self, timeout_s: float) -> bytes:
+        if self._i < len(self._events):
+            ev = self._events[self._i]
+            if ev.kind == "disconnected":
+                self._now = max(self._now, ev.t)
+                self._i += 1
+                raise Disconnected(f"captured disconnection: {ev.detail}", source=self.name)
+            if ev.kind == "rx" and ev.t <= self._now + timeout_s + 1e-9:
+                self._i += 1
+                self._now = max(self._now, ev.t)
+                return ev.data
+            if ev.kind not in ("rx", "tx"):
+                self._i += 1  # unknown event: skip
+                return b""
+        self._now += max(0.0, timeout_s)
+        return b""
+
+    def write(self, data: bytes) -> None:
+        # captured bytes that the live session read but this replay did not are skipped,
+        # as a discard of the input would have dropped them
+        while self._i < len(self._events) and self._events[self._i].kind == "rx":
+            self._i += 1
+        if self._i >= len(self._events) or self._events[self._i].kind != "tx":
+            raise ReplayMismatch(
+                f"wrote {data!r} but the capture holds no further command", source=self.name
+            )
+        ev = self._events[self._i]
+        if ev.data != data:
+            raise ReplayMismatch(
+                f"wrote {data!r} where the capture holds {ev.data!r} (event {self._i + 1})",
+                source=self.name,
+            )
+        self._i += 1
+        self._now = max(self._now, ev.t)
+
+    def discard_input(self) -> None:
+        return None
+
+    def clock(self) -> float:
+        return self._now
+
+    def sleep(self, seconds: float) -> None:
+        self._now += max(0.0, seconds)
+
+    def close(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class Transport:
+    """Lines and frames over a :class:`Port`, under deadlines the caller chooses.
+
+    Not thread-safe: one reader/writer at a time (one driver per port).
+    """
+
+    def __init__(
+        self,
+        port: Port,
+        *,
+        recorder: SessionRecorder | None = None,
+        max_line: int = 4096,
+    ) -> None:
+        self.port = port
+        self.recorder = recorder
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._skip_to_eol = False
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        settings: SerialSettings | None = None,
+        *,
+        recorder: SessionRecorder | None = None,
+        max_line: int = 4096,
+    ) -> Transport:
+        """Open ``url`` with ``serial_for_url`` and the profile's line ``settings``.
+
+        Raises :class:`PortOpenError` when the port cannot be opened.
+        """
+        return cls(SerialPort(url, settings), recorder=recorder, max_line=max_line)
+
+    @classmethod
+    def replay(cls, capture: str | Path, *, max_line: int = 4096) -> Transport:
+        """A transport that replays a capture file (see :class:`ReplayPort`)."""
+        return cls(ReplayPort.from_file(capture), max_line=max_line)
+
+    @property
+    def name(self) -> str:
+        """The port's URL or the capture's path, for error messages."""
+        return self.port.name
+
+    # -- time
+    def clock(self) -> float:
+        """Monotonic seconds of the port (capture time under replay)."""
+        return self.port.clock()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (under replay, only the clock advances)."""
+        self.port.sleep(seconds)
+
+    # -- output
+    def write(self, data: bytes) -> None:
+        """Send ``data``; :class:`Disconnected` if the adapter is gone."""
+        if self.recorder is not None:
+            self.recorder.tx(self.port.clock(), data)
+        try:
+            self.port.write(data)
+        except Disconnected as exc:
+            self._note_disconnect(exc)
+            raise
+
+    def discard_input(self) -> None:
+        """Drop everything received but not yet consumed (before a new command)."""
+        self._buf.clear()
+        self._skip_to_eol = False
+        try:
+            self.port.discard_input()
+        except Disconnected as exc:
+            self._note_disconnect(exc)
+            raise
+
+    # -- input
+    def _note_disconnect(self, exc: Disconnected) -> None:
+        if self.recorder is not None:
+            self.recorder.event(self.port.clock(), "disconnected", exc.message)
+
+    def _fill(self, deadline: float) -> bool:
+        """Read one chunk into the buffer; False when the deadline has passed."""
+        remaining = deadline - self.port.clock()
+        if remaining <= 0:
+            return False
+        try:
+            data = self.port.read_chunk(min(remaining, _POLL_S * 4))
+        except Disconnected as exc:
+            self._note_disconnect(exc)
+            raise
+        if data:
+            if self.recorder is not None:
+                self.recorder.rx(self.port.clock(), data)
+            self._buf += data
+        return True
+
+    def read_line(
+        self,
+        timeout_s: float,
+        *,
+        eol: bytes = b"\n",
+        immediate: bytes = b"",
+    ) -> bytes:
+        """The next line, without ``eol`` and without one CR before it.
+
+        ``immediate`` lists single bytes that form a frame on their own when they start a
+        line (A&D's ACK 0x06): such a byte is returned at once, without waiting for ``eol``.
+
+        Raises :class:`InstrumentTimeout` when no complete line arrives within ``timeout_s``
+        (the incomplete bytes stay buffered and are reported in ``partial``),
+        :class:`FrameError` for a line longer than ``max_line`` (the rest of that line is
+        then skipped), :class:`Disconnected` when the adapter goes away.
+        """
+        deadline = self.port.clock() + timeout_s
+        while True:
+            if self._skip_to_eol:
+                i = self._buf.find(eol)
+                if i < 0:
+                    self._buf.clear()
+                else:
+                    del self._buf[: i + len(eol)]
+                    self._skip_to_eol = False
+            if not self._skip_to_eol:
+                if immediate and self._buf and self._buf[0] in immediate:
+                    b = bytes(self._buf[:1])
+                    del self._buf[:1]
+                    return b
+                i = self._buf.find(eol)
+                if 0 <= i <= self.max_line:
+                    line = bytes(self._buf[:i])
+                    del self._buf[: i + len(eol)]
+                    if line.endswith(b"\r"):
+                        line = line[:-1]
+                    return line
+                if i > self.max_line or len(self._buf) > self.max_line:
+                    junk = bytes(self._buf[: self.max_line])
+                    if i >= 0:
+                        del self._buf[: i + len(eol)]
+                    else:
+                        self._buf.clear()
+                        self._skip_to_eol = True
+                    raise FrameError(
+                        f"line longer than {self.max_line} bytes without a terminator",
+                        source=self.name,
+                        frame=junk[:64],
+                        expected=f"a line ending in {eol!r}",
+                    )
+            if not self._fill(deadline):
+                raise InstrumentTimeout(
+                    f"no complete line within {timeout_s:g} s",
+                    source=self.name,
+                    waited_s=timeout_s,
+                    partial=bytes(self._buf),
+                )
+
+    def read_exact(self, n: int, timeout_s: float) -> bytes:
+        """Exactly ``n`` bytes; :class:`InstrumentTimeout` if they do not all arrive in time
+        (the bytes received so far are dropped and reported in ``partial``)."""
+        deadline = self.port.clock() + timeout_s
+        while len(self._buf) < n:
+            if not self._fill(deadline):
+                partial = bytes(self._buf)
+                self._buf.clear()
+                raise InstrumentTimeout(
+                    f"{len(partial)} of {n} bytes within {timeout_s:g} s",
+                    source=self.name,
+                    waited_s=timeout_s,
+                    partial=partial,
+                )
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def lines(self, timeout_s: float) -> Iterator[bytes]:
+        """Lines until one does not arrive within ``timeout_s`` (which raises)."""
+        while True:
+            yield self.read_line(timeout_s)
+
+    # -- lifetime
+    def close(self) -> None:
+        """Close the port and the recorder (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.port.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_transport(
+    url: str,
+    settings: SerialSettings | None = None,
+    *,
+    record_to: str | Path | None = None,
+    meta: Mapping[str, Any] | None = None,
+    max_line: int = 4096,
+) -> Transport:
+    """Open ``url`` (see :class:`SerialPort`), optionally recording the session to a capture.
+
+    ``meta`` goes into the capture header.
+    """
+    recorder = None
+    if record_to is not None:
+        recorder = SessionRecorder(record_to, {"url": url, **dict(meta or {})})
+    try:
+        return Transport.open(url, settings, recorder=recorder, max_line=max_line)
+    except BaseException:
+        if recorder is not None:
+            recorder.close()
+            os.unlink(recorder.path)
+        raise

@@ -1,0 +1,300 @@
+"""Instrument profiles (instruments/*.toml) and the export-file readers they drive."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fibergrade.adapters.errors import ProfileError
+from fibergrade.adapters.exports import read_export, read_histogram, read_per_fibre
+from fibergrade.adapters.profiles import (
+    find_profile,
+    list_profiles,
+    load_profile,
+    profile_from_dict,
+)
+from fibergrade.errors import InputError
+from fibergrade.measurements import FibreLots, HistogramLots
+
+pytestmark = pytest.mark.timeout(60)
+
+INSTRUMENTS = Path(__file__).resolve().parents[1] / "instruments"
+SHIPPED = {
+    "mt-sics-scale": "captures/mt-sics-session.jsonl",
+    "sartorius-sbi": "captures/sbi-session.jsonl",
+    "and-scale": "captures/and-session.jsonl",
+    "cas-ci": "captures/cas-session.jsonl",
+    "analyser-line": "analyser-line-example.txt",
+    "ofda-export": "ofda-export-example.csv",
+    "laserscan-histogram": "laserscan-histogram-example.csv",
+}
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_every_shipped_profile_loads_and_has_its_example(name):
+    p = load_profile(name)
+    assert p.name == name and p.path == INSTRUMENTS / f"{name}.toml"
+    assert p.description and p.source
+    assert (INSTRUMENTS / SHIPPED[name]).is_file()
+    assert set(SHIPPED) <= set(list_profiles())
+
+
+def test_sbi_profile_keeps_the_factory_setting():
+    s = load_profile("sartorius-sbi").serial
+    assert (s.baudrate, s.bytesize, s.parity, s.stopbits, s.rtscts) == (1200, 7, "O", 1, True)
+
+
+def test_scale_min_defaults_to_20_e():
+    p = load_profile("mt-sics-scale").scale
+    assert p.min == pytest.approx(20 * p.e) and p.max == 620.0
+
+
+def base(kind="scale"):
+    path = (
+        INSTRUMENTS
+        / {
+            "scale": "mt-sics-scale.toml",
+            "export": "ofda-export.toml",
+            "histogram": "laserscan-histogram.toml",
+            "analyser": "analyser-line.toml",
+        }[kind]
+    )
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def edit(doc, dotted, value):
+    sec, _, key = dotted.partition(".")
+    if value is _DELETE:
+        if key:
+            del doc[sec][key]
+        else:
+            del doc[sec]
+    else:
+        doc.setdefault(sec, {})[key] = value
+    return doc
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "named", "words"),
+    [
+        ("scale", "serial.baud", 9600, "serial.baud", "unknown key"),
+        ("scale", "scale.e", _DELETE, "scale.e", "missing"),
+        ("scale", "serial", _DELETE, "serial", "missing required section"),
+        ("scale", "serial.parity", "X", "serial.parity", "one of"),
+        ("scale", "serial.bytesize", True, "serial.bytesize", "one of"),
+        ("scale", "serial.baudrate", "9600", "serial.baudrate", "integer"),
+        ("scale", "scale.max", -1, "scale.max", "> 0"),
+        ("scale", "scale.e", 1000.0, "scale.e", "smaller than max"),
+        ("scale", "instrument.protocol", "mettler", "instrument.protocol", "not a scale"),
+        ("scale", "instrument.kind", "oven", "instrument.kind", "one of"),
+        ("scale", "extras.x", 1, "extras", "unknown section"),
+        ("export", "file.decimal", ";", "file.decimal", "one of"),
+        ("export", "file.delimiter", ",", "file.decimal", "equals the delimiter"),
+        ("export", "columns.diameter", _DELETE, "columns.diameter", "missing"),
+        ("export", "columns.opacity", "Opacity (%)", "columns.opacity", "unknown key"),
+        ("export", "columns.curvature", "Sample", "columns", "mapped to two fields"),
+        ("export", "units.diameter", "µm", "units.diameter", "one of"),
+        ("export", "file.encoding", "klingon", "file.encoding", "encoding"),
+        ("histogram", "histogram", _DELETE, "histogram.class_width_um", "class_width_um"),
+        ("analyser", "analyser.line_timeout_s", 0, "analyser.line_timeout_s", "> 0"),
+    ],
+)
+def test_bad_profiles_name_the_file_and_key(kind, key, value, named, words):
+    doc = edit(base(kind), key, value)
+    with pytest.raises(ProfileError) as ei:
+        profile_from_dict(doc, "instruments/x.toml")
+    assert ei.value.path == "instruments/x.toml" and ei.value.key == named
+    assert f"[{named}]" in str(ei.value) and words in str(ei.value)
+
+
+def test_profile_files_by_path_and_name(tmp_path, monkeypatch):
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[instrument\nkind = 'scale'")
+    with pytest.raises(ProfileError) as ei:
+        load_profile(bad)
+    assert str(bad) in str(ei.value) and "TOML" in str(ei.value)
+    with pytest.raises(ProfileError) as ei:
+        load_profile("no-such-instrument")
+    assert "mt-sics-scale" in str(ei.value)  # lists the known profiles
+    with pytest.raises(ProfileError):
+        load_profile(tmp_path / "missing.toml")
+    own = tmp_path / "my-balance.toml"
+    own.write_text((INSTRUMENTS / "mt-sics-scale.toml").read_text().replace("620.0", "220.0"))
+    monkeypatch.setenv("FIBERGRADE_INSTRUMENTS", str(tmp_path))
+    assert find_profile("my-balance") == own.resolve()
+    assert load_profile("my-balance").scale.max == 220.0
+    assert load_profile(str(own)).name == "my-balance"
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def test_ofda_example_reads_to_fibre_lots():
+    lots = read_export(load_profile("ofda-export"), INSTRUMENTS / "ofda-export-example.csv")
+    assert isinstance(lots, FibreLots)
+    assert lots.lot_ids == ("CH-2024-0117", "CH-2024-0118", "BC-2024-0031")
+    assert lots.offsets.tolist() == [0, 24, 44, 62]
+    assert lots.diameter_um[0] == np.float32(16.41)  # "16,41" with a decimal comma
+    assert lots.curvature_deg_mm[0] == np.float32(41.2)
+    assert lots.medullated.sum() == 6 and lots.length_mm is None
+
+
+def test_laserscan_example_reads_to_histogram_lots():
+    h = read_export(
+        load_profile("laserscan-histogram"), INSTRUMENTS / "laserscan-histogram-example.csv"
+    )
+    assert isinstance(h, HistogramLots)
+    assert h.lot_ids == ("LS-24-001", "LS-24-002") and h.offsets.tolist() == [0, 35, 70]
+    assert np.all(h.upper_um - h.lower_um == 1.0) and h.counts.sum() == 4000
+
+
+def export_profile(tmp_path, **over):
+    doc = base("export")
+    for k, v in over.items():
+        edit(doc, k.replace("__", "."), v)
+    return profile_from_dict(doc, tmp_path / "p.toml")
+
+
+def write(tmp_path, text, name="f.csv", encoding="utf-8"):
+    p = tmp_path / name
+    p.write_bytes(text.encode(encoding))
+    return p
+
+
+HEAD = "pre\npre\npre\npre\nSample;Diameter (µm);Curvature (°/mm);Medullated\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "line", "words"),
+    [
+        ("A;16.5;40,0;N\n", 6, "uses '.' as decimal separator"),
+        ("A;250,0;40,0;N\n", 6, "above 200"),
+        ("A;0,016;40,0;N\n", 6, "millimetres"),
+        ("A;-3;40,0;N\n", 6, "<= 0"),
+        ("A;;40,0;N\n", 6, "not a number"),
+        ("A;1,2e1;40,0;N\n", 6, "not a number"),
+        ("A;16,5;40,0\n", 6, "3 fields"),
+        ("A;16,5;-4;N\n", 6, "curvature"),
+        ("A;16,5;40,0;maybe\n", 6, "medullation flag"),
+        ("A;16,5;40,0;N\nB;16,5;40,0;N\nA;16,5;40,0;N\n", 8, "reappears"),
+        (";16,5;40,0;N\n", 6, "empty lot id"),
+        ("", None, "no data rows"),
+        ('A;"16,5;40,0;N\n', 6, "cannot split"),
+    ],
+)
+def test_per_fibre_errors_name_file_line_and_expectation(tmp_path, rows, line, words):
+    path = write(tmp_path, HEAD + rows)
+    with pytest.raises(InputError) as ei:
+        read_per_fibre(export_profile(tmp_path), path)
+    assert ei.value.path == str(path) and ei.value.line == line
+    assert words in str(ei.value)
+
+
+def test_missing_column_and_short_file(tmp_path):
+    path = write(tmp_path, "pre\npre\npre\npre\nSample;Dia;Curvature (°/mm);Medullated\nA;1;2;N\n")
+    with pytest.raises(InputError) as ei:
+        read_per_fibre(export_profile(tmp_path), path)
+    assert ei.value.line == 5 and "columns.diameter" in str(ei.value)
+    assert "'Dia'" in ei.value.expected
+    with pytest.raises(InputError) as ei:
+        read_per_fibre(export_profile(tmp_path), write(tmp_path, "pre\n"))
+    assert "header" in str(ei.value)
+
+
+def test_encoding_errors_name_the_line(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(
+        (HEAD + "A;16,5;40,0;N\nB;17,0;41,0;N\n").encode("utf-8").replace(b"B;", b"\xb5;")
+    )
+    with pytest.raises(InputError) as ei:
+        read_per_fibre(export_profile(tmp_path), path)
+    assert ei.value.line == 7 and "utf-8" in str(ei.value)
+    ok = read_per_fibre(
+        export_profile(tmp_path, file__encoding="latin-1"),
+        write(tmp_path, HEAD + "A;16,5;40,0;N\n", encoding="latin-1"),
+    )
+    assert ok.n_fibres == 1
+
+
+def test_millimetre_units_comments_and_crlf(tmp_path):
+    prof = export_profile(
+        tmp_path,
+        units__diameter="mm",
+        file__decimal=".",
+        file__delimiter="\t",
+        columns__length="Length",
+    )
+    text = (
+        "a\r\nb\r\nc\r\nd\r\nSample\tDiameter (µm)\tCurvature (°/mm)\tMedullated\tLength\r\n"
+        "# a comment\r\nL1\t0.0165\t40\tJ\t35.5\r\n\r\nL1\t0.0170\t41\t0\t36\r\n"
+    )
+    lots = read_per_fibre(prof, write(tmp_path, text))
+    assert lots.diameter_um.tolist() == pytest.approx([16.5, 17.0])
+    assert lots.medullated.tolist() == [True, False]
+    assert lots.length_mm.tolist() == pytest.approx([35.5, 36.0])
+
+
+def histogram_profile(tmp_path, **over):
+    doc = base("histogram")
+    for k, v in over.items():
+        edit(doc, k.replace("__", "."), v)
+    return profile_from_dict(doc, tmp_path / "h.toml")
+
+
+@pytest.mark.parametrize(
+    ("rows", "line", "words"),
+    [
+        ("X,10,5\nX,10,6\n", 5, "overlaps"),
+        ("X,11,5\nX,10,6\n", 5, "overlaps or precedes"),
+        ("X,10,5.5\n", 4, "not a count"),
+        ("X,10,-1\n", 4, "not a count"),
+        ("X,-1,5\n", 4, "impossible"),
+        ("X,199.5,5\n", 4, "impossible"),
+        ("X,10,5\nY,10,5\nX,11,5\n", 6, "reappears"),
+    ],
+)
+def test_histogram_errors(tmp_path, rows, line, words):
+    path = write(tmp_path, "#\nx\nSpecimen,Class (um),Count\n" + rows)
+    with pytest.raises(InputError) as ei:
+        read_histogram(histogram_profile(tmp_path), path)
+    assert ei.value.line == line and words in str(ei.value)
+
+
+def test_histogram_with_upper_column(tmp_path):
+    prof = histogram_profile(tmp_path, columns__upper="To", histogram=_DELETE)
+    h = read_histogram(
+        prof, write(tmp_path, "#\nx\nSpecimen,Class (um),To,Count\nX,10,10.5,3\nX,10.5,11,4\n")
+    )
+    assert h.upper_um.tolist() == [10.5, 11.0] and h.counts.tolist() == [3, 4]
+
+
+def test_reader_refuses_the_wrong_kind_of_profile(tmp_path):
+    with pytest.raises(ProfileError):
+        read_export(load_profile("mt-sics-scale"), INSTRUMENTS / "ofda-export-example.csv")
+    with pytest.raises(ProfileError):
+        read_histogram(load_profile("ofda-export"), INSTRUMENTS / "ofda-export-example.csv")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('AB;,.\n\r\t 0123456789-"#µ')), max_size=300))
+def test_fuzz_export_readers_raise_only_input_errors(tmp_path_factory, text):
+    d = tmp_path_factory.mktemp("fz")
+    path = d / "f.csv"
+    path.write_text(HEAD + text, encoding="utf-8")
+    for reader, prof in (
+        (read_per_fibre, export_profile(d)),
+        (read_histogram, histogram_profile(d)),
+    ):
+        try:
+            out = reader(prof, path)
+        except InputError:
+            continue
+        assert out.n_lots >= 1

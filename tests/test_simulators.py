@@ -1,0 +1,355 @@
+"""Simulators: fault parsing, pty and loopback TCP endpoints, clean stop, reconnects,
+serve_forever, and the recording of the captured sessions shipped in instruments/captures.
+
+Regenerate the shipped captures (after a protocol change) with::
+
+    FIBERGRADE_RECORD_CAPTURES=1 .venv/bin/python -m pytest tests/test_simulators.py -k record
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fibergrade.adapters import analyser
+from fibergrade.adapters.analyser import AnalyserReader
+from fibergrade.adapters.errors import (
+    Disconnected,
+    FaultSpecError,
+    InstrumentTimeout,
+    ProfileError,
+    SampleError,
+)
+from fibergrade.adapters.profiles import load_profile
+from fibergrade.adapters.scales import make_scale, open_scale
+from fibergrade.adapters.simulators import (
+    AnalyserSimulator,
+    FaultInjector,
+    Faults,
+    Simulator,
+    parse_faults,
+    serve_forever,
+    start_simulator,
+)
+from fibergrade.adapters.transport import Transport, open_transport
+from fibergrade.errors import FibergradeError
+
+pytestmark = pytest.mark.timeout(60)
+
+CAPTURES = Path(__file__).resolve().parents[1] / "instruments" / "captures"
+PROFILES = {"mt-sics": "mt-sics-scale", "sbi": "sartorius-sbi", "and": "and-scale", "cas": "cas-ci"}
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_parse_faults():
+    f = parse_faults("noise=0.1, drop, unplug-after=50,drift,slow=0.25,seed=7")
+    assert f == Faults(noise=0.1, drop=0.05, unplug_after=50, drift=True, slow_s=0.25, seed=7)
+    assert parse_faults(["overload", "bad_checksum=0.5"]) == Faults(overload=True, bad_checksum=0.5)
+    assert parse_faults(None) == parse_faults("") == Faults()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "gremlins",
+        "noise=2",
+        "drop=x",
+        "unplug-after=-1",
+        "slow=nan",
+        "drift=maybe",
+        "overload,underload",
+    ],
+)
+def test_bad_fault_specs_are_typed_errors(spec):
+    with pytest.raises(FaultSpecError):
+        parse_faults(spec)
+
+
+def test_fault_injector_is_deterministic_and_faithful():
+    frame = b"M,S1,1,15.00*00\r\n"
+    a = FaultInjector(Faults(noise=0.3, drop=0.2, truncate=0.2, seed=3))
+    b = FaultInjector(Faults(noise=0.3, drop=0.2, truncate=0.2, seed=3))
+    outs = [a.transform(frame) for _ in range(200)]
+    assert outs == [b.transform(frame) for _ in range(200)]
+    assert None in outs and frame in outs
+    assert all(o is None or o.endswith(b"\r\n") for o in outs)
+    assert all(o is None or b"\n" not in o[:-1] for o in outs)  # noise never adds lines
+    clean = FaultInjector(Faults())
+    assert all(clean.transform(frame) == frame for _ in range(50))
+    unplug = FaultInjector(Faults(unplug_after=2))
+    unplug.transform(frame)
+    assert not unplug.unplug_due
+    unplug.transform(frame)
+    assert unplug.unplug_due
+
+
+def test_unknown_kind_or_protocol():
+    with pytest.raises(FaultSpecError):
+        start_simulator("scale", "mettler")
+    with pytest.raises(FaultSpecError):
+        start_simulator("oven", None)
+    with pytest.raises(ProfileError):
+        start_simulator("scale", "sbi", profile="mt-sics-scale")
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@pytest.mark.integration
+def test_pty_simulator_serves_a_real_device_and_stops_cleanly():
+    before = threading.active_count()
+    sim = start_simulator("scale", "mt-sics", load=100.0, settle_s=0.0)
+    assert stat.S_ISCHR(os.stat(sim.url).st_mode)
+    assert sim.running
+    profile = load_profile("mt-sics-scale")
+    for _ in range(2):  # a client may come, go and come back
+        with open_scale(profile, sim.url) as scale:
+            assert scale.read_immediate().value == 100.0
+    sim.stop()
+    assert not sim.running and sim.error is None
+    assert threading.active_count() <= before
+    sim.stop()  # idempotent
+
+
+@pytest.mark.integration
+def test_tcp_simulator_listens_on_loopback_only():
+    with start_simulator("scale", "cas", tcp_port=0, load=50.0, settle_s=0.0) as sim:
+        host_port = sim.url.removeprefix("socket://")
+        assert host_port.startswith("127.0.0.1:")
+        with open_scale(load_profile("cas-ci"), sim.url) as scale:
+            assert scale.read_immediate().value == 50.0
+        with open_scale(load_profile("cas-ci"), sim.url) as scale:  # second client
+            assert scale.read_immediate().unit == "kg"
+
+
+@pytest.mark.integration
+def test_serve_forever_reports_the_url_and_ends_on_unplug():
+    urls: list[str] = []
+    done = threading.Event()
+    result = {}
+
+    def run():
+        result["sim"] = serve_forever(
+            "analyser",
+            None,
+            on_ready=urls.append,
+            n_samples=None,
+            fibres_per_sample=20,
+            faults="unplug-after=45",
+            baudrate=9600,
+        )  # paced: the reader keeps up
+        done.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    for _ in range(100):
+        if urls:
+            break
+        done.wait(0.02)
+    assert urls and Path(urls[0]).exists()
+    reader = AnalyserReader(open_transport(urls[0]), line_timeout_s=2.0)
+    got = []
+    with pytest.raises(Disconnected):
+        while True:
+            got.append(reader.read_sample(timeout_s=2.0))
+    assert [s.sample_id for s in got] == ["S0001", "S0002"]  # 2 x 21 lines, then unplugged
+    assert reader.partial is not None and reader.partial.sample_id == "S0003"
+    # bytes still in flight when the adapter is pulled are lost, as with real hardware
+    assert 1 <= reader.partial.received <= 3
+    assert done.wait(5) and result["sim"].unplugged
+    reader.close()
+
+
+@pytest.mark.integration
+def test_finite_analyser_run_with_stop_when_finished():
+    samples = [("X1", [15.0, 16.0], None), ("X2", [17.5], [40.0])]
+    with start_simulator("analyser", samples=samples, stop_when_finished=True) as sim:
+        reader = AnalyserReader(open_transport(sim.url), line_timeout_s=2.0)
+        a, b = reader.read_sample(2.0), reader.read_sample(2.0)
+        assert (a.sample_id, a.n, a.curvature_deg_mm) == ("X1", 2, None)
+        assert (b.sample_id, list(b.curvature_deg_mm)) == ("X2", [40.0])
+        assert sim.wait(2.0) and sim.device.finished
+        reader.close()
+
+
+@pytest.mark.integration
+def test_paced_stream_keeps_to_its_line_rate():
+    dev = AnalyserSimulator(n_samples=1, fibres_per_sample=200, bytes_per_s=11520.0)
+    with Simulator(dev, connect_settle_s=0.05) as sim:
+        reader = AnalyserReader(open_transport(sim.url), line_timeout_s=2.0)
+        t0 = reader.transport.clock()
+        s = reader.read_sample(2.0)
+        elapsed = reader.transport.clock() - t0
+        reader.close()
+    n_bytes = len(s.raw)
+    assert s.n == 200
+    assert elapsed > 0.6 * n_bytes / 11520.0  # not faster than the line allows
+
+
+@pytest.mark.integration
+def test_slow_analyser_hits_the_line_timeout():
+    with start_simulator("analyser", n_samples=1, fibres_per_sample=5, faults="slow=0.4") as sim:
+        reader = AnalyserReader(open_transport(sim.url), line_timeout_s=0.2)
+        with pytest.raises((InstrumentTimeout, SampleError)):
+            reader.read_sample(timeout_s=1.0)
+            reader.read_sample(timeout_s=1.0)
+        reader.close()
+
+
+# --------------------------------------------------------------------------- captures
+
+
+def run_scale_script(scale, script):
+    """Run scale operations; outcomes as captures store them (as in test_scales.py)."""
+    out = []
+    for step in script:
+        try:
+            res = getattr(scale, step["op"])()
+        except FibergradeError as exc:
+            out.append({"op": step["op"], "error": type(exc).__name__})
+            continue
+        rec = {"op": step["op"]}
+        if res is not None and hasattr(res, "value"):
+            rec.update(value=res.value, unit=res.unit)
+            if hasattr(res, "mode"):
+                rec["mode"] = res.mode
+        out.append(rec)
+    return out
+
+
+def _rewrite_meta(path: Path, meta: dict) -> None:
+    lines = path.read_text().splitlines()
+    lines[0] = json.dumps({"fibergrade_capture": 1, "meta": meta}, ensure_ascii=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def record_scale_session(protocol: str, path: Path) -> dict:
+    """Run the simulator and a scripted session against it, recording the traffic.
+
+    Script: zero on an empty pan, stable weight of a load, immediate weight, tare, an
+    overload. The outcomes are stored in the capture's meta for the replay test.
+    """
+    profile = load_profile(PROFILES[protocol])
+    s = profile.scale
+    meta = {
+        "kind": "scale",
+        "protocol": protocol,
+        "profile": profile.name,
+        "scale_id": f"sim-{protocol}",
+        "recorded_with": "fibergrade.adapters.simulators on a pty (tests/test_simulators.py)",
+    }
+    with start_simulator("scale", protocol, profile=profile, load=0.0, settle_s=0.2) as sim:
+        tr = open_transport(sim.url, profile.serial, record_to=path, meta=meta)
+        scale = make_scale(profile, tr, scale_id=meta["scale_id"])
+        outcomes = run_scale_script(scale, [{"op": "zero"}])
+        sim.balance.set_load(round(0.3 * s.max / s.e) * s.e)
+        outcomes += run_scale_script(
+            scale, [{"op": "stable_weight"}, {"op": "immediate_weight"}, {"op": "tare"}]
+        )
+        sim.balance.faults = Faults(overload=True)
+        outcomes += run_scale_script(scale, [{"op": "immediate_weight"}])
+        scale.close()
+    meta["script"] = outcomes
+    _rewrite_meta(path, meta)
+    return meta
+
+
+def record_analyser_session(path: Path) -> dict:
+    """Three samples, the second with a dropped line (seeded), recorded from the simulator."""
+    profile = load_profile("analyser-line")
+    meta = {
+        "kind": "analyser",
+        "protocol": profile.protocol,
+        "profile": profile.name,
+        "recorded_with": "fibergrade.adapters.simulators on a pty (tests/test_simulators.py)",
+    }
+    lines = []
+    for k in range(1, 4):
+        d = [14.0 + 0.05 * i + k for i in range(30)]
+        lines += analyser.format_sample(f"L-{k}", d, [40.0 + i for i in range(30)])
+    del lines[31 + 8]  # lose line 9 of sample L-2 on the way
+    dev = AnalyserSimulator(lines=lines)
+    results: list[dict] = []
+    with Simulator(dev, stop_when_finished=False) as sim:
+        reader = AnalyserReader(
+            open_transport(sim.url, profile.serial, record_to=path, meta=meta), line_timeout_s=1.0
+        )
+        results = read_all(reader)
+        reader.close()
+    meta["results"] = results
+    _rewrite_meta(path, meta)
+    return meta
+
+
+def read_all(reader: AnalyserReader) -> list[dict]:
+    """Outcomes of reading until the stream goes idle, as captures store them."""
+    out: list[dict] = []
+    while True:
+        try:
+            s = reader.read_sample(timeout_s=1.0)
+        except InstrumentTimeout:
+            return out
+        except FibergradeError as exc:
+            out.append(
+                {
+                    "error": type(exc).__name__,
+                    "sample_id": getattr(exc, "sample_id", None),
+                    "line_no": getattr(exc, "line_no", None),
+                }
+            )
+            continue
+        out.append(
+            {
+                "sample_id": s.sample_id,
+                "n": s.n,
+                "lines": list(s.lines),
+                "mean_um": round(float(s.diameter_um.mean()), 4),
+            }
+        )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", list(PROFILES))
+def test_record_a_scale_session_and_replay_it(protocol, tmp_path):
+    record = os.environ.get("FIBERGRADE_RECORD_CAPTURES") == "1"
+    path = CAPTURES / f"{protocol}-session.jsonl" if record else tmp_path / "s.jsonl"
+    meta = record_scale_session(protocol, path)
+    assert [x["op"] for x in meta["script"]] == [
+        "zero",
+        "stable_weight",
+        "immediate_weight",
+        "tare",
+        "immediate_weight",
+    ]
+    assert meta["script"][1]["mode"] == "stable"
+    assert meta["script"][-1] == {"op": "immediate_weight", "error": "Overload"}
+    scale = make_scale(
+        load_profile(meta["profile"]), Transport.replay(path), scale_id=meta["scale_id"]
+    )
+    assert run_scale_script(scale, meta["script"]) == meta["script"]
+
+
+@pytest.mark.integration
+def test_record_an_analyser_session_and_replay_it(tmp_path):
+    record = os.environ.get("FIBERGRADE_RECORD_CAPTURES") == "1"
+    path = CAPTURES / "analyser-line-session.jsonl" if record else tmp_path / "a.jsonl"
+    meta = record_analyser_session(path)
+    assert [r.get("sample_id") for r in meta["results"]] == ["L-1", "L-2", "L-3"]
+    assert meta["results"][1]["error"] == "SampleIndexGapError"
+    replayed = read_all(AnalyserReader(Transport.replay(path), line_timeout_s=1.0))
+    assert replayed == meta["results"]
+
+
+def test_profiles_point_at_replaced_settings():
+    # dataclasses.replace keeps profiles immutable for tests that shorten timings
+    p = load_profile("mt-sics-scale")
+    q = replace(p, scale=replace(p.scale, stability_window_s=0.1))
+    assert p.scale.stability_window_s == 1.0 and q.scale.stability_window_s == 0.1

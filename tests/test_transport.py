@@ -1,0 +1,271 @@
+"""Transport: deadlines, disconnection, garbage, spy:// capture, recording and replay.
+
+Real ptys (os.openpty) and loopback sockets, no mocks (scales.md, "pyserial without
+hardware").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import tty
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fibergrade.adapters.errors import (
+    Disconnected,
+    FrameError,
+    InstrumentTimeout,
+    PortOpenError,
+    ReplayMismatch,
+)
+from fibergrade.adapters.profiles import SerialSettings
+from fibergrade.adapters.transport import (
+    CaptureEvent,
+    ReplayPort,
+    SessionRecorder,
+    Transport,
+    open_transport,
+    read_capture,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def pty_pair():
+    """(master fd, slave path); the master plays the device."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    path = os.ttyname(slave)
+    yield master, path
+    for fd in (master, slave):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _later(delay: float, fn, *args) -> threading.Thread:
+    def run():
+        time.sleep(delay)
+        fn(*args)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.integration
+def test_read_line_over_pty_loops_on_short_reads(pty_pair):
+    master, path = pty_pair
+    with Transport.open(path) as tr:
+        os.write(master, b"hel")
+        _later(0.1, os.write, master, b"lo\r\nnext")
+        assert tr.read_line(2.0) == b"hello"
+        os.write(master, b" line\n")
+        assert tr.read_line(2.0) == b"next line"
+        tr.write(b"SI\r\n")
+        time.sleep(0.05)
+        assert os.read(master, 100) == b"SI\r\n"
+
+
+@pytest.mark.integration
+def test_timeout_is_typed_and_keeps_its_deadline(pty_pair):
+    master, path = pty_pair
+    with Transport.open(path) as tr:
+        os.write(master, b"no terminator")
+        t0 = time.monotonic()
+        with pytest.raises(InstrumentTimeout) as ei:
+            tr.read_line(0.3)
+        elapsed = time.monotonic() - t0
+        assert 0.25 <= elapsed < 1.5
+        assert ei.value.partial == b"no terminator"
+        assert path in str(ei.value)
+        # the partial line stays buffered and completes later
+        os.write(master, b"\n")
+        assert tr.read_line(1.0) == b"no terminator"
+
+
+@pytest.mark.integration
+def test_unplugged_pty_is_disconnected_not_timeout(pty_pair):
+    master, path = pty_pair
+    tr = Transport.open(path)
+    os.write(master, b"partial")
+    os.close(master)  # the USB adapter is pulled
+    with pytest.raises(Disconnected) as ei:
+        tr.read_line(2.0)
+    assert "unplugged" in str(ei.value)
+    with pytest.raises(Disconnected):
+        tr.write(b"SI\r\n")
+    tr.close()
+
+
+@pytest.mark.integration
+def test_socket_url_and_peer_closing():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def serve():
+        conn, _ = srv.accept()
+        assert conn.recv(10) == b"Q\r\n"
+        conn.sendall(b"ST,+00012.34  g\r\n")
+        time.sleep(0.1)
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with Transport.open(f"socket://127.0.0.1:{port}") as tr:
+        tr.write(b"Q\r\n")
+        assert tr.read_line(2.0) == b"ST,+00012.34  g"
+        with pytest.raises(Disconnected):
+            tr.read_line(2.0)
+    t.join(2)
+    srv.close()
+
+
+def test_port_that_cannot_be_opened():
+    with pytest.raises(PortOpenError) as ei:
+        Transport.open("/dev/does-not-exist-fibergrade")
+    assert "/dev/does-not-exist-fibergrade" in str(ei.value)
+
+
+@pytest.mark.integration
+def test_profile_settings_reach_pyserial(pty_pair):
+    _, path = pty_pair
+    sbi = SerialSettings(baudrate=1200, bytesize=7, parity="O", stopbits=1, rtscts=True)
+    with Transport.open(path, sbi) as tr:
+        ser = tr.port._ser  # the pyserial object: settings as the profile gave them
+        assert (ser.baudrate, ser.bytesize, ser.parity, ser.stopbits) == (1200, 7, "O", 1)
+        assert ser.rtscts is True and ser.xonxoff is False
+
+
+@pytest.mark.integration
+def test_spy_url_writes_a_hex_capture(pty_pair, tmp_path):
+    master, path = pty_pair
+    log = tmp_path / "spy.txt"
+    with Transport.open(f"spy://{path}?file={log}") as tr:
+        tr.write(b"SI\r\n")
+        os.write(master, b"S S 1.00 g\r\n")
+        assert tr.read_line(2.0) == b"S S 1.00 g"
+    text = log.read_text()
+    assert "53 49 0D 0A" in text  # "SI\r\n" in the hex dump
+
+
+def test_long_line_is_garbage_and_the_stream_recovers():
+    tr = Transport(ReplayPort.from_bytes(b"x" * 100 + b"\nok\n", chunk=7), max_line=32)
+    with pytest.raises(FrameError):
+        tr.read_line(1.0)
+    assert tr.read_line(1.0) == b"ok"
+
+
+def test_immediate_bytes_and_read_exact():
+    tr = Transport(ReplayPort.from_bytes(b"\x06\r\nST,+1\r\n" + bytes(range(22))))
+    assert tr.read_line(1.0, immediate=b"\x06") == b"\x06"
+    assert tr.read_line(1.0, immediate=b"\x06") == b""
+    assert tr.read_line(1.0) == b"ST,+1"
+    assert tr.read_exact(22, 1.0) == bytes(range(22))
+    with pytest.raises(InstrumentTimeout):
+        tr.read_exact(1, 0.5)
+
+
+@pytest.mark.integration
+def test_record_then_replay_a_session(pty_pair, tmp_path):
+    master, path = pty_pair
+    cap = tmp_path / "session.jsonl"
+    tr = open_transport(path, record_to=cap, meta={"purpose": "test"})
+    tr.write(b"SI\r\n")
+    os.write(master, b"S S     1.00 g\r\n")
+    assert tr.read_line(2.0) == b"S S     1.00 g"
+    tr.write(b"Z\r\n")
+    os.write(master, b"Z A\r\n")
+    assert tr.read_line(2.0) == b"Z A"
+    os.close(master)
+    with pytest.raises(Disconnected):
+        tr.read_line(2.0)
+    tr.close()
+
+    meta, events = read_capture(cap)
+    assert meta["purpose"] == "test" and meta["url"] == path
+    assert [e.kind for e in events][:2] == ["tx", "rx"]
+    assert events[-1].kind == "disconnected"
+    header = json.loads(cap.read_text().splitlines()[0])
+    assert header["fibergrade_capture"] == 1
+
+    rp = Transport.replay(cap)
+    rp.write(b"SI\r\n")
+    assert rp.read_line(2.0) == b"S S     1.00 g"
+    with pytest.raises(ReplayMismatch):
+        rp.write(b"T\r\n")  # the capture holds Z here
+    rp2 = Transport.replay(cap)
+    rp2.write(b"SI\r\n")
+    rp2.read_line(2.0)
+    rp2.write(b"Z\r\n")
+    assert rp2.read_line(2.0) == b"Z A"
+    with pytest.raises(Disconnected):
+        rp2.read_line(2.0)
+
+
+def test_replay_timing_reproduces_a_live_timeout():
+    events = [CaptureEvent(0.0, "rx", b"a\n"), CaptureEvent(5.0, "rx", b"b\n")]
+    tr = Transport(ReplayPort(events))
+    assert tr.read_line(1.0) == b"a"
+    with pytest.raises(InstrumentTimeout):
+        tr.read_line(1.0)  # b arrived 5 s later: a 1 s read timed out live
+    assert tr.read_line(10.0) == b"b"
+    assert tr.clock() == pytest.approx(5.0)
+
+
+def test_bad_capture_files(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"not": "a capture"}\n')
+    with pytest.raises(FrameError):
+        read_capture(p)
+    p.write_text('{"fibergrade_capture": 1, "meta": {}}\n{"t": "soon"}\n')
+    with pytest.raises(FrameError) as ei:
+        read_capture(p)
+    assert "line 2" in str(ei.value)
+    p.write_text("")
+    with pytest.raises(FrameError):
+        read_capture(p)
+
+
+def test_recorder_escapes_every_byte(tmp_path):
+    p = tmp_path / "all.jsonl"
+    rec = SessionRecorder(p, {"k": 1})
+    rec.rx(10.0, bytes(range(256)))
+    rec.tx(10.5, b"\x1bP")
+    rec.close()
+    _, events = read_capture(p)
+    assert events[0] == CaptureEvent(0.0, "rx", bytes(range(256)))
+    assert events[1] == CaptureEvent(0.5, "tx", b"\x1bP")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=600),
+    chunk=st.integers(0, 40),
+    max_line=st.integers(8, 128),
+    immediate=st.sampled_from([b"", b"\x06"]),
+)
+def test_fuzz_read_line_never_crashes_or_hangs(data, chunk, max_line, immediate):
+    tr = Transport(ReplayPort.from_bytes(data, chunk=chunk), max_line=max_line)
+    got = 0
+    for _ in range(len(data) + 2):
+        try:
+            line = tr.read_line(0.5, immediate=immediate)
+        except FrameError:
+            continue
+        except InstrumentTimeout:
+            break
+        assert len(line) <= max_line
+        got += 1
+    else:  # pragma: no cover - each iteration consumes at least one byte
+        raise AssertionError("read_line did not consume its input")
+    assert got <= len(data)
