@@ -405,6 +405,19 @@ def demo_(
     )
 
 
+# === instruments: simulate, acquire (issue 3) ===============================================
+# (insert instrument commands above this line)
+
+# === calibration: calibrate, qc, calibrations (issue 4) =====================================
+# (insert calibration commands above this line)
+
+# === screening: screen, model (issue 5) ========================================================
+# (insert screening commands above this line)
+
+# === meat: meat import/grade, trace (issue 7) =================================================
+# (insert meat commands above this line)
+
+
 def main() -> None:
     """Console entry point: typed errors become a message and a non-zero exit code.
 

@@ -95,6 +95,8 @@ def run_demo(
     )
 
     store = Store.open(store_path, create=True)
+    # --- demo hook: acquisition through simulated instruments (issue 3) goes here ---
+    # --- demo hook: calibration of the simulated instruments (issue 4) goes here ---
     outcomes = import_files(store, [fibre_csv, hist_csv], manifest=manifest_csv)
     for o in outcomes:
         state = "already in the store" if o.already_imported else f"segment {o.segment[:12]}"
@@ -105,6 +107,7 @@ def run_demo(
     report.failed = [r for r in run.records if r["grade"] is None]
     report.grade_counts = Counter((r["declared_type"], r["grade"]) for r in run.records)
     step(3, f"graded {len(run.records)} lots by declared type; result {str(run.result_id)[:16]}")
+    # --- demo hook: screening of the day (issue 5) goes here ---
 
     chosen: dict[str, dict[str, Any]] = {}
     for r in run.records:
