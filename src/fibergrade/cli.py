@@ -323,27 +323,10 @@ def show_(
         f"[bold]lot {escape(lot)}[/]  declared {rec.get('declared_type') or '—'}, "
         f"origin {escape(rec.get('origin') or '—')}, basis {rec['basis']}, status {rec['status']}"
     )
+    from fibergrade.distribution import FIGURES
+
     t = Table(show_header=False)
-    for key in (
-        "n",
-        "mfd_um",
-        "sd_um",
-        "cv_pct",
-        "min_um",
-        "max_um",
-        "p5_um",
-        "p50_um",
-        "p95_um",
-        "cf_pct",
-        "pf_pct",
-        "coarse_count_pct",
-        "coarse_mass_pct",
-        "sf_um",
-        "curvature_mean_deg_mm",
-        "curvature_sd_deg_mm",
-        "medullated_pct",
-        "length_mean_mm",
-    ):
+    for key in ("n", *FIGURES):
         binned = " (binned)" if key in rec["binned"] else ""
         t.add_row(key + binned, _fmt(rec[key], 2))
     out.print(t)

@@ -74,6 +74,29 @@ def _lot_ids(lot_ids: Any, lots: int, what: str) -> tuple[str, ...]:
     return ids
 
 
+def gather_runs(offsets: np.ndarray, indices: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of the CSR runs at ``indices`` (in that order), without a Python loop over rows.
+
+    Returns ``(indices, new_offsets, rows)``: the rows of run ``indices[k]`` are
+    ``rows[new_offsets[k]:new_offsets[k + 1]]``.
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    starts, stops = offsets[idx], offsets[idx + 1]
+    lens = stops - starts
+    new_off = np.zeros(idx.size + 1, dtype=np.int64)
+    np.cumsum(lens, out=new_off[1:])
+    rows = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
+    return idx, new_off, rows
+
+
+def join_offsets(offsets: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """CSR offsets of tables joined end to end (``sizes``: rows of each table)."""
+    shifts = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))[:-1]])
+    return np.concatenate(
+        [np.zeros(1, np.int64)] + [o[1:] + s for o, s in zip(offsets, shifts, strict=True)]
+    ).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class FibreLots:
     """Per-fibre measurements of many lots, columnar with CSR offsets."""
@@ -128,13 +151,7 @@ class FibreLots:
 
     def select(self, indices: Any) -> FibreLots:
         """A new table holding the lots at ``indices`` (in that order)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        starts, stops = self.offsets[idx], self.offsets[idx + 1]
-        lens = stops - starts
-        new_off = np.zeros(idx.size + 1, dtype=np.int64)
-        np.cumsum(lens, out=new_off[1:])
-        # gather rows of each selected lot without a Python loop over fibres
-        rows = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
+        idx, new_off, rows = gather_runs(self.offsets, indices)
         cols = {k: v[rows] for k, v in self.optional_columns().items()}
         return FibreLots(
             lot_ids=tuple(self.lot_ids[i] for i in idx.tolist()),
@@ -148,11 +165,7 @@ class FibreLots:
         """Join tables end to end; an optional column is kept only if every part has it."""
         if not parts:
             return FibreLots((), np.zeros(1, np.int64), np.zeros(0, np.float32))
-        sizes = np.array([p.n_fibres for p in parts], dtype=np.int64)
-        shifts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        off = np.concatenate(
-            [[0]] + [p.offsets[1:] + s for p, s in zip(parts, shifts, strict=True)]
-        ).astype(np.int64)
+        off = join_offsets([p.offsets for p in parts], [p.n_fibres for p in parts])
         cols: dict[str, np.ndarray] = {}
         for name in ("length_mm", "curvature_deg_mm", "medullated"):
             if all(getattr(p, name) is not None for p in parts):
@@ -208,6 +221,31 @@ class HistogramLots:
     @property
     def n_lots(self) -> int:
         return self.offsets.size - 1
+
+    def select(self, indices: Any) -> HistogramLots:
+        """A new table holding the lots at ``indices`` (in that order)."""
+        idx, new_off, rows = gather_runs(self.offsets, indices)
+        return HistogramLots(
+            lot_ids=tuple(self.lot_ids[i] for i in idx.tolist()),
+            offsets=new_off,
+            lower_um=self.lower_um[rows],
+            upper_um=self.upper_um[rows],
+            counts=self.counts[rows],
+        )
+
+    @staticmethod
+    def concat(parts: list[HistogramLots]) -> HistogramLots:
+        """Join tables end to end."""
+        if not parts:
+            z = np.zeros(0, np.float64)
+            return HistogramLots((), np.zeros(1, np.int64), z, z, np.zeros(0, np.int64))
+        return HistogramLots(
+            lot_ids=tuple(x for p in parts for x in p.lot_ids),
+            offsets=join_offsets([p.offsets for p in parts], [p.lower_um.size for p in parts]),
+            lower_um=np.concatenate([p.lower_um for p in parts]),
+            upper_um=np.concatenate([p.upper_um for p in parts]),
+            counts=np.concatenate([p.counts for p in parts]),
+        )
 
 
 @dataclass(frozen=True)

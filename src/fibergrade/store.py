@@ -227,50 +227,6 @@ def _read_array(ds: h5py.Dataset, dtype: Any) -> np.ndarray:
     return out
 
 
-def _select_histograms(table: HistogramLots, indices: Sequence[int]) -> HistogramLots:
-    """The lots of ``table`` at ``indices`` (in that order), gathered with numpy."""
-    idx = np.asarray(indices, dtype=np.int64)
-    starts, stops = table.offsets[idx], table.offsets[idx + 1]
-    lens = stops - starts
-    new_off = np.zeros(idx.size + 1, dtype=np.int64)
-    np.cumsum(lens, out=new_off[1:])
-    rows = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
-    return HistogramLots(
-        lot_ids=tuple(table.lot_ids[i] for i in idx.tolist()),
-        offsets=new_off,
-        lower_um=table.lower_um[rows],
-        upper_um=table.upper_um[rows],
-        counts=table.counts[rows],
-    )
-
-
-def _concat_histograms(parts: list[HistogramLots]) -> HistogramLots:
-    """Join histogram tables end to end."""
-    if not parts:
-        return _empty_histograms()
-    sizes = np.array([p.lower_um.size for p in parts], dtype=np.int64)
-    shifts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    off = np.concatenate(
-        [np.zeros(1, np.int64)] + [p.offsets[1:] + s for p, s in zip(parts, shifts, strict=True)]
-    )
-    return HistogramLots(
-        lot_ids=tuple(x for p in parts for x in p.lot_ids),
-        offsets=off,
-        lower_um=np.concatenate([p.lower_um for p in parts]),
-        upper_um=np.concatenate([p.upper_um for p in parts]),
-        counts=np.concatenate([p.counts for p in parts]),
-    )
-
-
-def _empty_fibres() -> FibreLots:
-    return FibreLots((), np.zeros(1, np.int64), np.zeros(0, np.float32))
-
-
-def _empty_histograms() -> HistogramLots:
-    z = np.zeros(0, np.float64)
-    return HistogramLots((), np.zeros(1, np.int64), z, z, np.zeros(0, np.int64))
-
-
 def _now_after(previous: str | None) -> str:
     """ISO 8601 UTC timestamp (microseconds), strictly after ``previous`` so that sorting
     by ``created_at`` reproduces commit order even if the wall clock steps back."""
@@ -1003,11 +959,7 @@ class Store:
                 continue
             table = self.read_segment(seg.digest)
             if idx != list(range(table.n_lots)):
-                table = (
-                    table.select(idx)
-                    if isinstance(table, FibreLots)
-                    else _select_histograms(table, idx)
-                )
+                table = table.select(idx)
             parts.append(table)
             grouped.extend(table.lot_ids)
         order = [r.lot_id for r in recs]
@@ -1024,7 +976,7 @@ class Store:
         parts, order = self._gather(lot_ids, "fibres")
         fparts = [p for p in parts if isinstance(p, FibreLots)]
         if not fparts:
-            return _empty_fibres()
+            return FibreLots.concat([])
         table = fparts[0] if len(fparts) == 1 else FibreLots.concat(fparts)
         if order is not None:
             pos = {x: i for i, x in enumerate(table.lot_ids)}
@@ -1036,11 +988,11 @@ class Store:
         parts, order = self._gather(lot_ids, "histogram")
         hparts = [p for p in parts if isinstance(p, HistogramLots)]
         if not hparts:
-            return _empty_histograms()
-        table = hparts[0] if len(hparts) == 1 else _concat_histograms(hparts)
+            return HistogramLots.concat([])
+        table = hparts[0] if len(hparts) == 1 else HistogramLots.concat(hparts)
         if order is not None:
             pos = {x: i for i, x in enumerate(table.lot_ids)}
-            table = _select_histograms(table, [pos[x] for x in order])
+            table = table.select([pos[x] for x in order])
         return table
 
     # ------------------------------------------------------------------ results

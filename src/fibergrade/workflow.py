@@ -29,7 +29,7 @@ from fibergrade.distribution import (
 )
 from fibergrade.errors import InputError, LotNotFoundError
 from fibergrade.grading import Standard, grade, load_standard, standard_for_type
-from fibergrade.measurements import FibreLots, HistogramLots, LotMeta
+from fibergrade.measurements import FibreLots, LotMeta
 from fibergrade.store import ImportOutcome, LotRecord, PendingSegment, Store, sha256_file
 
 Progress = Callable[[int, int], None]
@@ -159,24 +159,8 @@ def _summarise_segment(
     if isinstance(table, FibreLots):
         sub = table if pos == list(range(table.n_lots)) else table.select(pos)
         return summarise(sub, cut_um, engine=engine)
-    return summarise_histograms(_select_hist(table, pos), cut_um)
-
-
-def _select_hist(h: HistogramLots, pos: list[int]) -> HistogramLots:
-    if pos == list(range(h.n_lots)):
-        return h
-    idx = np.asarray(pos, dtype=np.int64)
-    starts, stops = h.offsets[idx], h.offsets[idx + 1]
-    lens = stops - starts
-    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    rows = np.repeat(starts - off[:-1], lens) + np.arange(off[-1])
-    return HistogramLots(
-        lot_ids=tuple(h.lot_ids[i] for i in pos),
-        offsets=off,
-        lower_um=h.lower_um[rows],
-        upper_um=h.upper_um[rows],
-        counts=h.counts[rows],
-    )
+    sel = table if pos == list(range(table.n_lots)) else table.select(pos)
+    return summarise_histograms(sel, cut_um)
 
 
 def grade_lots(
