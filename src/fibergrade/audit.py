@@ -1,0 +1,358 @@
+"""The append-only, hash-chained audit log kept in the store.
+
+``<store>/audit/log.jsonl`` holds one JSON object per line::
+
+    {"seq": 7, "time": "...", "actor": "...", "action": "grade", "subject": "...",
+     "payload_digest": "<sha256 of the canonical JSON of what the step produced>",
+     "prev": "<hash of entry 6>", "hash": "<sha256 of this entry without 'hash'>"}
+
+The first entry's ``prev`` is 64 zeros. Each entry's ``hash`` covers every other field,
+so an edited entry no longer matches its hash; a deleted, inserted or reordered entry breaks
+the ``seq`` sequence and the ``prev`` link of the entry after it.
+
+``<store>/audit/head.json`` names the last entry (seq and hash) and is rewritten with every
+append, so a log cut short is found by comparing the two. At checkpoints (certificate
+issue, revocation, or ``fibergrade audit checkpoint``) the head is signed with the lab's
+Ed25519 key and the signature is appended as an entry of its own (``action =
+"checkpoint"``). A truncation that also rolls ``head.json`` back to an earlier state cannot
+be seen from the store alone; it is caught against anything that recorded a later position
+of the log: signed checkpoints, and every certificate, which carries the log position at
+issue.
+
+Appends take an exclusive ``fcntl`` lock on ``audit/.lock`` and ``fsync`` the log before the
+head is replaced (write to a temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fibergrade.errors import FibergradeError
+
+GENESIS = "0" * 64
+ACTIONS = (
+    "import",
+    "acquire",
+    "calibrate",
+    "qc",
+    "grade",
+    "screen",
+    "override",
+    "certify",
+    "revoke",
+    "key",
+    "checkpoint",
+)
+
+
+class AuditError(FibergradeError):
+    """The audit log cannot be read or written."""
+
+    exit_code = 3
+
+
+class AuditTamperError(AuditError):
+    """The audit log fails verification; names the first bad entry."""
+
+    def __init__(self, line: int | None, seq: int | None, message: str) -> None:
+        self.line = line
+        self.seq = seq
+        where = f"audit log line {line}" if line is not None else "audit log"
+        if seq is not None:
+            where += f" (entry {seq})"
+        super().__init__(f"{where}: {message}")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte representation that digests and signatures are computed over."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``obj``."""
+    return hashlib.sha256(canonical_json(obj)).hexdigest()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return digest({k: v for k, v in entry.items() if k != "hash"})
+
+
+def default_actor() -> str:
+    """Who is acting: $FIBERGRADE_ACTOR, else the login name."""
+    actor = os.environ.get("FIBERGRADE_ACTOR")
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def checkpoint_message(seq: int, head_hash: str) -> bytes:
+    """The bytes a checkpoint signature covers."""
+    return f"fibergrade-audit-checkpoint:{seq}:{head_hash}".encode("ascii")
+
+
+@dataclass(frozen=True)
+class Position:
+    """A position in the log: the last entry's sequence number and hash."""
+
+    seq: int
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash}
+
+
+class AuditLog:
+    """The audit log of one store directory."""
+
+    def __init__(self, store_root: str | Path) -> None:
+        self.dir = Path(store_root) / "audit"
+        self.path = self.dir / "log.jsonl"
+        self.head_path = self.dir / "head.json"
+
+    # -- writing --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _last(self) -> tuple[int, str]:
+        """Sequence number and hash of the last entry (-1 and GENESIS when empty)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return -1, GENESIS
+        with open(self.path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            block = min(size, 65536)
+            fh.seek(size - block)
+            tail = fh.read(block).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        try:
+            last = json.loads(tail)
+            return int(last["seq"]), str(last["hash"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AuditError(f"{self.path}: the last entry is unreadable ({exc})") from exc
+
+    def append(
+        self,
+        action: str,
+        subject: str,
+        payload: Any = None,
+        *,
+        actor: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Append one entry and return it. ``payload`` is digested, not stored."""
+        if action not in ACTIONS:
+            raise AuditError(f"unknown audit action {action!r}; known: {', '.join(ACTIONS)}")
+        with self._locked():
+            seq, prev = self._last()
+            entry: dict[str, Any] = {
+                "seq": seq + 1,
+                "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
+                "actor": actor or default_actor(),
+                "action": action,
+                "subject": subject,
+                "payload_digest": digest(payload) if payload is not None else None,
+                "prev": prev,
+            }
+            if extra:
+                entry.update(extra)
+            entry["hash"] = entry_hash(entry)
+            line = canonical_json(entry) + b"\n"
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._write_head(Position(entry["seq"], entry["hash"]))
+        return entry
+
+    def _write_head(self, pos: Position) -> None:
+        tmp = self.dir / f".head.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(canonical_json(pos.to_dict()))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.head_path)
+
+    def checkpoint(self, private_key: Any, *, actor: str | None = None) -> dict[str, Any]:
+        """Sign the current head with the lab key and append the signature."""
+        seq, head = self._last()
+        if seq < 0:
+            raise AuditError("the audit log is empty: nothing to checkpoint")
+        sig = private_key.sign(checkpoint_message(seq, head))
+        from fibergrade.keys import fingerprint
+
+        return self.append(
+            "checkpoint",
+            f"{seq}:{head}",
+            actor=actor,
+            extra={
+                "signed_seq": seq,
+                "signed_hash": head,
+                "key_fingerprint": fingerprint(private_key.public_key()),
+                "signature": base64.b64encode(sig).decode("ascii"),
+            },
+        )
+
+    def position(self) -> Position:
+        seq, h = self._last()
+        return Position(seq, h)
+
+    # -- reading and verifying ------------------------------------------------------------
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, parsed (no checks; see :meth:`verify`)."""
+        if not self.path.exists():
+            return []
+        out = []
+        with open(self.path, "rb") as fh:
+            for i, raw in enumerate(fh, start=1):
+                try:
+                    out.append(json.loads(raw))
+                except ValueError as exc:
+                    raise AuditTamperError(i, None, f"not a JSON entry ({exc})") from exc
+        return out
+
+    def verify(self, public_key: Any | None = None) -> VerifyReport:
+        """Check the chain, the head and (given the lab's public key) every checkpoint.
+
+        Raises :class:`AuditTamperError` naming the first bad entry.
+        """
+        entries = self.entries()
+        prev = GENESIS
+        checkpoints = 0
+        last_checkpoint = -1
+        for line, e in enumerate(entries, start=1):
+            seq = e.get("seq") if isinstance(e, dict) else None
+            if not isinstance(e, dict) or "hash" not in e:
+                raise AuditTamperError(line, seq, "entry has no hash")
+            if seq != line - 1:
+                raise AuditTamperError(
+                    line,
+                    seq,
+                    f"sequence number {seq} where {line - 1} was expected: an entry was "
+                    "deleted, inserted or moved",
+                )
+            if entry_hash(e) != e["hash"]:
+                raise AuditTamperError(line, seq, "entry was edited: its hash does not match")
+            if e.get("prev") != prev:
+                raise AuditTamperError(
+                    line, seq, "chain broken: 'prev' is not the hash of the entry before it"
+                )
+            if e.get("action") == "checkpoint":
+                checkpoints += 1
+                last_checkpoint = int(seq)
+                if public_key is not None:
+                    _check_checkpoint(e, entries, line, public_key)
+            prev = e["hash"]
+        head = self._read_head()
+        n = len(entries)
+        if head is None:
+            if n:
+                raise AuditTamperError(None, None, "head.json is missing: cannot tell truncation")
+        else:
+            if head.seq != n - 1 or (n and head.hash != prev):
+                raise AuditTamperError(
+                    n,
+                    n - 1 if n else None,
+                    f"log truncated or head altered: the head names entry {head.seq} "
+                    f"but the log ends at entry {n - 1}",
+                )
+        return VerifyReport(
+            entries=n,
+            checkpoints=checkpoints,
+            unanchored=(n - 1 - last_checkpoint) if n else 0,
+            head=Position(n - 1, prev) if n else Position(-1, GENESIS),
+            signatures_checked=public_key is not None,
+        )
+
+    def check_position(self, pos: Position) -> None:
+        """Raise unless the log contains entry ``pos.seq`` with hash ``pos.hash``."""
+        entries = self.entries()
+        if pos.seq >= len(entries):
+            raise AuditTamperError(
+                None,
+                pos.seq,
+                f"the log ends at entry {len(entries) - 1} but a document recorded entry "
+                f"{pos.seq}: the log was truncated",
+            )
+        if entries[pos.seq].get("hash") != pos.hash:
+            raise AuditTamperError(
+                pos.seq + 1, pos.seq, "entry differs from the one a document recorded"
+            )
+
+    def _read_head(self) -> Position | None:
+        if not self.head_path.exists():
+            return None
+        try:
+            d = json.loads(self.head_path.read_bytes())
+            return Position(int(d["seq"]), str(d["hash"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AuditTamperError(None, None, f"head.json is unreadable ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    entries: int
+    checkpoints: int
+    unanchored: int  # entries after the last signed checkpoint
+    head: Position
+    signatures_checked: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "entries": self.entries,
+            "checkpoints": self.checkpoints,
+            "entries_after_last_checkpoint": self.unanchored,
+            "head": self.head.to_dict(),
+            "signatures_checked": self.signatures_checked,
+        }
+
+
+def _check_checkpoint(
+    e: dict[str, Any], entries: list[dict[str, Any]], line: int, key: Any
+) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    from fibergrade.keys import fingerprint
+
+    seq = e["seq"]
+    signed_seq = e.get("signed_seq")
+    if not isinstance(signed_seq, int) or not (0 <= signed_seq < seq):
+        raise AuditTamperError(line, seq, "checkpoint names no earlier entry")
+    if entries[signed_seq].get("hash") != e.get("signed_hash"):
+        raise AuditTamperError(line, seq, f"checkpoint signs a different entry {signed_seq}")
+    if e.get("key_fingerprint") != fingerprint(key):
+        raise AuditTamperError(line, seq, "checkpoint was signed with another key")
+    try:
+        key.verify(
+            base64.b64decode(e.get("signature", "")),
+            checkpoint_message(signed_seq, e["signed_hash"]),
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise AuditTamperError(line, seq, "checkpoint signature does not verify") from exc

@@ -1,0 +1,147 @@
+"""The hash-chained audit log: every kind of tampering is found and named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fibergrade.audit import AuditError, AuditLog, AuditTamperError, Position
+from fibergrade.keys import init_keys, load_private_key, load_public_key
+
+
+@pytest.fixture()
+def keys(tmp_path: Path):
+    priv, pub, _ = init_keys(tmp_path / "keys")
+    return load_private_key(priv), load_public_key(pub)
+
+
+def filled(tmp_path: Path, keys, n: int = 6) -> AuditLog:
+    log = AuditLog(tmp_path / "store")
+    for i in range(n):
+        log.append("import", f"file-{i}.csv", {"i": i}, actor="tech")
+    log.checkpoint(keys[0], actor="tech")
+    log.append("grade", "lot-1", {"grade": "cashmere"}, actor="tech")
+    return log
+
+
+def lines(log: AuditLog) -> list[str]:
+    return log.path.read_text().splitlines()
+
+
+def write(log: AuditLog, rows: list[str]) -> None:
+    log.path.write_text("\n".join(rows) + "\n")
+
+
+def test_an_intact_log_verifies_with_its_checkpoint(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    rep = log.verify(keys[1])
+    assert rep.entries == 8 and rep.checkpoints == 1 and rep.unanchored == 1
+    assert rep.head == log.position()
+    e = log.entries()
+    assert e[0]["prev"] == "0" * 64 and all(e[i]["prev"] == e[i - 1]["hash"] for i in range(1, 8))
+    assert e[3]["payload_digest"] and "i" not in e[3]  # payloads are digested, not stored
+
+
+def test_edited_entry_is_named(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    rows = lines(log)
+    rows[2] = rows[2].replace('"tech"', '"someone-else"')
+    write(log, rows)
+    with pytest.raises(AuditTamperError, match=r"line 3 \(entry 2\): entry was edited"):
+        log.verify(keys[1])
+
+
+def test_edited_entry_with_recomputed_hash_breaks_the_chain(tmp_path, keys):
+    from fibergrade.audit import entry_hash
+
+    log = filled(tmp_path, keys)
+    rows = lines(log)
+    e = json.loads(rows[2])
+    e["subject"] = "forged.csv"
+    e["hash"] = entry_hash(e)
+    rows[2] = json.dumps(e)
+    write(log, rows)
+    with pytest.raises(AuditTamperError, match=r"entry 3\).*chain broken"):
+        log.verify(keys[1])
+
+
+def test_deleted_entry_is_named(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    rows = lines(log)
+    del rows[4]
+    write(log, rows)
+    with pytest.raises(AuditTamperError, match=r"line 5.*sequence number 5 where 4"):
+        log.verify(keys[1])
+
+
+def test_inserted_entry_is_named(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    rows = lines(log)
+    rows.insert(3, rows[2])
+    write(log, rows)
+    with pytest.raises(AuditTamperError, match=r"line 4.*sequence number 2 where 3"):
+        log.verify(keys[1])
+
+
+def test_reordered_entries_are_named(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    rows = lines(log)
+    rows[1], rows[2] = rows[2], rows[1]
+    write(log, rows)
+    with pytest.raises(AuditTamperError, match=r"line 2.*sequence number 2 where 1"):
+        log.verify(keys[1])
+
+
+def test_truncated_log_is_found_against_the_head(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    write(log, lines(log)[:-2])
+    with pytest.raises(AuditTamperError, match="truncated"):
+        log.verify(keys[1])
+
+
+def test_truncation_behind_a_rolled_back_head_is_found_against_a_recorded_position(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    recorded = log.position()  # e.g. what a certificate carries
+    rows = lines(log)
+    write(log, rows[:-1])
+    last = json.loads(rows[-2])
+    log.head_path.write_text(json.dumps({"seq": last["seq"], "hash": last["hash"]}))
+    log.verify(keys[1])  # consistent on its own ...
+    with pytest.raises(AuditTamperError, match="truncated"):
+        log.check_position(recorded)  # ... but not with what was recorded
+
+
+def test_checkpoint_signed_with_another_key_or_forged(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    _, other_pub, _ = init_keys(tmp_path / "other")
+    with pytest.raises(AuditTamperError, match="another key"):
+        log.verify(load_public_key(other_pub))
+    # without the key, the chain alone still verifies
+    assert log.verify().signatures_checked is False
+
+
+def test_unknown_action_and_empty_checkpoint_are_refused(tmp_path, keys):
+    log = AuditLog(tmp_path / "s")
+    with pytest.raises(AuditError, match="unknown audit action"):
+        log.append("delete", "x")
+    with pytest.raises(AuditError, match="empty"):
+        log.checkpoint(keys[0])
+    assert log.verify().entries == 0
+    assert log.position() == Position(-1, "0" * 64)
+
+
+def test_private_key_is_0600_refuses_overwrite_and_stores(tmp_path):
+    from fibergrade.keys import KeyFileError
+
+    priv, _pub, fp = init_keys(tmp_path / "k", passphrase="s3cret")
+    assert priv.stat().st_mode & 0o777 == 0o600 and len(fp) == 64
+    with pytest.raises(KeyFileError, match="exists"):
+        init_keys(tmp_path / "k")
+    with pytest.raises(KeyFileError, match="passphrase"):
+        load_private_key(priv)
+    assert load_private_key(priv, "s3cret")
+    (tmp_path / "store" / "segments").mkdir(parents=True)
+    with pytest.raises(KeyFileError, match="inside the store"):
+        init_keys(tmp_path / "store" / "keys")
