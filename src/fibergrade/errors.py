@@ -103,3 +103,12 @@ class LotConflictError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process is writing to the store."""
+
+
+class ModelError(FibergradeError):
+    """The screening model file is missing, of the wrong type, or altered.
+
+    Never answered by a fallback: without the model a lot is not screened.
+    """
+
+    exit_code = 4
