@@ -24,6 +24,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/grading_throughput.py
+	$(BIN)/python benchmarks/acquisition_throughput.py
+	$(BIN)/python benchmarks/screening_throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

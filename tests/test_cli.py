@@ -212,3 +212,8 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path):
     assert "grades by declared type" in r.stdout
     r2 = run("demo", "--lots", "40", cwd=tmp_path)
     assert r2.returncode == 0 and "already in the store" in r2.stdout
+    # part of the day streams live from a simulated analyser on a pty (issue 3)
+    assert "acquire 8 lots live from simulated analyser" in r.stdout
+    assert "weigh specimens on simulated MT-SICS balance" in r.stdout
+    assert "8 lots live" in r2.stdout and "all already in the store" in r2.stdout
+    assert "already weighed" in r2.stdout

@@ -98,16 +98,25 @@ def import_(
     lots: Annotated[
         Path | None, typer.Option("--lots", help="Lot manifest CSV (declared type, origin...).")
     ] = None,
+    instrument: Annotated[
+        str | None,
+        typer.Option(
+            "--instrument",
+            help="Read FILES as this instrument's exports: an export profile name from "
+            "instruments/ (ofda-export, laserscan-histogram) or a .toml path.",
+        ),
+    ] = None,
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
 ) -> None:
     """Import measurement files into the store (all or nothing; re-imports do nothing)."""
     from fibergrade.workflow import import_files, unmatched_manifest_lots
 
+    profile = _load_profile(instrument) if instrument is not None else None
     st = _open_store(store, create=True)
     prog, update = _progress("reading files", enabled=not json_)
     with prog:
-        outcomes = import_files(st, files, manifest=lots, progress=update)
+        outcomes = import_files(st, files, manifest=lots, progress=update, instrument=profile)
     unmatched = unmatched_manifest_lots(st, lots) if lots else []
     if json_:
         _print_json(
@@ -389,6 +398,530 @@ def demo_(
 
 
 # === instruments: simulate, acquire (issue 3) ===============================================
+def _load_profile(name_or_path: str):  # type: ignore[no-untyped-def]
+    """An instrument profile by name (searched as ``profiles.instrument_dirs`` says) or path."""
+    from fibergrade.adapters.profiles import load_profile
+
+    return load_profile(name_or_path)
+
+
+def _raise_on_sigterm() -> None:
+    """Let SIGTERM end a long-running command the way Ctrl-C does (cleanly)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _only_for(kind: str, options: dict[str, Any]) -> None:
+    """Refuse the options given (truthy) that only make sense for the other kind of
+    instrument."""
+    wrong = [flag for flag, value in options.items() if value]
+    if wrong:
+        raise typer.BadParameter(f"{', '.join(wrong)}: only for {kind}")
+
+
+def _say(text: str) -> None:
+    """A plain line on stdout, flushed at once (scripts read the simulator's port from it)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@app.command("simulate")
+def simulate_(
+    kind: Annotated[str, typer.Argument(help="What to simulate: analyser or scale.")],
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol",
+            help="Scale: mt-sics, sbi, and or cas (required). Analyser: fibergrade-line.",
+        ),
+    ] = None,
+    faults: Annotated[
+        str | None,
+        typer.Option(
+            "--faults",
+            help="Faults to inject, comma-separated: noise=P, drop=P, truncate=P, "
+            "bad-checksum=P, unplug-after=N, overload, underload, drift, jitter, slow=S, seed=N.",
+        ),
+    ] = None,
+    tcp: Annotated[
+        int | None,
+        typer.Option("--tcp", min=0, help="Serve on 127.0.0.1:PORT instead of a pty (0: any)."),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            "--samples", min=1, help="Analyser: stream N samples, then idle (default: endless)."
+        ),
+    ] = None,
+    fibres: Annotated[
+        int | None,
+        typer.Option("--fibres", min=1, help="Analyser: fibre snippets per sample (400)."),
+    ] = None,
+    baud: Annotated[
+        int | None,
+        typer.Option(
+            "--baud",
+            min=0,
+            help="Analyser: pace the stream as this serial line would (default: the profile's "
+            "baud rate; 0: as fast as the client reads).",
+        ),
+    ] = None,
+    load: Annotated[
+        float | None,
+        typer.Option(
+            "--load", help="Scale: gross load on the pan in the scale's unit (default 20 % of Max)."
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            help="Profile the simulator follows (scale: unit, Max, e; analyser: baud rate). "
+            "Default: the protocol's profile in instruments/.",
+        ),
+    ] = None,
+) -> None:
+    """Serve a simulated analyser or scale on a pty (or TCP port) until Ctrl-C.
+
+    Prints the device path to open (``port: /dev/pts/N``) and what it serves.
+    """
+    from fibergrade.adapters import analyser
+    from fibergrade.adapters.simulators import (
+        DEFAULT_PROFILES,
+        SCALE_SIMULATORS,
+        parse_faults,
+        serve_forever,
+    )
+
+    if kind not in ("analyser", "scale"):
+        raise typer.BadParameter("must be analyser or scale", param_hint="KIND")
+    if kind == "scale":
+        _only_for("an analyser", {"--samples": samples, "--fibres": fibres, "--baud": baud})
+    else:
+        _only_for("a scale", {"--load": load is not None})
+    f = parse_faults(faults)
+    shown_faults = ", ".join(
+        f"{k}={v}" if v is not True else k
+        for k, v in vars(f).items()
+        if v not in (0, 0.0, None, False) and k != "seed"
+    )
+    if kind == "scale":
+        if protocol is None:
+            raise typer.BadParameter("a scale needs --protocol mt-sics|sbi|and|cas")
+        if protocol not in SCALE_SIMULATORS:
+            raise typer.BadParameter(
+                f"unknown scale protocol {protocol!r}; known: " + ", ".join(SCALE_SIMULATORS),
+                param_hint="--protocol",
+            )
+        prof = _load_profile(profile or DEFAULT_PROFILES[protocol])
+        sc = prof.scale
+        if sc is None:
+            raise typer.BadParameter(f"{prof.path} is not a scale profile", param_hint="--profile")
+        shown_load = load if load is not None else round(0.2 * sc.max / sc.e) * sc.e
+        what = (
+            f"simulated {protocol} scale (profile {prof.name}: Max {sc.max:g} {sc.unit}, "
+            f"e {sc.e:g} {sc.unit}), load {shown_load:g} {sc.unit}"
+        )
+        options: dict[str, Any] = {"profile": prof, "load": load}
+    else:
+        prof = _load_profile(profile or DEFAULT_PROFILES[analyser.PROTOCOL])
+        rate = baud if baud is not None else (prof.serial.baudrate if prof.serial else 0)
+        paced = f"paced at {rate} baud" if rate else "unpaced"
+        fibres = fibres or 400
+        what = (
+            f"simulated analyser ({analyser.PROTOCOL}), "
+            f"{samples if samples is not None else 'endless'} samples of {fibres} fibres, "
+            f"{paced}"
+        )
+        options = {"n_samples": samples, "fibres_per_sample": fibres, "baudrate": rate or None}
+
+    def ready(url: str) -> None:
+        _say(what + f"; faults: {shown_faults or 'none'}")
+        _say(f"port: {url}")
+        _say(f"open it with: fibergrade acquire --instrument {prof.name} --port {url}")
+        _say("Ctrl-C stops the simulator.")
+
+    _raise_on_sigterm()
+    try:
+        sim = serve_forever(kind, protocol, on_ready=ready, faults=f, tcp_port=tcp, **options)
+    except KeyboardInterrupt:
+        _say("simulator stopped")
+        return
+    if sim.unplugged:
+        _say(f"adapter unplugged after {sim.frames_sent} frames (fault unplug-after); stopped")
+
+
+def _acquire_bar(enabled: bool, total: int | None):  # type: ignore[no-untyped-def]
+    """A rich progress display on stderr for acquisitions; returns (progress, task)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not enabled,
+    )
+    task = prog.add_task("acquiring", total=total, stats="waiting for the instrument")
+    return prog, task
+
+
+def _acquire_exit(summary: Any, kept: str) -> None:
+    """Say why an acquisition ended when it was not the plan, and exit: 130 after Ctrl-C,
+    3 for a store failure, 4 when anything was lost or refused, else 0."""
+    if summary.ended == "interrupted":
+        err.print(f"[bold red]interrupted:[/] {escape(kept)}")
+        raise typer.Exit(130)
+    if summary.ended in ("disconnected", "store-error", "stopped-on-error"):
+        err.print(f"[bold red]{summary.ended}:[/] {escape(summary.detail)}")
+    if summary.ended == "store-error":
+        raise typer.Exit(3)
+    if not summary.complete:
+        raise typer.Exit(4)
+
+
+def _acquire_analyser(
+    prof: Any,
+    reader: Any,
+    *,
+    store: Path,
+    lot: str | None,
+    samples: int | None,
+    lots_manifest: Path | None,
+    instrument_id: str | None,
+    idle_timeout: float | None,
+    stop_on_error: bool,
+    json_: bool,
+) -> None:
+    from fibergrade.acquisition import acquire_samples
+
+    metas = {}
+    if lots_manifest is not None:
+        from fibergrade.adapters.interchange import read_lot_manifest
+
+        metas = read_lot_manifest(lots_manifest)
+    st = _open_store(store, create=True)
+    total = 1 if lot is not None else samples
+    prog, task = _acquire_bar(not json_, total)
+
+    def show(p: Any) -> None:
+        mfd = f"{p.running_mfd_um:.2f} um" if p.running_mfd_um is not None else "—"
+        now = f"sample {p.sample_id} ({p.sample_readings})" if p.sample_id else "between samples"
+        prog.update(
+            task,
+            completed=p.samples_committed,
+            description=f"{prof.name}: {now}",
+            stats=f"{p.readings:,} readings, {p.readings_per_s:,.0f}/s, running MFD {mfd}, "
+            f"{p.samples_committed} committed, {p.samples_failed} failed",
+        )
+
+    def committed(c: Any) -> None:
+        if json_:
+            return
+        state = "already in the store" if c.already_imported else f"segment {c.segment[:12]}"
+        out.print(
+            f"sample {escape(c.sample_id)} -> lot {escape(c.lot_id)}: {c.n} fibres, "
+            f"MFD {c.mfd_um:.2f} um, {state}"
+        )
+
+    def failed(e: Any) -> None:
+        if not json_:
+            err.print(f"[red]not stored:[/] {escape(e.message)}")
+
+    with prog:
+        summary = acquire_samples(
+            st,
+            reader,
+            profile=prof.name,
+            instrument_id=instrument_id,
+            lot=lot,
+            lot_meta=metas,
+            max_samples=samples,
+            idle_timeout_s=idle_timeout,
+            stop_on_error=stop_on_error,
+            progress=show if not json_ else None,
+            on_sample=committed,
+            on_error=failed,
+        )
+    if json_:
+        _print_json(summary.to_dict())
+    else:
+        out.print(
+            f"{len(summary.committed)} samples committed ({summary.new_samples} new), "
+            f"{len(summary.errors)} refused, {summary.readings:,} readings in "
+            f"{summary.elapsed_s:.1f} s ({summary.readings_per_s:,.0f}/s); ended: {summary.ended}"
+        )
+    p = summary.partial
+    if p is not None:
+        err.print(
+            f"[yellow]partial sample {escape(p.sample_id)}:[/] {p.received} fibres received "
+            f"(stream lines {p.first_line}-{p.last_line}), not stored: a sample is stored whole "
+            "or not at all; measure it again"
+        )
+    _acquire_exit(summary, f"{len(summary.committed)} completed samples kept in {store}")
+
+
+def _acquire_scale(
+    prof: Any,
+    scale: Any,
+    *,
+    store: Path,
+    samples: int | None,
+    subjects: list[str] | None,
+    immediate: bool,
+    interval: float,
+    stop_on_error: bool,
+    json_: bool,
+) -> None:
+    from fibergrade.acquisition import acquire_weights
+    from fibergrade.adapters.scales import decimals_for
+
+    st = _open_store(store, create=True)
+    decimals = decimals_for(prof.scale.e)
+    total = len(subjects) if subjects else samples
+    prog, task = _acquire_bar(not json_, total)
+    done = [0]
+
+    def before(k: int, subject: str | None) -> None:
+        who = f" {subject}" if subject else ""
+        prog.update(task, completed=k, stats=f"weighing {k + 1}{who}")
+
+    def stored(s: Any) -> None:
+        done[0] += 1
+        if json_:
+            return
+        r = s.record
+        who = f"  subject {escape(r['subject'])}" if r["subject"] else ""
+        out.print(
+            f"{r['value']:.{decimals}f} {r['unit']}  {r['mode']}  scale {escape(r['scale_id'])}"
+            f"{who}  -> result {s.result_id[:12]}"
+        )
+
+    def failed(e: Any) -> None:
+        if not json_:
+            who = f" ({escape(e.subject)})" if e.subject else ""
+            err.print(f"[red]weighing {e.index}{who} not stored:[/] {escape(e.message)}")
+
+    with prog:
+        summary = acquire_weights(
+            st,
+            scale,
+            profile=prof.name,
+            count=None if subjects else samples,
+            subjects=subjects,
+            immediate=immediate,
+            interval_s=interval,
+            stop_on_error=stop_on_error,
+            before_weighing=before,
+            on_weight=stored,
+            on_error=failed,
+        )
+    if json_:
+        _print_json(summary.to_dict())
+    else:
+        out.print(
+            f"{len(summary.stored)} weights stored ({summary.mode}), {len(summary.errors)} "
+            f"refused; ended: {summary.ended}"
+        )
+    if summary.not_weighed:
+        err.print(f"not weighed: {escape(', '.join(summary.not_weighed))}")
+    _acquire_exit(summary, f"{len(summary.stored)} stored weights kept in {store}")
+
+
+@app.command("acquire")
+def acquire_(
+    instrument: Annotated[
+        str,
+        typer.Option(
+            "--instrument",
+            help="Instrument profile: a name from instruments/ (analyser-line, mt-sics-scale, "
+            "sartorius-sbi, and-scale, cas-ci) or a .toml path.",
+        ),
+    ],
+    port: Annotated[
+        str | None,
+        typer.Option(
+            "--port",
+            help="Port URL: a device path (/dev/ttyUSB0, a simulator's pty), "
+            "socket://HOST:PORT, spy://PORT?file=LOG, rfc2217://HOST:PORT.",
+        ),
+    ] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option("--replay", help="Replay a capture (see --record) instead of a port."),
+    ] = None,
+    lot: Annotated[
+        str | None,
+        typer.Option("--lot", help="Analyser: acquire one sample and store it as this lot id."),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            "--samples",
+            min=1,
+            help="Analyser: stop after N samples; scale: weigh N times (default: until Ctrl-C).",
+        ),
+    ] = None,
+    subject: Annotated[
+        list[str] | None,
+        typer.Option("--subject", help="Scale: id of what is weighed; repeat for several."),
+    ] = None,
+    subjects_file: Annotated[
+        Path | None,
+        typer.Option("--subjects", help="Scale: file of subject ids, one per line, in order."),
+    ] = None,
+    immediate: Annotated[
+        bool,
+        typer.Option("--immediate", help="Scale: store immediate weights, not stable ones."),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.0, help="Scale: seconds between weighings.")
+    ] = 0.0,
+    scale_id: Annotated[
+        str | None,
+        typer.Option(
+            "--scale-id", help="Scale: id stored with each weight (default: profile id, else port)."
+        ),
+    ] = None,
+    lots_manifest: Annotated[
+        Path | None,
+        typer.Option("--lots", help="Analyser: lot manifest CSV (the lots' metadata)."),
+    ] = None,
+    instrument_id: Annotated[
+        str | None,
+        typer.Option(
+            "--instrument-id", help="Analyser: instrument id of the lots (default: profile)."
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-timeout",
+            min=0.0,
+            help="Analyser: end when no sample starts within this many seconds "
+            "(default: wait until Ctrl-C; 2 s with --replay).",
+        ),
+    ] = None,
+    stop_on_error: Annotated[
+        bool, typer.Option("--stop-on-error", help="End at the first bad sample or weighing.")
+    ] = False,
+    record: Annotated[
+        Path | None,
+        typer.Option("--record", help="Write a capture of the session (replay with --replay)."),
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """Acquire samples from a fibre analyser, or weights from a scale, into the store.
+
+    Each completed sample is committed as its own segment; a bad sample is reported and
+    skipped. Ctrl-C or an unplugged adapter keeps every completed sample and reports the
+    partial one, which is never stored (exit code 130 after Ctrl-C, 4 when anything was
+    lost). Each weight is stored as a "weighing" result and printed with its unit, mode
+    (stable or immediate) and scale id.
+    """
+    from fibergrade.acquisition import read_subjects
+
+    if (port is None) == (replay is None):
+        raise typer.BadParameter("give either --port URL or --replay CAPTURE")
+    if record is not None and replay is not None:
+        raise typer.BadParameter("--record records a live port, not a replay")
+    prof = _load_profile(instrument)
+    meta = {"profile": prof.name, "protocol": prof.protocol}
+
+    if prof.kind == "export":
+        raise typer.BadParameter(
+            f"{prof.name} is an export-file profile: use fibergrade import --instrument "
+            f"{prof.name} FILE...",
+            param_hint="--instrument",
+        )
+    if prof.kind == "analyser":
+        from fibergrade.adapters.analyser import AnalyserReader
+        from fibergrade.adapters.transport import Transport
+
+        _only_for(
+            "scale profiles",
+            {
+                "--subject": subject,
+                "--subjects": subjects_file,
+                "--immediate": immediate,
+                "--interval": interval,
+                "--scale-id": scale_id is not None,
+            },
+        )
+        if lot is not None and samples not in (None, 1):
+            raise typer.BadParameter("--lot names one sample; drop --samples or use 1")
+        if replay is not None:
+            assert prof.analyser is not None
+            reader = AnalyserReader(
+                Transport.replay(replay, max_line=prof.analyser.max_line_bytes),
+                line_timeout_s=prof.analyser.line_timeout_s,
+            )
+            idle_timeout = 2.0 if idle_timeout is None else idle_timeout
+        else:
+            assert port is not None
+            reader = AnalyserReader.open(prof, port, record_to=record, meta=meta)
+        _raise_on_sigterm()
+        with reader:
+            _acquire_analyser(
+                prof,
+                reader,
+                store=store,
+                lot=lot,
+                samples=samples,
+                lots_manifest=lots_manifest,
+                instrument_id=instrument_id,
+                idle_timeout=idle_timeout,
+                stop_on_error=stop_on_error,
+                json_=json_,
+            )
+        return
+
+    from fibergrade.adapters.scales import make_scale, open_scale
+    from fibergrade.adapters.transport import Transport
+
+    _only_for(
+        "analyser profiles",
+        {
+            "--lot": lot,
+            "--lots": lots_manifest,
+            "--instrument-id": instrument_id,
+            "--idle-timeout": idle_timeout is not None,
+        },
+    )
+    subjects = list(subject or [])
+    if subjects_file is not None:
+        subjects += read_subjects(subjects_file)
+    if subjects and samples is not None and samples != len(subjects):
+        raise typer.BadParameter(
+            f"--samples {samples} but {len(subjects)} subjects; each subject is weighed once"
+        )
+    if replay is not None:
+        scale = make_scale(prof, Transport.replay(replay), scale_id=scale_id)
+    else:
+        assert port is not None
+        scale = open_scale(prof, port, scale_id=scale_id, record_to=record, meta=meta)
+    _raise_on_sigterm()
+    with scale:
+        _acquire_scale(
+            prof,
+            scale,
+            store=store,
+            samples=samples,
+            subjects=subjects or None,
+            immediate=immediate,
+            interval=interval,
+            stop_on_error=stop_on_error,
+            json_=json_,
+        )
+
+
 # (insert instrument commands above this line)
 
 # === calibration: calibrate, qc, calibrations (issue 4) =====================================

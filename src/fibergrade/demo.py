@@ -2,7 +2,9 @@
 
 The day (``fibergrade.synthetic.demo_day``) is written as the interchange files a lab would
 receive: one per-fibre CSV from an OFDA-style analyser, one 1-um histogram CSV from a
-Laserscan-style instrument for a share of the lots, and the lot manifest. They are imported
+Laserscan-style instrument for a share of the lots, and the lot manifest. The first lots of
+the day stream live instead, from a simulated analyser on a pty, and a few specimens are
+weighed on a simulated balance (:mod:`fibergrade.demo_acquisition`). The files are imported
 into the embedded store, graded by each lot's declared type, and histograms are drawn for
 the lots that meet no grade and for one lot of each type. The day is deterministic for a
 seed, so running the demo twice re-imports nothing.
@@ -24,6 +26,7 @@ from fibergrade.adapters.writers import (
     write_histogram_csv,
     write_lot_manifest,
 )
+from fibergrade.demo_acquisition import live_lot_count, run_live_acquisition
 from fibergrade.measurements import LotMeta
 from fibergrade.plots import histogram_png
 from fibergrade.store import Store
@@ -67,7 +70,9 @@ def run_demo(
     date = "2026-11-20"
     n_hist = max(1, round(HISTOGRAM_SHARE * n_lots))
     hist_idx = np.arange(n_lots - n_hist, n_lots)
-    fibre_idx = np.arange(0, n_lots - n_hist)
+    n_live = live_lot_count(n_lots - n_hist)
+    live_lots = day.fibres.select(np.arange(0, n_live))  # streamed live, not exported
+    fibre_idx = np.arange(n_live, n_lots - n_hist)
     fibre_lots = day.fibres.select(fibre_idx)
     hist_lots = to_histograms(day.fibres.select(hist_idx), class_um=1.0)
     metas: list[LotMeta] = []
@@ -96,6 +101,9 @@ def run_demo(
 
     store = Store.open(store_path, create=True)
     # --- demo hook: acquisition through simulated instruments (issue 3) goes here ---
+    if n_live:
+        for text in run_live_acquisition(store, live_lots, {m.lot_id: m for m in metas}, seed):
+            step(2, text)
     # --- demo hook: calibration of the simulated instruments (issue 4) goes here ---
     outcomes = import_files(store, [fibre_csv, hist_csv], manifest=manifest_csv)
     for o in outcomes:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from fibergrade.errors import InputError, LotNotFoundError
 from fibergrade.grading import Standard, grade, load_standard, standard_for_type
 from fibergrade.measurements import FibreLots, LotMeta
 from fibergrade.store import ImportOutcome, LotRecord, PendingSegment, Store, sha256_file
+
+if TYPE_CHECKING:
+    from fibergrade.adapters.profiles import Profile
 
 Progress = Callable[[int, int], None]
 
@@ -64,12 +67,16 @@ def import_files(
     paths: Sequence[str | Path],
     manifest: str | Path | None = None,
     progress: Progress | None = None,
+    instrument: Profile | None = None,
 ) -> list[ImportOutcome]:
     """Parse every file first, then commit each as its own segment.
 
-    A bad file (or a manifest problem) raises before anything is stored, so an import
-    either stores every new file or none.
+    Files are the project's interchange CSVs, or with ``instrument`` (an export profile,
+    :mod:`fibergrade.adapters.profiles`) vendor exports read through that profile. A bad
+    file (or a manifest problem) raises before anything is stored, so an import either
+    stores every new file or none.
     """
+    from fibergrade.adapters.exports import read_export
     from fibergrade.adapters.interchange import read_lot_manifest, read_measurements
 
     metas: dict[str, LotMeta] = {}
@@ -77,7 +84,7 @@ def import_files(
         metas = read_lot_manifest(manifest)
     pending: list[PendingSegment] = []
     for i, p in enumerate(paths):
-        table = read_measurements(p)
+        table = read_measurements(p) if instrument is None else read_export(instrument, p)
         pending.append(
             PendingSegment(
                 table=table,

@@ -255,6 +255,10 @@ class AnalyserReader:
         self.lines_read = 0
         #: garbage lines outside any sample: (line number, bytes)
         self.discarded: list[tuple[int, bytes]] = []
+        #: called after each stream line is read, before it is parsed (live progress
+        #: displays read :attr:`partial` and :attr:`lines_read` from it); may raise, e.g.
+        #: ``KeyboardInterrupt``, which propagates out of :meth:`read_sample`
+        self.on_line: Callable[[], None] | None = None
         self._open: _Open | None = None
         self._skipping: str | None = None
         self._pending: tuple[int, bytes] | None = None
@@ -298,9 +302,10 @@ class AnalyserReader:
         try:
             line = self.transport.read_line(timeout_s)
         except FrameError as exc:
-            self.lines_read += 1
-            return self.lines_read, exc.frame or b"?"
+            line = exc.frame or b"?"
         self.lines_read += 1
+        if self.on_line is not None:
+            self.on_line()
         return self.lines_read, line
 
     def _fail(

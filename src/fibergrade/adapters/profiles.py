@@ -35,12 +35,18 @@ Sections by ``instrument.kind``:
     optional ``[histogram]`` class_width_um
 
 Profiles are found by name (the file stem) in, in order: the directories of the
-``FIBERGRADE_INSTRUMENTS`` environment variable (``os.pathsep``-separated), ``./instruments``
-and the ``instruments/`` directory of the source checkout; or given as a path.
+``FIBERGRADE_INSTRUMENTS`` environment variable (``os.pathsep``-separated; a lab's own
+profiles), ``./instruments`` of the current directory, and the ``instruments/`` directory of
+the source checkout this module was imported from (``src/fibergrade/adapters/`` -> the
+checkout root). ``make`` installs the package editable, so the last one holds from any
+working directory; the profiles are not package data, so a non-editable install (a wheel)
+finds them only through the first two or by path. A name that is not found is refused with
+the known names and the directories searched. A profile can always be given as a path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tomllib
@@ -449,7 +455,8 @@ def instrument_dirs() -> list[Path]:
     env = os.environ.get("FIBERGRADE_INSTRUMENTS")
     if env:
         dirs.extend(Path(p) for p in env.split(os.pathsep) if p)
-    dirs.append(Path.cwd() / "instruments")
+    with contextlib.suppress(OSError):  # the working directory may have been removed
+        dirs.append(Path.cwd() / "instruments")
     # src/fibergrade/adapters/profiles.py -> checkout root
     dirs.append(Path(__file__).resolve().parents[3] / "instruments")
     seen: set[Path] = set()

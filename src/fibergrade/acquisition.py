@@ -1,0 +1,748 @@
+"""Live acquisition into the store: fibre analysers sample by sample, scales weight by weight.
+
+The CLI's ``fibergrade acquire`` and the demo call these functions; they never print. Live
+displays get a callback (:class:`AcquisitionProgress` for analysers, each stored weight for
+scales) and every function returns a summary the CLI prints or dumps as JSON.
+
+Analysers (:func:`acquire_samples`)
+-----------------------------------
+Samples come from an :class:`~fibergrade.adapters.analyser.AnalyserReader` (protocol and
+error rules in :mod:`fibergrade.adapters.analyser`). Each completed sample is committed at
+once as **its own store segment** through :meth:`fibergrade.store.Store.import_fibres`:
+
+* lot id: the sample id, or ``lot`` for a single-sample run;
+* ``source_name``: ``acquire:<profile>:<sample id>``;
+* ``source_digest``: SHA-256 of the sample's raw lines as received (CR LF included), so the
+  same sample seen again (a replayed capture, a re-sent stream) is recognised and not stored
+  twice (``already_imported``);
+* lot metadata: the caller's :class:`~fibergrade.measurements.LotMeta` for that lot if any
+  (a lot manifest), with ``instrument_id`` and ``measured_at`` (UTC, when the end line
+  arrived) set by the acquisition.
+
+What happens when things go wrong (the partial-sample policy):
+
+* **A bad sample** (bad checksum, garbled or truncated line, index gap, impossible value,
+  count mismatch, missing end line) is an error *for that sample only*: it is reported
+  (:class:`SampleFailure`, and ``on_error``), nothing of it is stored, and acquisition goes
+  on with the next sample; with ``stop_on_error`` it ends there instead. A sample whose lot
+  id the store already holds from another source (a re-measured lot needs a new id) is
+  reported the same way.
+* **Ctrl-C** (``KeyboardInterrupt``), **an unplugged adapter**
+  (:class:`~fibergrade.adapters.errors.Disconnected`) or **the end of the stream** (no sample
+  starts within ``idle_timeout_s``) end the acquisition. Every sample completed before is
+  already committed and stays; the sample in progress, if any, is reported as
+  :class:`~fibergrade.adapters.analyser.PartialSample` (sample id, fibres received, stream
+  lines) and is **never stored**: a sample is stored whole or not at all, because its
+  figures (MFD, CV, coarse %) would be those of the fibres that happened to arrive, not of
+  the sample. Measure it again.
+* A Ctrl-C that arrives while a completed sample is being committed is held back until the
+  commit has finished (in the main thread), so the summary says exactly what was stored.
+  The store's own commit protocol (write, fsync, rename) means that even a kill at any other
+  moment never leaves a half-written lot.
+* A store failure other than a lot conflict (disk full, another process holding the writer
+  lock) ends the acquisition (``ended = "store-error"``); the sample in hand is reported in
+  ``store_error`` and not stored.
+
+Scales (:func:`acquire_weights`)
+--------------------------------
+Weighs ``count`` times, once per subject, or until interrupted, a stable weight (the rule of
+:mod:`fibergrade.adapters.scales.base`) or with ``immediate`` a single immediate reading.
+Each weight is stored as a result record ``store.put_result("weighing", record)`` with
+exactly these keys (:func:`weighing_record`; the meat workflow reads them)::
+
+    {"kind": "weighing", "created_at": ISO-8601 UTC (when stored),
+     "scale_id": str, "profile": str, "protocol": str,
+     "value": float, "unit": str, "mode": "stable" | "immediate", "device_stable": bool,
+     "timestamp": ISO-8601 (when the scale gave the weight), "subject": str | None}
+
+``subject`` is the id of what was weighed (a carcass id, a lot id) or None. Overload,
+underload, an unstable weight, a stability timeout, a weight outside [Min, Max], a unit
+mismatch, garbage and a reply timeout are typed errors *for that weighing*: reported
+(:class:`WeighingFailure`), nothing stored for it, and the next weighing follows (next
+subject). A disconnection or Ctrl-C ends the run; stored weights stay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from fibergrade.adapters.analyser import AnalyserReader, PartialSample, Sample
+from fibergrade.adapters.errors import (
+    Disconnected,
+    FrameError,
+    InstrumentTimeout,
+    SampleError,
+    ScaleError,
+)
+from fibergrade.adapters.scales.base import ScaleBackend, Weighing
+from fibergrade.errors import InputError, LotConflictError, StoreError
+from fibergrade.measurements import LotMeta
+from fibergrade.store import Store
+
+#: why an acquisition ended
+Ended = Literal[
+    "limit",  # the requested number of samples / weighings was reached
+    "idle",  # no sample started within the idle timeout (end of stream)
+    "disconnected",  # the adapter was unplugged or the peer closed the port
+    "interrupted",  # Ctrl-C
+    "stopped-on-error",  # a bad sample or weighing with stop_on_error
+    "store-error",  # the store refused a write (not a lot conflict)
+]
+
+#: result kind of stored weights
+WEIGHING_KIND = "weighing"
+#: the keys of a weighing record, in the documented order
+WEIGHING_KEYS = (
+    "kind",
+    "created_at",
+    "scale_id",
+    "profile",
+    "protocol",
+    "value",
+    "unit",
+    "mode",
+    "device_stable",
+    "timestamp",
+    "subject",
+)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+class _InterruptGuard:
+    """Holds back Ctrl-C while a commit is in progress (main thread only).
+
+    Outside :meth:`committing` a SIGINT raises ``KeyboardInterrupt`` at once, as usual;
+    inside, it is remembered and raised when the commit has finished. In another thread, or
+    when someone else owns the SIGINT handler, the guard does nothing.
+    """
+
+    def __init__(self) -> None:
+        self._old: Any = None
+        self._active = False
+        self._critical = False
+        self._pending = False
+
+    def __enter__(self) -> _InterruptGuard:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._active:
+            signal.signal(signal.SIGINT, self._old)
+            self._active = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._critical:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def committing(self) -> Iterator[None]:
+        """A block that Ctrl-C does not cut short; a Ctrl-C during it is raised after it."""
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+            pending, self._pending = self._pending, False
+        if pending:  # (an exception leaving the block takes precedence)
+            raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------- analysers
+
+
+@dataclass(frozen=True)
+class CommittedSample:
+    """A completed sample and the segment that holds it."""
+
+    sample_id: str
+    lot_id: str
+    n: int
+    mfd_um: float
+    segment: str
+    already_imported: bool
+    lines: tuple[int, int]
+    measured_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sample_id": self.sample_id,
+            "lot_id": self.lot_id,
+            "n": self.n,
+            "mfd_um": self.mfd_um,
+            "segment": self.segment,
+            "already_imported": self.already_imported,
+            "lines": list(self.lines),
+            "measured_at": self.measured_at,
+        }
+
+
+@dataclass(frozen=True)
+class SampleFailure:
+    """A sample that was not stored: ``error`` is the exception class name, ``kind`` its
+    short description (``bad checksum``, ``lot conflict`` ...)."""
+
+    sample_id: str | None
+    error: str
+    kind: str
+    line_no: int | None
+    received: int
+    message: str
+
+    @classmethod
+    def from_error(cls, exc: SampleError) -> SampleFailure:
+        return cls(exc.sample_id, type(exc).__name__, exc.kind, exc.line_no, exc.received, str(exc))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class AcquisitionProgress:
+    """What a live display shows while an analyser streams.
+
+    ``readings`` counts measurement lines accepted so far (completed samples, failed ones
+    up to their error, and the sample being received); ``readings_per_s`` is the rate over
+    the last few seconds; ``running_mfd_um`` the mean diameter of the sample being received
+    (of the last completed one between samples; None before any).
+    """
+
+    readings: int
+    readings_per_s: float
+    lines_read: int
+    samples_committed: int
+    samples_failed: int
+    sample_id: str | None
+    sample_readings: int
+    running_mfd_um: float | None
+    elapsed_s: float
+
+
+@dataclass
+class AnalyserAcquisition:
+    """Summary of :func:`acquire_samples` (see the module docstring for the policy)."""
+
+    profile: str
+    source: str
+    instrument_id: str
+    committed: list[CommittedSample] = field(default_factory=list)
+    errors: list[SampleFailure] = field(default_factory=list)
+    partial: PartialSample | None = None
+    ended: Ended = "limit"
+    detail: str = ""
+    store_error: str | None = None
+    lines_read: int = 0
+    readings: int = 0
+    discarded_lines: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def new_samples(self) -> int:
+        """Samples stored by this run (not recognised as already imported)."""
+        return sum(not c.already_imported for c in self.committed)
+
+    @property
+    def complete(self) -> bool:
+        """True when nothing was lost: no bad sample, no partial one, no Ctrl-C, no store
+        error. (An unplug between two samples loses nothing.)"""
+        return (
+            not self.errors
+            and self.partial is None
+            and self.ended not in ("interrupted", "stopped-on-error", "store-error")
+        )
+
+    @property
+    def readings_per_s(self) -> float:
+        """Measurement lines accepted per second over the whole run."""
+        return self.readings / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented ``acquire --json`` object of an analyser run."""
+        p = self.partial
+        return {
+            "kind": "analyser",
+            "profile": self.profile,
+            "source": self.source,
+            "instrument_id": self.instrument_id,
+            "ended": self.ended,
+            "detail": self.detail,
+            "complete": self.complete,
+            "committed": [c.to_dict() for c in self.committed],
+            "errors": [e.to_dict() for e in self.errors],
+            "partial": None
+            if p is None
+            else {
+                "sample_id": p.sample_id,
+                "received": p.received,
+                "first_line": p.first_line,
+                "last_line": p.last_line,
+                "mean_diameter_um": None if math.isnan(p.mean_diameter_um) else p.mean_diameter_um,
+                "stored": False,
+            },
+            "store_error": self.store_error,
+            "lines_read": self.lines_read,
+            "readings": self.readings,
+            "discarded_lines": self.discarded_lines,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "readings_per_s": round(self.readings_per_s, 1),
+        }
+
+
+class _Tracker:
+    """Counts readings and calls the progress callback at most every ``interval_s``."""
+
+    WINDOW_S = 2.0
+
+    def __init__(
+        self,
+        reader: AnalyserReader,
+        summary: AnalyserAcquisition,
+        progress: Callable[[AcquisitionProgress], None] | None,
+        interval_s: float,
+    ) -> None:
+        self.reader = reader
+        self.summary = summary
+        self.progress = progress
+        self.interval_s = interval_s
+        self.clock = reader.transport.clock
+        self.t0: float | None = None  # when the first line arrived
+        self.t_last = 0.0  # when the last line arrived
+        self.done = 0  # readings of samples no longer open
+        self.last_mfd: float | None = None
+        self._emitted = -math.inf
+        self._window: deque[tuple[float, int]] = deque()
+
+    def on_line(self) -> None:
+        now = self.clock()
+        if self.t0 is None:
+            self.t0 = now
+        self.t_last = now
+        if self.progress is not None and now - self._emitted >= self.interval_s:
+            self.emit(now)
+
+    def close_sample(self, readings: int, mfd: float | None = None) -> None:
+        self.done += readings
+        if mfd is not None:
+            self.last_mfd = mfd
+
+    def elapsed(self) -> float:
+        return 0.0 if self.t0 is None else self.t_last - self.t0
+
+    def emit(self, now: float | None = None) -> None:
+        if self.progress is None:
+            return
+        now = self.clock() if now is None else now
+        self._emitted = now
+        p = self.reader.partial
+        readings = self.done + (p.received if p else 0)
+        win = self._window
+        win.append((now, readings))
+        while len(win) > 2 and now - win[1][0] >= self.WINDOW_S:
+            win.popleft()
+        dt = now - win[0][0]
+        rate = (readings - win[0][1]) / dt if dt > 0 else 0.0
+        mfd = p.mean_diameter_um if p and p.received else self.last_mfd
+        s = self.summary
+        self.progress(
+            AcquisitionProgress(
+                readings=readings,
+                readings_per_s=rate,
+                lines_read=self.reader.lines_read,
+                samples_committed=len(s.committed),
+                samples_failed=len(s.errors),
+                sample_id=p.sample_id if p else None,
+                sample_readings=p.received if p else 0,
+                running_mfd_um=mfd,
+                elapsed_s=self.elapsed(),
+            )
+        )
+
+
+def sample_digest(sample: Sample) -> str:
+    """SHA-256 of a sample's raw lines: its ``source_digest`` in the store."""
+    if not sample.raw:
+        raise ValueError(
+            f"sample {sample.sample_id!r} carries no raw lines; read it with keep_raw=True"
+        )
+    return hashlib.sha256(sample.raw).hexdigest()
+
+
+def commit_sample(
+    store: Store,
+    sample: Sample,
+    *,
+    profile: str,
+    instrument_id: str,
+    lot_id: str | None = None,
+    meta: LotMeta | None = None,
+    measured_at: str | None = None,
+) -> CommittedSample:
+    """Commit one completed sample as its own segment (rules in the module docstring).
+
+    Raises :class:`~fibergrade.errors.LotConflictError` when the store holds the lot id from
+    another source, :class:`~fibergrade.errors.StoreError` for other store failures.
+    """
+    lot = lot_id or sample.sample_id
+    measured_at = measured_at or _utc_now()
+    base = meta if meta is not None else LotMeta(lot)
+    if base.lot_id != lot:
+        base = dataclasses.replace(base, lot_id=lot)
+    lot_meta = dataclasses.replace(base, instrument_id=instrument_id, measured_at=measured_at)
+    outcome = store.import_fibres(
+        sample.to_fibre_lots(lot),
+        {lot: lot_meta},
+        source_name=f"acquire:{profile}:{sample.sample_id}",
+        source_digest=sample_digest(sample),
+    )
+    return CommittedSample(
+        sample_id=sample.sample_id,
+        lot_id=outcome.lot_ids[0],
+        n=sample.n,
+        mfd_um=float(sample.diameter_um.mean(dtype="float64")),
+        segment=outcome.segment,
+        already_imported=outcome.already_imported,
+        lines=sample.lines,
+        measured_at=measured_at,
+    )
+
+
+def acquire_samples(
+    store: Store,
+    reader: AnalyserReader,
+    *,
+    profile: str,
+    instrument_id: str | None = None,
+    lot: str | None = None,
+    lot_meta: Mapping[str, LotMeta] | None = None,
+    max_samples: int | None = None,
+    idle_timeout_s: float | None = None,
+    stop_on_error: bool = False,
+    progress: Callable[[AcquisitionProgress], None] | None = None,
+    progress_interval_s: float = 0.1,
+    on_sample: Callable[[CommittedSample], None] | None = None,
+    on_error: Callable[[SampleFailure], None] | None = None,
+) -> AnalyserAcquisition:
+    """Read samples from ``reader`` and commit each completed one as its own segment.
+
+    ``profile`` is the profile name recorded in each segment's source name;
+    ``instrument_id`` defaults to it. ``lot`` names the lot of a single-sample run (then
+    ``max_samples`` is 1). ``max_samples`` counts samples committed or recognised as already
+    imported; bad samples do not count. ``idle_timeout_s`` None waits for ever for the next
+    sample. Returns the summary; never raises for a bad sample, a disconnection or Ctrl-C
+    (module docstring). ``reader.on_line`` is borrowed for the duration.
+    """
+    if lot is not None:
+        if max_samples not in (None, 1):
+            raise ValueError("a lot id names one sample: use lot only with max_samples=1")
+        max_samples = 1
+    if max_samples is not None and max_samples < 1:
+        raise ValueError("max_samples must be at least 1")
+    if not reader.keep_raw:
+        raise ValueError("acquisition needs the raw lines of each sample (keep_raw=True)")
+    summary = AnalyserAcquisition(
+        profile=profile, source=reader.transport.name, instrument_id=instrument_id or profile
+    )
+    tracker = _Tracker(reader, summary, progress, progress_interval_s)
+    previous_hook = reader.on_line
+    reader.on_line = tracker.on_line
+    wait = 3600.0 if idle_timeout_s is None else idle_timeout_s
+    metas = lot_meta or {}
+
+    def fail(failure: SampleFailure) -> None:
+        summary.errors.append(failure)
+        tracker.close_sample(failure.received)
+        if on_error is not None:
+            on_error(failure)
+        tracker.emit()
+
+    with _InterruptGuard() as guard:
+        try:
+            while max_samples is None or len(summary.committed) < max_samples:
+                try:
+                    sample = reader.read_sample(timeout_s=wait)
+                except InstrumentTimeout:
+                    if idle_timeout_s is None:
+                        continue
+                    summary.ended = "idle"
+                    summary.detail = f"no sample started within {idle_timeout_s:g} s"
+                    break
+                except SampleError as exc:
+                    fail(SampleFailure.from_error(exc))
+                    if stop_on_error:
+                        summary.ended = "stopped-on-error"
+                        summary.detail = str(exc)
+                        break
+                    continue
+                lot_id = lot or sample.sample_id
+                conflict: LotConflictError | None = None
+                with guard.committing():
+                    try:
+                        done = commit_sample(
+                            store,
+                            sample,
+                            profile=profile,
+                            instrument_id=summary.instrument_id,
+                            lot_id=lot_id,
+                            meta=metas.get(lot_id),
+                        )
+                    except LotConflictError as exc:
+                        conflict = exc
+                    except StoreError as exc:
+                        summary.ended = "store-error"
+                        summary.store_error = f"sample {sample.sample_id!r} not stored: {exc}"
+                        summary.detail = str(exc)
+                        break
+                    else:
+                        summary.committed.append(done)
+                        tracker.close_sample(done.n, done.mfd_um)
+                if conflict is not None:
+                    fail(
+                        SampleFailure(
+                            sample.sample_id,
+                            type(conflict).__name__,
+                            "lot conflict",
+                            None,
+                            sample.n,
+                            str(conflict),
+                        )
+                    )
+                    if stop_on_error:
+                        summary.ended = "stopped-on-error"
+                        summary.detail = str(conflict)
+                        break
+                    continue
+                if on_sample is not None:
+                    on_sample(done)
+                tracker.emit()
+            else:
+                summary.ended = "limit"
+        except Disconnected as exc:
+            summary.ended = "disconnected"
+            summary.detail = str(exc)
+            summary.partial = reader.partial
+        except KeyboardInterrupt:
+            summary.ended = "interrupted"
+            summary.detail = "interrupted (Ctrl-C)"
+            summary.partial = reader.partial
+        finally:
+            reader.on_line = previous_hook
+    p = summary.partial
+    summary.readings = tracker.done + (p.received if p else 0)
+    summary.lines_read = reader.lines_read
+    summary.discarded_lines = len(reader.discarded)
+    summary.elapsed_s = tracker.elapsed()
+    return summary
+
+
+# --------------------------------------------------------------------------- scales
+
+
+@dataclass(frozen=True)
+class StoredWeighing:
+    """A weight stored as a ``weighing`` result: its digest and the record."""
+
+    result_id: str
+    record: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"result_id": self.result_id, **self.record}
+
+
+@dataclass(frozen=True)
+class WeighingFailure:
+    """A weighing that stored nothing: the error class name and its message."""
+
+    index: int
+    subject: str | None
+    error: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class WeighingAcquisition:
+    """Summary of :func:`acquire_weights`."""
+
+    profile: str
+    protocol: str
+    scale_id: str
+    source: str
+    mode: Literal["stable", "immediate"]
+    stored: list[StoredWeighing] = field(default_factory=list)
+    errors: list[WeighingFailure] = field(default_factory=list)
+    ended: Ended = "limit"
+    detail: str = ""
+    #: subjects planned but not weighed because the run ended first
+    not_weighed: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every planned weighing stored a weight."""
+        return not self.errors and not self.not_weighed and self.ended == "limit"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented ``acquire --json`` object of a scale run."""
+        return {
+            "kind": "scale",
+            "profile": self.profile,
+            "protocol": self.protocol,
+            "scale_id": self.scale_id,
+            "source": self.source,
+            "mode": self.mode,
+            "ended": self.ended,
+            "detail": self.detail,
+            "complete": self.complete,
+            "stored": [s.to_dict() for s in self.stored],
+            "errors": [e.to_dict() for e in self.errors],
+            "not_weighed": list(self.not_weighed),
+        }
+
+
+def weighing_record(
+    weighing: Weighing, *, profile: str, subject: str | None, created_at: str | None = None
+) -> dict[str, Any]:
+    """The stored form of a weight (schema in the module docstring; keys
+    :data:`WEIGHING_KEYS`)."""
+    return {
+        "kind": WEIGHING_KIND,
+        "created_at": created_at or _utc_now(),
+        "scale_id": weighing.scale_id,
+        "profile": profile,
+        "protocol": weighing.protocol,
+        "value": float(weighing.value),
+        "unit": weighing.unit,
+        "mode": weighing.mode,
+        "device_stable": bool(weighing.device_stable),
+        "timestamp": weighing.timestamp.isoformat(),
+        "subject": subject,
+    }
+
+
+def read_subjects(path: str | Path) -> list[str]:
+    """Subject ids from a text file: one per line; blank lines and lines starting with ``#``
+    are skipped; surrounding spaces are stripped. Raises :class:`InputError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(p, None, f"cannot read subjects: {exc}") from None
+    subjects = [s for s in (line.strip() for line in text.splitlines()) if s and s[0] != "#"]
+    if not subjects:
+        raise InputError(p, None, "no subject ids", expected="one subject id per line")
+    return subjects
+
+
+def acquire_weights(
+    store: Store,
+    scale: ScaleBackend,
+    *,
+    profile: str,
+    count: int | None = None,
+    subjects: Sequence[str] | None = None,
+    immediate: bool = False,
+    interval_s: float = 0.0,
+    error_pause_s: float = 1.0,
+    stop_on_error: bool = False,
+    before_weighing: Callable[[int, str | None], None] | None = None,
+    on_weight: Callable[[StoredWeighing], None] | None = None,
+    on_error: Callable[[WeighingFailure], None] | None = None,
+) -> WeighingAcquisition:
+    """Weigh and store each weight as a ``weighing`` result (module docstring).
+
+    With ``subjects`` each is weighed once in order (``count``, if given, must match);
+    otherwise ``count`` weighings, or until Ctrl-C / disconnection with ``count`` None.
+    ``before_weighing(index, subject)`` runs before each weighing (a prompt, or a test
+    changing the simulated load); ``interval_s`` is waited between weighings, and
+    ``error_pause_s`` after a failed one so a refused load does not flood the log.
+    """
+    if subjects is not None:
+        subjects = list(subjects)
+        if not subjects:
+            raise ValueError("subjects is empty")
+        if count is not None and count != len(subjects):
+            raise ValueError(f"count {count} differs from the {len(subjects)} subjects given")
+    if count is not None and count < 1:
+        raise ValueError("count must be at least 1")
+    mode: Literal["stable", "immediate"] = "immediate" if immediate else "stable"
+    summary = WeighingAcquisition(
+        profile=profile,
+        protocol=scale.protocol,
+        scale_id=scale.scale_id,
+        source=scale.transport.name,
+        mode=mode,
+    )
+    total = len(subjects) if subjects is not None else count
+    k = 0
+    with _InterruptGuard() as guard:
+        try:
+            while total is None or k < total:
+                subject = subjects[k] if subjects is not None else None
+                if k and interval_s > 0:
+                    scale.transport.sleep(interval_s)
+                if before_weighing is not None:
+                    before_weighing(k, subject)
+                try:
+                    w = scale.immediate_weight() if immediate else scale.stable_weight()
+                except (ScaleError, InstrumentTimeout, FrameError) as exc:
+                    failure = WeighingFailure(k + 1, subject, type(exc).__name__, str(exc))
+                    summary.errors.append(failure)
+                    if on_error is not None:
+                        on_error(failure)
+                    k += 1
+                    if stop_on_error:
+                        summary.ended = "stopped-on-error"
+                        summary.detail = str(exc)
+                        break
+                    if error_pause_s > 0 and (total is None or k < total):
+                        scale.transport.sleep(error_pause_s)
+                    continue
+                record = weighing_record(w, profile=profile, subject=subject)
+                with guard.committing():
+                    try:
+                        digest = store.put_result(WEIGHING_KIND, record)
+                    except StoreError as exc:
+                        summary.ended = "store-error"
+                        summary.detail = f"weighing {k + 1} not stored: {exc}"
+                        break
+                    stored = StoredWeighing(digest, record)
+                    summary.stored.append(stored)
+                    k += 1
+                if on_weight is not None:
+                    on_weight(stored)
+            else:
+                summary.ended = "limit"
+        except Disconnected as exc:
+            summary.ended = "disconnected"
+            summary.detail = str(exc)
+        except KeyboardInterrupt:
+            summary.ended = "interrupted"
+            summary.detail = "interrupted (Ctrl-C)"
+    if subjects is not None:
+        summary.not_weighed = list(subjects[k:])
+    return summary

@@ -1,0 +1,454 @@
+"""Live acquisition into a real store from simulators on real ptys: one segment per completed
+sample, bad samples skipped and reported, the partial sample reported and never stored on
+an unplug or Ctrl-C, replayed captures recognised, and scale weights stored with the
+documented weighing schema."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fibergrade.acquisition import (
+    WEIGHING_KEYS,
+    _InterruptGuard,
+    acquire_samples,
+    acquire_weights,
+    read_subjects,
+    weighing_record,
+)
+from fibergrade.adapters import analyser
+from fibergrade.adapters.analyser import AnalyserReader
+from fibergrade.adapters.profiles import load_profile
+from fibergrade.adapters.scales import open_scale
+from fibergrade.adapters.simulators import AnalyserSimulator, Simulator, start_simulator
+from fibergrade.adapters.transport import Transport
+from fibergrade.distribution import summarise
+from fibergrade.errors import InputError
+from fibergrade.measurements import LotMeta
+from fibergrade.store import Store
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+PROFILE = "analyser-line"
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store.open(tmp_path / "store", create=True)
+
+
+def sent_samples(k: int = 4, n: int = 250, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            f"P-{i}",
+            rng.lognormal(np.log(16.0), 0.2, n).clip(5, 60).round(2).tolist(),
+            rng.uniform(20, 90, n).round(1).tolist(),
+        )
+        for i in range(1, k + 1)
+    ]
+
+
+def crafted(samples) -> list[bytes]:
+    return [line for sid, d, c in samples for line in analyser.format_sample(sid, d, c)]
+
+
+def acquire_lines(store, lines, **kw):
+    """Stream ready-made protocol lines from a pty simulator and acquire them."""
+    with (
+        Simulator(AnalyserSimulator(lines=lines)) as sim,
+        AnalyserReader.open(load_profile(PROFILE), sim.url) as reader,
+    ):
+        return acquire_samples(store, reader, profile=PROFILE, idle_timeout_s=1.0, **kw)
+
+
+# --------------------------------------------------------------------------- analysers
+
+
+def test_samples_from_a_pty_commit_one_segment_each_and_match_what_was_sent(store):
+    sent = sent_samples()
+    seen = []
+    with (
+        start_simulator("analyser", samples=sent) as sim,
+        AnalyserReader.open(load_profile(PROFILE), sim.url) as reader,
+    ):
+        run = acquire_samples(
+            store,
+            reader,
+            profile=PROFILE,
+            instrument_id="OFDA-LIVE-1",
+            max_samples=len(sent),
+            progress=seen.append,
+            progress_interval_s=0.0,
+        )
+        assert reader.on_line is None  # the hook is given back
+    assert run.ended == "limit" and run.complete and not run.errors and run.partial is None
+    assert [c.sample_id for c in run.committed] == [s[0] for s in sent]
+    assert run.readings == run.lines_read - len(sent) == sum(len(s[1]) for s in sent)
+
+    segs = store.segments()
+    assert len(segs) == len(sent)  # one segment per sample
+    for seg, c, (sid, d, curv) in zip(segs, run.committed, sent, strict=True):
+        store.verify_segment(seg.digest)
+        assert seg.digest == c.segment
+        assert seg.lot_ids == (sid,) and seg.source_name == f"acquire:{PROFILE}:{sid}"
+        raw = b"".join(analyser.format_sample(sid, d, curv))  # the bytes on the wire
+        assert seg.source_digest == hashlib.sha256(raw).hexdigest()
+        lot = store.lot(sid)
+        assert lot.meta.instrument_id == "OFDA-LIVE-1"
+        assert datetime.fromisoformat(lot.meta.measured_at).utcoffset().total_seconds() == 0
+
+    table = store.read_fibres([s[0] for s in sent])
+    for i, (_, d, c) in enumerate(sent):
+        a, b = table.offsets[i], table.offsets[i + 1]
+        np.testing.assert_array_equal(table.diameter_um[a:b], np.float32(d))
+        np.testing.assert_allclose(table.curvature_deg_mm[a:b], np.float32(c), atol=1e-4)
+    figures = summarise(table).to_records()
+    for rec, c, (_, d, _) in zip(figures, run.committed, sent, strict=True):
+        assert rec["n"] == len(d)
+        assert rec["mfd_um"] == pytest.approx(np.mean(np.float32(d), dtype=np.float64), abs=1e-4)
+        assert c.mfd_um == pytest.approx(rec["mfd_um"], abs=1e-4)
+
+    # progress: readings grow, a running MFD and a rate are shown
+    assert seen and seen[-1].samples_committed == len(sent)
+    assert max(p.readings for p in seen) == run.readings
+    mid = [p for p in seen if p.sample_id == "P-2" and p.sample_readings > 50]
+    assert mid and 5 < mid[-1].running_mfd_um < 60
+    assert any(p.readings_per_s > 0 for p in seen)
+
+
+def test_a_recorded_session_replayed_is_already_imported(store, tmp_path):
+    sent = sent_samples(3, 60, seed=2)
+    cap = tmp_path / "session.jsonl"
+    with (
+        start_simulator("analyser", samples=sent) as sim,
+        AnalyserReader.open(load_profile(PROFILE), sim.url, record_to=cap) as reader,
+    ):
+        first = acquire_samples(store, reader, profile=PROFILE, max_samples=3)
+    assert first.new_samples == 3
+    before = [s.digest for s in store.segments()]
+    reader = AnalyserReader(Transport.replay(cap), line_timeout_s=1.0)
+    again = acquire_samples(store, reader, profile=PROFILE, idle_timeout_s=1.0)
+    assert again.ended == "idle" and again.complete
+    assert [c.already_imported for c in again.committed] == [True, True, True]
+    assert [c.segment for c in again.committed] == before
+    store.refresh()
+    assert [s.digest for s in store.segments()] == before
+
+
+def test_a_bad_checksum_sample_is_reported_and_the_others_commit(store):
+    lines = crafted(sent_samples(3, 40, seed=3))
+    bad = 41 + 5  # line 6 of the second sample (each sample: 40 M lines + 1 E line)
+    lines[bad] = lines[bad][:-4] + b"%02X\r\n" % (int(lines[bad][-4:-2], 16) ^ 0x21)
+    errors = []
+    run = acquire_lines(store, lines, on_error=errors.append)
+    assert [c.sample_id for c in run.committed] == ["P-1", "P-3"]
+    assert len(run.errors) == 1 and errors == run.errors
+    e = run.errors[0]
+    assert (e.sample_id, e.error, e.kind, e.line_no, e.received) == (
+        "P-2",
+        "SampleChecksumError",
+        "bad checksum",
+        bad + 1,
+        5,
+    )
+    assert "P-2" in e.message and f"line {bad + 1}" in e.message
+    assert [r.lot_id for r in store.lots()] == ["P-1", "P-3"]
+    assert not run.complete and run.ended == "idle"
+
+
+def test_stop_on_error_ends_at_the_first_bad_sample(store):
+    lines = crafted(sent_samples(3, 20, seed=4))
+    del lines[21 + 7]  # an index gap in P-2
+    run = acquire_lines(store, lines, stop_on_error=True)
+    assert run.ended == "stopped-on-error" and "index gap" in run.detail
+    assert [c.sample_id for c in run.committed] == ["P-1"]
+    assert [r.lot_id for r in store.lots()] == ["P-1"]
+
+
+def test_unplug_mid_stream_keeps_completed_samples_and_reports_the_partial(store):
+    with (
+        start_simulator(
+            "analyser",
+            n_samples=None,
+            fibres_per_sample=20,
+            faults="unplug-after=45",
+            baudrate=9600,
+        ) as sim,
+        AnalyserReader.open(load_profile(PROFILE), sim.url) as reader,
+    ):
+        run = acquire_samples(store, reader, profile=PROFILE)
+    assert run.ended == "disconnected" and "unplugged" in run.detail
+    assert [c.sample_id for c in run.committed] == ["S0001", "S0002"]
+    p = run.partial
+    assert p is not None and p.sample_id == "S0003" and 1 <= p.received <= 3
+    assert not run.complete
+    assert [r.lot_id for r in store.lots()] == ["S0001", "S0002"]  # never the partial
+    for seg in store.segments():
+        store.verify_segment(seg.digest)
+    d = run.to_dict()
+    assert d["partial"]["sample_id"] == "S0003" and d["partial"]["stored"] is False
+
+
+def test_ctrl_c_mid_sample_keeps_the_completed_ones(store):
+    def interrupt(p):
+        if p.sample_id == "P-2" and p.sample_readings >= 30:
+            raise KeyboardInterrupt
+
+    lines = crafted(sent_samples(3, 100, seed=5))
+    with (
+        Simulator(AnalyserSimulator(lines=lines)) as sim,
+        AnalyserReader.open(load_profile(PROFILE), sim.url) as reader,
+    ):
+        run = acquire_samples(
+            store, reader, profile=PROFILE, progress=interrupt, progress_interval_s=0.0
+        )
+        assert reader.on_line is None
+    assert run.ended == "interrupted"
+    assert [c.sample_id for c in run.committed] == ["P-1"]
+    assert run.partial is not None and run.partial.sample_id == "P-2"
+    assert run.partial.received >= 30
+    assert [r.lot_id for r in store.lots()] == ["P-1"]
+
+
+def test_interrupt_guard_holds_ctrl_c_until_the_commit_is_done():
+    steps = []
+    with _InterruptGuard() as guard:
+        with pytest.raises(KeyboardInterrupt), guard.committing():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here and only takes note
+            steps.append("committed")
+        steps.append("raised after")
+        with pytest.raises(KeyboardInterrupt):  # outside a commit: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+    assert steps == ["committed", "raised after"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_lot_names_a_single_sample_and_takes_the_manifest_metadata(store):
+    lines = crafted(sent_samples(2, 30, seed=6))
+    meta = {"CH-77": LotMeta("CH-77", declared_type="cashmere", origin="MN", client="Coop")}
+    run = acquire_lines(store, lines, lot="CH-77", lot_meta=meta, instrument_id="OFDA-2")
+    assert run.ended == "limit" and [(c.sample_id, c.lot_id) for c in run.committed] == [
+        ("P-1", "CH-77")
+    ]
+    m = store.lot("CH-77").meta
+    assert (m.declared_type, m.origin, m.client, m.instrument_id) == (
+        "cashmere",
+        "MN",
+        "Coop",
+        "OFDA-2",
+    )
+    assert m.measured_at == run.committed[0].measured_at
+    with pytest.raises(ValueError):
+        acquire_samples(store, None, profile=PROFILE, lot="X", max_samples=2)  # type: ignore[arg-type]
+
+
+def test_a_lot_the_store_holds_from_another_source_is_a_sample_error(store):
+    acquire_lines(store, crafted(sent_samples(1, 30, seed=7)))  # P-1 stored
+    lines = crafted(sent_samples(2, 30, seed=8))  # another P-1, then P-2
+    run = acquire_lines(store, lines)
+    assert [c.sample_id for c in run.committed] == ["P-2"]
+    assert [(e.sample_id, e.kind, e.received) for e in run.errors] == [("P-1", "lot conflict", 30)]
+    assert "new lot id" in run.errors[0].message
+
+
+# --------------------------------------------------------------------------- scales
+
+
+def fast_scale(name: str):
+    p = load_profile(name)
+    s = replace(
+        p.scale,
+        stability_window_s=0.3,
+        poll_interval_s=0.03,
+        stability_timeout_s=2.0,
+        reply_timeout_s=1.0,
+    )
+    return replace(p, scale=s)
+
+
+def test_stable_weights_are_stored_with_the_weighing_schema(store):
+    profile = fast_scale("mt-sics-scale")
+    loads = {"CARC-1": 123.45, "CARC-2": 87.6}
+    with (
+        start_simulator("scale", "mt-sics", profile=profile, load=0.0, settle_s=0.05) as sim,
+        open_scale(profile, sim.url, scale_id="bench-1") as scale,
+    ):
+        run = acquire_weights(
+            store,
+            scale,
+            profile=profile.name,
+            subjects=list(loads),
+            before_weighing=lambda k, s: sim.balance.set_load(loads[s]),
+        )
+    assert run.complete and run.ended == "limit" and not run.errors
+    stored = dict(store.results("weighing"))
+    assert sorted(stored) == sorted(s.result_id for s in run.stored)
+    for s, (subject, load) in zip(run.stored, loads.items(), strict=True):
+        rec = stored[s.result_id]
+        assert set(rec) == set(WEIGHING_KEYS)  # exactly the documented keys
+        assert rec == s.record
+        assert rec["kind"] == "weighing" and rec["subject"] == subject
+        assert (rec["value"], rec["unit"], rec["mode"], rec["device_stable"]) == (
+            load,
+            "g",
+            "stable",
+            True,
+        )
+        assert (rec["scale_id"], rec["profile"], rec["protocol"]) == (
+            "bench-1",
+            "mt-sics-scale",
+            "mt-sics",
+        )
+        assert isinstance(rec["value"], float)
+        for key in ("created_at", "timestamp"):
+            assert datetime.fromisoformat(rec[key]).utcoffset().total_seconds() == 0
+
+
+def test_immediate_weights_record_the_mode_and_the_device_flag(store):
+    profile = fast_scale("and-scale")
+    with (
+        start_simulator("scale", "and", profile=profile, load=250.0, settle_s=0.0) as sim,
+        open_scale(profile, sim.url) as scale,
+    ):
+        run = acquire_weights(store, scale, profile=profile.name, count=2, immediate=True)
+    assert [s.record["mode"] for s in run.stored] == ["immediate", "immediate"]
+    assert all(s.record["subject"] is None and s.record["value"] == 250.0 for s in run.stored)
+    assert run.stored[0].record["scale_id"] == run.scale_id  # default: the port
+
+
+@pytest.mark.parametrize("protocol", ["mt-sics", "cas"])
+def test_overload_is_refused_and_nothing_is_stored(store, protocol):
+    profile = fast_scale({"mt-sics": "mt-sics-scale", "cas": "cas-ci"}[protocol])
+    with (
+        start_simulator("scale", protocol, profile=profile, faults="overload") as sim,
+        open_scale(profile, sim.url) as scale,
+    ):
+        run = acquire_weights(
+            store, scale, profile=profile.name, subjects=["A", "B"], error_pause_s=0.0
+        )
+    assert [(e.index, e.subject, e.error) for e in run.errors] == [
+        (1, "A", "Overload"),
+        (2, "B", "Overload"),
+    ]
+    assert run.stored == [] and store.results("weighing") == [] and not run.complete
+
+
+def test_a_drifting_weight_is_a_stability_timeout_for_that_weighing(store):
+    profile = fast_scale("sartorius-sbi")
+    profile = replace(profile, scale=replace(profile.scale, stability_timeout_s=0.6))
+    with (
+        start_simulator("scale", "sbi", profile=profile, faults="drift") as sim,
+        open_scale(profile, sim.url) as scale,
+    ):
+        run = acquire_weights(
+            store, scale, profile=profile.name, count=1, stop_on_error=True, error_pause_s=0.0
+        )
+    assert [e.error for e in run.errors] == ["StabilityTimeout"]
+    assert run.ended == "stopped-on-error" and store.results("weighing") == []
+
+
+def test_an_unplugged_scale_ends_the_run_and_keeps_the_stored_weights(store):
+    profile = fast_scale("mt-sics-scale")
+    with (
+        start_simulator(
+            "scale", "mt-sics", profile=profile, load=50.0, settle_s=0.0, faults="unplug-after=4"
+        ) as sim,
+        open_scale(profile, sim.url) as scale,
+    ):
+        run = acquire_weights(
+            store, scale, profile=profile.name, subjects=[f"C{i}" for i in range(5)], immediate=True
+        )
+    assert run.ended == "disconnected"
+    assert [s.record["subject"] for s in run.stored] == ["C0", "C1", "C2"]
+    assert run.not_weighed == ["C3", "C4"] and not run.complete
+    assert len(store.results("weighing")) == 3
+
+
+def test_weighing_record_and_subjects_file(tmp_path):
+    from fibergrade.adapters.scales.base import Weighing
+
+    w = Weighing(12.5, "kg", "stable", True, "line-2", "cas")
+    rec = weighing_record(w, profile="cas-ci", subject="K-1", created_at="2026-01-01T00:00:00Z")
+    assert list(rec) == list(WEIGHING_KEYS)
+    assert rec["timestamp"] == w.timestamp.isoformat()
+    f = tmp_path / "subjects.txt"
+    f.write_text("\ufeff# carcasses of lot 7\nK-1\n\n  K-2  \n#K-3\n")
+    assert read_subjects(f) == ["K-1", "K-2"]
+    f.write_text("# nothing\n")
+    with pytest.raises(InputError):
+        read_subjects(f)
+    with pytest.raises(InputError):
+        read_subjects(tmp_path / "missing.txt")
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=300))
+def test_fuzz_subjects_file_gives_ids_or_a_typed_error(tmp_path, data):
+    f = tmp_path / "subjects.txt"
+    f.write_bytes(data)
+    try:
+        got = read_subjects(f)
+    except InputError:
+        return
+    assert got and all(s == s.strip() and s and not s.startswith("#") for s in got)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_acquisition_benchmark_runs_and_keeps_up(tmp_path):
+    """Smoke test of benchmarks/acquisition_throughput.py (no timing is asserted beyond
+    "no line lost": the rates depend on the machine)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "acquisition_throughput.py"
+    out = tmp_path / "acq.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--seconds",
+            "1.5",
+            "--fibres",
+            "100",
+            "--parser-lines",
+            "5000",
+            "--unpaced-samples",
+            "3",
+            "--repeats",
+            "1",
+            "--json",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["kept_up"] is True and doc["lost_lines"] == 0
+    for key in ("line_rate_lines_per_s", "paced_lines_per_s", "parser_lines_per_s"):
+        assert doc[key] > 0
+    assert set(doc["ratios"]) >= {"paced_parsed_vs_line_rate", "parser_vs_line_rate"}
+    assert doc["details"]["paced"]["lines_sent"] == doc["details"]["paced"]["lines_read"]
+    assert json.loads(out.read_text())["ratios"] == doc["ratios"]

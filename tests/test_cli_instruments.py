@@ -1,0 +1,376 @@
+"""The instrument commands as a user runs them: ``fibergrade simulate`` and ``fibergrade
+acquire`` as subprocesses on real ptys and TCP, Ctrl-C (SIGINT) to a running acquisition,
+and ``fibergrade import --instrument`` on the shipped vendor export examples. Every command
+runs from a scratch directory, so profiles are found without being in the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fibergrade.adapters.simulators import start_simulator
+from fibergrade.store import Store
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTRUMENTS = ROOT / "instruments"
+EXE = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+ENV = {k: v for k, v in os.environ.items() if k not in ("FIBERGRADE_INSTRUMENTS",)}
+
+
+def run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=timeout
+    )
+
+
+def popen(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [EXE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=ENV,
+    )
+
+
+def read_port(proc: subprocess.Popen[str]) -> tuple[str, list[str]]:
+    """The ``port:`` line a simulator prints, and the lines before it."""
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line.rstrip("\n"))
+        if line.startswith("port: "):
+            return line.split(" ", 1)[1].strip(), seen
+    raise AssertionError(f"no port line: {seen} {proc.stderr.read() if proc.stderr else ''}")
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
+# --------------------------------------------------------------------------- import
+
+
+def test_import_vendor_exports_through_their_profiles(tmp_path):
+    store = tmp_path / "store"
+    ofda = INSTRUMENTS / "ofda-export-example.csv"
+    laser = INSTRUMENTS / "laserscan-histogram-example.csv"
+    r = run(
+        "import",
+        "--instrument",
+        "ofda-export",
+        str(ofda),
+        "--store",
+        str(store),
+        "--json",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["imports"]
+    assert doc[0]["lots"] == ["CH-2024-0117", "CH-2024-0118", "BC-2024-0031"]
+    assert doc[0]["rows"] == 62 and not doc[0]["already_imported"]
+
+    profile_path = INSTRUMENTS / "laserscan-histogram.toml"  # by path works too
+    r = run(
+        "import", "--instrument", str(profile_path), str(laser), "--store", str(store), cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert "2 lots" in r.stdout
+
+    lots = {
+        x["lot_id"]: x
+        for x in json.loads(run("lots", "--json", "--store", str(store), cwd=tmp_path).stdout)
+    }
+    assert lots["CH-2024-0117"]["kind"] == "fibres" and lots["CH-2024-0117"]["n"] == 24
+    assert lots["LS-24-001"]["kind"] == "histogram" and lots["LS-24-002"]["n"] == 2000
+    s = Store.open(store, create=False)
+    table = s.read_fibres(["CH-2024-0117"])
+    assert float(table.diameter_um[0]) == pytest.approx(16.41)  # decimal comma read
+    assert table.medullated is not None and table.curvature_deg_mm is not None
+
+    r = run("import", "--instrument", "ofda-export", str(ofda), "--store", str(store), cwd=tmp_path)
+    assert r.returncode == 0 and "already imported" in r.stdout
+
+
+def test_import_instrument_is_all_or_nothing_and_checks_the_profile(tmp_path):
+    store = tmp_path / "store"
+    bad = tmp_path / "bad-ofda.csv"
+    text = (INSTRUMENTS / "ofda-export-example.csv").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    lines[-1] = lines[-1].replace(",", ".", 1)  # a decimal point in a decimal-comma file
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    good = INSTRUMENTS / "ofda-export-example.csv"
+    r = run(
+        "import",
+        "--instrument",
+        "ofda-export",
+        str(good),
+        str(bad),
+        "--store",
+        str(store),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"bad-ofda.csv:{len(lines)}" in r.stderr and "Traceback" not in r.stderr
+    assert not list((store / "segments").glob("*.h5"))
+
+    r = run(
+        "import", "--instrument", "mt-sics-scale", str(good), "--store", str(store), cwd=tmp_path
+    )
+    assert r.returncode == 2 and "export profile" in r.stderr
+
+    r = run(
+        "import", "--instrument", "no-such-export", str(good), "--store", str(store), cwd=tmp_path
+    )
+    assert r.returncode == 2 and "ofda-export" in r.stderr  # lists the known profiles
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def test_simulate_prints_a_device_path_and_serves_acquire(tmp_path):
+    sim = popen(
+        "simulate", "analyser", "--samples", "3", "--fibres", "30", "--baud", "0", cwd=tmp_path
+    )
+    try:
+        port, seen = read_port(sim)
+        assert stat.S_ISCHR(os.stat(port).st_mode)  # a real pty
+        assert "3 samples of 30 fibres" in seen[0]
+        store = tmp_path / "store"
+        r = run(
+            "acquire",
+            "--instrument",
+            "analyser-line",
+            "--port",
+            port,
+            "--samples",
+            "3",
+            "--json",
+            "--store",
+            str(store),
+            cwd=tmp_path,
+        )
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["ended"] == "limit" and doc["complete"] and doc["partial"] is None
+        assert [c["sample_id"] for c in doc["committed"]] == ["S0001", "S0002", "S0003"]
+        assert all(c["n"] == 30 and not c["already_imported"] for c in doc["committed"])
+        assert doc["readings"] == 90
+        s = Store.open(store, create=False)
+        assert len(s.segments()) == 3
+        for seg in s.segments():
+            s.verify_segment(seg.digest)
+    finally:
+        out, _ = stop(sim)
+    assert sim.returncode == 0 and "simulator stopped" in out
+
+
+def test_simulate_a_scale_on_tcp_and_weigh_from_it(tmp_path):
+    sim = popen(
+        "simulate", "scale", "--protocol", "cas", "--tcp", "0", "--load", "41.3", cwd=tmp_path
+    )
+    try:
+        port, seen = read_port(sim)
+        assert port.startswith("socket://127.0.0.1:") and "cas scale" in seen[0]
+        r = run(
+            "acquire",
+            "--instrument",
+            "cas-ci",
+            "--port",
+            port,
+            "--subject",
+            "K-9",
+            "--immediate",
+            "--scale-id",
+            "line-2",
+            "--store",
+            str(tmp_path / "store"),
+            cwd=tmp_path,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "41.3 kg  immediate  scale line-2  subject K-9" in r.stdout
+    finally:
+        stop(sim)
+
+
+def test_simulate_refuses_bad_arguments(tmp_path):
+    r = run("simulate", "scale", cwd=tmp_path)
+    assert r.returncode == 2 and "--protocol" in r.stderr
+    r = run("simulate", "oven", cwd=tmp_path)
+    assert r.returncode == 2
+    r = run("simulate", "scale", "--protocol", "mt-sics", "--faults", "gremlins", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown fault" in r.stderr
+    r = run("simulate", "scale", "--protocol", "mt-sics", "--samples", "3", cwd=tmp_path)
+    assert r.returncode == 2 and "only for an analyser" in r.stderr
+
+
+# --------------------------------------------------------------------------- acquire
+
+
+def test_sigint_to_a_running_acquire_keeps_completed_samples(tmp_path):
+    store = tmp_path / "store"
+    with start_simulator("analyser", n_samples=None, fibres_per_sample=60, baudrate=19200) as sim:
+        acq = popen(
+            "acquire",
+            "--instrument",
+            "analyser-line",
+            "--port",
+            sim.url,
+            "--store",
+            str(store),
+            cwd=tmp_path,
+        )
+        assert acq.stdout is not None
+        first = acq.stdout.readline()  # printed once the first sample is committed
+        assert first.startswith("sample S0001 -> lot S0001: 60 fibres"), first
+        acq.send_signal(signal.SIGINT)
+        out, errs = acq.communicate(timeout=20)
+    assert acq.returncode == 130, (out, errs)
+    assert "interrupted" in errs and "Traceback" not in errs
+    s = Store.open(store, create=False)
+    kept = [r.lot_id for r in s.lots()]
+    assert kept and kept[0] == "S0001"
+    assert all(r.n == 60 for r in s.lots())  # only whole samples
+    for seg in s.segments():
+        s.verify_segment(seg.digest)
+    assert f"{len(kept)} completed samples kept" in errs
+    if "partial sample" in errs:  # the one in progress is named and not stored
+        partial = errs.split("partial sample ", 1)[1].split(":", 1)[0]
+        assert partial not in kept
+
+
+def test_acquire_weights_prints_each_with_unit_mode_and_scale_id(tmp_path):
+    subjects = tmp_path / "carcasses.txt"
+    subjects.write_text("# today's carcasses\nCARC-101\nCARC-102\n")
+    store = tmp_path / "store"
+    with start_simulator("scale", "mt-sics", load=210.0, settle_s=0.05) as sim:
+        r = run(
+            "acquire",
+            "--instrument",
+            "mt-sics-scale",
+            "--port",
+            sim.url,
+            "--subjects",
+            str(subjects),
+            "--scale-id",
+            "bal-7",
+            "--store",
+            str(store),
+            cwd=tmp_path,
+        )
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stdout.splitlines() if "result" in x]
+    assert len(lines) == 2
+    assert lines[0].startswith("210.00 g  stable  scale bal-7  subject CARC-101")
+    recs = [p for _, p in Store.open(store, create=False).results("weighing")]
+    assert [(x["subject"], x["value"], x["unit"], x["mode"], x["scale_id"]) for x in recs] == [
+        ("CARC-101", 210.0, "g", "stable", "bal-7"),
+        ("CARC-102", 210.0, "g", "stable", "bal-7"),
+    ]
+
+
+def test_acquire_refuses_an_overloaded_scale(tmp_path):
+    store = tmp_path / "store"
+    with start_simulator("scale", "mt-sics", faults="overload") as sim:
+        r = run(
+            "acquire",
+            "--instrument",
+            "mt-sics-scale",
+            "--port",
+            sim.url,
+            "--samples",
+            "1",
+            "--json",
+            "--store",
+            str(store),
+            cwd=tmp_path,
+        )
+    assert r.returncode == 4, (r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["stored"] == [] and [e["error"] for e in doc["errors"]] == ["Overload"]
+    assert Store.open(store, create=False).results("weighing") == []
+
+
+def test_record_then_replay_recognises_the_samples(tmp_path):
+    store, cap = tmp_path / "store", tmp_path / "session.jsonl"
+    with start_simulator("analyser", n_samples=2, fibres_per_sample=25) as sim:
+        r = run(
+            "acquire",
+            "--instrument",
+            "analyser-line",
+            "--port",
+            sim.url,
+            "--samples",
+            "2",
+            "--record",
+            str(cap),
+            "--store",
+            str(store),
+            cwd=tmp_path,
+        )
+    assert r.returncode == 0, r.stderr
+    r = run(
+        "acquire",
+        "--instrument",
+        "analyser-line",
+        "--replay",
+        str(cap),
+        "--json",
+        "--store",
+        str(store),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [c["already_imported"] for c in doc["committed"]] == [True, True]
+    assert doc["ended"] == "idle"
+
+
+def test_acquire_checks_its_options_and_finds_profiles_anywhere(tmp_path):
+    r = run(
+        "acquire",
+        "--instrument",
+        "analyser-line",
+        "--port",
+        "/dev/null",
+        "--subject",
+        "X",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "only for scale profiles" in r.stderr
+    r = run("acquire", "--instrument", "ofda-export", "--port", "/dev/null", cwd=tmp_path)
+    assert r.returncode == 2 and "import --instrument" in r.stderr
+    r = run("acquire", "--instrument", "no-such", "--port", "/dev/null", cwd=tmp_path)
+    assert r.returncode == 2 and "analyser-line" in r.stderr and "Traceback" not in r.stderr
+    r = run(
+        "acquire", "--instrument", "analyser-line", "--port", str(tmp_path / "nope"), cwd=tmp_path
+    )
+    assert r.returncode == 4 and "cannot open port" in r.stderr
+    code = "from fibergrade.adapters.profiles import find_profile; print(find_profile('cas-ci'))"
+    for where in (tmp_path, ROOT):  # a scratch directory and the repository root
+        p = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=where,
+            env=ENV,
+            check=True,
+        )
+        assert Path(p.stdout.strip()).resolve() == (INSTRUMENTS / "cas-ci.toml").resolve()
