@@ -145,3 +145,14 @@ def test_private_key_is_0600_refuses_overwrite_and_stores(tmp_path):
     (tmp_path / "store" / "segments").mkdir(parents=True)
     with pytest.raises(KeyFileError, match="inside the store"):
         init_keys(tmp_path / "store" / "keys")
+
+
+def test_a_log_longer_than_its_head_is_a_crash_not_tampering(tmp_path, keys):
+    log = filled(tmp_path, keys)
+    before = log.head_path.read_bytes()
+    log.append("grade", "lot-2", {"grade": None}, actor="tech")
+    log.head_path.write_bytes(before)  # as if killed between the append and the head update
+    assert log.verify(keys[1]).entries == 9
+    log.head_path.write_text('{"seq": 2, "hash": "' + "ab" * 32 + '"}')
+    with pytest.raises(AuditTamperError, match="head.json names"):
+        log.verify(keys[1])

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fibergrade.audit import AuditLog
 from fibergrade.measurements import FibreLots, HistogramLots, LotMeta
 from fibergrade.store import PendingSegment, Store
 
@@ -206,7 +207,14 @@ def check_store(root: Path, checked: set[str], rng: random.Random) -> tuple[int,
     Returns (newest batch present, segments recovered from files at open).
     """
     store = Store.open(root, create=False)
+    # the audit log survives the kill too: chain intact, never shorter than its head, and
+    # every import it logged names a segment that was committed
+    entries = AuditLog(root).verify().entries
+    logged = {
+        e["subject"] for e in AuditLog(root).entries()[:entries] if e["action"] == "import"
+    }
     segs = store.segments()
+    assert logged <= {s.source_name for s in segs}, "the log names an import that is not there"
     lots = store.lots()
     ids = [r.lot_id for r in lots]
     assert len(set(ids)) == len(ids), "a lot is present twice"

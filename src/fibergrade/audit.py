@@ -10,6 +10,12 @@ The first entry's ``prev`` is 64 zeros. Each entry's ``hash`` covers every other
 so an edited entry no longer matches its hash; a deleted, inserted or reordered entry breaks
 the ``seq`` sequence and the ``prev`` link of the entry after it.
 
+The store logs every step that writes something: each new segment (``import``) and each new
+result record (grading, calibration, QC, screening, override, certificate, revocation,
+weighing: ``fibergrade.store.AUDIT_ACTION``), right after its commit; the entry's
+``payload_digest`` is then the record's own name. A crash between a commit and its log entry
+leaves a committed item without an entry, never an entry without its item.
+
 ``<store>/audit/head.json`` names the last entry (seq and hash) and is rewritten with every
 append, so a log cut short is found by comparing the two. At checkpoints (certificate
 issue, revocation, or ``fibergrade audit checkpoint``) the head is signed with the lab's
@@ -53,6 +59,7 @@ ACTIONS = (
     "revoke",
     "key",
     "checkpoint",
+    "record",
 )
 
 
@@ -274,14 +281,18 @@ class AuditLog:
         if head is None:
             if n:
                 raise AuditTamperError(None, None, "head.json is missing: cannot tell truncation")
-        else:
-            if head.seq != n - 1 or (n and head.hash != prev):
-                raise AuditTamperError(
-                    n,
-                    n - 1 if n else None,
-                    f"log truncated or head altered: the head names entry {head.seq} "
-                    f"but the log ends at entry {n - 1}",
-                )
+        elif head.seq > n - 1:
+            raise AuditTamperError(
+                n,
+                n - 1 if n else None,
+                f"log truncated: the head names entry {head.seq} but the log ends at entry {n - 1}",
+            )
+        elif head.seq >= 0 and entries[head.seq].get("hash") != head.hash:
+            raise AuditTamperError(
+                head.seq + 1, head.seq, "entry differs from the one head.json names"
+            )
+        # a log longer than its head is what a crash between an append and the head update
+        # leaves; the entries themselves were checked above
         return VerifyReport(
             entries=n,
             checkpoints=checkpoints,

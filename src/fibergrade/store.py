@@ -108,6 +108,21 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # --------------------------------------------------------------------------- records
 
 
+#: the audit-log action a newly written result record of each kind is logged as
+AUDIT_ACTION = {
+    "grade": "grade",
+    "calibration": "calibrate",
+    "qc": "qc",
+    "screening": "screen",
+    "override": "override",
+    "certificate": "certify",
+    "revocation": "revoke",
+    "weighing": "acquire",
+    "carcasses": "import",
+    "halal": "import",
+}
+
+
 @dataclass(frozen=True)
 class SegmentRecord:
     """One committed segment file. ``n_rows`` counts fibres, or classes for histograms."""
@@ -788,6 +803,15 @@ class Store:
                     )
                     continue
                 seg = self._commit(state, item, kind, metas)
+                self._audit(
+                    "import",
+                    seg.source_name,
+                    {
+                        "segment": seg.digest,
+                        "lots": list(seg.lot_ids),
+                        "source": item.source_digest,
+                    },
+                )
                 outcomes.append(
                     ImportOutcome(seg.digest, seg.source_name, seg.lot_ids, seg.n_rows, False)
                 )
@@ -1029,7 +1053,14 @@ class Store:
             _atomic_write(path, data, f"{_TMP_PREFIX}{secrets.token_hex(8)}.json")
         except OSError as e:
             raise StoreError(f"{path}: cannot write result: {e}") from e
+        self._audit(AUDIT_ACTION.get(kind, "record"), f"{kind} {digest}", payload)
         return digest
+
+    def _audit(self, action: str, subject: str, payload: dict[str, Any]) -> None:
+        """Log a step that wrote something new (after its commit; see fibergrade.audit)."""
+        from fibergrade.audit import AuditLog
+
+        AuditLog(self.root).append(action, subject, payload)
 
     def _load_result(self, path: Path, digest: str) -> dict[str, Any]:
         try:

@@ -1,0 +1,565 @@
+"""Signed test certificates: issue, reissue, revoke, and verify with recomputation.
+
+A certificate is a JSON document of schema ``fibergrade-certificate/1`` (documented in the
+README and :data:`SCHEMA_FIELDS`) serialised canonically (sorted keys, no spaces, UTF-8) and
+signed with the lab's Ed25519 key. The file ``<number>.json`` is an envelope::
+
+    {"certificate": {...}, "signature": {"algorithm": "Ed25519",
+     "key_fingerprint": "<sha256 of the raw public key>", "value": "<base64>"}}
+
+and ``<number>.pdf`` is its one-page rendering. The signature covers the canonical bytes of
+``certificate`` only, so whitespace or key order in the file does not matter but any change
+of a value does.
+
+Figures are reported at fixed precision (:data:`PRECISION`): MFD to 0.1 um as certificates
+report it (``shared/reference/fibre.md``); the other precisions are the project's own
+choice, no source prescribes them. The grade and every criterion's verdict are those the lab
+computed at full precision.
+
+Refusals, each a :class:`CertificateRefused` naming the reason: a lot that has not been
+graded; a lot whose screening verdict is not ``clean`` and has no recorded override; a lot
+graded without a valid calibration is certified only because the grading itself was run
+with ``--uncalibrated``, and the certificate then says so.
+
+Verification (:func:`verify_certificate`) checks the signature against a public key, the
+revocation list (itself signed), and, given the store, recomputes every figure and the grade
+from the raw segment (whose SHA-256 must match), with the recorded calibration record (whose
+SHA-256 must match) and the recorded standard (id, version and file digest must match),
+reporting each difference.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fibergrade import __version__
+from fibergrade.audit import AuditLog, Position, canonical_json, digest
+from fibergrade.errors import FibergradeError
+from fibergrade.keys import fingerprint
+
+SCHEMA = "fibergrade-certificate/1"
+REVOCATION_SCHEMA = "fibergrade-revocations/1"
+
+#: decimals each figure is reported with on a certificate (MFD: fibre.md; others: own choice)
+PRECISION = {
+    "n": 0,
+    "mfd_um": 1,
+    "sd_um": 2,
+    "cv_pct": 1,
+    "min_um": 1,
+    "max_um": 1,
+    "p5_um": 1,
+    "p50_um": 1,
+    "p95_um": 1,
+    "cf_pct": 1,
+    "pf_pct": 1,
+    "coarse_count_pct": 2,
+    "coarse_mass_pct": 2,
+    "sf_um": 1,
+    "curvature_mean_deg_mm": 0,
+    "curvature_sd_deg_mm": 0,
+    "medullated_pct": 1,
+    "length_mean_mm": 1,
+}
+
+#: top-level fields of a certificate (schema fibergrade-certificate/1)
+SCHEMA_FIELDS = (
+    "schema",
+    "certificate_number",
+    "issued_at",
+    "lab",
+    "lot",
+    "origin_claim",
+    "instrument",
+    "calibration",
+    "standard",
+    "figures",
+    "basis",
+    "grade",
+    "screening",
+    "raw_segment",
+    "grade_result",
+    "audit_position",
+    "software_version",
+    "supersedes",
+)
+
+
+class CertificateError(FibergradeError):
+    """A certificate cannot be issued, read or verified."""
+
+    exit_code = 5
+
+
+class CertificateRefused(CertificateError):
+    """The lot may not be certified (not graded, flagged, ...); the message says why."""
+
+
+class VerificationFailed(CertificateError):
+    """A certificate fails verification; ``problems`` lists every finding."""
+
+    def __init__(self, number: str, problems: list[str]) -> None:
+        self.number = number
+        self.problems = problems
+        super().__init__(f"certificate {number} FAILS verification: " + "; ".join(problems))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def report_figures(rec: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a grade record at certificate precision (None stays None)."""
+    out: dict[str, Any] = {}
+    for key, dec in PRECISION.items():
+        v = rec.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out[key] = None
+        elif dec == 0:
+            out[key] = round(float(v))
+        else:
+            out[key] = round(float(v), dec)
+    return out
+
+
+def sign(doc: dict[str, Any], private_key: Any) -> dict[str, Any]:
+    """The signed envelope of a document."""
+    return {
+        doc_key(doc): doc,
+        "signature": {
+            "algorithm": "Ed25519",
+            "key_fingerprint": fingerprint(private_key),
+            "value": base64.b64encode(private_key.sign(canonical_json(doc))).decode("ascii"),
+        },
+    }
+
+
+def doc_key(doc: dict[str, Any]) -> str:
+    return "revocations" if doc.get("schema") == REVOCATION_SCHEMA else "certificate"
+
+
+def check_signature(envelope: dict[str, Any], public_key: Any, what: str) -> dict[str, Any]:
+    """The signed document, if its signature verifies with ``public_key``; else raise."""
+    from cryptography.exceptions import InvalidSignature
+
+    key = "revocations" if "revocations" in envelope else "certificate"
+    doc = envelope.get(key)
+    sig = envelope.get("signature") or {}
+    if not isinstance(doc, dict) or not isinstance(sig, dict) or "value" not in sig:
+        raise CertificateError(f"{what}: not a signed fibergrade document")
+    if sig.get("key_fingerprint") != fingerprint(public_key):
+        raise VerificationFailed(
+            str(doc.get("certificate_number", what)),
+            [
+                f"signed with key {str(sig.get('key_fingerprint'))[:16]}..., not with the "
+                f"given public key {fingerprint(public_key)[:16]}..."
+            ],
+        )
+    try:
+        public_key.verify(base64.b64decode(sig["value"]), canonical_json(doc))
+    except (InvalidSignature, ValueError) as exc:
+        raise VerificationFailed(
+            str(doc.get("certificate_number", what)),
+            ["signature does not verify: the document was altered after signing"],
+        ) from exc
+    return doc
+
+
+def read_envelope(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        env = json.loads(p.read_bytes())
+    except FileNotFoundError as exc:
+        raise CertificateError(f"{p}: no such file") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CertificateError(f"{p}: not a JSON certificate ({exc})") from exc
+    if not isinstance(env, dict):
+        raise CertificateError(f"{p}: not a signed fibergrade document")
+    return env
+
+
+# --- issuing ---------------------------------------------------------------------------
+
+
+@dataclass
+class Issued:
+    number: str
+    json_path: Path
+    pdf_path: Path | None
+    envelope: dict[str, Any]
+    supersedes: str | None = None
+
+
+@dataclass
+class CertifyOutcome:
+    issued: list[Issued] = field(default_factory=list)
+
+
+def _screening_of(rec: dict[str, Any]) -> dict[str, Any] | None:
+    s = rec.get("screening")
+    return s if isinstance(s, dict) else None
+
+
+def _override_of(store: Any, lot_id: str) -> dict[str, Any] | None:
+    latest = None
+    for d, payload in store.results("override"):
+        if payload.get("lot_id") == lot_id:
+            latest = payload | {"record": d}
+    return latest
+
+
+def existing_certificates(store: Any, lot_id: str | None = None) -> list[dict[str, Any]]:
+    """Certificates issued from this store (envelopes), oldest first."""
+    out = []
+    for d, env in store.results("certificate"):
+        cert = env.get("certificate", {})
+        if lot_id is None or cert.get("lot", {}).get("lot_id") == lot_id:
+            out.append(env | {"_record": d})
+    return out
+
+
+def build_certificate(
+    store: Any,
+    rec: dict[str, Any],
+    *,
+    lab_name: str,
+    number: str,
+    supersedes: str | None,
+    audit_pos: Position,
+) -> dict[str, Any]:
+    """The certificate document for one graded lot (raises CertificateRefused)."""
+    lot_id = rec["lot_id"]
+    if rec.get("grade") is None and rec.get("standard") is None:
+        raise CertificateRefused(
+            f"lot {lot_id} has no grading scheme for its declared type; grade it with --standard"
+        )
+    screening = _screening_of(rec)
+    override = _override_of(store, lot_id)
+    if screening is None:
+        raise CertificateRefused(
+            f"lot {lot_id} has not been screened; run fibergrade grade (which screens) first"
+        )
+    if screening.get("verdict") != "clean" and override is None:
+        raise CertificateRefused(
+            f"lot {lot_id} was flagged by screening ({screening.get('verdict')}: "
+            f"{'; '.join(screening.get('reasons') or [])}); record an override with "
+            f"fibergrade override {lot_id} --reason ... to certify it"
+        )
+    lot_meta = store.lot(lot_id).meta.to_dict()
+    seg = store.lot(lot_id).segment
+    seg_rec = next(s for s in store.segments() if s.digest == seg)
+    return {
+        "schema": SCHEMA,
+        "certificate_number": number,
+        "issued_at": _now(),
+        "lab": {"name": lab_name},
+        "lot": {
+            k: lot_meta.get(k)
+            for k in ("lot_id", "declared_type", "client", "received_at", "measured_at")
+        },
+        "origin_claim": {
+            "country": lot_meta.get("origin"),
+            "region": lot_meta.get("region"),
+            "geographical_indication": lot_meta.get("gi_code"),
+        },
+        "instrument": {"id": lot_meta.get("instrument_id")},
+        "calibration": {
+            "record": rec.get("calibration"),
+            "uncalibrated": bool(rec.get("uncalibrated", False)),
+            "range_flag": rec.get("calibration_range_flag"),
+        },
+        "standard": rec["standard"],
+        "figures": report_figures(rec),
+        "basis": {
+            "kind": rec.get("basis"),
+            "binned": rec.get("binned", []),
+            "cut_um": rec.get("cut_um"),
+        },
+        "grade": {
+            "id": rec.get("grade"),
+            "criteria": [
+                {k: c.get(k) for k in ("grade", "name", "figure", "op", "limit", "value", "passed")}
+                for c in rec.get("criteria", [])
+            ],
+        },
+        "screening": {
+            "verdict": screening.get("verdict"),
+            "probability": screening.get("probability"),
+            "model_digest": screening.get("model_digest"),
+            "override": (
+                {
+                    "reason": override["reason"],
+                    "actor": override.get("actor"),
+                    "record": override["record"],
+                }
+                if override is not None and screening.get("verdict") != "clean"
+                else None
+            ),
+        },
+        "raw_segment": {"sha256": seg, "source_name": seg_rec.source_name},
+        "grade_result": rec.get("result_id"),
+        "audit_position": audit_pos.to_dict(),
+        "software_version": __version__,
+        "supersedes": supersedes,
+    }
+
+
+def certify_lots(
+    store: Any,
+    lot_ids: list[str],
+    private_key: Any,
+    out_dir: str | Path,
+    *,
+    lab_name: str = "fibergrade laboratory",
+    reissue_reason: str | None = None,
+    pdf: bool = True,
+    progress: Any = None,
+) -> CertifyOutcome:
+    """Issue one certificate per lot (all refusals are found before anything is issued)."""
+    from fibergrade.workflow import latest_grades
+
+    graded = latest_grades(store)
+    missing = [lot for lot in lot_ids if lot not in graded]
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise CertificateRefused(f"lot(s) not graded yet: {shown}; run fibergrade grade first")
+    revoked = {e["certificate_number"] for e in revocation_entries(store)}
+    previous: dict[str, list[dict[str, Any]]] = {}
+    for env in existing_certificates(store):
+        previous.setdefault(env["certificate"]["lot"]["lot_id"], []).append(env)
+    audit = AuditLog(store.root)
+    plans: list[tuple[dict[str, Any], str, str | None]] = []
+    for lot in lot_ids:
+        prior = previous.get(lot, [])
+        current = [e for e in prior if e["certificate"]["certificate_number"] not in revoked]
+        supersedes = current[-1]["certificate"]["certificate_number"] if current else None
+        if supersedes and not reissue_reason:
+            raise CertificateRefused(
+                f"lot {lot} is already certified as {supersedes}; to issue a corrected "
+                "certificate that supersedes it, pass --reissue --reason ..."
+            )
+        plans.append((graded[lot], f"FG-{lot}-{len(prior) + 1:02d}", supersedes))
+    pos = audit.position()
+    docs = [
+        build_certificate(store, rec, lab_name=lab_name, number=num, supersedes=sup, audit_pos=pos)
+        for rec, num, sup in plans
+    ]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = CertifyOutcome()
+    for i, doc in enumerate(docs):
+        if reissue_reason and doc["supersedes"]:
+            doc["reissue_reason"] = reissue_reason
+        env = sign(doc, private_key)
+        number = doc["certificate_number"]
+        jpath = out / f"{number}.json"
+        jpath.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        store.put_result("certificate", env)  # the store logs it in the audit log
+        ppath = None
+        if pdf:
+            from fibergrade.certificate_pdf import render_pdf
+
+            ppath = render_pdf(env, store, out / f"{number}.pdf")
+        result.issued.append(Issued(number, jpath, ppath, env, doc["supersedes"]))
+        if progress:
+            progress(i + 1, len(docs))
+    if docs:
+        audit.checkpoint(private_key)
+    return result
+
+
+# --- overrides and revocation -------------------------------------------------------------
+
+
+def record_override(store: Any, lot_id: str, reason: str, actor: str) -> str:
+    """Record that a flagged lot may be certified, and why (logged in the audit log)."""
+    if not reason.strip():
+        raise CertificateError("an override needs a reason")
+    store.lot(lot_id)  # LotNotFoundError for an unknown lot
+    payload = {
+        "kind": "override",
+        "lot_id": lot_id,
+        "reason": reason,
+        "actor": actor,
+        "created_at": _now(),
+    }
+    return store.put_result("override", payload)  # logged by the store
+
+
+def revocation_entries(store: Any) -> list[dict[str, Any]]:
+    return [p for _, p in store.results("revocation")]
+
+
+def revoke(
+    store: Any, number: str, reason: str, private_key: Any, out_file: str | Path | None = None
+) -> dict[str, Any]:
+    """Revoke a certificate and write the whole signed revocation list."""
+    if not reason.strip():
+        raise CertificateError("a revocation needs a reason")
+    found = [
+        e for e in existing_certificates(store) if e["certificate"]["certificate_number"] == number
+    ]
+    if not found:
+        raise CertificateError(f"no certificate {number} was issued from this store")
+    if any(e["certificate_number"] == number for e in revocation_entries(store)):
+        raise CertificateError(f"certificate {number} is already revoked")
+    entry = {
+        "kind": "revocation",
+        "certificate_number": number,
+        "certificate_sha256": digest(found[0]["certificate"]),
+        "reason": reason,
+        "revoked_at": _now(),
+    }
+    store.put_result("revocation", entry)  # logged by the store
+    AuditLog(store.root).checkpoint(private_key)
+    env = revocation_list(store, private_key)
+    target = Path(out_file) if out_file else Path(store.root) / "revocations.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return env
+
+
+def revocation_list(store: Any, private_key: Any) -> dict[str, Any]:
+    doc = {
+        "schema": REVOCATION_SCHEMA,
+        "issued_at": _now(),
+        "entries": [
+            {k: e[k] for k in ("certificate_number", "certificate_sha256", "reason", "revoked_at")}
+            for e in revocation_entries(store)
+        ],
+    }
+    return sign(doc, private_key)
+
+
+# --- verification -------------------------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    number: str
+    checks: list[tuple[str, str]] = field(default_factory=list)  # (check, result text)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "certificate_number": self.number,
+            "ok": not self.problems,
+            "checks": [{"check": c, "result": r} for c, r in self.checks],
+            "problems": list(self.problems),
+            "notes": list(self.notes),
+        }
+
+
+def verify_certificate(
+    path: str | Path,
+    public_key: Any,
+    *,
+    store: Any | None = None,
+    revocations: str | Path | None = None,
+) -> VerifyReport:
+    """Verify a certificate file; raises :class:`VerificationFailed` listing every problem."""
+    env = read_envelope(path)
+    cert = check_signature(env, public_key, str(path))
+    number = str(cert.get("certificate_number"))
+    rep = VerifyReport(number)
+    if cert.get("schema") != SCHEMA:
+        raise VerificationFailed(number, [f"unknown schema {cert.get('schema')!r}"])
+    rep.checks.append(
+        ("signature", f"valid Ed25519 signature by key {fingerprint(public_key)[:16]}...")
+    )
+    if revocations is not None:
+        rev_doc = check_signature(read_envelope(revocations), public_key, str(revocations))
+        if rev_doc.get("schema") != REVOCATION_SCHEMA:
+            raise CertificateError(f"{revocations}: not a fibergrade revocation list")
+        hit = [e for e in rev_doc.get("entries", []) if e.get("certificate_number") == number]
+        if hit:
+            rep.problems.append(f"revoked on {hit[0]['revoked_at']}: {hit[0]['reason']}")
+        else:
+            rep.checks.append(("revocation list", f"not revoked (list of {rev_doc['issued_at']})"))
+    if cert.get("calibration", {}).get("uncalibrated"):
+        rep.notes.append("graded WITHOUT a valid calibration (--uncalibrated)")
+    if store is not None:
+        _recompute(cert, store, rep)
+    if rep.problems:
+        raise VerificationFailed(number, rep.problems)
+    return rep
+
+
+def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
+    """Recompute the lot's figures and grade from the raw segment and compare."""
+    import numpy as np
+
+    from fibergrade.audit import AuditTamperError
+    from fibergrade.errors import LotNotFoundError, StoreError
+    from fibergrade.grading import grade as grade_summary
+    from fibergrade.grading import load_standard
+    from fibergrade.workflow import summarise_lots
+
+    pos = cert.get("audit_position") or {"seq": -1, "hash": ""}
+    if int(pos["seq"]) >= 0:
+        try:
+            AuditLog(store.root).check_position(Position(int(pos["seq"]), str(pos["hash"])))
+            rep.checks.append(("audit log", f"contains entry {pos['seq']} as recorded"))
+        except AuditTamperError as exc:
+            rep.problems.append(f"audit log: {exc}")
+    lot_id = cert["lot"]["lot_id"]
+    seg = cert["raw_segment"]["sha256"]
+    try:
+        store.verify_segment(seg)
+    except StoreError as exc:
+        rep.problems.append(f"raw data: {exc}")
+        return
+    rep.checks.append(("raw segment", f"SHA-256 {seg[:16]}... matches"))
+    try:
+        lot = store.lot(lot_id)
+    except LotNotFoundError:
+        rep.problems.append(f"lot {lot_id} is not in the store")
+        return
+    if lot.segment != seg:
+        rep.problems.append(
+            f"lot {lot_id} lives in segment {lot.segment[:16]}..., not {seg[:16]}..."
+        )
+        return
+    a = np.zeros(1)
+    b = np.ones(1)
+    cal_id = cert.get("calibration", {}).get("record")
+    if cal_id:
+        try:
+            cal = store.get_result("calibration", cal_id)
+        except StoreError as exc:
+            rep.problems.append(f"calibration record: {exc}")
+            return
+        a[0], b[0] = cal["line"]["intercept_um"], cal["line"]["slope"]
+        rep.checks.append(("calibration record", f"{cal_id[:16]}... intact"))
+    std_ref = cert["standard"]
+    try:
+        std = load_standard(std_ref["id"])
+    except FibergradeError as exc:
+        rep.problems.append(f"standard: {exc}")
+        return
+    if (std.version, std.digest) != (std_ref["version"], std_ref["digest"]):
+        rep.problems.append(
+            f"standard {std.id}: this software has version {std.version} "
+            f"(digest {std.digest[:12]}), the certificate used {std_ref['version']} "
+            f"(digest {std_ref['digest'][:12]})"
+        )
+        return
+    summary = summarise_lots(store, [lot], std.cut_um, corrections=(a, b))
+    rec = summary.to_records()[0] | grade_summary(summary, std).records()[0]
+    again = report_figures(rec)
+    for key, value in cert["figures"].items():
+        if again.get(key) != value:
+            rep.problems.append(f"{key}: certificate says {value}, raw data give {again.get(key)}")
+    if rec["grade"] != cert["grade"]["id"]:
+        rep.problems.append(
+            f"grade: certificate says {cert['grade']['id']}, raw data give {rec['grade']}"
+        )
+    if not rep.problems:
+        rep.checks.append(("recomputation", f"{len(again)} figures and grade {rec['grade']} agree"))

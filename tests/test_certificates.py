@@ -1,0 +1,216 @@
+"""Signed certificates end to end through the CLI: issue, refuse, override, reissue, revoke,
+and verification that finds every kind of tampering the issue names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXE = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+
+
+def run(*args: str, cwd: Path):
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    """A demo day graded and screened, a key pair, and certificates for the clean lots."""
+    d = tmp_path_factory.mktemp("lab")
+    r = run("demo", "--lots", "30", "--seed", "7", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert run("keys", "init", cwd=d).returncode == 0
+    r = run("certify", "--store", "demo-out/fibergrade-data", "--out", "certs", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    issued = json.loads(r.stdout)
+    assert len(issued) >= 5
+    return d
+
+
+STORE = ("--store", "demo-out/fibergrade-data")
+
+
+def certs(lab: Path) -> list[Path]:
+    return sorted((lab / "certs").glob("FG-*-01.json"))
+
+
+def fresh_copy(lab: Path, tmp_path: Path) -> Path:
+    """A private copy of the lab (store, keys, certificates) to tamper with."""
+    dst = tmp_path / "lab"
+    shutil.copytree(lab, dst)
+    return dst
+
+
+def verify(d: Path, cert: Path, *extra: str):
+    return run("verify", str(cert), "--public-key", "keys/lab.pub", *extra, cwd=d)
+
+
+def test_a_certificate_verifies_offline_with_recomputation(lab):
+    cert = certs(lab)[0]
+    r = verify(lab, cert, *STORE, "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] and not rep["problems"]
+    checks = {c["check"] for c in rep["checks"]}
+    assert {"signature", "raw segment", "recomputation", "audit log"} <= checks
+    doc = json.loads(cert.read_text())["certificate"]
+    assert doc["schema"] == "fibergrade-certificate/1"
+    assert doc["screening"]["verdict"] == "clean" and doc["screening"]["model_digest"]
+    assert len(doc["raw_segment"]["sha256"]) == 64
+    assert doc["standard"]["id"] and doc["grade"]["id"]
+    assert doc["figures"]["mfd_um"] == round(doc["figures"]["mfd_um"], 1)
+    pdf = cert.with_suffix(".pdf").read_bytes()
+    assert pdf[:5] == b"%PDF-"
+
+
+def test_signature_only_needs_the_public_key(lab):
+    r = verify(lab, certs(lab)[0])
+    assert r.returncode == 0 and "not recomputed" in r.stdout
+
+
+@pytest.mark.parametrize("offset", [0.1, 0.35, 0.5, 0.8, 0.97])
+def test_a_flipped_byte_anywhere_is_detected(lab, tmp_path, offset):
+    src = certs(lab)[1].read_bytes()
+    i = int(len(src) * offset)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(src[:i] + bytes([src[i] ^ 0x01]) + src[i + 1 :])
+    r = verify(lab, bad)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert any(w in r.stderr for w in ("signature", "not a JSON", "not a signed", "altered"))
+
+
+def test_results_swapped_between_two_lots_are_found_by_recomputation(lab, tmp_path):
+    """Even signed with the lab's own key, a certificate carrying another lot's figures fails."""
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+
+    a, b = (json.loads(p.read_text())["certificate"] for p in certs(lab)[:2])
+    forged = dict(a, figures=b["figures"])
+    env = sign(forged, load_private_key(lab / "keys" / "lab.key"))
+    p = tmp_path / "swapped.json"
+    p.write_text(json.dumps(env))
+    assert verify(lab, p).returncode == 0  # the signature alone is fine ...
+    r = verify(lab, p, *STORE)
+    assert r.returncode == 5  # ... but the raw data disagree
+    assert "mfd_um: certificate says" in r.stderr
+
+
+def test_edited_raw_data_is_detected(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    cert = certs(d)[0]
+    seg = json.loads(cert.read_text())["certificate"]["raw_segment"]["sha256"]
+    path = d / "demo-out" / "fibergrade-data" / "segments" / f"{seg}.h5"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    r = verify(d, cert, *STORE)
+    assert r.returncode == 5 and "raw data" in r.stderr
+
+
+def test_edited_calibration_record_is_detected(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    cert = certs(d)[0]
+    cal = json.loads(cert.read_text())["certificate"]["calibration"]["record"]
+    assert cal, "demo lots are graded with a calibration"
+    path = d / "demo-out" / "fibergrade-data" / "results" / "calibration" / f"{cal}.json"
+    path.chmod(0o644)
+    path.write_text(path.read_text().replace('"slope":', '"slope": 1.01, "x":', 1))
+    r = verify(d, cert, *STORE)
+    assert r.returncode == 5 and "calibration record" in r.stderr
+
+
+def test_wrong_key_is_refused(lab, tmp_path):
+    other = tmp_path / "other"
+    assert run("keys", "init", "--dir", str(other), cwd=tmp_path).returncode == 0
+    r = run("verify", str(certs(lab)[0]), "--public-key", str(other / "lab.pub"), cwd=lab)
+    assert r.returncode == 5 and "not with the given public key" in r.stderr
+
+
+def test_revoked_certificate_fails_against_the_signed_list(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    cert = certs(d)[2]
+    number = cert.stem
+    r = run("revoke", number, "--reason", "sample mix-up at reception", *STORE, cwd=d)
+    assert r.returncode == 0, r.stderr
+    revs = d / "demo-out" / "fibergrade-data" / "revocations.json"
+    r = verify(d, cert, "--revocations", str(revs))
+    assert r.returncode == 5 and "revoked" in r.stderr and "mix-up" in r.stderr
+    # another certificate is not affected, and a forged list is refused
+    assert verify(d, certs(d)[0], "--revocations", str(revs)).returncode == 0
+    doc = json.loads(revs.read_text())
+    doc["revocations"]["entries"] = []
+    revs.write_text(json.dumps(doc))
+    r = verify(d, cert, "--revocations", str(revs))
+    assert r.returncode == 5 and "signature" in r.stderr
+
+
+def test_refusals_override_and_reissue(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    graded = json.loads(run("grade", "--json", *STORE, cwd=d).stdout)
+    flagged = next(x for x in graded if x["screening"]["verdict"] != "clean")
+    r = run("certify", flagged["lot_id"], *STORE, "--out", "certs", cwd=d)
+    assert r.returncode == 5 and "flagged by screening" in r.stderr and "override" in r.stderr
+    r = run("override", flagged["lot_id"], "--reason", "SEM confirmed cashmere", *STORE, cwd=d)
+    assert r.returncode == 0
+    r = run("certify", flagged["lot_id"], *STORE, "--out", "certs", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    number = json.loads(r.stdout)[0]["certificate_number"]
+    doc = json.loads((d / "certs" / f"{number}.json").read_text())["certificate"]
+    assert doc["screening"]["override"]["reason"] == "SEM confirmed cashmere"
+    # a second certificate for the same lot needs --reissue and supersedes the first
+    r = run("certify", flagged["lot_id"], *STORE, "--out", "certs", cwd=d)
+    assert r.returncode == 5 and "already certified" in r.stderr
+    r = run(
+        "certify",
+        flagged["lot_id"],
+        *STORE,
+        "--out",
+        "certs",
+        "--reissue",
+        "--reason",
+        "typo in client name",
+        "--json",
+        cwd=d,
+    )
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)[0]
+    assert again["supersedes"] == number and again["certificate_number"].endswith("-02")
+    assert (d / "certs" / f"{number}.json").exists()  # both kept
+    # a lot that is in the store but not graded is refused
+    r = run("certify", "NO-SUCH", *STORE, cwd=d)
+    assert r.returncode == 5 and "not graded" in r.stderr
+
+
+def test_audit_log_records_certification_and_detects_tampering(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    r = run("audit", "verify", "--public-key", "keys/lab.pub", *STORE, "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["checkpoints"] >= 1 and rep["signatures_checked"]
+    actions = {e["action"] for e in json.loads(run("audit", "log", *STORE, "--json", cwd=d).stdout)}
+    assert {"import", "grade", "calibrate", "certify", "checkpoint"} <= actions
+    log = d / "demo-out" / "fibergrade-data" / "audit" / "log.jsonl"
+    lines = log.read_text().splitlines()
+    del lines[3]
+    log.write_text("\n".join(lines) + "\n")
+    r = run("audit", "verify", *STORE, cwd=d)
+    assert r.returncode != 0 and "entry" in r.stderr and "line 4" in r.stderr
+
+
+def test_private_key_is_not_accepted_inside_the_store(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    r = run("keys", "init", "--dir", "demo-out/fibergrade-data/keys", cwd=d)
+    assert r.returncode != 0 and "inside the store" in r.stderr
+    key = (d / "keys" / "lab.key").stat().st_mode & 0o777
+    assert key == 0o600
