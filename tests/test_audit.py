@@ -154,5 +154,5 @@ def test_a_log_longer_than_its_head_is_a_crash_not_tampering(tmp_path, keys):
     log.head_path.write_bytes(before)  # as if killed between the append and the head update
     assert log.verify(keys[1]).entries == 9
     log.head_path.write_text('{"seq": 2, "hash": "' + "ab" * 32 + '"}')
-    with pytest.raises(AuditTamperError, match="head.json names"):
+    with pytest.raises(AuditTamperError, match=r"head\.json names"):
         log.verify(keys[1])

@@ -257,9 +257,41 @@ def _grade_table(records: list[dict[str, Any]], title: str) -> Table:
             _fmt(r["mfd_um"]),
             _fmt(r["cv_pct"]),
             _fmt(r["coarse_mass_pct"], 2),
-            r["grade"] or "[red]none[/]",
+            (r["grade"] or "[red]none[/]") + _calibration_mark(r),
         )
     return t
+
+
+def _calibration_mark(rec: dict[str, Any]) -> str:
+    """Marks a grade cell: `` UNCAL`` (graded uncalibrated) or `` <cal``/`` >cal`` (MFD
+    below/above the calibrated range); nothing for a lot graded within its calibration."""
+    if rec.get("uncalibrated"):
+        return " [red]UNCAL[/]"
+    flag = rec.get("calibration_range_flag")
+    return {"below": " [yellow]<cal[/]", "above": " [yellow]>cal[/]"}.get(flag or "", "")
+
+
+def _calibration_cell(rec: dict[str, Any]) -> str:
+    """The calibration a grade used (id), or UNCALIBRATED, and any range flag."""
+    if rec.get("uncalibrated"):
+        return "[red]UNCALIBRATED[/]"
+    flag = rec.get("calibration_range_flag")
+    rng = rec.get("calibration_range_um") or [0, 0]
+    where = f" [yellow]MFD {flag} the calibrated range {rng[0]:g}-{rng[1]:g} um[/]"
+    return str(rec.get("calibration")) + (where if flag else "")
+
+
+def _print_calibration_legend(records: list[dict[str, Any]]) -> None:
+    """Which calibrations a table's grades used, and what UNCAL, <cal and >cal mean."""
+    used = sorted({r["calibration"][:12] for r in records if r.get("calibration")})
+    n_uncal = sum(1 for r in records if r.get("uncalibrated"))
+    n_out = sum(1 for r in records if r.get("calibration_range_flag"))
+    if used:
+        out.print("calibrations applied: " + ", ".join(used))
+    if n_out:
+        out.print(f"<cal/>cal: {n_out} lot(s) with MFD outside the calibrated range")
+    if n_uncal:
+        out.print(f"[red]UNCAL[/]: {n_uncal} lot(s) graded on uncalibrated (raw) diameters")
 
 
 def _print_reasons(records: list[dict[str, Any]]) -> None:
@@ -285,6 +317,14 @@ def grade_(
         str | None,
         typer.Option("--standard", help="Standard id or .toml path (default: by declared type)."),
     ] = None,
+    uncalibrated: Annotated[
+        bool,
+        typer.Option(
+            "--uncalibrated",
+            help="Grade lots whose instrument has no valid calibration on raw diameters "
+            "(recorded on the result as uncalibrated).",
+        ),
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
 ) -> None:
@@ -294,11 +334,12 @@ def grade_(
     st = _open_store(store)
     prog, update = _progress("grading segments", enabled=not json_)
     with prog:
-        run = grade_lots(st, lots, standard, progress=update)
+        run = grade_lots(st, lots, standard, progress=update, uncalibrated=uncalibrated)
     if json_:
         _print_json(run.records)
         return
     out.print(_grade_table(run.records, f"{len(run.records)} lots graded"))
+    _print_calibration_legend(run.records)
     _print_reasons(run.records)
     graded = Counter(r["grade"] for r in run.records)
     out.print(
@@ -320,7 +361,7 @@ def show_(
     from fibergrade.workflow import grade_lots, latest_grades
 
     st = _open_store(store)
-    rec = grade_lots(st, [lot], record=False).records[0]
+    rec = grade_lots(st, [lot], record=False, uncalibrated=True).records[0]
     stored = latest_grades(st).get(lot)
     rec["recorded_result"] = stored["result_id"] if stored else None
     if plot is not None:
@@ -343,6 +384,10 @@ def show_(
     out.print(
         f"standard: {std['id'] + ' v' + std['version'] if std else '—'}   "
         f"grade: [bold]{rec['grade'] or 'none'}[/]"
+    )
+    out.print(
+        f"calibration: {_calibration_cell(rec)}"
+        + (f"  ({escape(rec['calibration_note'])})" if rec.get("calibration_note") else "")
     )
     for c in rec["criteria"]:
         mark = "[green]pass[/]" if c["passed"] else ("[red]FAIL[/]" if c["evaluable"] else "n/a")
@@ -382,6 +427,7 @@ def demo_(
     for line in report.steps:
         out.print(line)
     out.print(_grade_table(report.failed, f"{len(report.failed)} lots that meet no grade"))
+    _print_calibration_legend(report.records)
     _print_reasons(report.failed)
     t = Table(title="grades by declared type")
     t.add_column("declared type")
@@ -925,13 +971,789 @@ def acquire_(
 # (insert instrument commands above this line)
 
 # === calibration: calibrate, qc, calibrations (issue 4) =====================================
+
+
+@app.command("calibrate")
+def calibrate_(
+    instrument: Annotated[
+        str, typer.Option("--instrument", help="Instrument id, as in the lot manifest.")
+    ],
+    measurements: Annotated[
+        Path | None,
+        typer.Argument(help="Tops CSV: top,measured_mfd_um[,measured_cv_pct] ('#' comments)."),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Reference set name (e.g. ih-23) or .toml path."),
+    ] = None,
+    against: Annotated[
+        str | None,
+        typer.Option("--against", help="Bias correction: the instrument this one is compared to."),
+    ] = None,
+    bias: Annotated[
+        float | None,
+        typer.Option("--bias", help="Bias correction: um this instrument reads above --against."),
+    ] = None,
+    bias_source: Annotated[
+        str,
+        typer.Option("--bias-source", help="Where the bias figure comes from (recorded)."),
+    ] = "not given",
+    operator: Annotated[str | None, typer.Option("--operator", help="Who calibrated.")] = None,
+    valid_days: Annotated[
+        int, typer.Option("--valid-days", min=1, help="Days the calibration stays valid.")
+    ] = 90,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """Fit measured -> assigned MFD on reference tops (or record a bias correction)."""
+    from fibergrade.calibration import (
+        calibrate,
+        calibrate_bias,
+        load_reference_set,
+        read_top_measurements,
+    )
+    from fibergrade.store import sha256_file
+
+    if against is not None:
+        if bias is None or measurements is not None or reference is not None:
+            raise typer.BadParameter(
+                "a bias correction takes --against and --bias, without MEASUREMENTS or --reference"
+            )
+        st = _open_store(store, create=True)
+        cid, rec = calibrate_bias(
+            st,
+            instrument,
+            against,
+            bias,
+            source=bias_source,
+            operator=operator,
+            valid_days=valid_days,
+        )
+    else:
+        if measurements is None or reference is None or bias is not None:
+            raise typer.BadParameter(
+                "calibrating against reference tops takes --reference SET and a MEASUREMENTS "
+                "file (or --against and --bias for a bias correction)"
+            )
+        ref = load_reference_set(reference)
+        tops = read_top_measurements(measurements)
+        st = _open_store(store, create=True)
+        cid, rec = calibrate(
+            st,
+            instrument,
+            ref,
+            tops,
+            operator=operator,
+            source_name=measurements.name,
+            source_digest=sha256_file(measurements),
+            valid_days=valid_days,
+        )
+    if json_:
+        _print_json({"id": cid} | rec)
+        return
+    line = rec["line"]
+    out.print(
+        f"[bold]{escape(instrument)}[/] calibrated ({rec['method']}, reference "
+        f"{escape(rec['reference']['id'])}): MFD' = {line['intercept_um']:+.4f} um + "
+        f"{line['slope']:.5f} x MFD"
+        + (f", r^2 {rec['r2']:.6f}" if rec.get("r2") is not None else "")
+    )
+    if rec["method"] == "bias":
+        out.print(
+            f"  bias {rec['bias_um']:+.3f} um against {escape(rec['against']['instrument_id'])} "
+            f"calibration {rec['against']['calibration_id'][:12]} "
+            f"(source: {escape(rec['bias_source'])})"
+        )
+    else:
+        t = Table()
+        cols = ("top", "measured", "assigned", "fitted", "residual um", "CV corr", "CV assigned")
+        for col in cols:
+            t.add_column(col, justify="right")
+        for top in rec["tops"]:
+            t.add_row(
+                escape(top["top"]),
+                _fmt(top["measured_mfd_um"], 2),
+                _fmt(top["assigned_mfd_um"], 2),
+                _fmt(top["fitted_mfd_um"], 3),
+                f"{top['residual_um']:+.3f}",
+                _fmt(top["corrected_cv_pct"], 2),
+                _fmt(top["assigned_cv_pct"], 2),
+            )
+        out.print(t)
+        out.print(
+            f"  max |residual| {rec['max_abs_residual_um']:.3f} um (tolerance "
+            f"{rec['residual_tolerance_um']} um, {len(rec['tops'])} tops, "
+            f"minimum {rec['min_tops']})"
+        )
+    lo, hi = rec["range_um"]
+    out.print(f"  valid for MFD {lo:g}-{hi:g} um; lots outside are flagged")
+    out.print(f"  expires {rec['expires_at']}   recorded as calibration {cid}")
+
+
+@app.command("qc")
+def qc_(
+    instrument: Annotated[str, typer.Option("--instrument", help="Instrument id.")],
+    measured: Annotated[float, typer.Argument(help="MFD (um) the instrument read on the sample.")],
+    assigned: Annotated[
+        float | None, typer.Option("--assigned", help="Assigned MFD (um) of the check sample.")
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option("--reference", help="Take the assigned MFD from this set...")
+    ] = None,
+    top: Annotated[str | None, typer.Option("--top", help="...and this top of it.")] = None,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Largest deviation (um) that passes.")
+    ] = 0.5,
+    sample: Annotated[str | None, typer.Option("--sample", help="Name of the sample.")] = None,
+    operator: Annotated[str | None, typer.Option("--operator", help="Who ran the check.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """Daily QC check: within tolerance keeps the instrument valid, outside suspends it.
+
+    Exits 1 (after recording the check) when the check fails.
+    """
+    from fibergrade.calibration import load_reference_set, record_qc
+
+    if (assigned is None) == (reference is None or top is None):
+        raise typer.BadParameter("give either --assigned X or --reference SET --top T")
+    if assigned is None:
+        ref = load_reference_set(str(reference))
+        found = ref.top(str(top))
+        if found is None:
+            raise typer.BadParameter(f"top {top!r} is not in reference set {ref.id}")
+        assigned, sample = found.mfd_um, sample or f"{ref.id} top {found.top}"
+    st = _open_store(store)
+    qid, rec = record_qc(
+        st,
+        instrument,
+        measured,
+        assigned,
+        sample=sample,
+        tolerance_um=tolerance,
+        operator=operator,
+    )
+    if json_:
+        _print_json({"id": qid} | rec)
+    else:
+        verdict = "[green]pass[/]" if rec["passed"] else "[red]FAIL: instrument suspended[/]"
+        out.print(
+            f"QC {escape(instrument)}: measured {measured:g} -> corrected "
+            f"{rec['corrected_mfd_um']:.3f} um, assigned {assigned:g} um, deviation "
+            f"{rec['deviation_um']:+.3f} um (tolerance {tolerance:g}): {verdict}"
+        )
+        out.print(f"  recorded as qc {qid}")
+    if not rec["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command("calibrations")
+def calibrations_(
+    instrument: Annotated[
+        str | None, typer.Option("--instrument", help="Only this instrument.")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """List calibration records and their state (valid, expired, suspended, superseded...)."""
+    from fibergrade.calibration import calibration_listing
+
+    rows = [
+        r
+        for r in calibration_listing(_open_store(store))
+        if instrument is None or r["instrument_id"] == instrument
+    ]
+    if json_:
+        _print_json(rows)
+        return
+    out.print(f"{len(rows)} calibration records")
+    colour = {"valid": "green", "superseded": "dim"}
+    for r in rows:
+        c = colour.get(r["state"], "red")
+        against = (r.get("against") or {}).get("instrument_id")
+        basis = f"bias vs {against}" if against else r["reference"]
+        out.print(
+            f"{r['id'][:12]}  [bold]{escape(r['instrument_id'])}[/]  [{c}]{r['state']}[/]  "
+            f"({escape(basis)}, {r['created_at'][:10]} .. {r['expires_at'][:10]}, "
+            f"QC {r['qc_checks']} checks, {r['qc_failed']} failed)"
+        )
+        out.print(
+            f"    MFD' = {r['intercept_um']:+.3f} + {r['slope']:.4f} x MFD, valid for "
+            f"{r['range_um'][0]:g}-{r['range_um'][1]:g} um"
+        )
+        if r["state"] not in colour:
+            out.print(f"    {escape(r['reason'])}")
+
+
 # (insert calibration commands above this line)
 
 # === screening: screen, model (issue 5) ========================================================
+model_app = typer.Typer(
+    help="Train and evaluate the screening model (models/: skops file + model card).",
+    no_args_is_help=True,
+)
+app.add_typer(model_app, name="model")
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir",
+        envvar="FIBERGRADE_MODEL_DIR",
+        help="Directory of screening.skops and its card (default: models/ of the checkout).",
+    ),
+]
+VERDICT_STYLE = {
+    "clean": "green",
+    "suspect-contamination": "red",
+    "suspect-mislabel": "red",
+    "not-screened": "yellow",
+}
+
+
+def _pct_or_dash(v: Any) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _print_evaluation(ev: dict[str, Any]) -> None:
+    t = Table(title=f"targets on {ev['lots']} held-out lots")
+    for col in ("target", "lots", "measured", "met"):
+        t.add_column(col)
+    for row in ev["targets"]:
+        met = "[green]yes[/]" if row["met"] else "[red]NO[/]"
+        t.add_row(escape(row["target"]), str(row["lots"]), _pct_or_dash(row["measured"]), met)
+    out.print(t)
+    from fibergrade.screening import VERDICTS
+
+    cm = Table(title="confusion matrix (rows truth, columns verdict)")
+    cm.add_column("truth")
+    for v in VERDICTS:
+        cm.add_column(v, justify="right")
+    for v, row in zip(VERDICTS, ev["confusion_matrix"]["counts"], strict=True):
+        cm.add_row(v, *(str(x) for x in row))
+    out.print(cm)
+    out.print(f"false-alarm rate on clean lots: {_pct_or_dash(ev['false_alarm_rate'])}")
+    cells = ev["detection_limits"]
+    pcts = sorted({c["blend_pct"] for c in cells})
+    dt = Table(title="detection rate by contaminant and blend % (by count)")
+    dt.add_column("declared")
+    dt.add_column("contaminant")
+    for p in pcts:
+        dt.add_column(f"{p}%", justify="right")
+    keys = list(dict.fromkeys((c["declared"], c["contaminant"]) for c in cells))
+    for dec, cont in keys:
+        row = [c for c in cells if c["declared"] == dec and c["contaminant"] == cont]
+        dt.add_row(dec, cont, *(_pct_or_dash(c["detected"]) for c in row))
+    out.print(dt)
+    for m in ev["mislabel_detection"]:
+        out.print(
+            f"{m['true']} declared {m['declared']}: flagged {_pct_or_dash(m['detected'])} "
+            f"of {m['lots']} lots"
+        )
+    for r in ev["limits"]:
+        pct = f" at {r['blend_pct']}%" if r["blend_pct"] is not None else ""
+        out.print(
+            f"limit: {r['case']}{pct}: flagged {_pct_or_dash(r['detected'])} of {r['lots']} lots"
+        )
+
+
+@model_app.command("train")
+def model_train_(
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (training is deterministic).")
+    ] = 20261120,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: models/).")
+    ] = None,
+    lots: Annotated[int, typer.Option("--lots", min=100, help="Training lots.")] = 12000,
+    validation: Annotated[
+        int, typer.Option("--validation-lots", min=50, help="Clean lots for the threshold.")
+    ] = 3000,
+    eval_scale: Annotated[
+        float,
+        typer.Option("--eval-scale", min=0.01, help="Size of the held-out set (1 = full)."),
+    ] = 1.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Generate lots, train the screening model and write it with its model and data cards."""
+    from fibergrade.screening import default_model_dir
+    from fibergrade.screening_training import train
+
+    target = out_dir or default_model_dir()
+    prog, update = _progress("training (generate, fit, evaluate)", enabled=not json_)
+    with prog:
+        report = train(
+            seed,
+            target,
+            n_train=lots,
+            n_validation=validation,
+            eval_scale=eval_scale,
+            progress=update,
+        )
+    card = report.card
+    if json_:
+        _print_json(
+            {
+                "model_id": card["model_id"],
+                "model_digest": card["model_digest"],
+                "out": str(target),
+                "threshold": card["threshold"],
+                "evaluation": card["evaluation"],
+            }
+        )
+        return
+    out.print(
+        f"model {card['model_id']} written to {escape(str(target))} "
+        f"(trained on {card['training']['lots']} lots; flag when P(clean) < "
+        f"{card['threshold']['p_clean_below']:.4f})"
+    )
+    _print_evaluation(card["evaluation"])
+    out.print(f"cards: {escape(str(target))}/model-card.md, data-card.md, model-card.json")
+
+
+@model_app.command("evaluate")
+def model_evaluate_(model_dir: ModelDirOpt = None, json_: JsonOpt = False) -> None:
+    """Regenerate the held-out lots and recompute the model card's metrics."""
+    from fibergrade.screening_training import evaluate_model
+
+    prog, update = _progress("evaluating on held-out lots", enabled=not json_)
+    with prog:
+        result = evaluate_model(model_dir, progress=update)
+    if json_:
+        _print_json(result)
+        return
+    _print_evaluation(result["evaluation"])
+    same = "[green]match[/]" if result["matches_card"] else "[red]differ from[/]"
+    out.print(f"recomputed metrics {same} the model card (model {result['model_digest'][:12]})")
+
+
+@app.command("screen")
+def screen_(
+    lots: Annotated[list[str] | None, typer.Argument(help="Lot ids (default: every lot).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    model_dir: ModelDirOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="List clean lots too.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Screen lots for contamination and mislabelling; records the verdicts."""
+    from fibergrade.screening import screen_stored_lots
+
+    st = _open_store(store)
+    prog, update = _progress("screening segments", enabled=not json_)
+    with prog:
+        run = screen_stored_lots(st, lots, model_dir, progress=update)
+    if json_:
+        _print_json(run.records)
+        return
+    _print_screening(run.records, show_clean=all_ or bool(lots))
+    counts = Counter(r["verdict"] for r in run.records)
+    out.print(
+        f"{len(run.records)} lots screened by {run.model_id}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
+    if run.result_id:
+        out.print(f"result recorded as {run.result_id[:16]}")
+
+
+def _print_screening(records: list[dict[str, Any]], show_clean: bool = False) -> None:
+    """One block per lot (flagged lots only unless ``show_clean``) with its reasons."""
+    for r in records:
+        if r["verdict"] == "clean" and not show_clean:
+            continue
+        style = VERDICT_STYLE.get(r["verdict"], "white")
+        prob = "" if r["probability"] is None else f" (p={r['probability']:.2f})"
+        out.print(
+            f"[bold]{escape(r['lot_id'])}[/] declared {r.get('declared_type') or '—'}: "
+            f"[{style}]{r['verdict']}[/]{prob}"
+        )
+        for reason in r["reasons"]:
+            out.print(f"    {escape(reason)}")
+    if any(r["verdict"] != "clean" for r in records):
+        from fibergrade.screening import CONFIRMATORY_TESTS
+
+        out.print(f"flagged lots: {escape(CONFIRMATORY_TESTS)}")
+
+
 # (insert screening commands above this line)
 
 # === meat: meat import/grade, trace (issue 7) =================================================
+meat_app = typer.Typer(
+    help="Lamb carcasses: import carcass and halal slaughter records, grade.",
+    no_args_is_help=True,
+)
+app.add_typer(meat_app, name="meat")
+
+
+@meat_app.command("import")
+def meat_import_(
+    file: Annotated[Path, typer.Argument(help="Carcass CSV (or, with --halal, slaughter CSV).")],
+    halal: Annotated[
+        bool, typer.Option("--halal", help="FILE holds halal slaughter records.")
+    ] = False,
+    scale: Annotated[
+        str | None,
+        typer.Option("--scale", help="Scale profile of rows without a scale_profile (its Max)."),
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """Validate a whole file and store it (all or nothing; re-imports do nothing)."""
+    from fibergrade.meat.traceability import import_carcasses, import_halal
+
+    st = _open_store(store, create=True)
+    if halal:
+        if scale is not None:
+            raise typer.BadParameter("--scale applies to carcass files, not --halal")
+        res = import_halal(st, file)
+    else:
+        res = import_carcasses(st, file, scale=scale)
+    what = "slaughter records" if halal else "carcasses"
+    if json_:
+        _print_json(
+            {
+                "source": res.source_name,
+                "kind": "halal" if halal else "carcasses",
+                "record": res.record,
+                "n": res.n,
+                "already_imported": res.already_imported,
+            }
+        )
+        return
+    if res.already_imported:
+        out.print(
+            f"{escape(res.source_name)}: already imported as record {res.record[:12]}; "
+            "nothing to do"
+        )
+    else:
+        out.print(f"{escape(res.source_name)}: {res.n} {what} -> record {res.record[:12]}")
+
+
+@meat_app.command("grade")
+def meat_grade_(
+    carcasses: Annotated[
+        list[str] | None, typer.Argument(help="Carcass ids (default: every carcass).")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """Grade carcasses (category, fat score, MSA, EU, colour, pH) and record the result."""
+    from fibergrade.meat.traceability import grade_store
+
+    st = _open_store(store, create=False)
+    records, result_id = grade_store(st, carcasses)
+    if json_:
+        _print_json(records)
+        return
+    from rich import box
+
+    t = Table(title=f"{len(records)} carcasses graded", box=box.SIMPLE_HEAD, padding=(0, 0))
+    for col in ("carcass", "category", "kg", "fat", "MSA", "EU", "band", "colour", "pH", "halal"):
+        t.add_column(col, no_wrap=True)
+    for r in records:
+        t.add_row(
+            escape(r["carcass_id"]),
+            r["category"] or "[red]none[/]",
+            _fmt(r["hscw_kg"]),
+            _fmt(r["fat_score"]),
+            "[green]yes[/]" if r["msa_eligible"] else "[red]no[/]",
+            r["eu_category"] or "—",
+            r["light_lamb_band"] or "—",
+            "ok" if r["colour_acceptable"] else "[red]no[/]",
+            r["ph_class"] or "—",
+            "yes" if r["halal"]["record"] else "[red]none[/]",
+        )
+    out.print(t)
+    for r in records:
+        notes = [f"not MSA: {x}" for x in r["msa_reasons"]] + r["flags"]
+        for note in notes:
+            out.print(f"  {escape(r['carcass_id'])}: {escape(note)}")
+    if result_id:
+        out.print(f"result recorded as {result_id[:16]} ({len(records)} carcasses)")
+
+
+@app.command("trace")
+def trace_(
+    ident: Annotated[str, typer.Argument(help="Animal, carcass, lot or certificate id.")],
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """The chain animal -> slaughter -> carcass -> lot -> certificate, with digests."""
+    from fibergrade.meat.traceability import trace
+
+    st = _open_store(store, create=False)
+    result = trace(st, ident)
+    if json_:
+        _print_json(result)
+        return
+    out.print(f"[bold]{escape(ident)}[/]: {', '.join(result['matched'])}")
+    for chain in result["chains"]:
+        out.print("")
+        for link in chain:
+            name = link["link"]
+            label = link.get("id") or link.get("status") or "—"
+            digest = (link.get("digest") or "—")[:16]
+            extra = ""
+            if name == "slaughter" and link.get("digest"):
+                extra = (
+                    f"  {link['slaughtered_at']}, stun {link['stun']['method']}, "
+                    f"{link['certification_body']} certificate {link['halal_certificate']} "
+                    f"(expires {link['halal_certificate_expiry']})"
+                )
+            elif name == "carcass" and link.get("digest"):
+                w = link["weighing_record"]
+                extra = f"  {link['hscw_kg']:g} kg, weighing record {w[:12] if w else '—'}"
+            elif name == "lot" and link.get("digest"):
+                extra = f"  {link['carcasses']} carcass(es)"
+            out.print(f"  {name:<11} {escape(str(label)):<28} {digest}{escape(extra)}")
+
+
 # (insert meat commands above this line)
+
+
+# === certificates, keys, audit (issue 6) =====================================================
+
+keys_app = typer.Typer(help="The lab's Ed25519 signing keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(help="The store's hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+KeyOpt = Annotated[
+    Path, typer.Option("--key", help="The lab's private key (from fibergrade keys init).")
+]
+PassOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--passphrase",
+        envvar="FIBERGRADE_KEY_PASSPHRASE",
+        help="Passphrase of the private key (env FIBERGRADE_KEY_PASSPHRASE).",
+    ),
+]
+
+
+@keys_app.command("init")
+def keys_init(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to write lab.key and lab.pub.")
+    ] = Path("keys"),
+    passphrase: PassOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Create the lab's key pair (lab.key 0600, never inside a store; lab.pub to share)."""
+    from fibergrade.audit import AuditLog
+    from fibergrade.keys import init_keys
+
+    priv, pub, fp = init_keys(directory, passphrase)
+    if store.exists():
+        AuditLog(store).append("key", fp, {"public_key": pub.read_text()})
+    out.print(f"private key: {escape(str(priv))} (mode 0600{', encrypted' if passphrase else ''})")
+    out.print(f"public key:  {escape(str(pub))}  (give this to auditors)")
+    out.print(f"fingerprint: {fp}")
+
+
+@app.command("override")
+def override_(
+    lot: Annotated[str, typer.Argument(help="Lot id flagged by screening.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why the lot may be certified.")],
+    actor: Annotated[
+        str | None, typer.Option("--actor", help="Who decides (default: login).")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Record an override that lets a flagged lot be certified (logged)."""
+    from fibergrade.audit import default_actor
+    from fibergrade.certificates import record_override
+
+    rid = record_override(_open_store(store), lot, reason, actor or default_actor())
+    out.print(f"override for {escape(lot)} recorded as {rid[:16]}")
+
+
+@app.command("certify")
+def certify_(
+    lots: Annotated[
+        list[str] | None, typer.Argument(help="Lot ids (default: every clean graded lot).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where certificates are written.")] = Path(
+        "certificates"
+    ),
+    key: KeyOpt = Path("keys/lab.key"),
+    passphrase: PassOpt = None,
+    lab: Annotated[str, typer.Option("--lab", help="Laboratory name printed on certificates.")] = (
+        "fibergrade laboratory"
+    ),
+    reissue: Annotated[
+        bool, typer.Option("--reissue", help="Supersede an existing certificate.")
+    ] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (with --reissue).")] = None,
+    pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also render PDFs.")] = True,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """Issue signed certificates (JSON + PDF) for graded lots."""
+    from fibergrade.certificates import CertificateError, certify_lots
+    from fibergrade.keys import load_private_key
+    from fibergrade.workflow import latest_grades
+
+    if reissue and not reason:
+        raise CertificateError("--reissue needs --reason")
+    st = _open_store(store)
+    if not lots:
+        lots = [
+            lot
+            for lot, rec in latest_grades(st).items()
+            if (rec.get("screening") or {}).get("verdict") == "clean" and rec.get("grade")
+        ]
+    private = load_private_key(key, passphrase)
+    prog, update = _progress("certifying", enabled=not json_)
+    with prog:
+        res = certify_lots(
+            st,
+            lots,
+            private,
+            out_dir,
+            lab_name=lab,
+            reissue_reason=reason if reissue else None,
+            pdf=pdf,
+            progress=update,
+        )
+    if json_:
+        _print_json(
+            [
+                {
+                    "certificate_number": i.number,
+                    "json": str(i.json_path),
+                    "pdf": str(i.pdf_path) if i.pdf_path else None,
+                    "supersedes": i.supersedes,
+                }
+                for i in res.issued
+            ]
+        )
+        return
+    for i in res.issued:
+        sup = f" (supersedes {i.supersedes})" if i.supersedes else ""
+        out.print(f"{i.number}: {escape(str(i.json_path))}{sup}")
+    out.print(f"{len(res.issued)} certificate(s) issued; audit log checkpoint signed")
+
+
+@app.command("revoke")
+def revoke_(
+    cert: Annotated[str, typer.Argument(help="Certificate number, e.g. FG-LOT-01.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why it is revoked.")],
+    key: KeyOpt = Path("keys/lab.key"),
+    passphrase: PassOpt = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Revocation list file (default STORE/revocations.json)."),
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Revoke a certificate; writes the whole signed revocation list."""
+    from fibergrade.certificates import revoke
+    from fibergrade.keys import load_private_key
+
+    st = _open_store(store)
+    env = revoke(st, cert, reason, load_private_key(key, passphrase), out_file)
+    target = out_file or st.root / "revocations.json"
+    out.print(
+        f"{escape(cert)} revoked; signed revocation list ({len(env['revocations']['entries'])} "
+        f"entries) written to {escape(str(target))}"
+    )
+
+
+@app.command("verify")
+def verify_(
+    cert: Annotated[Path, typer.Argument(help="Certificate JSON file.")],
+    public_key: Annotated[Path, typer.Option("--public-key", help="The lab's lab.pub.")],
+    store: Annotated[
+        Path | None, typer.Option("--store", help="Store to recompute every figure from.")
+    ] = None,
+    revocations: Annotated[
+        Path | None, typer.Option("--revocations", help="Signed revocation list.")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Verify a certificate offline: signature, revocation, recomputation from raw data."""
+    from fibergrade.certificates import VerificationFailed, verify_certificate
+    from fibergrade.keys import load_public_key
+
+    st = _open_store(store) if store is not None else None
+    try:
+        rep = verify_certificate(
+            cert, load_public_key(public_key), store=st, revocations=revocations
+        )
+    except VerificationFailed as exc:
+        if json_:
+            _print_json({"certificate_number": exc.number, "ok": False, "problems": exc.problems})
+            raise typer.Exit(exc.exit_code) from None
+        raise
+    if json_:
+        _print_json(rep.to_dict())
+        return
+    out.print(f"[bold green]certificate {escape(rep.number)} verifies[/]")
+    for check, result in rep.checks:
+        out.print(f"  {check}: {escape(result)}")
+    for note in rep.notes:
+        out.print(f"  [yellow]note:[/] {escape(note)}")
+    if st is None:
+        out.print("  (no --store given: figures were not recomputed from the raw data)")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="Check checkpoint signatures too.")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """Check the audit log: edits, deletions, insertions, reordering, truncation."""
+    from fibergrade.audit import AuditLog
+    from fibergrade.keys import load_public_key
+
+    st = _open_store(store)
+    rep = AuditLog(st.root).verify(load_public_key(public_key) if public_key else None)
+    if json_:
+        _print_json(rep.to_dict())
+        return
+    out.print(
+        f"[bold green]audit log intact[/]: {rep.entries} entries, {rep.checkpoints} signed "
+        f"checkpoint(s){' verified' if rep.signatures_checked else ' (signatures not checked)'}, "
+        f"{rep.unanchored} entries after the last checkpoint"
+    )
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    key: KeyOpt = Path("keys/lab.key"), passphrase: PassOpt = None, store: StoreOpt = DEFAULT_STORE
+) -> None:
+    """Sign the head of the audit log with the lab key."""
+    from fibergrade.audit import AuditLog
+    from fibergrade.keys import load_private_key
+
+    e = AuditLog(_open_store(store).root).checkpoint(load_private_key(key, passphrase))
+    out.print(f"checkpoint signed at entry {e['signed_seq']}")
+
+
+@audit_app.command("log")
+def audit_log(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False) -> None:
+    """Show the audit log."""
+    from fibergrade.audit import AuditLog
+
+    entries = AuditLog(_open_store(store).root).entries()
+    if json_:
+        _print_json(entries)
+        return
+    t = Table(title=f"audit log: {len(entries)} entries")
+    for col in ("seq", "time", "actor", "action", "subject"):
+        t.add_column(col, no_wrap=col != "subject", overflow="fold")
+    for e in entries:
+        t.add_row(
+            str(e["seq"]),
+            e["time"][:19],
+            escape(e["actor"]),
+            e["action"],
+            escape(str(e["subject"])),
+        )
+    out.print(t)
+
+
+# (insert certificate commands above this line)
 
 
 def main() -> None:

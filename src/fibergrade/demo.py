@@ -105,6 +105,17 @@ def run_demo(
         for text in run_live_acquisition(store, live_lots, {m.lot_id: m for m in metas}, seed):
             step(2, text)
     # --- demo hook: calibration of the simulated instruments (issue 4) goes here ---
+    from fibergrade.demo_calibration import calibrate_simulated_instruments
+
+    for c in calibrate_simulated_instruments(store, out, seed, date):
+        how = "still valid, not recorded again" if c.already_recorded else "recorded"
+        step(
+            2,
+            f"calibrate {c.instrument_id} on the IH 23rd-series tops ({c.path.name}, "
+            f"synthetic bias): MFD' = {c.intercept_um:+.3f} + {c.slope:.4f} x MFD, "
+            f"r^2 {c.r2:.5f}, valid {c.range_um[0]:g}-{c.range_um[1]:g} um; "
+            f"calibration {c.calibration_id[:12]} {how}",
+        )
     outcomes = import_files(store, [fibre_csv, hist_csv], manifest=manifest_csv)
     for o in outcomes:
         state = "already in the store" if o.already_imported else f"segment {o.segment[:12]}"
@@ -116,6 +127,10 @@ def run_demo(
     report.grade_counts = Counter((r["declared_type"], r["grade"]) for r in run.records)
     step(3, f"graded {len(run.records)} lots by declared type; result {str(run.result_id)[:16]}")
     # --- demo hook: screening of the day (issue 5) goes here ---
+    from fibergrade.screening import verdict_lines
+
+    for line in verdict_lines(run.records, truth=day.truth):  # verdicts from the grade run
+        step(3, line)
 
     chosen: dict[str, dict[str, Any]] = {}
     for r in run.records:

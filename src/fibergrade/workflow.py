@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fibergrade import __version__
+from fibergrade.calibration import correct_fibres, correct_histograms, lot_calibrations
 from fibergrade.distribution import (
     DEFAULT_CUT_UM,
     Engine,
@@ -136,16 +137,22 @@ def summarise_lots(
     cut_um: float = DEFAULT_CUT_UM,
     engine: Engine = "fast",
     progress: Progress | None = None,
+    corrections: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LotSummary:
-    """Figures of the given lots, reading one segment at a time; order as given."""
+    """Figures of the given lots, reading one segment at a time; order as given.
+
+    ``corrections`` (per-lot calibration intercepts and slopes aligned with ``lots``, see
+    :mod:`fibergrade.calibration`) are applied to the diameters on read; raw stays raw.
+    """
     by_segment: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(lots):
         by_segment[r.segment].append(i)
     parts: list[LotSummary] = []
     order: list[int] = []
     for k, (digest, idxs) in enumerate(by_segment.items()):
+        corr = None if corrections is None else (corrections[0][idxs], corrections[1][idxs])
         parts.append(
-            _summarise_segment(store, digest, [lots[i].index for i in idxs], cut_um, engine)
+            _summarise_segment(store, digest, [lots[i].index for i in idxs], cut_um, engine, corr)
         )
         order.extend(idxs)
         if progress:
@@ -159,14 +166,23 @@ def summarise_lots(
 
 
 def _summarise_segment(
-    store: Store, digest: str, pos: list[int], cut_um: float, engine: Engine
+    store: Store,
+    digest: str,
+    pos: list[int],
+    cut_um: float,
+    engine: Engine,
+    corr: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LotSummary:
     """Figures of the lots at ``pos`` in one segment; the raw arrays are freed on return."""
     table = store.read_segment(digest)
     if isinstance(table, FibreLots):
         sub = table if pos == list(range(table.n_lots)) else table.select(pos)
+        if corr is not None:
+            sub = correct_fibres(sub, *corr)
         return summarise(sub, cut_um, engine=engine)
     sel = table if pos == list(range(table.n_lots)) else table.select(pos)
+    if corr is not None:
+        sel = correct_histograms(sel, *corr)
     return summarise_histograms(sel, cut_um)
 
 
@@ -178,8 +194,17 @@ def grade_lots(
     engine: Engine = "fast",
     record: bool = True,
     progress: Progress | None = None,
+    uncalibrated: bool = False,
+    screen: bool = True,
 ) -> GradingRun:
     """Grade stored lots; with ``standard`` None each lot by the scheme of its declared type.
+
+    With ``screen`` each record carries ``screening`` (verdict, probability, reasons, model
+    digest; :mod:`fibergrade.screening`); a missing or altered model raises ``ModelError``.
+
+    Each lot's diameters are corrected on read by its instrument's valid calibration; a lot
+    whose instrument has none is refused unless ``uncalibrated`` (rules and record fields:
+    :mod:`fibergrade.calibration`).
 
     Lots whose declared type has no scheme get ``standard = None`` and ``grade = None`` with
     a ``note`` saying to pass a standard. With ``record`` the run is stored as a result
@@ -191,7 +216,11 @@ def grade_lots(
         fixed if fixed is not None else standard_for_type(r.meta.declared_type) for r in lots
     ]
     cuts = sorted({s.cut_um for s in chosen if s is not None} or {DEFAULT_CUT_UM})
-    summaries = {cut: summarise_lots(store, lots, cut, engine, progress) for cut in cuts}
+    cal = lot_calibrations(store, [r.meta for r in lots], allow_uncalibrated=uncalibrated)
+    corr = None if cal.identity else (cal.intercept, cal.slope)
+    summaries = {
+        cut: summarise_lots(store, lots, cut, engine, progress, corrections=corr) for cut in cuts
+    }
     records: list[dict[str, Any]] = [{} for _ in lots]
 
     groups: dict[str | None, list[int]] = defaultdict(list)
@@ -219,6 +248,15 @@ def grade_lots(
                 )
             records[i] = rec
         del key
+    cal_fields = cal.record_fields(summaries[cuts[0]]["mfd_um"]) if records else []
+    for rec, fields in zip(records, cal_fields, strict=True):
+        rec.update(fields)
+    if screen and records:  # issue 5: the screening verdict is part of the grade record
+        from fibergrade.screening import screening_for_grades
+
+        verdicts = screening_for_grades(summaries[cuts[0]], [r.meta.declared_type for r in lots])
+        for rec, verdict in zip(records, verdicts, strict=True):
+            rec["screening"] = verdict
     created = _now()
     result_id = None
     if record and records:

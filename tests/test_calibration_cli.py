@@ -1,0 +1,166 @@
+"""Calibration through the installed ``fibergrade`` console script: calibrate, qc,
+calibrations, and grading gated by calibration (``--uncalibrated``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fibergrade.adapters.writers import write_fibre_csv, write_lot_manifest
+from fibergrade.measurements import FibreLots, LotMeta
+
+pytestmark = pytest.mark.integration
+
+EXE = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+IH = Path(__file__).resolve().parents[1] / "calibration" / "references" / "ih-23.toml"
+ASSIGNED = [14.58, 18.73, 21.35, 23.51, 27.98, 30.61, 33.34, 36.83]
+
+
+def run(*args: str, store: Path, cwd: Path):
+    return subprocess.run(
+        [EXE, *args, "--store", str(store)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+def lab(tmp_path) -> dict[str, Path]:
+    """Two lots measured on OFDA-1 imported into a store; a tops file; a reference set
+    with widened validity (grading runs at the real current time)."""
+    rng = np.random.default_rng(7)
+    d = np.concatenate([rng.lognormal(np.log(m), 0.2, 2000) for m in (13.8, 16.5)])
+    lots = FibreLots(("K-1", "K-2"), [0, 2000, 4000], d.astype(np.float32))
+    write_fibre_csv(tmp_path / "ofda.csv", lots)
+    write_lot_manifest(
+        tmp_path / "lots.csv",
+        [LotMeta(x, "cashmere", "MN", client="Coop", instrument_id="OFDA-1") for x in lots.lot_ids],
+    )
+    tops = ["top,measured_mfd_um,measured_cv_pct"] + [
+        f"{i + 1},{0.2 + 1.01 * a:.3f},20.0" for i, a in enumerate(ASSIGNED)
+    ]
+    (tmp_path / "tops.csv").write_text("\n".join(tops) + "\n")
+    ref = tmp_path / "ih-23-wide.toml"
+    ref.write_text(
+        IH.read_text().replace("2025-07-01", "2000-01-01").replace("2027-06-30", "2099-12-31")
+    )
+    work = tmp_path / "elsewhere"  # commands run from a directory with no calibration/
+    work.mkdir()
+    store = tmp_path / "store"
+    r = run("import", str(tmp_path / "ofda.csv"), "--lots", str(tmp_path / "lots.csv"),
+            store=store, cwd=work)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return {"dir": tmp_path, "store": store, "cwd": work, "tops": tmp_path / "tops.csv", "ref": ref}
+
+
+def test_gating_calibrate_grade_qc_recalibrate(lab):
+    s, cwd = lab["store"], lab["cwd"]
+    r = run("grade", store=s, cwd=cwd)
+    assert r.returncode == 4 and "OFDA-1" in r.stderr and "--uncalibrated" in r.stderr
+    assert not (s / "results" / "grade").exists()
+
+    r = run("grade", "--uncalibrated", "--json", store=s, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(r.stdout)
+    assert all(x["uncalibrated"] and x["calibration"] is None for x in recs)
+    r = run("grade", "--uncalibrated", store=s, cwd=cwd)
+    assert "UNCAL" in r.stdout
+
+    r = run("calibrate", "--instrument", "OFDA-1", "--reference", str(lab["ref"]),
+            str(lab["tops"]), "--operator", "ann", "--json", store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cal = json.loads(r.stdout)
+    assert cal["line"]["slope"] == pytest.approx(1 / 1.01, abs=1e-4)
+    assert cal["operator"] == "ann" and len(cal["tops"]) == 8
+    assert (s / "results" / "calibration" / f"{cal['id']}.json").exists()
+
+    r = run("grade", "--json", store=s, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(r.stdout)
+    assert [x["calibration"] for x in recs] == [cal["id"]] * 2
+    assert [x["calibration_range_flag"] for x in recs] == ["below", None]
+    assert not any(x["uncalibrated"] for x in recs)
+
+    r = run("calibrations", "--json", store=s, cwd=cwd)
+    rows = json.loads(r.stdout)
+    assert [(x["id"], x["state"]) for x in rows] == [(cal["id"], "valid")]
+
+    r = run("qc", "--instrument", "OFDA-1", "--assigned", "21.35", "23.0", store=s, cwd=cwd)
+    assert r.returncode == 1 and "FAIL" in r.stdout
+    r = run("grade", store=s, cwd=cwd)
+    assert r.returncode == 4 and "suspended" in r.stderr
+    r = run("calibrations", store=s, cwd=cwd)
+    assert "suspended" in r.stdout
+
+    # recording a new calibration on the suspended instrument re-validates it
+    r = run("calibrate", "--instrument", "OFDA-1", "--reference", str(lab["ref"]),
+            str(lab["tops"]), "--json", store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cal2 = json.loads(r.stdout)["id"]
+    r = run("grade", "--json", store=s, cwd=cwd)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["calibration"] == cal2
+    r = run("qc", "--instrument", "OFDA-1", "--reference", str(lab["ref"]), "--top", "3",
+            f"{0.2 + 1.01 * 21.35:.3f}", "--json", store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 0 and json.loads(r.stdout)["passed"]
+
+
+def test_refused_fit_stores_nothing(lab):
+    s, cwd = lab["store"], lab["cwd"]
+    few = lab["dir"] / "few.csv"
+    few.write_text("\n".join(lab["tops"].read_text().splitlines()[:4]) + "\n")
+    r = run("calibrate", "--instrument", "OFDA-1", "--reference", str(lab["ref"]), str(few),
+            store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 4 and "at least 5" in r.stderr
+    bad = lab["dir"] / "bad.csv"
+    bad.write_text(lab["tops"].read_text().replace("\n3,21.764,", "\n3,23.264,", 1))
+    r = run("calibrate", "--instrument", "OFDA-1", "--reference", str(lab["ref"]), str(bad),
+            store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 4 and "top 3: residual" in r.stderr
+    r = run("calibrations", "--json", store=s, cwd=cwd)
+    assert json.loads(r.stdout) == []
+
+
+def test_packaged_reference_set_found_by_name_from_any_directory(lab):
+    r = run("calibrate", "--instrument", "OFDA-1", "--reference", "ih-99", str(lab["tops"]),
+            store=lab["store"], cwd=lab["cwd"])  # fmt: skip
+    assert r.returncode == 2 and "ih-23" in r.stderr  # the packaged set is listed
+
+
+def test_edited_calibration_record_detected_via_digest(lab):
+    s, cwd = lab["store"], lab["cwd"]
+    r = run("calibrate", "--instrument", "OFDA-1", "--reference", str(lab["ref"]),
+            str(lab["tops"]), "--json", store=s, cwd=cwd)  # fmt: skip
+    cid = json.loads(r.stdout)["id"]
+    assert run("grade", store=s, cwd=cwd).returncode == 0
+    path = s / "results" / "calibration" / f"{cid}.json"
+    path.write_text(path.read_text().replace('"operator":null', '"operator":"mallory"'))
+    for cmd in (["grade"], ["calibrations"]):
+        r = run(*cmd, store=s, cwd=cwd)
+        assert r.returncode == 3 and "does not match the digest" in r.stderr and cid in r.stderr
+
+
+def test_bias_correction_against_another_instrument(lab):
+    s, cwd = lab["store"], lab["cwd"]
+    r = run("calibrate", "--instrument", "LS-2", "--reference", str(lab["ref"]),
+            str(lab["tops"]), "--json", store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    source = "fibre.md: OFDA4000 vs Laserscan"
+    r = run("calibrate", "--instrument", "OFDA-1", "--against", "LS-2", "--bias", "0.16",
+            "--bias-source", source, "--json", store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["method"] == "bias" and rec["bias_um"] == 0.16
+    r = run("grade", "--json", store=s, cwd=cwd)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["calibration"] == rec["id"]
+    r = run("calibrate", "--instrument", "OFDA-1", "--against", "LS-2", str(lab["tops"]),
+            store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 2
