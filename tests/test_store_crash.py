@@ -210,9 +210,7 @@ def check_store(root: Path, checked: set[str], rng: random.Random) -> tuple[int,
     # the audit log survives the kill too: chain intact, never shorter than its head, and
     # every import it logged names a segment that was committed
     entries = AuditLog(root).verify().entries
-    logged = {
-        e["subject"] for e in AuditLog(root).entries()[:entries] if e["action"] == "import"
-    }
+    logged = {e["subject"] for e in AuditLog(root).entries()[:entries] if e["action"] == "import"}
     segs = store.segments()
     assert logged <= {s.source_name for s in segs}, "the log names an import that is not there"
     lots = store.lots()
