@@ -206,11 +206,11 @@ def _screening_of(rec: dict[str, Any]) -> dict[str, Any] | None:
     return s if isinstance(s, dict) else None
 
 
-def _override_of(store: Any, lot_id: str) -> dict[str, Any] | None:
-    latest = None
+def overrides(store: Any) -> dict[str, dict[str, Any]]:
+    """The latest override recorded for each lot (with its record digest)."""
+    latest: dict[str, dict[str, Any]] = {}
     for d, payload in store.results("override"):
-        if payload.get("lot_id") == lot_id:
-            latest = payload | {"record": d}
+        latest[payload.get("lot_id")] = payload | {"record": d}
     return latest
 
 
@@ -232,15 +232,20 @@ def build_certificate(
     number: str,
     supersedes: str | None,
     audit_pos: Position,
+    override: dict[str, Any] | None,
+    source_names: dict[str, str],
 ) -> dict[str, Any]:
-    """The certificate document for one graded lot (raises CertificateRefused)."""
+    """The certificate document for one graded lot (raises CertificateRefused).
+
+    ``override``: the lot's recorded override, if any; ``source_names``: segment digest ->
+    imported file name.
+    """
     lot_id = rec["lot_id"]
     if rec.get("grade") is None and rec.get("standard") is None:
         raise CertificateRefused(
             f"lot {lot_id} has no grading scheme for its declared type; grade it with --standard"
         )
     screening = _screening_of(rec)
-    override = _override_of(store, lot_id)
     if screening is None:
         raise CertificateRefused(
             f"lot {lot_id} has not been screened; run fibergrade grade (which screens) first"
@@ -251,9 +256,9 @@ def build_certificate(
             f"{'; '.join(screening.get('reasons') or [])}); record an override with "
             f"fibergrade override {lot_id} --reason ... to certify it"
         )
-    lot_meta = store.lot(lot_id).meta.to_dict()
-    seg = store.lot(lot_id).segment
-    seg_rec = next(s for s in store.segments() if s.digest == seg)
+    lot_rec = store.lot(lot_id)
+    lot_meta = lot_rec.meta.to_dict()
+    seg = lot_rec.segment
     return {
         "schema": SCHEMA,
         "certificate_number": number,
@@ -302,7 +307,7 @@ def build_certificate(
                 else None
             ),
         },
-        "raw_segment": {"sha256": seg, "source_name": seg_rec.source_name},
+        "raw_segment": {"sha256": seg, "source_name": source_names.get(seg)},
         "grade_result": rec.get("result_id"),
         "audit_position": audit_pos.to_dict(),
         "software_version": __version__,
@@ -346,8 +351,19 @@ def certify_lots(
             )
         plans.append((graded[lot], f"FG-{lot}-{len(prior) + 1:02d}", supersedes))
     pos = audit.position()
+    found = overrides(store)
+    names = {s.digest: s.source_name for s in store.segments()}
     docs = [
-        build_certificate(store, rec, lab_name=lab_name, number=num, supersedes=sup, audit_pos=pos)
+        build_certificate(
+            store,
+            rec,
+            lab_name=lab_name,
+            number=num,
+            supersedes=sup,
+            audit_pos=pos,
+            override=found.get(rec["lot_id"]),
+            source_names=names,
+        )
         for rec, num, sup in plans
     ]
     out = Path(out_dir)

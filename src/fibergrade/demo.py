@@ -59,7 +59,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = DemoReport(plot_dir=out / "plots")
-    total = 5
+    total = 6
 
     def step(k: int, text: str) -> None:
         report.steps.append(text)
@@ -145,4 +145,54 @@ def run_demo(
     report.example_lot = (report.failed or run.records)[0]["lot_id"]
     step(4, f"drew {report.n_plots} histograms in {report.plot_dir}")
     step(5, f"{len(report.failed)} of {len(run.records)} lots meet no grade of their scheme")
+    _certify_and_verify(out, store, run.records, step)
     return report
+
+
+#: certificates of the demo rendered as PDF as well (a page takes a fraction of a second)
+DEMO_PDFS = 5
+
+
+def _certify_and_verify(out: Path, store: Store, records: list[dict[str, Any]], step: Any) -> None:
+    """Certify the day's clean graded lots, then verify one as an auditor would (issue 6).
+
+    The lab key lives in OUT/keys, beside the store and never inside it. Lots certified by
+    an earlier run are not certified again.
+    """
+    from fibergrade.certificates import certify_lots as certify
+    from fibergrade.certificates import existing_certificates, verify_certificate
+    from fibergrade.keys import init_keys, load_private_key, load_public_key
+
+    key_dir = out / "keys"
+    if not (key_dir / "lab.key").exists():
+        init_keys(key_dir)
+        step(6, f"created the lab's Ed25519 key pair in {key_dir} (lab.key 0600, lab.pub)")
+    private = load_private_key(key_dir / "lab.key")
+    done = {e["certificate"]["lot"]["lot_id"] for e in existing_certificates(store)}
+    clean = [
+        r["lot_id"]
+        for r in records
+        if r["grade"] is not None and (r.get("screening") or {}).get("verdict") == "clean"
+    ]
+    todo = [lot for lot in clean if lot not in done]
+    cert_dir = out / "certificates"
+    if todo:
+        certify(store, todo[:DEMO_PDFS], private, cert_dir, lab_name="fibergrade demo lab")
+        certify(
+            store, todo[DEMO_PDFS:], private, cert_dir, lab_name="fibergrade demo lab", pdf=False
+        )
+    step(
+        6,
+        f"certified {len(todo)} clean graded lots ({len(clean) - len(todo)} already certified) "
+        f"into {cert_dir}: signed JSON, and PDF for the first {min(DEMO_PDFS, len(todo))}",
+    )
+    if not clean:
+        return
+    example = sorted(cert_dir.glob(f"FG-{clean[0]}-*.json"))[-1]
+    auditor_store = Store.open(store.root, create=False)
+    rep = verify_certificate(example, load_public_key(key_dir / "lab.pub"), store=auditor_store)
+    step(
+        6,
+        f"auditor check of {example.name} with only the store and lab.pub: "
+        + "; ".join(f"{c}: ok" for c, _ in rep.checks),
+    )
