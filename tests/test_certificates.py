@@ -13,6 +13,10 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+STORE = ("--store", "demo-out/fibergrade-data")
+CERTS = "demo-out/certificates"
+KEY = "demo-out/keys/lab.key"
+PUB = "demo-out/keys/lab.pub"
 EXE = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
 
 
@@ -24,23 +28,19 @@ def run(*args: str, cwd: Path):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
-    """A demo day graded and screened, a key pair, and certificates for the clean lots."""
+    """A demo day: graded, screened, its clean lots certified with the demo's key pair."""
     d = tmp_path_factory.mktemp("lab")
     r = run("demo", "--lots", "30", "--seed", "7", cwd=d)
     assert r.returncode == 0, r.stderr
-    assert run("keys", "init", cwd=d).returncode == 0
-    r = run("certify", "--store", "demo-out/fibergrade-data", "--out", "certs", "--json", cwd=d)
-    assert r.returncode == 0, r.stderr
-    issued = json.loads(r.stdout)
-    assert len(issued) >= 5
+    assert len(list((d / CERTS).glob("FG-*.json"))) >= 5
+    # nothing left to certify: every clean graded lot has its certificate
+    r = run("certify", *STORE, "--key", KEY, "--out", CERTS, "--json", cwd=d)
+    assert r.returncode == 0 and json.loads(r.stdout) == []
     return d
 
 
-STORE = ("--store", "demo-out/fibergrade-data")
-
-
 def certs(lab: Path) -> list[Path]:
-    return sorted((lab / "certs").glob("FG-*-01.json"))
+    return sorted((lab / CERTS).glob("FG-*-01.json"))
 
 
 def fresh_copy(lab: Path, tmp_path: Path) -> Path:
@@ -51,7 +51,7 @@ def fresh_copy(lab: Path, tmp_path: Path) -> Path:
 
 
 def verify(d: Path, cert: Path, *extra: str):
-    return run("verify", str(cert), "--public-key", "keys/lab.pub", *extra, cwd=d)
+    return run("verify", str(cert), "--public-key", PUB, *extra, cwd=d)
 
 
 def test_a_certificate_verifies_offline_with_recomputation(lab):
@@ -96,7 +96,7 @@ def test_results_swapped_between_two_lots_are_found_by_recomputation(lab, tmp_pa
 
     a, b = (json.loads(p.read_text())["certificate"] for p in certs(lab)[:2])
     forged = dict(a, figures=b["figures"])
-    env = sign(forged, load_private_key(lab / "keys" / "lab.key"))
+    env = sign(forged, load_private_key(lab / KEY))
     p = tmp_path / "swapped.json"
     p.write_text(json.dumps(env))
     assert verify(lab, p).returncode == 0  # the signature alone is fine ...
@@ -141,7 +141,7 @@ def test_revoked_certificate_fails_against_the_signed_list(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     cert = certs(d)[2]
     number = cert.stem
-    r = run("revoke", number, "--reason", "sample mix-up at reception", *STORE, cwd=d)
+    r = run("revoke", number, "--reason", "sample mix-up at reception", "--key", KEY, *STORE, cwd=d)
     assert r.returncode == 0, r.stderr
     revs = d / "demo-out" / "fibergrade-data" / "revocations.json"
     r = verify(d, cert, "--revocations", str(revs))
@@ -159,22 +159,24 @@ def test_refusals_override_and_reissue(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     graded = json.loads(run("grade", "--json", *STORE, cwd=d).stdout)
     flagged = next(x for x in graded if x["screening"]["verdict"] != "clean")
-    r = run("certify", flagged["lot_id"], *STORE, "--out", "certs", cwd=d)
+    r = run("certify", flagged["lot_id"], *STORE, "--key", KEY, "--out", "certs", cwd=d)
     assert r.returncode == 5 and "flagged by screening" in r.stderr and "override" in r.stderr
     r = run("override", flagged["lot_id"], "--reason", "SEM confirmed cashmere", *STORE, cwd=d)
     assert r.returncode == 0
-    r = run("certify", flagged["lot_id"], *STORE, "--out", "certs", "--json", cwd=d)
+    r = run("certify", flagged["lot_id"], *STORE, "--key", KEY, "--out", "certs", "--json", cwd=d)
     assert r.returncode == 0, r.stderr
     number = json.loads(r.stdout)[0]["certificate_number"]
     doc = json.loads((d / "certs" / f"{number}.json").read_text())["certificate"]
     assert doc["screening"]["override"]["reason"] == "SEM confirmed cashmere"
     # a second certificate for the same lot needs --reissue and supersedes the first
-    r = run("certify", flagged["lot_id"], *STORE, "--out", "certs", cwd=d)
+    r = run("certify", flagged["lot_id"], *STORE, "--key", KEY, "--out", "certs", cwd=d)
     assert r.returncode == 5 and "already certified" in r.stderr
     r = run(
         "certify",
         flagged["lot_id"],
         *STORE,
+        "--key",
+        KEY,
         "--out",
         "certs",
         "--reissue",
@@ -188,13 +190,13 @@ def test_refusals_override_and_reissue(lab, tmp_path):
     assert again["supersedes"] == number and again["certificate_number"].endswith("-02")
     assert (d / "certs" / f"{number}.json").exists()  # both kept
     # a lot that is in the store but not graded is refused
-    r = run("certify", "NO-SUCH", *STORE, cwd=d)
+    r = run("certify", "NO-SUCH", *STORE, "--key", KEY, cwd=d)
     assert r.returncode == 5 and "not graded" in r.stderr
 
 
 def test_audit_log_records_certification_and_detects_tampering(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
-    r = run("audit", "verify", "--public-key", "keys/lab.pub", *STORE, "--json", cwd=d)
+    r = run("audit", "verify", "--public-key", PUB, *STORE, "--json", cwd=d)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["checkpoints"] >= 1 and rep["signatures_checked"]
@@ -212,5 +214,5 @@ def test_private_key_is_not_accepted_inside_the_store(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     r = run("keys", "init", "--dir", "demo-out/fibergrade-data/keys", cwd=d)
     assert r.returncode != 0 and "inside the store" in r.stderr
-    key = (d / "keys" / "lab.key").stat().st_mode & 0o777
+    key = (d / KEY).stat().st_mode & 0o777
     assert key == 0o600

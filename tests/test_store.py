@@ -600,3 +600,30 @@ def test_result_errors(tmp_path: Path) -> None:
         store.get_result("grading", d)
     with pytest.raises(StoreCorruptError):
         store.results("grading")
+
+
+def test_read_lot_reads_only_that_lots_rows_and_matches_a_full_read(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    sizes = [5, 0, 7, 3]
+    off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(off[-1])
+    fib = FibreLots(
+        ("a", "b", "c", "d"),
+        off,
+        rng.uniform(10, 40, n).astype(np.float32),
+        curvature_deg_mm=rng.uniform(30, 90, n).astype(np.float32),
+        medullated=rng.random(n) < 0.2,
+    )
+    hist = HistogramLots(("h1", "h2"), np.array([0, 2, 3]), [14, 15, 20], [15, 16, 21], [4, 6, 1])
+    store = Store.open(tmp_path / "s")
+    store.import_fibres(fib, {}, source_name="f.csv", source_digest="1" * 64)
+    store.import_histograms(hist, {}, source_name="h.csv", source_digest="2" * 64)
+    for lot in ("a", "b", "c", "d"):
+        one, full = store.read_lot(lot), store.read_fibres([lot])
+        assert one.lot_ids == (lot,)
+        for col in ("offsets", "diameter_um", "curvature_deg_mm", "medullated"):
+            np.testing.assert_array_equal(getattr(one, col), getattr(full, col))
+    one = store.read_lot("h2")
+    assert one.lot_ids == ("h2",) and one.counts.tolist() == [1] and one.lower_um.tolist() == [20]
+    with pytest.raises(LotNotFoundError):
+        store.read_lot("zz")

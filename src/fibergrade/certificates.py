@@ -479,8 +479,13 @@ def verify_certificate(
     *,
     store: Any | None = None,
     revocations: str | Path | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> VerifyReport:
-    """Verify a certificate file; raises :class:`VerificationFailed` listing every problem."""
+    """Verify a certificate file; raises :class:`VerificationFailed` listing every problem.
+
+    ``cache`` (any dict, reused across calls) keeps segment checks, calibration records and
+    standards between certificates of one batch, so each segment is hashed once.
+    """
     env = read_envelope(path)
     cert = check_signature(env, public_key, str(path))
     number = str(cert.get("certificate_number"))
@@ -502,21 +507,36 @@ def verify_certificate(
     if cert.get("calibration", {}).get("uncalibrated"):
         rep.notes.append("graded WITHOUT a valid calibration (--uncalibrated)")
     if store is not None:
-        _recompute(cert, store, rep)
+        _recompute(cert, store, rep, {} if cache is None else cache)
     if rep.problems:
         raise VerificationFailed(number, rep.problems)
     return rep
 
 
-def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
+def _cached(cache: dict[Any, Any], key: Any, make: Any) -> Any:
+    """``make()`` once per key; an exception is remembered and raised again."""
+    if key not in cache:
+        try:
+            cache[key] = (True, make())
+        except FibergradeError as exc:
+            cache[key] = (False, exc)
+    ok, value = cache[key]
+    if not ok:
+        raise value
+    return value
+
+
+def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any]) -> None:
     """Recompute the lot's figures and grade from the raw segment and compare."""
     import numpy as np
 
     from fibergrade.audit import AuditTamperError
+    from fibergrade.calibration import correct_fibres, correct_histograms
+    from fibergrade.distribution import summarise, summarise_histograms
     from fibergrade.errors import LotNotFoundError, StoreError
     from fibergrade.grading import grade as grade_summary
     from fibergrade.grading import load_standard
-    from fibergrade.workflow import summarise_lots
+    from fibergrade.measurements import FibreLots
 
     pos = cert.get("audit_position") or {"seq": -1, "hash": ""}
     if int(pos["seq"]) >= 0:
@@ -528,7 +548,7 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
     lot_id = cert["lot"]["lot_id"]
     seg = cert["raw_segment"]["sha256"]
     try:
-        store.verify_segment(seg)
+        _cached(cache, ("segment", seg), lambda: store.verify_segment(seg))
     except StoreError as exc:
         rep.problems.append(f"raw data: {exc}")
         return
@@ -548,7 +568,9 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
     cal_id = cert.get("calibration", {}).get("record")
     if cal_id:
         try:
-            cal = store.get_result("calibration", cal_id)
+            cal = _cached(
+                cache, ("calibration", cal_id), lambda: store.get_result("calibration", cal_id)
+            )
         except StoreError as exc:
             rep.problems.append(f"calibration record: {exc}")
             return
@@ -556,7 +578,7 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
         rep.checks.append(("calibration record", f"{cal_id[:16]}... intact"))
     std_ref = cert["standard"]
     try:
-        std = load_standard(std_ref["id"])
+        std = _cached(cache, ("standard", std_ref["id"]), lambda: load_standard(std_ref["id"]))
     except FibergradeError as exc:
         rep.problems.append(f"standard: {exc}")
         return
@@ -567,7 +589,11 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
             f"(digest {std_ref['digest'][:12]})"
         )
         return
-    summary = summarise_lots(store, [lot], std.cut_um, corrections=(a, b))
+    table = store.read_lot(lot_id)  # this lot's rows only
+    if isinstance(table, FibreLots):
+        summary = summarise(correct_fibres(table, a, b), std.cut_um)
+    else:
+        summary = summarise_histograms(correct_histograms(table, a, b), std.cut_um)
     rec = summary.to_records()[0] | grade_summary(summary, std).records()[0]
     again = report_figures(rec)
     for key, value in cert["figures"].items():

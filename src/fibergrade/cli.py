@@ -1567,7 +1567,8 @@ def override_(
 @app.command("certify")
 def certify_(
     lots: Annotated[
-        list[str] | None, typer.Argument(help="Lot ids (default: every clean graded lot).")
+        list[str] | None,
+        typer.Argument(help="Lot ids (default: every clean graded lot not yet certified)."),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where certificates are written.")] = Path(
         "certificates"
@@ -1586,18 +1587,21 @@ def certify_(
     json_: JsonOpt = False,
 ) -> None:
     """Issue signed certificates (JSON + PDF) for graded lots."""
-    from fibergrade.certificates import CertificateError, certify_lots
+    from fibergrade.certificates import CertificateError, certify_lots, existing_certificates
     from fibergrade.keys import load_private_key
     from fibergrade.workflow import latest_grades
 
     if reissue and not reason:
         raise CertificateError("--reissue needs --reason")
     st = _open_store(store)
-    if not lots:
+    if not lots:  # every clean graded lot that has no certificate yet
+        done = {e["certificate"]["lot"]["lot_id"] for e in existing_certificates(st)}
         lots = [
             lot
             for lot, rec in latest_grades(st).items()
-            if (rec.get("screening") or {}).get("verdict") == "clean" and rec.get("grade")
+            if (rec.get("screening") or {}).get("verdict") == "clean"
+            and rec.get("grade")
+            and lot not in done
         ]
     private = load_private_key(key, passphrase)
     prog, update = _progress("certifying", enabled=not json_)
@@ -1658,7 +1662,7 @@ def revoke_(
 
 @app.command("verify")
 def verify_(
-    cert: Annotated[Path, typer.Argument(help="Certificate JSON file.")],
+    certs: Annotated[list[Path], typer.Argument(help="Certificate JSON file(s).")],
     public_key: Annotated[Path, typer.Option("--public-key", help="The lab's lab.pub.")],
     store: Annotated[
         Path | None, typer.Option("--store", help="Store to recompute every figure from.")
@@ -1668,30 +1672,43 @@ def verify_(
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Verify a certificate offline: signature, revocation, recomputation from raw data."""
+    """Verify certificates offline: signature, revocation, recomputation from raw data."""
     from fibergrade.certificates import VerificationFailed, verify_certificate
     from fibergrade.keys import load_public_key
 
     st = _open_store(store) if store is not None else None
-    try:
-        rep = verify_certificate(
-            cert, load_public_key(public_key), store=st, revocations=revocations
-        )
-    except VerificationFailed as exc:
-        if json_:
-            _print_json({"certificate_number": exc.number, "ok": False, "problems": exc.problems})
-            raise typer.Exit(exc.exit_code) from None
-        raise
+    key = load_public_key(public_key)
+    cache: dict = {}
+    reports: list[dict] = []
+    failures: list[VerificationFailed] = []
+    for cert in certs:
+        try:
+            rep = verify_certificate(cert, key, store=st, revocations=revocations, cache=cache)
+            reports.append(rep.to_dict())
+        except VerificationFailed as exc:
+            failures.append(exc)
+            reports.append(
+                {"certificate_number": exc.number, "ok": False, "problems": exc.problems}
+            )
     if json_:
-        _print_json(rep.to_dict())
-        return
-    out.print(f"[bold green]certificate {escape(rep.number)} verifies[/]")
-    for check, result in rep.checks:
-        out.print(f"  {check}: {escape(result)}")
-    for note in rep.notes:
-        out.print(f"  [yellow]note:[/] {escape(note)}")
-    if st is None:
-        out.print("  (no --store given: figures were not recomputed from the raw data)")
+        _print_json(reports[0] if len(certs) == 1 else reports)
+    else:
+        for r in reports:
+            if not r["ok"]:
+                continue
+            out.print(f"[bold green]certificate {escape(r['certificate_number'])} verifies[/]")
+            for c in r["checks"]:
+                out.print(f"  {c['check']}: {escape(c['result'])}")
+            for note in r["notes"]:
+                out.print(f"  [yellow]note:[/] {escape(note)}")
+        if st is None and reports and not failures:
+            out.print("  (no --store given: figures were not recomputed from the raw data)")
+    if failures:
+        if json_:
+            raise typer.Exit(failures[0].exit_code)
+        for exc in failures[:-1]:
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise failures[-1]
 
 
 @audit_app.command("verify")

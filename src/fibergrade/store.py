@@ -234,11 +234,12 @@ def _lot_counts(kind: str, offsets: np.ndarray, counts: np.ndarray | None) -> li
     return (cs[offsets[1:]] - cs[offsets[:-1]]).tolist()
 
 
-def _read_array(ds: h5py.Dataset, dtype: Any) -> np.ndarray:
-    """Read a whole 1-D dataset with one ``read_direct`` into a fresh array."""
-    out = np.empty(ds.shape, dtype=dtype)
+def _read_array(ds: h5py.Dataset, dtype: Any, rows: slice | None = None) -> np.ndarray:
+    """Read a 1-D dataset (or the ``rows`` of it) with one ``read_direct`` into a new array."""
+    start, stop = (0, ds.shape[0]) if rows is None else (rows.start, rows.stop)
+    out = np.empty(stop - start, dtype=dtype)
     if out.size:
-        ds.read_direct(out)
+        ds.read_direct(out, source_sel=np.s_[start:stop])
     return out
 
 
@@ -330,17 +331,23 @@ def _check_segment_attrs(f: h5py.File, path: Path) -> str:
     return kind
 
 
-def _read_segment_file(path: Path) -> FibreLots | HistogramLots:
-    """The whole table of a segment: one ``read_direct`` per dataset."""
+def _read_segment_file(path: Path, lot: int | None = None) -> FibreLots | HistogramLots:
+    """The whole table of a segment, or only its lot at index ``lot``: one ``read_direct``
+    (a hyperslab of just that lot's rows) per dataset."""
     try:
         with h5py.File(path, "r") as f:
             kind = _check_segment_attrs(f, path)
             offsets = _read_array(f["lots/offsets"], np.int64)
             lot_ids = tuple(f["lots/lot_id"].asstr()[()].tolist())
+            rows = None
+            if lot is not None:
+                rows = slice(int(offsets[lot]), int(offsets[lot + 1]))
+                offsets = np.array([0, rows.stop - rows.start], np.int64)
+                lot_ids = (lot_ids[lot],)
             if kind == "fibres":
                 g = f["fibres"]
                 cols = {
-                    name: _read_array(g[name], dtype)
+                    name: _read_array(g[name], dtype, rows)
                     for name, dtype in (
                         ("length_mm", np.float32),
                         ("curvature_deg_mm", np.float32),
@@ -351,16 +358,16 @@ def _read_segment_file(path: Path) -> FibreLots | HistogramLots:
                 return FibreLots(
                     lot_ids=lot_ids,
                     offsets=offsets,
-                    diameter_um=_read_array(g["diameter_um"], np.float32),
+                    diameter_um=_read_array(g["diameter_um"], np.float32, rows),
                     **cols,
                 )
             g = f["classes"]
             return HistogramLots(
                 lot_ids=lot_ids,
                 offsets=offsets,
-                lower_um=_read_array(g["lower_um"], np.float64),
-                upper_um=_read_array(g["upper_um"], np.float64),
-                counts=_read_array(g["counts"], np.int64),
+                lower_um=_read_array(g["lower_um"], np.float64, rows),
+                upper_um=_read_array(g["upper_um"], np.float64, rows),
+                counts=_read_array(g["counts"], np.int64, rows),
             )
     except FileNotFoundError as e:
         raise StoreCorruptError(f"{path}: committed segment file is missing") from e
@@ -924,6 +931,11 @@ class Store:
     def read_segment(self, digest: str) -> FibreLots | HistogramLots:
         """The whole table of one segment, one ``read_direct`` per dataset."""
         return _read_segment_file(self._segment(digest).path)
+
+    def read_lot(self, lot_id: str) -> FibreLots | HistogramLots:
+        """One lot's rows only (an HDF5 hyperslab read, not the whole segment)."""
+        rec = self.lot(lot_id)
+        return _read_segment_file(self._segment(rec.segment).path, rec.index)
 
     def verify_segment(self, digest: str) -> None:
         """Recompute the SHA-256 of a segment file; :class:`StoreCorruptError` on mismatch."""
