@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/grading_throughput.py
 	$(BIN)/python benchmarks/acquisition_throughput.py
 	$(BIN)/python benchmarks/screening_throughput.py
+	$(BIN)/python benchmarks/certificate_throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

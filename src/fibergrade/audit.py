@@ -301,9 +301,12 @@ class AuditLog:
             signatures_checked=public_key is not None,
         )
 
-    def check_position(self, pos: Position) -> None:
-        """Raise unless the log contains entry ``pos.seq`` with hash ``pos.hash``."""
-        entries = self.entries()
+    def check_position(self, pos: Position, entries: list[dict[str, Any]] | None = None) -> None:
+        """Raise unless the log contains entry ``pos.seq`` with hash ``pos.hash``.
+
+        ``entries``: the log as already read (a batch of checks reads it once).
+        """
+        entries = self.entries() if entries is None else entries
         if pos.seq >= len(entries):
             raise AuditTamperError(
                 None,

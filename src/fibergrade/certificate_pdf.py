@@ -21,12 +21,12 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
-def render_pdf(envelope: dict[str, Any], store: Any, path: str | Path) -> Path:
-    """Write the certificate in ``envelope`` as a one-page PDF with the lot's histogram."""
+def render_pdf(envelope: dict[str, Any], record: dict[str, Any], path: str | Path) -> Path:
+    """Write the certificate in ``envelope`` as a one-page PDF; ``record`` is the lot's
+    grade record the certificate was made from (it carries the histogram)."""
     from fpdf import FPDF
 
     from fibergrade.plots import histogram_png
-    from fibergrade.workflow import latest_grades
 
     cert = envelope["certificate"]
     sig = envelope["signature"]
@@ -106,8 +106,8 @@ def render_pdf(envelope: dict[str, Any], store: Any, path: str | Path) -> Path:
     ]
     y0 = pdf.get_y()
     _table(pdf, [(a, _fmt(b)) for a, b in fig_rows], 40, width=80)
-    rec = latest_grades(store).get(lot["lot_id"])
-    if rec is not None and rec.get("histogram", {}).get("counts"):
+    rec = record
+    if rec.get("histogram", {}).get("counts"):
         with tempfile.TemporaryDirectory() as tmp:
             png = histogram_png(rec, Path(tmp) / "h.png")
             pdf.image(str(png), x=100, y=y0, w=100)

@@ -381,7 +381,7 @@ def certify_lots(
         if pdf:
             from fibergrade.certificate_pdf import render_pdf
 
-            ppath = render_pdf(env, store, out / f"{number}.pdf")
+            ppath = render_pdf(env, graded[doc["lot"]["lot_id"]], out / f"{number}.pdf")
         result.issued.append(Issued(number, jpath, ppath, env, doc["supersedes"]))
         if progress:
             progress(i + 1, len(docs))
@@ -541,7 +541,9 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
     pos = cert.get("audit_position") or {"seq": -1, "hash": ""}
     if int(pos["seq"]) >= 0:
         try:
-            AuditLog(store.root).check_position(Position(int(pos["seq"]), str(pos["hash"])))
+            log = AuditLog(store.root)
+            entries = _cached(cache, ("audit",), log.entries)
+            log.check_position(Position(int(pos["seq"]), str(pos["hash"])), entries)
             rep.checks.append(("audit log", f"contains entry {pos['seq']} as recorded"))
         except AuditTamperError as exc:
             rep.problems.append(f"audit log: {exc}")
