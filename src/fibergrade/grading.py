@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fibergrade.datafile_checks import refuse_unknown, require
 from fibergrade.distribution import FIGURES, LotSummary
 from fibergrade.errors import StandardDefinitionError
 from fibergrade.measurements import FIBRE_TYPES
@@ -85,20 +86,11 @@ class Standard:
 
 
 def _require(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in d:
-        raise StandardDefinitionError(f"{where}: missing required key {key!r}")
-    value = d[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise StandardDefinitionError(f"{where}: {key!r} has the wrong type ({value!r})")
-    return value
+    return require(d, key, kind, where, StandardDefinitionError)
 
 
 def _unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise StandardDefinitionError(
-            f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}"
-        )
+    refuse_unknown(d, allowed, where, StandardDefinitionError)
 
 
 def parse_standard(data: bytes, path: str) -> Standard:

@@ -42,6 +42,7 @@ Typical use (what ``fibergrade simulate`` does)::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import os
@@ -333,7 +334,7 @@ class SimulatedBalance:
             self.tare_weight = 0.0
 
 
-class ScaleSimulator(SimulatedDevice):
+class ScaleSimulator(SimulatedDevice, abc.ABC):
     """A scale answering commands; subclasses speak one protocol with its module's code."""
 
     protocol: ClassVar[str] = ""
@@ -347,9 +348,9 @@ class ScaleSimulator(SimulatedDevice):
         """Complete commands in ``buf`` (removed from it)."""
         return mtsics.split_commands(buf)
 
-    def respond(self, command: bytes, now: float) -> list[bytes]:  # pragma: no cover
-        """Frames answering one command."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def respond(self, command: bytes, now: float) -> list[bytes]:
+        """Frames answering one command (each scale protocol's simulator defines it)."""
 
     def on_bytes(self, data: bytes, now: float) -> list[bytes]:
         self._buf += data

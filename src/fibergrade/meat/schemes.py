@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from fibergrade.datafile_checks import refuse_unknown, require
 from fibergrade.meat.errors import MeatSchemeError
 
 OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -134,20 +135,11 @@ _COND_KEYS = {"field", "op", "limit", "source", "name", "limit_by_category"}
 
 
 def _req(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in d:
-        raise MeatSchemeError(f"{where}: missing required key {key!r}")
-    v = d[key]
-    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
-        raise MeatSchemeError(f"{where}: {key!r} has the wrong type ({v!r})")
-    return v
+    return require(d, key, kind, where, MeatSchemeError)
 
 
 def _unknown(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise MeatSchemeError(
-            f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}"
-        )
+    refuse_unknown(d, allowed, where, MeatSchemeError)
 
 
 def _number(v: Any, where: str) -> float:
