@@ -215,10 +215,12 @@ def overrides(store: Any) -> dict[str, dict[str, Any]]:
 
 
 def existing_certificates(store: Any, lot_id: str | None = None) -> list[dict[str, Any]]:
-    """Certificates issued from this store (envelopes), oldest first."""
+    """Fibre certificates issued from this store (envelopes), oldest first."""
     out = []
     for d, env in store.results("certificate"):
         cert = env.get("certificate", {})
+        if cert.get("schema") != SCHEMA:  # carcass certificates: fibergrade.meat.certificates
+            continue
         if lot_id is None or cert.get("lot", {}).get("lot_id") == lot_id:
             out.append(env | {"_record": d})
     return out
@@ -490,7 +492,9 @@ def verify_certificate(
     cert = check_signature(env, public_key, str(path))
     number = str(cert.get("certificate_number"))
     rep = VerifyReport(number)
-    if cert.get("schema") != SCHEMA:
+    from fibergrade.meat.certificates import MEAT_SCHEMA, verify_meat
+
+    if cert.get("schema") not in (SCHEMA, MEAT_SCHEMA):
         raise VerificationFailed(number, [f"unknown schema {cert.get('schema')!r}"])
     rep.checks.append(
         ("signature", f"valid Ed25519 signature by key {fingerprint(public_key)[:16]}...")
@@ -506,7 +510,9 @@ def verify_certificate(
             rep.checks.append(("revocation list", f"not revoked (list of {rev_doc['issued_at']})"))
     if cert.get("calibration", {}).get("uncalibrated"):
         rep.notes.append("graded WITHOUT a valid calibration (--uncalibrated)")
-    if store is not None:
+    if store is not None and cert["schema"] == MEAT_SCHEMA:
+        verify_meat(cert, store, rep)
+    elif store is not None:
         _recompute(cert, store, rep, {} if cache is None else cache)
     if rep.problems:
         raise VerificationFailed(number, rep.problems)

@@ -1770,6 +1770,60 @@ def audit_log(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False) -> None:
     out.print(t)
 
 
+@meat_app.command("certify")
+def meat_certify_(
+    carcasses: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Carcass ids (default: every halal-validated carcass not yet certified)."
+        ),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where certificates are written.")] = Path(
+        "certificates"
+    ),
+    key: KeyOpt = Path("keys/lab.key"),
+    passphrase: PassOpt = None,
+    lab: Annotated[str, typer.Option("--lab", help="Laboratory name on certificates.")] = (
+        "fibergrade laboratory"
+    ),
+    reissue: Annotated[bool, typer.Option("--reissue", help="Supersede an existing one.")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (with --reissue).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
+) -> None:
+    """Issue signed carcass certificates (grading + halal record), verified like fibre ones."""
+    from fibergrade.certificates import CertificateError
+    from fibergrade.keys import load_private_key
+    from fibergrade.meat.certificates import certify_carcasses
+
+    if reissue and not reason:
+        raise CertificateError("--reissue needs --reason")
+    issued = certify_carcasses(
+        _open_store(store, create=False),
+        carcasses,
+        load_private_key(key, passphrase),
+        out_dir,
+        lab_name=lab,
+        reissue_reason=reason if reissue else None,
+    )
+    if json_:
+        _print_json(
+            [
+                {
+                    "certificate_number": i.number,
+                    "json": str(i.json_path),
+                    "supersedes": i.supersedes,
+                }
+                for i in issued
+            ]
+        )
+        return
+    for i in issued:
+        sup = f" (supersedes {i.supersedes})" if i.supersedes else ""
+        out.print(f"{i.number}: {escape(str(i.json_path))}{sup}")
+    out.print(f"{len(issued)} carcass certificate(s) issued; audit log checkpoint signed")
+
+
 # (insert certificate commands above this line)
 
 

@@ -356,6 +356,12 @@ def trace(store: Store, ident: str) -> dict[str, Any]:
         _chain(c, cols, pos, origin, halal, grades, weighings, lot_members)
         for c in dict.fromkeys(wanted)
     ]
+    from fibergrade.meat.certificates import certificate_link
+
+    for chain in chains:  # the last link: the carcass's certificate, when one was issued
+        link = certificate_link(store, chain[2]["id"]) if chain[2].get("id") else None
+        if link is not None:
+            chain[-1] = link
     return {"id": ident, "matched": matched, "chains": chains}
 
 

@@ -1,0 +1,185 @@
+"""Signed carcass certificates through the same machinery as fibre certificates.
+
+Schema ``fibergrade-meat-certificate/1``: the carcass (carcass id, animal id, lot), its
+grading (category, fat score, MSA eligibility and reasons, EU category and light-lamb band,
+colour, pH class, with the schemes' ids and digests), the validated halal slaughter record
+(digest, certification body and its certificate), the SHA-256 of the stored carcass record,
+the weighing link, the audit-log position, the software version and any superseded
+certificate. It is signed with the lab's Ed25519 key exactly as fibre certificates are
+(:func:`fibergrade.certificates.sign`), stored in the store (and so logged in the audit
+log), and verified by :func:`verify_meat` which checks the stored carcass and halal records'
+digests and recomputes the grading from the carcass record.
+
+A carcass without a validated halal slaughter record is refused: the halal claim is what
+the certificate vouches for.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from fibergrade import __version__
+from fibergrade.audit import AuditLog, digest
+from fibergrade.certificates import (
+    CertificateRefused,
+    Issued,
+    VerifyReport,
+    revocation_entries,
+    sign,
+)
+
+MEAT_SCHEMA = "fibergrade-meat-certificate/1"
+#: the graded fields a carcass certificate carries (and verification recomputes)
+GRADED_FIELDS = (
+    "category",
+    "fat_score",
+    "msa_eligible",
+    "msa_reasons",
+    "eu_category",
+    "light_lamb_band",
+    "colour_acceptable",
+    "ph_class",
+)
+
+
+def meat_certificates(store: Any) -> list[dict[str, Any]]:
+    """Carcass certificates issued from this store (envelopes), oldest first."""
+    return [
+        env
+        for _, env in store.results("certificate")
+        if env.get("certificate", {}).get("schema") == MEAT_SCHEMA
+    ]
+
+
+def certify_carcasses(
+    store: Any,
+    carcass_ids: list[str] | None,
+    private_key: Any,
+    out_dir: str | Path,
+    *,
+    lab_name: str = "fibergrade laboratory",
+    reissue_reason: str | None = None,
+) -> list[Issued]:
+    """One signed certificate per carcass (all refusals found before anything is issued).
+
+    Without ``carcass_ids``: every graded carcass with a validated halal record that has no
+    certificate yet.
+    """
+    from fibergrade.meat.traceability import grade_store
+
+    records, result_id = grade_store(store, carcass_ids or None, record=True)
+    revoked = {e["certificate_number"] for e in revocation_entries(store)}
+    previous: dict[str, list[dict[str, Any]]] = {}
+    for env in meat_certificates(store):
+        previous.setdefault(env["certificate"]["carcass"]["carcass_id"], []).append(env)
+    if not carcass_ids:
+        records = [
+            r
+            for r in records
+            if r["halal"].get("status") == "validated" and r["carcass_id"] not in previous
+        ]
+    for r in records:
+        if r["halal"].get("status") != "validated":
+            raise CertificateRefused(
+                f"carcass {r['carcass_id']} has no validated halal slaughter record; import "
+                "it with: fibergrade meat import --halal FILE"
+            )
+    plans = []
+    for r in records:
+        prior = previous.get(r["carcass_id"], [])
+        current = [e for e in prior if e["certificate"]["certificate_number"] not in revoked]
+        supersedes = current[-1]["certificate"]["certificate_number"] if current else None
+        if supersedes and not reissue_reason:
+            raise CertificateRefused(
+                f"carcass {r['carcass_id']} is already certified as {supersedes}; to issue a "
+                "corrected certificate that supersedes it, pass --reissue --reason ..."
+            )
+        plans.append((r, f"FGM-{r['carcass_id']}-{len(prior) + 1:02d}", supersedes))
+    audit = AuditLog(store.root)
+    pos = audit.position()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    issued = []
+    for r, number, supersedes in plans:
+        doc: dict[str, Any] = {
+            "schema": MEAT_SCHEMA,
+            "certificate_number": number,
+            "issued_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "lab": {"name": lab_name},
+            "carcass": {k: r.get(k) for k in ("carcass_id", "animal_id", "lot_id")},
+            "grading": {k: r.get(k) for k in GRADED_FIELDS},
+            "halal": r["halal"],
+            "carcass_record": r["carcass_record"],
+            "weighing": r.get("weighing"),
+            "grade_result": result_id,
+            "audit_position": pos.to_dict(),
+            "software_version": __version__,
+            "supersedes": supersedes,
+        }
+        if supersedes:
+            doc["reissue_reason"] = reissue_reason
+        env = sign(doc, private_key)
+        path = out / f"{number}.json"
+        path.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        store.put_result("certificate", env)  # logged in the audit log by the store
+        issued.append(Issued(number, path, None, env, supersedes))
+    if issued:
+        audit.checkpoint(private_key)
+    return issued
+
+
+def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
+    """Check the stored records a carcass certificate names and recompute its grading."""
+    from fibergrade.errors import FibergradeError, StoreError
+    from fibergrade.meat.traceability import grade_store
+
+    cid = cert["carcass"]["carcass_id"]
+    try:
+        store.get_result("carcasses", cert["carcass_record"])
+        rep.checks.append(("carcass record", f"{cert['carcass_record'][:16]}... intact"))
+        halal_id = (cert.get("halal") or {}).get("record")
+        if halal_id:
+            store.get_result("halal", halal_id)
+            rep.checks.append(("halal record", f"{halal_id[:16]}... intact"))
+    except StoreError as exc:
+        rep.problems.append(f"stored record: {exc}")
+        return
+    try:
+        records, _ = grade_store(store, [cid], record=False)
+    except FibergradeError as exc:
+        rep.problems.append(f"recomputation: {exc}")
+        return
+    again = records[0]
+    if again["carcass_record"] != cert["carcass_record"]:
+        rep.problems.append("the carcass's stored record differs from the one certified")
+    for key in GRADED_FIELDS:
+        if again.get(key) != cert["grading"].get(key):
+            rep.problems.append(
+                f"{key}: certificate says {cert['grading'].get(key)!r}, "
+                f"the carcass record gives {again.get(key)!r}"
+            )
+    if not rep.problems:
+        rep.checks.append(("recomputation", f"{len(GRADED_FIELDS)} graded fields agree"))
+
+
+def certificate_link(store: Any, carcass_id: str) -> dict[str, Any] | None:
+    """The trace link of the carcass's latest certificate, or None."""
+    found = [
+        env
+        for env in meat_certificates(store)
+        if env["certificate"]["carcass"]["carcass_id"] == carcass_id
+    ]
+    if not found:
+        return None
+    doc = found[-1]["certificate"]
+    revoked = {e["certificate_number"] for e in revocation_entries(store)}
+    return {
+        "link": "certificate",
+        "id": doc["certificate_number"],
+        "digest": digest(doc),
+        "issued_at": doc["issued_at"],
+        "revoked": doc["certificate_number"] in revoked,
+    }

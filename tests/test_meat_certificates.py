@@ -1,0 +1,91 @@
+"""Carcass certificates through the fibre certificate machinery: issue, refuse, trace, and
+verification that recomputes the grading and checks the stored records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EXE = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+DATA = Path(__file__).parent / "data" / "meat"
+
+
+def run(*args: str, cwd: Path):
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False
+    )
+
+
+@pytest.fixture()
+def plant(tmp_path: Path) -> Path:
+    """A store with the example carcasses and halal records, and a lab key."""
+    for args in (
+        ("meat", "import", str(DATA / "carcasses.csv"), "--scale", "cas-ci", "--store", "s"),
+        ("meat", "import", "--halal", str(DATA / "halal.csv"), "--store", "s"),
+        ("keys", "init"),
+    ):
+        r = run(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    return tmp_path
+
+
+def test_certify_verify_and_trace(plant):
+    r = run("meat", "certify", "--store", "s", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    issued = json.loads(r.stdout)
+    assert issued and all(i["certificate_number"].startswith("FGM-") for i in issued)
+    first = Path(plant / issued[0]["json"])
+    doc = json.loads(first.read_text())["certificate"]
+    assert doc["schema"] == "fibergrade-meat-certificate/1"
+    assert doc["halal"]["status"] == "validated" and len(doc["carcass_record"]) == 64
+    assert set(doc["grading"]) >= {"category", "fat_score", "msa_eligible", "eu_category"}
+    r = run(
+        "verify", str(first), "--public-key", "keys/lab.pub", "--store", "s", "--json", cwd=plant
+    )
+    assert r.returncode == 0, r.stderr
+    checks = {c["check"] for c in json.loads(r.stdout)["checks"]}
+    assert {"signature", "carcass record", "halal record", "recomputation"} <= checks
+    r = run("trace", doc["carcass"]["carcass_id"], "--store", "s", "--json", cwd=plant)
+    last = json.loads(r.stdout)["chains"][0][-1]
+    assert last["link"] == "certificate" and last["id"] == doc["certificate_number"]
+    # nothing left to certify; naming a certified carcass again needs --reissue
+    assert json.loads(run("meat", "certify", "--store", "s", "--json", cwd=plant).stdout) == []
+    r = run("meat", "certify", doc["carcass"]["carcass_id"], "--store", "s", cwd=plant)
+    assert r.returncode == 5 and "already certified" in r.stderr
+
+
+def test_a_carcass_without_halal_record_is_refused(plant):
+    graded = json.loads(run("meat", "grade", "--store", "s", "--json", cwd=plant).stdout)
+    without = [g["carcass_id"] for g in graded if g["halal"]["status"] != "validated"]
+    assert without, "the example data has a carcass without a slaughter record"
+    r = run("meat", "certify", without[0], "--store", "s", cwd=plant)
+    assert r.returncode == 5 and "halal" in r.stderr
+    assert not (plant / "certificates").exists() or not list(
+        (plant / "certificates").glob(f"FGM-{without[0]}-*")
+    )
+
+
+def test_altered_grading_and_edited_carcass_record_are_detected(plant):
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+
+    r = run("meat", "certify", "--store", "s", "--json", cwd=plant)
+    path = plant / json.loads(r.stdout)[0]["json"]
+    doc = json.loads(path.read_text())["certificate"]
+    forged = dict(doc, grading=dict(doc["grading"], fat_score=5, category="lamb"))
+    fake = plant / "forged.json"
+    fake.write_text(json.dumps(sign(forged, load_private_key(plant / "keys" / "lab.key"))))
+    r = run("verify", str(fake), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
+    assert r.returncode == 5 and "fat_score" in r.stderr
+    rec = plant / "s" / "results" / "carcasses" / f"{doc['carcass_record']}.json"
+    rec.chmod(0o644)
+    rec.write_text(rec.read_text().replace("KZ-LOT", "XX-LOT", 1))
+    r = run("verify", str(path), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
+    assert r.returncode == 5 and "stored record" in r.stderr
