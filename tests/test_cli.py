@@ -217,3 +217,10 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path):
     assert "weigh specimens on simulated MT-SICS balance" in r.stdout
     assert "8 lots live" in r2.stdout and "all already in the store" in r2.stdout
     assert "already weighed" in r2.stdout
+    # it certifies its clean lots and checks one as an auditor would (issue 6)
+    assert "auditor check of FG-" in r.stdout and "recomputation: ok" in r.stdout
+    assert list((out / "certificates").glob("FG-*.pdf"))
+    # and weighs carcass after carcass on a simulated CAS line, grades and certifies them
+    assert "carcasses weighed live on simulated CAS" in r.stdout
+    assert "12 linked to their live weighing record" in r.stdout
+    assert "certified 12 carcasses" in r.stdout and "certified 0 carcasses" in r2.stdout

@@ -146,6 +146,10 @@ def run_demo(
     step(4, f"drew {report.n_plots} histograms in {report.plot_dir}")
     step(5, f"{len(report.failed)} of {len(run.records)} lots meet no grade of their scheme")
     _certify_and_verify(out, store, run.records, step)
+    from fibergrade.demo_meat import run_weighing_line
+
+    for line in run_weighing_line(out, store, out / "keys", seed):
+        step(6, line)
     return report
 
 
