@@ -17,29 +17,17 @@ from typing import Any
 import numpy as np
 
 from fibergrade.errors import FibergradeError
+from fibergrade.meat.carcasses import CARCASS_COLUMNS as REQUIRED_CARCASS_COLUMNS
+from fibergrade.meat.halal import HALAL_COLUMNS
 from fibergrade.store import Store
 
 N_CARCASSES = 12
 SCALE_ID = "DEMO-CAS-LINE-1"
 PROFILE = "cas-ci"
 DATE = "2026-11-20"
-CARCASS_COLUMNS = [
-    "carcass_id",
-    "animal_id",
-    "lot_id",
-    "sex",
-    "ssc",
-    "incisors_erupted",
-    "incisors_in_wear",
-    "hscw_kg",
-    "gr_mm",
-    "ph_ultimate",
-    "temp_c",
-    "l_star",
-    "a_star",
-    "b_star",
-    "slaughtered_at",
-    "weighed_at",
+#: the required columns (fibergrade.meat) and the optional ones the demo fills in
+CARCASS_COLUMNS = (
+    *REQUIRED_CARCASS_COLUMNS,
     "scale_id",
     "scale_profile",
     "weight_mode",
@@ -50,33 +38,8 @@ CARCASS_COLUMNS = [
     "hours_in_transit",
     "vendor_declaration",
     "temp_at_ph6_c",
-]
-HALAL_COLUMNS = [
-    "animal_id",
-    "species",
-    "category",
-    "vendor_declaration",
-    "ante_mortem",
-    "slaughtered_at",
-    "slaughterman_id",
-    "slaughterman_registration",
-    "stun_method",
-    "stun_pressure_psi",
-    "stun_shots",
-    "bolt_diameter_mm",
-    "alive_at_cut",
-    "checker_id",
-    "checker_registration",
-    "carcass_id",
-    "post_mortem",
-    "establishment_approval",
-    "certification_body",
-    "certificate_number",
-    "certificate_expiry",
-    "lot_id",
-    "cut_complete",
-    "label",
-]
+)
+HALAL_DEMO_COLUMNS = (*HALAL_COLUMNS, "cut_complete", "label")
 
 
 def _plan(seed: int, e: float) -> list[dict[str, Any]]:
@@ -182,36 +145,32 @@ def run_weighing_line(out: Path, store: Store, key_dir: Path, seed: int) -> list
     with open(halal_csv, "w", encoding="utf-8", newline="") as fh:
         fh.write("# fibergrade demo: fictitious halal slaughter records\n")
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(HALAL_COLUMNS)
+        w.writerow(HALAL_DEMO_COLUMNS)
         for i, r in enumerate(rows):
-            w.writerow(
-                [
-                    r["animal_id"],
-                    "sheep",
-                    "lamb",
-                    "yes",
-                    "pass",
-                    r["slaughtered_at"],
-                    f"SM-{17 + i % 2:03d}",
-                    f"DEMO-HS-{417 + i % 2}",
-                    "none",
-                    "",
-                    "",
-                    "",
-                    "yes",
-                    "CK-003",
-                    "DEMO-HC-0103",
-                    r["carcass_id"],
-                    "pass",
-                    "DEMO-EST-0412",
-                    "Demo Halal Certification Body",
-                    "DEMO-HC-2026-0001",
-                    "2027-12-31",
-                    r["lot_id"],
-                    "yes",
-                    "Halal lamb",
-                ]
-            )
+            rec = {
+                "animal_id": r["animal_id"],
+                "species": "sheep",
+                "category": "lamb",
+                "vendor_declaration": "yes",
+                "ante_mortem": "pass",
+                "slaughtered_at": r["slaughtered_at"],
+                "slaughterman_id": f"SM-{17 + i % 2:03d}",
+                "slaughterman_registration": f"DEMO-HS-{417 + i % 2}",
+                "stun_method": "none",
+                "alive_at_cut": "yes",
+                "checker_id": "CK-003",
+                "checker_registration": "DEMO-HC-0103",
+                "carcass_id": r["carcass_id"],
+                "post_mortem": "pass",
+                "establishment_approval": "DEMO-EST-0412",
+                "certification_body": "Demo Halal Certification Body",
+                "certificate_number": "DEMO-HC-2026-0001",
+                "certificate_expiry": "2027-12-31",
+                "lot_id": r["lot_id"],
+                "cut_complete": "yes",
+                "label": "Halal lamb",
+            }
+            w.writerow([rec[c] for c in HALAL_DEMO_COLUMNS])
     for res in (
         import_carcasses(store, carcass_csv, scale=PROFILE),
         import_halal(store, halal_csv),
