@@ -23,9 +23,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fibergrade.acquisition import acquire_samples, acquire_weights
+from fibergrade.acquisition import WeighingAcquisition, acquire_samples, acquire_weights
 from fibergrade.adapters.analyser import AnalyserReader
-from fibergrade.adapters.profiles import load_profile
+from fibergrade.adapters.profiles import Profile, load_profile
 from fibergrade.adapters.scales import open_scale
 from fibergrade.adapters.simulators import SampleSpec, start_simulator
 from fibergrade.errors import FibergradeError
@@ -91,33 +91,15 @@ def run_live_acquisition(
     )
 
     subjects = list(lots.lot_ids[:WEIGHED_SPECIMENS])
-    done = {
-        rec.get("subject")
-        for _, rec in store.results("weighing")
-        if rec.get("scale_id") == BALANCE_ID
-    }
-    if all(s in done for s in subjects):
-        lines.append(f"weigh specimens of {', '.join(subjects)}: already weighed on {BALANCE_ID}")
-        return lines
     rng = np.random.default_rng([seed, 3])
     scale_profile = load_profile("mt-sics-scale")
     assert scale_profile.scale is not None
     e = scale_profile.scale.e
     loads = [round(float(x) / e) * e for x in rng.uniform(20.0, 60.0, len(subjects))]
-    with (
-        start_simulator("scale", "mt-sics", profile=scale_profile, load=0.0, settle_s=0.1) as sim,
-        open_scale(scale_profile, sim.url, scale_id=BALANCE_ID) as scale,
-    ):
-        weighed = acquire_weights(
-            store,
-            scale,
-            profile=scale_profile.name,
-            subjects=subjects,
-            before_weighing=lambda k, _subject: sim.balance.set_load(loads[k]),
-        )
-    if not weighed.complete:
-        why = weighed.errors[0].message if weighed.errors else weighed.detail
-        raise FibergradeError(f"demo weighing failed: {why}")
+    weighed = weigh_on_simulated_scale(store, scale_profile, BALANCE_ID, subjects, loads)
+    if weighed is None:
+        lines.append(f"weigh specimens of {', '.join(subjects)}: already weighed on {BALANCE_ID}")
+        return lines
     shown = ", ".join(
         f"{s.record['subject']} {s.record['value']:.2f} {s.record['unit']}" for s in weighed.stored
     )
@@ -125,3 +107,35 @@ def run_live_acquisition(
         f"weigh specimens on simulated MT-SICS balance {BALANCE_ID} (stable weights): {shown}"
     )
     return lines
+
+
+def weigh_on_simulated_scale(
+    store: Store, profile: Profile, scale_id: str, subjects: list[str], loads: list[float]
+) -> WeighingAcquisition | None:
+    """Weigh each subject at its load on the profile's simulated scale (real driver, pty).
+
+    Returns None when every subject already has a weighing on ``scale_id`` (the demo is
+    re-runnable); raises when a weighing fails.
+    """
+    done = {
+        rec.get("subject")
+        for _, rec in store.results("weighing")
+        if rec.get("scale_id") == scale_id
+    }
+    if all(s in done for s in subjects):
+        return None
+    with (
+        start_simulator("scale", profile.protocol, profile=profile, load=0.0, settle_s=0.1) as sim,
+        open_scale(profile, sim.url, scale_id=scale_id) as scale,
+    ):
+        weighed = acquire_weights(
+            store,
+            scale,
+            profile=profile.name,
+            subjects=subjects,
+            before_weighing=lambda k, _subject: sim.balance.set_load(loads[k]),
+        )
+    if not weighed.complete:
+        why = weighed.errors[0].message if weighed.errors else weighed.detail
+        raise FibergradeError(f"demo weighing on {scale_id} failed: {why}")
+    return weighed

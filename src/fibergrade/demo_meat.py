@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from fibergrade.errors import FibergradeError
 from fibergrade.meat.carcasses import CARCASS_COLUMNS as REQUIRED_CARCASS_COLUMNS
 from fibergrade.meat.halal import HALAL_COLUMNS
 from fibergrade.store import Store
@@ -81,10 +80,8 @@ def _plan(seed: int, e: float) -> list[dict[str, Any]]:
 
 def run_weighing_line(out: Path, store: Store, key_dir: Path, seed: int) -> list[str]:
     """Weigh, import, grade and certify the demo carcasses; returns report lines."""
-    from fibergrade.acquisition import acquire_weights
     from fibergrade.adapters.profiles import load_profile
-    from fibergrade.adapters.scales import open_scale
-    from fibergrade.adapters.simulators import start_simulator
+    from fibergrade.demo_acquisition import weigh_on_simulated_scale
     from fibergrade.keys import load_private_key
     from fibergrade.meat.certificates import certify_carcasses
     from fibergrade.meat.traceability import grade_store, import_carcasses, import_halal
@@ -94,29 +91,10 @@ def run_weighing_line(out: Path, store: Store, key_dir: Path, seed: int) -> list
     rows = _plan(seed, profile.scale.e)
     ids = [r["carcass_id"] for r in rows]
     lines: list[str] = []
-    done = {
-        rec.get("subject")
-        for _, rec in store.results("weighing")
-        if rec.get("scale_id") == SCALE_ID
-    }
-    if all(c in done for c in ids):
+    weighed = weigh_on_simulated_scale(store, profile, SCALE_ID, ids, [r["hscw_kg"] for r in rows])
+    if weighed is None:
         lines.append(f"weighing line: {len(ids)} carcasses already weighed on {SCALE_ID}")
     else:
-        loads = [r["hscw_kg"] for r in rows]
-        with (
-            start_simulator("scale", "cas", profile=profile, load=0.0, settle_s=0.1) as sim,
-            open_scale(profile, sim.url, scale_id=SCALE_ID) as scale,
-        ):
-            weighed = acquire_weights(
-                store,
-                scale,
-                profile=profile.name,
-                subjects=ids,
-                before_weighing=lambda k, _s: sim.balance.set_load(loads[k]),
-            )
-        if not weighed.complete:
-            why = weighed.errors[0].message if weighed.errors else weighed.detail
-            raise FibergradeError(f"demo weighing line failed: {why}")
         lines.append(
             f"weighing line: {len(weighed.stored)} carcasses weighed live on simulated CAS "
             f"indicator {SCALE_ID} (stable weights, {profile.scale.unit})"
