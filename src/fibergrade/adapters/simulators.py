@@ -21,8 +21,10 @@ Faults (:class:`Faults`, :func:`parse_faults` for the CLI's ``--faults`` text):
 ``drop=P``         with probability P, a frame is not sent
 ``truncate=P``     with probability P, a frame is cut short (its CR LF kept)
 ``bad-checksum=P`` analyser: with probability P, a line's checksum is wrong
-``unplug-after=N`` after N frames the adapter is "unplugged": the pty master or the TCP
-                   connection is closed mid-stream and the simulator stops
+``unplug-after=N`` N frames go out whole, then the adapter is "unplugged" when the next
+                   frame is due: the pty master or the TCP connection is closed
+                   mid-stream and the simulator stops (closing at once after frame N
+                   would race the client's read of it: a pty hangup discards unread input)
 ``overload``       scale: the load is far above Max
 ``underload``      scale: the pan is off (load far below zero)
 ``drift``          scale: the weight wanders and the device never reports it stable
@@ -840,16 +842,15 @@ class Simulator:
     def _emit(self, frame: bytes) -> bool:
         if self.faults.slow_s and self._stop.wait(self.faults.slow_s):
             return False
-        out = self.injector.transform(frame)
-        ok = True
-        if out:
-            ok = self._ep.send(out, self._stop)
-            self.frames_sent += 1
         if self.injector.unplug_due:
             self._ep.unplug()
             self.unplugged = True
             return False
-        return ok
+        out = self.injector.transform(frame)
+        if not out:
+            return True
+        self.frames_sent += 1
+        return self._ep.send(out, self._stop)
 
     def _run(self) -> None:
         try:
