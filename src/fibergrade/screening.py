@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -267,10 +267,19 @@ class ScreeningModel:
     typical: dict[str, dict[str, list[float]]]  # declared type -> figure -> [p1, p50, p99]
     digest: str  # SHA-256 of the model file
     path: Path | None = None
+    #: the verified bytes of the model file, shipped to cluster workers (fibergrade.cluster)
+    blob: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def model_id(self) -> str:
         return f"screening-{self.digest[:12]}"
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A loaded model travels to cluster workers as its verified file bytes and is
+        # rebuilt there by the same checks (model_from_blob), never as a raw pickle.
+        if self.blob:
+            return (model_from_blob, (self.blob, self.digest))
+        return super().__reduce_ex__(protocol)
 
 
 def save_bundle(path: Path, model: ScreeningModel) -> str:
@@ -299,8 +308,6 @@ def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
     differs from the card's, the file holds a type outside :data:`TRUSTED_TYPES`, or it is
     not a screening bundle of this format.
     """
-    import skops.io as sio
-
     directory = Path(model_dir) if model_dir is not None else default_model_dir()
     path = directory / MODEL_FILE
     card_path = directory / CARD_JSON
@@ -323,22 +330,51 @@ def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
             f"{path}: SHA-256 {digest[:16]}... differs from the model card's "
             f"{expected[:16]}...; the file was altered or belongs to another card"
         )
+    return _model_from_bytes(data, digest, path)
+
+
+#: models rebuilt from shipped bytes, by SHA-256 (a cluster worker loads each once)
+_FROM_BLOB: dict[str, ScreeningModel] = {}
+
+
+def model_from_blob(data: bytes, digest: str) -> ScreeningModel:
+    """The model whose verified file bytes a client shipped (see :mod:`fibergrade.cluster`).
+
+    The bytes must hash to ``digest``; they pass the same trusted-type and format checks
+    as :func:`load_model`. Each worker process rebuilds a given model once.
+    """
+    if digest not in _FROM_BLOB:
+        got = sha256_bytes(data)
+        if got != digest:
+            raise ModelError(
+                f"shipped screening model hashes to {got[:16]}..., expected {digest[:16]}...; "
+                "it was damaged in transit"
+            )
+        _FROM_BLOB[digest] = _model_from_bytes(data, digest, None)
+    return _FROM_BLOB[digest]
+
+
+def _model_from_bytes(data: bytes, digest: str, path: Path | None) -> ScreeningModel:
+    """Check and load a skops screening bundle whose SHA-256 is already verified."""
+    import skops.io as sio
+
+    where = str(path) if path is not None else f"model {digest[:12]}"
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as e:  # skops raises several types for a file that is not skops
-        raise ModelError(f"{path}: not a skops model file ({type(e).__name__}: {e})") from e
+        raise ModelError(f"{where}: not a skops model file ({type(e).__name__}: {e})") from e
     extra = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if extra:
         raise ModelError(
-            f"{path}: holds types outside the trusted list, refused: {', '.join(extra)}"
+            f"{where}: holds types outside the trusted list, refused: {', '.join(extra)}"
         )
     try:
         bundle = sio.loads(data, trusted=TRUSTED_TYPES)
     except Exception as e:
-        raise ModelError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from e
+        raise ModelError(f"{where}: cannot load the model ({type(e).__name__}: {e})") from e
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise ModelError(
-            f"{path}: not a fibergrade screening bundle of format {BUNDLE_FORMAT} "
+            f"{where}: not a fibergrade screening bundle of format {BUNDLE_FORMAT} "
             f"(found {type(bundle).__name__})"
         )
     from sklearn.calibration import CalibratedClassifierCV
@@ -346,12 +382,12 @@ def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
     est = bundle.get("estimator")
     if not isinstance(est, CalibratedClassifierCV):
         raise ModelError(
-            f"{path}: the estimator is a {type(est).__name__}, expected a calibrated classifier"
+            f"{where}: the estimator is a {type(est).__name__}, expected a calibrated classifier"
         )
     names = list(bundle.get("feature_names", []))
     if names != feature_names():
         raise ModelError(
-            f"{path}: the model was trained on other features than this version computes; "
+            f"{where}: the model was trained on other features than this version computes; "
             "retrain it with `fibergrade model train`"
         )
     return ScreeningModel(
@@ -361,6 +397,7 @@ def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
         typical=bundle["typical"],
         digest=digest,
         path=path,
+        blob=data,
     )
 
 
@@ -511,13 +548,11 @@ def screen(
     )
 
 
-def screening_for_grades(
-    summary: LotSummary,
-    declared: list[str | None],
-    model_dir: str | Path | None = None,
+def screening_entries(
+    model: ScreeningModel, summary: LotSummary, declared: list[str | None]
 ) -> list[dict[str, Any]]:
     """The ``screening`` entry of each grade record (verdict, probability, reasons, digest)."""
-    result = screen(load_model(model_dir), summary, declared)
+    result = screen(model, summary, declared)
     keep = ("verdict", "probability", "reasons", "model_digest")
     return [{k: r[k] for k in keep} for r in result.records()]
 
@@ -541,18 +576,23 @@ def screen_stored_lots(
     *,
     record: bool = True,
     progress: Any = None,
+    executor: Any = None,
 ) -> ScreeningRun:
     """Screen lots of a :class:`~fibergrade.store.Store` (default: every lot).
 
     The model is loaded (and verified) before any lot is read. With ``record`` the verdicts
     are stored as a ``screening`` result that names the model digest and each lot's segment.
+    Segments are screened one task each on ``executor`` (default: this process; see
+    :mod:`fibergrade.cluster`); only this process stores the result.
     """
     import datetime as _dt
 
     from fibergrade import __version__
     from fibergrade.calibration import lot_calibrations
+    from fibergrade.cluster import InProcess
+    from fibergrade.distribution import DEFAULT_CUT_UM
     from fibergrade.errors import LotNotFoundError
-    from fibergrade.workflow import summarise_lots
+    from fibergrade.segment_tasks import plan_tasks, screen_segment
 
     model = load_model(model_dir)
     all_lots = store.lots()
@@ -568,12 +608,16 @@ def screen_stored_lots(
     # screened on their raw figures (grading itself refuses them unless told otherwise)
     cal = lot_calibrations(store, [r.meta for r in lots], allow_uncalibrated=True)
     corr = None if cal.identity else (cal.intercept, cal.slope)
-    summary = summarise_lots(store, lots, progress=progress, corrections=corr)
-    result = screen(model, summary, [r.meta.declared_type for r in lots])
-    records = result.records()
-    for rec, lot in zip(records, lots, strict=True):
-        rec["declared_type"] = lot.meta.declared_type
-        rec["segment"] = lot.segment
+    tasks, where = plan_tasks(store, lots, corr)
+    parts = (executor or InProcess()).map(
+        screen_segment, tasks, label="screen", progress=progress, model=model, cut_um=DEFAULT_CUT_UM
+    )
+    records: list[dict[str, Any]] = [{} for _ in lots]
+    for idxs, part in zip(where, parts, strict=True):
+        for i, rec in zip(idxs, part, strict=True):
+            rec["declared_type"] = lots[i].meta.declared_type
+            rec["segment"] = lots[i].segment
+            records[i] = rec
     result_id = None
     if record and records:
         result_id = store.put_result(

@@ -186,6 +186,22 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def verify_segment_file(path: Path, digest: str) -> None:
+    """Recompute the SHA-256 of the segment file at ``path``; :class:`StoreCorruptError`
+    when it is missing, unreadable or differs from ``digest`` (its name in the store)."""
+    try:
+        actual = sha256_file(path)
+    except FileNotFoundError as e:
+        raise StoreCorruptError(f"{path}: committed segment file is missing") from e
+    except OSError as e:
+        raise StoreCorruptError(f"{path}: cannot read segment: {e}") from e
+    if actual != digest:
+        raise StoreCorruptError(
+            f"{path}: content digest is {actual}, expected {digest}; the segment file "
+            "was altered after it was committed"
+        )
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -331,7 +347,7 @@ def _check_segment_attrs(f: h5py.File, path: Path) -> str:
     return kind
 
 
-def _read_segment_file(path: Path, lot: int | None = None) -> FibreLots | HistogramLots:
+def read_segment_file(path: Path, lot: int | None = None) -> FibreLots | HistogramLots:
     """The whole table of a segment, or only its lot at index ``lot``: one ``read_direct``
     (a hyperslab of just that lot's rows) per dataset."""
     try:
@@ -930,27 +946,16 @@ class Store:
 
     def read_segment(self, digest: str) -> FibreLots | HistogramLots:
         """The whole table of one segment, one ``read_direct`` per dataset."""
-        return _read_segment_file(self._segment(digest).path)
+        return read_segment_file(self._segment(digest).path)
 
     def read_lot(self, lot_id: str) -> FibreLots | HistogramLots:
         """One lot's rows only (an HDF5 hyperslab read, not the whole segment)."""
         rec = self.lot(lot_id)
-        return _read_segment_file(self._segment(rec.segment).path, rec.index)
+        return read_segment_file(self._segment(rec.segment).path, rec.index)
 
     def verify_segment(self, digest: str) -> None:
         """Recompute the SHA-256 of a segment file; :class:`StoreCorruptError` on mismatch."""
-        path = self._segment(digest).path
-        try:
-            actual = sha256_file(path)
-        except FileNotFoundError as e:
-            raise StoreCorruptError(f"{path}: committed segment file is missing") from e
-        except OSError as e:
-            raise StoreCorruptError(f"{path}: cannot read segment: {e}") from e
-        if actual != digest:
-            raise StoreCorruptError(
-                f"{path}: content digest is {actual}, expected {digest}; the segment file "
-                "was altered after it was committed"
-            )
+        verify_segment_file(self._segment(digest).path, digest)
 
     def _resolve(self, lot_ids: Sequence[str], kind: str) -> list[LotRecord]:
         if isinstance(lot_ids, str):

@@ -11,7 +11,6 @@ memory held at once is one segment's raw diameters plus small per-lot arrays.
 from __future__ import annotations
 
 import datetime as _dt
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fibergrade import __version__
-from fibergrade.calibration import correct_fibres, correct_histograms, lot_calibrations
-from fibergrade.distribution import (
-    DEFAULT_CUT_UM,
-    Engine,
-    LotSummary,
-    summarise,
-    summarise_histograms,
-)
+from fibergrade.calibration import lot_calibrations
+from fibergrade.cluster import Executor, InProcess
+from fibergrade.distribution import DEFAULT_CUT_UM, Engine, LotSummary
 from fibergrade.errors import InputError, LotNotFoundError
-from fibergrade.grading import Standard, grade, load_standard, standard_for_type
-from fibergrade.measurements import FibreLots, LotMeta
+from fibergrade.grading import Standard, load_standard, standard_for_type
+from fibergrade.measurements import LotMeta
+from fibergrade.segment_tasks import GradePlan, grade_segment, plan_tasks, summarise_segment
 from fibergrade.store import ImportOutcome, LotRecord, PendingSegment, Store, sha256_file
 
 if TYPE_CHECKING:
@@ -144,46 +139,22 @@ def summarise_lots(
     ``corrections`` (per-lot calibration intercepts and slopes aligned with ``lots``, see
     :mod:`fibergrade.calibration`) are applied to the diameters on read; raw stays raw.
     """
-    by_segment: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(lots):
-        by_segment[r.segment].append(i)
-    parts: list[LotSummary] = []
-    order: list[int] = []
-    for k, (digest, idxs) in enumerate(by_segment.items()):
-        corr = None if corrections is None else (corrections[0][idxs], corrections[1][idxs])
-        parts.append(
-            _summarise_segment(store, digest, [lots[i].index for i in idxs], cut_um, engine, corr)
-        )
-        order.extend(idxs)
+    tasks, where = plan_tasks(store, list(lots), corrections)
+    parts = []
+    for k, task in enumerate(tasks):
+        parts.append(summarise_segment(task, cut_um, engine))
         if progress:
-            progress(k + 1, len(by_segment))
-    joined = LotSummary.concat(parts)
+            progress(k + 1, len(tasks))
+    return _in_given_order(LotSummary.concat(parts), where)
+
+
+def _in_given_order(joined: LotSummary, where: list[list[int]]) -> LotSummary:
+    order = [i for idxs in where for i in idxs]
     if order == list(range(len(order))):
         return joined
     inverse = np.empty(len(order), np.int64)
     inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
     return joined.select(inverse)
-
-
-def _summarise_segment(
-    store: Store,
-    digest: str,
-    pos: list[int],
-    cut_um: float,
-    engine: Engine,
-    corr: tuple[np.ndarray, np.ndarray] | None = None,
-) -> LotSummary:
-    """Figures of the lots at ``pos`` in one segment; the raw arrays are freed on return."""
-    table = store.read_segment(digest)
-    if isinstance(table, FibreLots):
-        sub = table if pos == list(range(table.n_lots)) else table.select(pos)
-        if corr is not None:
-            sub = correct_fibres(sub, *corr)
-        return summarise(sub, cut_um, engine=engine)
-    sel = table if pos == list(range(table.n_lots)) else table.select(pos)
-    if corr is not None:
-        sel = correct_histograms(sel, *corr)
-    return summarise_histograms(sel, cut_um)
 
 
 def grade_lots(
@@ -196,6 +167,7 @@ def grade_lots(
     progress: Progress | None = None,
     uncalibrated: bool = False,
     screen: bool = True,
+    executor: Executor | None = None,
 ) -> GradingRun:
     """Grade stored lots; with ``standard`` None each lot by the scheme of its declared type.
 
@@ -209,52 +181,54 @@ def grade_lots(
     Lots whose declared type has no scheme get ``standard = None`` and ``grade = None`` with
     a ``note`` saying to pass a standard. With ``record`` the run is stored as a result
     record (``results/grade``) that names each lot's segment by SHA-256.
+
+    The work runs one task per segment (:func:`fibergrade.segment_tasks.grade_segment`) on
+    ``executor`` (default: this process; :mod:`fibergrade.cluster` for a Dask cluster);
+    this process alone assembles the records and stores the result.
     """
     lots = _select_lots(store, lot_ids)
     fixed: Standard | None = load_standard(standard) if standard is not None else None
     chosen: list[Standard | None] = [
         fixed if fixed is not None else standard_for_type(r.meta.declared_type) for r in lots
     ]
+    distinct = list({(s.digest if s is not None else None): s for s in chosen}.values())
+    slot = {(s.digest if s is not None else None): k for k, s in enumerate(distinct)}
     cuts = sorted({s.cut_um for s in chosen if s is not None} or {DEFAULT_CUT_UM})
     cal = lot_calibrations(store, [r.meta for r in lots], allow_uncalibrated=uncalibrated)
     corr = None if cal.identity else (cal.intercept, cal.slope)
-    summaries = {
-        cut: summarise_lots(store, lots, cut, engine, progress, corrections=corr) for cut in cuts
-    }
-    records: list[dict[str, Any]] = [{} for _ in lots]
+    model = None
+    if screen and lots:  # issue 5: the screening verdict is part of the grade record
+        from fibergrade.screening import load_model
 
-    groups: dict[str | None, list[int]] = defaultdict(list)
-    for i, s in enumerate(chosen):
-        groups[None if s is None else s.digest].append(i)
-    for key, idxs in groups.items():
-        std = chosen[idxs[0]]
-        summ = summaries[std.cut_um if std is not None else cuts[0]].select(idxs)
-        figure_recs = summ.to_records()
-        grade_recs = (
-            grade(summ, std).records()
-            if std is not None
-            else [{"standard": None, "grade": None, "criteria": []}] * len(idxs)
-        )
+        model = load_model()  # loaded and verified before any lot is read
+    tasks, where = plan_tasks(
+        store, lots, corr, [slot[s.digest if s is not None else None] for s in chosen]
+    )
+    plan = GradePlan(standards=tuple(distinct), default_cut=cuts[0], engine=engine)
+    parts = (executor or InProcess()).map(
+        grade_segment, tasks, label="grade", progress=progress, plan=plan, model=model
+    )
+    records: list[dict[str, Any]] = [{} for _ in lots]
+    verdicts: list[dict[str, Any]] = [{} for _ in lots]
+    for idxs, part in zip(where, parts, strict=True):
         for j, i in enumerate(idxs):
-            rec = figure_recs[j] | grade_recs[j]
+            rec = part.records[j]
             meta = lots[i].meta
             rec["declared_type"] = meta.declared_type
             rec["origin"] = meta.origin
             rec["segment"] = lots[i].segment
-            if std is None:
+            if chosen[i] is None:
                 rec["note"] = (
                     f"no grading scheme for declared type {meta.declared_type!r}; "
                     "pass --standard to grade this lot"
                 )
             records[i] = rec
-        del key
-    cal_fields = cal.record_fields(summaries[cuts[0]]["mfd_um"]) if records else []
-    for rec, fields in zip(records, cal_fields, strict=True):
+            if part.screening is not None:
+                verdicts[i] = part.screening[j]
+    mfd = np.array([np.nan if r["mfd_um"] is None else r["mfd_um"] for r in records])
+    for rec, fields in zip(records, cal.record_fields(mfd), strict=True):
         rec.update(fields)
-    if screen and records:  # issue 5: the screening verdict is part of the grade record
-        from fibergrade.screening import screening_for_grades
-
-        verdicts = screening_for_grades(summaries[cuts[0]], [r.meta.declared_type for r in lots])
+    if model is not None:
         for rec, verdict in zip(records, verdicts, strict=True):
             rec["screening"] = verdict
     created = _now()

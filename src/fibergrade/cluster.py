@@ -1,0 +1,256 @@
+"""Where per-segment work runs: in this process, or on a Dask cluster.
+
+``grade``, ``screen`` and ``certify`` split their work into one task per store segment
+(:mod:`fibergrade.segment_tasks`) and hand the tasks to an executor:
+
+* :class:`InProcess` (no ``--workers`` / ``--scheduler``) runs them one after another
+  here, which is exactly the single-process behaviour;
+* :class:`DaskExecutor` submits them to a ``dask.distributed`` cluster: a
+  ``LocalCluster`` of N worker processes (``--workers N``) or an existing scheduler
+  (``--scheduler tcp://HOST:PORT``). No scheduler of our own: Dask places the tasks, and
+  when a worker process dies mid-task Dask runs the task again elsewhere (up to
+  ``distributed.scheduler.allowed-failures`` times, then :class:`ClusterError`).
+
+Tasks receive segment paths and open the files themselves; they return plain records and
+write nothing. The caller, the single writer, stores results only after every task has
+succeeded, so a failed or half-finished task never leaves anything in the store. Objects
+shared by every task of a run (the grading plan, the screening model) are scattered to the
+workers once; the model travels as its verified file bytes and is rebuilt on each worker
+by the same trusted-type checks (:func:`fibergrade.screening.model_from_blob`).
+
+Before any work the client checks that every worker runs the same fibergrade version, so
+that a result never mixes figures from two versions of the software.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+from fibergrade.errors import FibergradeError
+
+T = TypeVar("T")
+R = TypeVar("R")
+Progress = Callable[[int, int], None]
+
+#: how long to wait for an existing scheduler to answer, and for its first worker
+CONNECT_TIMEOUT_S = 20.0
+
+
+class ClusterError(FibergradeError):
+    """The cluster cannot be started or reached, or a task could not be completed on it."""
+
+    exit_code = 6
+
+
+class TaskFailed(FibergradeError):
+    """A task raised a fibergrade error on a worker; carries its message and exit code.
+
+    Built on the worker from the original error so that it always pickles back to the
+    client, whatever the original error's constructor takes.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1, kind: str = "FibergradeError") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        return (TaskFailed, (str(self), self.exit_code, self.kind))
+
+
+class Executor(Protocol):
+    """Runs ``fn(task, **shared)`` for every task and returns the results in task order."""
+
+    #: a short description for messages ("in this process", "2 Dask workers at ...")
+    where: str
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        tasks: Sequence[T],
+        *,
+        label: str,
+        progress: Progress | None = None,
+        **shared: Any,
+    ) -> list[R]: ...
+
+
+class InProcess:
+    """Run every task here, one after another (the default: no cluster)."""
+
+    where = "in this process"
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        tasks: Sequence[T],
+        *,
+        label: str,
+        progress: Progress | None = None,
+        **shared: Any,
+    ) -> list[R]:
+        del label
+        out = []
+        for k, task in enumerate(tasks):
+            out.append(fn(task, **shared))
+            if progress:
+                progress(k + 1, len(tasks))
+        return out
+
+
+def _run_task(fn: Callable[..., R], task: Any, **shared: Any) -> R:
+    """Worker side: run one task; a fibergrade error comes back as :class:`TaskFailed`."""
+    try:
+        return fn(task, **shared)
+    except FibergradeError as exc:
+        raise TaskFailed(str(exc), exc.exit_code, type(exc).__name__) from None
+
+
+def _worker_versions() -> dict[str, str]:
+    import numpy
+
+    import fibergrade
+
+    return {"fibergrade": fibergrade.__version__, "numpy": numpy.__version__}
+
+
+class DaskExecutor:
+    """Run tasks on a ``dask.distributed`` cluster through ``client``."""
+
+    def __init__(self, client: Any, where: str) -> None:
+        self.client = client
+        self.where = where
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        tasks: Sequence[T],
+        *,
+        label: str,
+        progress: Progress | None = None,
+        **shared: Any,
+    ) -> list[R]:
+        from distributed import KilledWorker, as_completed
+
+        if not tasks:
+            return []
+        # shared objects go to every worker once, not inside each task
+        scattered = {
+            k: v if v is None else self.client.scatter(v, broadcast=True, hash=False)
+            for k, v in shared.items()
+        }
+        run = uuid.uuid4().hex[:8]
+        keys = [f"{label}-{run}-{k}" for k in range(len(tasks))]
+        futures = self.client.map(_run_task, [fn] * len(tasks), tasks, key=keys, **scattered)
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                if future.status == "error":
+                    future.result()  # raises the task's error
+                if progress:
+                    progress(done, len(tasks))
+            return [f.result() for f in futures]
+        except KilledWorker as exc:
+            raise ClusterError(
+                f"{label}: a task kept killing the workers that ran it ({exc}); nothing was "
+                "stored. Check the workers' logs (memory limit, missing packages)"
+            ) from None
+        finally:
+            self.client.cancel(futures + [f for f in scattered.values() if f is not None])
+
+
+def worker_environment(n_workers: int) -> dict[str, str]:
+    """Environment of local workers: the machine's cores shared out between them, so the
+    compiled kernels (numba) and scikit-learn's OpenMP do not oversubscribe the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = str(max(1, (cores or 1) // n_workers))
+    return {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+
+
+def _check_versions(client: Any, where: str) -> None:
+    mine = _worker_versions()
+    theirs = client.run(_worker_versions)
+    if not theirs:
+        raise ClusterError(f"{where}: no workers are connected")
+    odd = {w: v for w, v in theirs.items() if v != mine}
+    if odd:
+        shown = "; ".join(f"{w}: {v}" for w, v in sorted(odd.items())[:5])
+        raise ClusterError(
+            f"{where}: workers run other software than this client ({mine}): {shown}. "
+            "Install the same fibergrade version on every worker"
+        )
+
+
+@contextmanager
+def executor(workers: int | None = None, scheduler: str | None = None) -> Iterator[Executor]:
+    """The executor for ``--workers N`` (a local cluster of N processes), ``--scheduler
+    ADDRESS`` (an existing cluster) or neither (this process). The cluster is closed on
+    exit; an existing cluster is only disconnected from."""
+    if workers is None and scheduler is None:
+        yield InProcess()
+        return
+    if workers is not None and scheduler is not None:
+        raise ClusterError("give either --workers (a local cluster) or --scheduler, not both")
+    if workers is not None and workers < 1:
+        raise ClusterError(f"--workers must be at least 1, got {workers}")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - a base dependency
+        raise ClusterError(f"dask.distributed is not installed ({exc})") from exc
+
+    cluster = None
+    try:
+        if workers is not None:
+            where = f"a local cluster of {workers} worker process(es)"
+            try:
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                    env=worker_environment(workers),
+                )
+            except Exception as exc:  # distributed raises several kinds on start-up
+                raise ClusterError(f"cannot start {where}: {exc}") from exc
+            client = Client(cluster)
+        else:
+            where = f"the Dask scheduler at {scheduler}"
+            try:
+                client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise ClusterError(
+                    f"cannot reach {where}: {exc}. Is `dask scheduler` running there, and "
+                    "is the address tcp://HOST:PORT?"
+                ) from exc
+        try:
+            if scheduler is not None:
+                try:
+                    client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+                except TimeoutError as exc:
+                    raise ClusterError(
+                        f"{where} has no workers after {CONNECT_TIMEOUT_S:.0f} s; start some "
+                        f"with `dask worker {scheduler}`"
+                    ) from exc
+            _check_versions(client, where)
+            yield DaskExecutor(client, where)
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+__all__ = [
+    "ClusterError",
+    "DaskExecutor",
+    "Executor",
+    "InProcess",
+    "TaskFailed",
+    "executor",
+    "worker_environment",
+]

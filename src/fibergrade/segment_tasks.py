@@ -1,0 +1,175 @@
+"""The unit of work of ``grade``, ``screen`` and ``certify``: one store segment.
+
+DESIGN.md makes the segment the unit of work. Each function here takes one
+:class:`SegmentTask` (the segment file's path and digest, which of its lots, their declared
+types and calibration lines) plus arguments shared by the whole run, opens the file itself,
+and returns plain data: per-lot figure, grade and screening records. It never writes to the
+store; the one process that gathers the results stores them.
+
+Both execution paths run exactly these functions: the direct path one segment after another
+in this process, the cluster path (:mod:`fibergrade.cluster`) on Dask workers that receive
+the task by value and open the segment by path (h5py objects cannot be pickled, and h5py's
+global lock would serialise threads). The same code on the same bytes gives the same
+figures; ``tests/test_cluster.py`` checks it on a real two-process cluster.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fibergrade.calibration import correct_fibres, correct_histograms
+from fibergrade.distribution import Engine, LotSummary, summarise, summarise_histograms
+from fibergrade.errors import StoreCorruptError
+from fibergrade.measurements import FibreLots, HistogramLots
+from fibergrade.store import read_segment_file, verify_segment_file
+
+if TYPE_CHECKING:
+    from fibergrade.grading import Standard
+    from fibergrade.screening import ScreeningModel
+    from fibergrade.store import LotRecord, Store
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    """Some lots of one committed segment, with what a worker needs to process them."""
+
+    path: str  # the segment file; a worker must see the store at this same path
+    digest: str  # its SHA-256 (the segment's name in the store)
+    positions: tuple[int, ...]  # the lots' indices inside the segment
+    declared: tuple[str | None, ...]  # declared type of each lot
+    #: each lot's calibration line (None: raw diameters); see fibergrade.calibration
+    intercept: np.ndarray | None = None
+    slope: np.ndarray | None = None
+    #: per lot, an index into the run's list of standards (grading only)
+    standard: tuple[int, ...] = ()
+
+
+def plan_tasks(
+    store: Store,
+    lots: list[LotRecord],
+    corrections: tuple[np.ndarray, np.ndarray] | None = None,
+    standard_index: list[int] | None = None,
+) -> tuple[list[SegmentTask], list[list[int]]]:
+    """One task per segment holding any of ``lots``; and, per task, the indices into
+    ``lots`` of its lots (to put the results back in the caller's order)."""
+    by_segment: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(lots):
+        by_segment[r.segment].append(i)
+    tasks = []
+    for digest, idxs in by_segment.items():
+        tasks.append(
+            SegmentTask(
+                path=str(store.segment_path(digest)),
+                digest=digest,
+                positions=tuple(lots[i].index for i in idxs),
+                declared=tuple(lots[i].meta.declared_type for i in idxs),
+                intercept=None if corrections is None else corrections[0][idxs],
+                slope=None if corrections is None else corrections[1][idxs],
+                standard=() if standard_index is None else tuple(standard_index[i] for i in idxs),
+            )
+        )
+    return tasks, list(by_segment.values())
+
+
+def read_task_lots(task: SegmentTask) -> FibreLots | HistogramLots:
+    """The task's lots, read from its segment file and corrected by their calibration."""
+    path = Path(task.path)
+    if not path.is_file():
+        raise StoreCorruptError(
+            f"{path}: segment {task.digest[:16]}... is not readable here; every process that "
+            "grades (each cluster worker too) must see the store at this same path"
+        )
+    table = read_segment_file(path)
+    pos = list(task.positions)
+    sub = table if pos == list(range(table.n_lots)) else table.select(pos)
+    if task.intercept is None or task.slope is None:
+        return sub
+    if isinstance(sub, FibreLots):
+        return correct_fibres(sub, task.intercept, task.slope)
+    return correct_histograms(sub, task.intercept, task.slope)
+
+
+def summarise_table(table: FibreLots | HistogramLots, cut_um: float, engine: Engine) -> LotSummary:
+    """Figures of every lot of a table of fibres or of class counts."""
+    if isinstance(table, FibreLots):
+        return summarise(table, cut_um, engine=engine)
+    return summarise_histograms(table, cut_um)
+
+
+def summarise_segment(task: SegmentTask, cut_um: float, engine: Engine = "fast") -> LotSummary:
+    """Figures of the task's lots, in the task's order."""
+    return summarise_table(read_task_lots(task), cut_um, engine)
+
+
+@dataclass(frozen=True)
+class GradePlan:
+    """What every grading task of one run shares."""
+
+    standards: tuple[Standard | None, ...]  # indexed by SegmentTask.standard
+    default_cut: float  # lots without a scheme, and screening, use this cut
+    engine: Engine = "fast"
+
+
+@dataclass
+class SegmentGrades:
+    """Per lot of one task: figure + grade records, and screening entries (or None)."""
+
+    records: list[dict[str, Any]]
+    screening: list[dict[str, Any]] | None
+
+
+def grade_segment(
+    task: SegmentTask, plan: GradePlan, model: ScreeningModel | None = None
+) -> SegmentGrades:
+    """Figures and grades of the task's lots; with ``model`` their screening too."""
+    from fibergrade.grading import grade
+    from fibergrade.screening import screening_entries
+
+    table = read_task_lots(task)
+    cut_of = [
+        plan.default_cut if (s := plan.standards[k]) is None else s.cut_um for k in task.standard
+    ]
+    cuts = set(cut_of) | ({plan.default_cut} if model is not None else set())
+    summaries = {cut: summarise_table(table, cut, plan.engine) for cut in sorted(cuts)}
+    records: list[dict[str, Any]] = [{} for _ in task.positions]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for j, k in enumerate(task.standard):
+        groups[k].append(j)
+    for k, idxs in groups.items():
+        std = plan.standards[k]
+        summ = summaries[cut_of[idxs[0]]].select(idxs)
+        grade_recs = (
+            grade(summ, std).records()
+            if std is not None
+            else [{"standard": None, "grade": None, "criteria": []}] * len(idxs)
+        )
+        for j, fig, gr in zip(idxs, summ.to_records(), grade_recs, strict=True):
+            records[j] = fig | gr
+    verdicts = None
+    if model is not None:
+        verdicts = screening_entries(model, summaries[plan.default_cut], list(task.declared))
+    return SegmentGrades(records, verdicts)
+
+
+def screen_segment(task: SegmentTask, model: ScreeningModel, cut_um: float) -> list[dict[str, Any]]:
+    """Screening records (:meth:`~fibergrade.screening.Screening.records`) of the task's lots."""
+    from fibergrade.screening import screen
+
+    summary = summarise_segment(task, cut_um)
+    return screen(model, summary, list(task.declared)).records()
+
+
+def check_segment(task: SegmentTask) -> str:
+    """Hash the segment file and compare with its name (raises
+    :class:`~fibergrade.errors.StoreCorruptError`); returns the digest.
+
+    Run before certificates that cite the segment are signed, so that no certificate names
+    raw data that no longer hash to what it says.
+    """
+    verify_segment_file(Path(task.path), task.digest)
+    return task.digest
