@@ -4,6 +4,7 @@ Mongolian and Kazakh place names print)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,9 @@ def render_pdf(envelope: dict[str, Any], record: dict[str, Any], path: str | Pat
     for line in lines:
         pdf.cell(0, 3.8, line, new_x="LMARGIN", new_y="NEXT")
     out = Path(path)
-    pdf.output(str(out))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    pdf.output(str(tmp))
+    os.replace(tmp, out)  # a reader never sees half a PDF
     return out
 
 

@@ -327,8 +327,15 @@ def certify_lots(
     reissue_reason: str | None = None,
     pdf: bool = True,
     progress: Any = None,
+    executor: Any = None,
 ) -> CertifyOutcome:
-    """Issue one certificate per lot (all refusals are found before anything is issued)."""
+    """Issue one certificate per lot (all refusals are found before anything is issued).
+
+    Every raw segment the certificates cite is hashed and the PDFs are rendered first, one
+    task per segment on ``executor`` (default: this process; :mod:`fibergrade.cluster`);
+    then this process alone writes the JSON files and stores the certificates.
+    ``progress(done, total, stage)`` reports both stages.
+    """
     from fibergrade.workflow import latest_grades
 
     graded = latest_grades(store)
@@ -370,23 +377,52 @@ def certify_lots(
     ]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = CertifyOutcome()
-    for i, doc in enumerate(docs):
+    envs = []
+    for doc in docs:
         if reissue_reason and doc["supersedes"]:
             doc["reissue_reason"] = reissue_reason
-        env = sign(doc, private_key)
+        envs.append(sign(doc, private_key))
+    pdf_paths = [out / f"{doc['certificate_number']}.pdf" for doc in docs]
+    # Check every cited raw segment and render the PDFs, one task per segment (on a
+    # cluster when asked); only when all succeed is anything stored.
+    by_segment: dict[str, list[int]] = {}
+    for i, doc in enumerate(docs):
+        by_segment.setdefault(doc["raw_segment"]["sha256"], []).append(i)
+    from fibergrade.cluster import InProcess
+    from fibergrade.segment_tasks import CertifyTask, certify_segment
+
+    tasks = [
+        CertifyTask(
+            path=str(store.segment_path(seg)),
+            digest=seg,
+            envelopes=tuple(envs[i] for i in idxs),
+            records=tuple(graded[docs[i]["lot"]["lot_id"]] for i in idxs),
+            pdf_paths=tuple(str(pdf_paths[i]) for i in idxs) if pdf else (),
+        )
+        for seg, idxs in by_segment.items()
+    ]
+    stage = "checking raw data" + (", rendering PDFs" if pdf else "")
+    try:
+        (executor or InProcess()).map(
+            certify_segment,
+            tasks,
+            label="certify",
+            progress=(lambda k, n: progress(k, n, stage)) if progress else None,
+        )
+    except BaseException:
+        for p in pdf_paths:  # PDFs of certificates that are not issued
+            p.unlink(missing_ok=True)
+        raise
+    result = CertifyOutcome()
+    for i, (doc, env) in enumerate(zip(docs, envs, strict=True)):
         number = doc["certificate_number"]
         jpath = out / f"{number}.json"
         jpath.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         store.put_result("certificate", env)  # the store logs it in the audit log
-        ppath = None
-        if pdf:
-            from fibergrade.certificate_pdf import render_pdf
-
-            ppath = render_pdf(env, graded[doc["lot"]["lot_id"]], out / f"{number}.pdf")
+        ppath = pdf_paths[i] if pdf else None
         result.issued.append(Issued(number, jpath, ppath, env, doc["supersedes"]))
         if progress:
-            progress(i + 1, len(docs))
+            progress(i + 1, len(docs), "storing certificates")
     if docs:
         audit.checkpoint(private_key)
     return result

@@ -6,6 +6,7 @@ numba, matplotlib) are imported inside commands so ``fibergrade --help`` starts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -28,8 +29,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 StoreOpt = Annotated[
     Path,
@@ -59,10 +60,47 @@ def _progress(label: str, enabled: bool = True):  # type: ignore[no-untyped-def]
     )
     task = prog.add_task(label, total=None)
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, stage: str | None = None) -> None:
+        if stage is not None:
+            prog.update(task, description=stage)
         prog.update(task, completed=done, total=total)
 
     return prog, update
+
+
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Run the per-segment work on a local Dask cluster of N worker processes.",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        envvar="FIBERGRADE_SCHEDULER",
+        help="Run the per-segment work on an existing Dask cluster, e.g. tcp://HOST:8786 "
+        "(env FIBERGRADE_SCHEDULER); workers must see the store at the same path.",
+    ),
+]
+
+
+@contextlib.contextmanager
+def _executor(workers: int | None, scheduler: str | None, quiet: bool):  # type: ignore[no-untyped-def]
+    """The executor for --workers / --scheduler (this process when neither is given)."""
+    from fibergrade.cluster import executor
+
+    with contextlib.ExitStack() as stack:
+        if quiet or (workers is None and scheduler is None):
+            yield stack.enter_context(executor(workers, scheduler))
+            return
+        what = f"a local Dask cluster of {workers} worker(s)" if workers else scheduler
+        with err.status(f"connecting to {what} ..."):
+            ex = stack.enter_context(executor(workers, scheduler))
+        err.print(f"working on {ex.where}")
+        yield ex
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -326,15 +364,20 @@ def grade_(
         ),
     ] = False,
     store: StoreOpt = DEFAULT_STORE,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Grade lots and record the result; every criterion's value, limit and verdict."""
     from fibergrade.workflow import grade_lots
 
     st = _open_store(store)
-    prog, update = _progress("grading segments", enabled=not json_)
-    with prog:
-        run = grade_lots(st, lots, standard, progress=update, uncalibrated=uncalibrated)
+    with _executor(workers, scheduler, quiet=json_) as ex:
+        prog, update = _progress("grading segments", enabled=not json_)
+        with prog:
+            run = grade_lots(
+                st, lots, standard, progress=update, uncalibrated=uncalibrated, executor=ex
+            )
     if json_:
         _print_json(run.records)
         return
@@ -1331,15 +1374,18 @@ def screen_(
     store: StoreOpt = DEFAULT_STORE,
     model_dir: ModelDirOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="List clean lots too.")] = False,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Screen lots for contamination and mislabelling; records the verdicts."""
     from fibergrade.screening import screen_stored_lots
 
     st = _open_store(store)
-    prog, update = _progress("screening segments", enabled=not json_)
-    with prog:
-        run = screen_stored_lots(st, lots, model_dir, progress=update)
+    with _executor(workers, scheduler, quiet=json_) as ex:
+        prog, update = _progress("screening segments", enabled=not json_)
+        with prog:
+            run = screen_stored_lots(st, lots, model_dir, progress=update, executor=ex)
     if json_:
         _print_json(run.records)
         return
@@ -1584,6 +1630,8 @@ def certify_(
     reason: Annotated[str | None, typer.Option("--reason", help="Why (with --reissue).")] = None,
     pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also render PDFs.")] = True,
     store: StoreOpt = DEFAULT_STORE,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Issue signed certificates (JSON + PDF) for graded lots."""
@@ -1604,18 +1652,20 @@ def certify_(
             and lot not in done
         ]
     private = load_private_key(key, passphrase)
-    prog, update = _progress("certifying", enabled=not json_)
-    with prog:
-        res = certify_lots(
-            st,
-            lots,
-            private,
-            out_dir,
-            lab_name=lab,
-            reissue_reason=reason if reissue else None,
-            pdf=pdf,
-            progress=update,
-        )
+    with _executor(workers, scheduler, quiet=json_) as ex:
+        prog, update = _progress("certifying", enabled=not json_)
+        with prog:
+            res = certify_lots(
+                st,
+                lots,
+                private,
+                out_dir,
+                lab_name=lab,
+                reissue_reason=reason if reissue else None,
+                pdf=pdf,
+                progress=update,
+                executor=ex,
+            )
     if json_:
         _print_json(
             [

@@ -15,8 +15,10 @@ Tasks receive segment paths and open the files themselves; they return plain rec
 write nothing. The caller, the single writer, stores results only after every task has
 succeeded, so a failed or half-finished task never leaves anything in the store. Objects
 shared by every task of a run (the grading plan, the screening model) are scattered to the
-workers once; the model travels as its verified file bytes and is rebuilt on each worker
-by the same trusted-type checks (:func:`fibergrade.screening.model_from_blob`).
+workers once. Dask ships them by pickle, as it ships every task: the trust boundary is this
+client, which loaded the model from its skops file and verified it (digest against the
+model card, trusted types) before any lot was read. A worker runs whatever the client sends,
+so a cluster must only accept clients the lab trusts (README, "Running on a cluster").
 
 Before any work the client checks that every worker runs the same fibergrade version, so
 that a result never mixes figures from two versions of the software.
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from fibergrade.errors import FibergradeError
 
@@ -185,6 +189,27 @@ def _check_versions(client: Any, where: str) -> None:
         )
 
 
+def _probe(address: str, where: str) -> None:
+    """Fail at once, with a clear message, when nothing listens at a TCP or TLS address
+    (Dask itself keeps retrying a refused connection until its timeout)."""
+    url = urlsplit(address if "://" in address else f"tcp://{address}")
+    if url.scheme not in ("tcp", "tls"):
+        return  # other transports: let Dask connect
+    try:
+        host, port = url.hostname, url.port
+    except ValueError as exc:
+        raise ClusterError(f"{where}: not an address of the form tcp://HOST:PORT ({exc})") from exc
+    if not host or port is None:
+        raise ClusterError(f"{where}: not an address of the form tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach {where}: {exc}. Is `dask scheduler` running there, and is the "
+            "address tcp://HOST:PORT?"
+        ) from exc
+
+
 @contextmanager
 def executor(workers: int | None = None, scheduler: str | None = None) -> Iterator[Executor]:
     """The executor for ``--workers N`` (a local cluster of N processes), ``--scheduler
@@ -220,6 +245,7 @@ def executor(workers: int | None = None, scheduler: str | None = None) -> Iterat
             client = Client(cluster)
         else:
             where = f"the Dask scheduler at {scheduler}"
+            _probe(str(scheduler), where)
             try:
                 client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError, ValueError) as exc:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -267,19 +267,10 @@ class ScreeningModel:
     typical: dict[str, dict[str, list[float]]]  # declared type -> figure -> [p1, p50, p99]
     digest: str  # SHA-256 of the model file
     path: Path | None = None
-    #: the verified bytes of the model file, shipped to cluster workers (fibergrade.cluster)
-    blob: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def model_id(self) -> str:
         return f"screening-{self.digest[:12]}"
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        # A loaded model travels to cluster workers as its verified file bytes and is
-        # rebuilt there by the same checks (model_from_blob), never as a raw pickle.
-        if self.blob:
-            return (model_from_blob, (self.blob, self.digest))
-        return super().__reduce_ex__(protocol)
 
 
 def save_bundle(path: Path, model: ScreeningModel) -> str:
@@ -333,27 +324,6 @@ def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
     return _model_from_bytes(data, digest, path)
 
 
-#: models rebuilt from shipped bytes, by SHA-256 (a cluster worker loads each once)
-_FROM_BLOB: dict[str, ScreeningModel] = {}
-
-
-def model_from_blob(data: bytes, digest: str) -> ScreeningModel:
-    """The model whose verified file bytes a client shipped (see :mod:`fibergrade.cluster`).
-
-    The bytes must hash to ``digest``; they pass the same trusted-type and format checks
-    as :func:`load_model`. Each worker process rebuilds a given model once.
-    """
-    if digest not in _FROM_BLOB:
-        got = sha256_bytes(data)
-        if got != digest:
-            raise ModelError(
-                f"shipped screening model hashes to {got[:16]}..., expected {digest[:16]}...; "
-                "it was damaged in transit"
-            )
-        _FROM_BLOB[digest] = _model_from_bytes(data, digest, None)
-    return _FROM_BLOB[digest]
-
-
 def _model_from_bytes(data: bytes, digest: str, path: Path | None) -> ScreeningModel:
     """Check and load a skops screening bundle whose SHA-256 is already verified."""
     import skops.io as sio
@@ -397,7 +367,6 @@ def _model_from_bytes(data: bytes, digest: str, path: Path | None) -> ScreeningM
         typical=bundle["typical"],
         digest=digest,
         path=path,
-        blob=data,
     )
 
 

@@ -164,12 +164,29 @@ def screen_segment(task: SegmentTask, model: ScreeningModel, cut_um: float) -> l
     return screen(model, summary, list(task.declared)).records()
 
 
-def check_segment(task: SegmentTask) -> str:
-    """Hash the segment file and compare with its name (raises
-    :class:`~fibergrade.errors.StoreCorruptError`); returns the digest.
+@dataclass(frozen=True)
+class CertifyTask:
+    """The signed certificates that cite one raw segment, to check it and render them."""
 
-    Run before certificates that cite the segment are signed, so that no certificate names
-    raw data that no longer hash to what it says.
+    path: str  # the segment file the certificates name by SHA-256
+    digest: str
+    envelopes: tuple[dict[str, Any], ...]  # signed certificates
+    records: tuple[dict[str, Any], ...]  # the grade record each was made from
+    pdf_paths: tuple[str, ...] = ()  # where to write each PDF (empty: no PDFs)
+
+
+def certify_segment(task: CertifyTask) -> int:
+    """Hash the raw segment the certificates cite (refusing data altered since import),
+    then render their PDFs; returns the number of PDFs written.
+
+    Runs before any certificate is stored, so none is issued on raw data that no longer
+    hash to what it names. PDFs are written whole (temporary file, then rename) into the
+    output folder, which on a cluster must be a shared path like the store.
     """
     verify_segment_file(Path(task.path), task.digest)
-    return task.digest
+    from fibergrade.certificate_pdf import render_pdf
+
+    # pdf_paths is empty when no PDFs are wanted: then nothing is rendered
+    for env, rec, pdf in zip(task.envelopes, task.records, task.pdf_paths, strict=False):
+        render_pdf(env, rec, pdf)
+    return len(task.pdf_paths)
