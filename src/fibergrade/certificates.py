@@ -393,11 +393,11 @@ def certify_lots(
 
     tasks = [
         CertifyTask(
-            path=str(store.segment_path(seg)),
+            path=str(Path(store.segment_path(seg)).resolve()),
             digest=seg,
             envelopes=tuple(envs[i] for i in idxs),
             records=tuple(graded[docs[i]["lot"]["lot_id"]] for i in idxs),
-            pdf_paths=tuple(str(pdf_paths[i]) for i in idxs) if pdf else (),
+            pdf_paths=tuple(str(pdf_paths[i].resolve()) for i in idxs) if pdf else (),
         )
         for seg, idxs in by_segment.items()
     ]

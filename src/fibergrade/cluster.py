@@ -115,6 +115,11 @@ def _run_task(fn: Callable[..., R], task: Any, **shared: Any) -> R:
         raise TaskFailed(str(exc), exc.exit_code, type(exc).__name__) from None
 
 
+def _shared(value: T) -> T:
+    """A task whose result is ``value``: how a run's shared objects reach the workers."""
+    return value
+
+
 def _worker_versions() -> dict[str, str]:
     import numpy
 
@@ -143,14 +148,16 @@ class DaskExecutor:
 
         if not tasks:
             return []
-        # shared objects go to every worker once, not inside each task
-        scattered = {
-            k: v if v is None else self.client.scatter(v, broadcast=True, hash=False)
+        run = uuid.uuid4().hex[:8]
+        # Objects shared by every task (plan, model) travel once per worker that needs them,
+        # not inside each task. They are results of tasks, not scattered data, so when the
+        # worker holding one dies Dask can recompute it: scattered data would be lost.
+        shared_futures = {
+            k: self.client.submit(_shared, v, key=f"{label}-{run}-{k}", pure=False)
             for k, v in shared.items()
         }
-        run = uuid.uuid4().hex[:8]
         keys = [f"{label}-{run}-{k}" for k in range(len(tasks))]
-        futures = self.client.map(_run_task, [fn] * len(tasks), tasks, key=keys, **scattered)
+        futures = self.client.map(_run_task, [fn] * len(tasks), tasks, key=keys, **shared_futures)
         try:
             for done, future in enumerate(as_completed(futures), start=1):
                 if future.status == "error":
@@ -164,7 +171,7 @@ class DaskExecutor:
                 "stored. Check the workers' logs (memory limit, missing packages)"
             ) from None
         finally:
-            self.client.cancel(futures + [f for f in scattered.values() if f is not None])
+            self.client.cancel(futures + list(shared_futures.values()))
 
 
 def worker_environment(n_workers: int) -> dict[str, str]:
@@ -236,7 +243,7 @@ def executor(workers: int | None = None, scheduler: str | None = None) -> Iterat
                     n_workers=workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # any free port: several clusters may run
                     silence_logs=logging.ERROR,
                     env=worker_environment(workers),
                 )

@@ -15,6 +15,7 @@ figures; ``tests/test_cluster.py`` checks it on a real two-process cluster.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 class SegmentTask:
     """Some lots of one committed segment, with what a worker needs to process them."""
 
-    path: str  # the segment file; a worker must see the store at this same path
+    path: str  # the segment file, absolute; a worker must see the store at this same path
     digest: str  # its SHA-256 (the segment's name in the store)
     positions: tuple[int, ...]  # the lots' indices inside the segment
     declared: tuple[str | None, ...]  # declared type of each lot
@@ -64,7 +65,7 @@ def plan_tasks(
     for digest, idxs in by_segment.items():
         tasks.append(
             SegmentTask(
-                path=str(store.segment_path(digest)),
+                path=os.path.abspath(store.segment_path(digest)),
                 digest=digest,
                 positions=tuple(lots[i].index for i in idxs),
                 declared=tuple(lots[i].meta.declared_type for i in idxs),
@@ -168,7 +169,7 @@ def screen_segment(task: SegmentTask, model: ScreeningModel, cut_um: float) -> l
 class CertifyTask:
     """The signed certificates that cite one raw segment, to check it and render them."""
 
-    path: str  # the segment file the certificates name by SHA-256
+    path: str  # the segment file the certificates name by SHA-256 (absolute)
     digest: str
     envelopes: tuple[dict[str, Any], ...]  # signed certificates
     records: tuple[dict[str, Any], ...]  # the grade record each was made from
@@ -185,8 +186,12 @@ def certify_segment(task: CertifyTask) -> int:
     """
     verify_segment_file(Path(task.path), task.digest)
     from fibergrade.certificate_pdf import render_pdf
+    from fibergrade.certificates import CertificateError
 
     # pdf_paths is empty when no PDFs are wanted: then nothing is rendered
     for env, rec, pdf in zip(task.envelopes, task.records, task.pdf_paths, strict=False):
-        render_pdf(env, rec, pdf)
+        try:
+            render_pdf(env, rec, pdf)
+        except OSError as exc:
+            raise CertificateError(f"{pdf}: cannot write the certificate PDF: {exc}") from exc
     return len(task.pdf_paths)

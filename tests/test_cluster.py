@@ -1,0 +1,371 @@
+"""Scale-out on Dask (issue 8): a real local cluster of two worker processes grades,
+screens and certifies a store of many segments with results identical to this process;
+a worker killed mid-run is retried; failures store nothing; the CLI's --workers and
+--scheduler options work end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import dask
+import numpy as np
+import pytest
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from fibergrade.adapters.writers import to_histograms
+from fibergrade.certificates import certify_lots
+from fibergrade.cluster import (
+    ClusterError,
+    DaskExecutor,
+    InProcess,
+    TaskFailed,
+    _check_versions,
+    executor,
+    worker_environment,
+)
+from fibergrade.demo_calibration import calibrate_simulated_instruments
+from fibergrade.keys import init_keys, load_private_key
+from fibergrade.measurements import LotMeta
+from fibergrade.screening import screen_stored_lots
+from fibergrade.segment_tasks import plan_tasks, summarise_segment
+from fibergrade.store import Store
+from fibergrade.synthetic import demo_day
+from fibergrade.workflow import grade_lots, latest_grades
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    # one pytest-xdist worker runs the whole module, so its cluster is started once
+    pytest.mark.xdist_group("dask-cluster"),
+]
+
+# the plugins below are defined here, in a module the workers cannot import
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+EXE = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+DATE = "2026-11-20"
+FIBRE_SEGMENTS = 5
+
+
+def build_store(root: Path, work: Path) -> Store:
+    """A calibrated store of several fibre segments and one histogram segment."""
+    day = demo_day(seed=11, n_lots=48, date=DATE)
+    store = Store.open(root)
+    calibrate_simulated_instruments(store, work, seed=11, date=DATE)
+    ids = day.fibres.lot_ids
+    n_hist = 8
+    chunks = np.array_split(np.arange(len(ids) - n_hist), FIBRE_SEGMENTS)
+    for k, idx in enumerate(chunks):
+        part = day.fibres.select(idx)
+        store.import_fibres(
+            part,
+            {x: day.meta[x] for x in part.lot_ids},
+            source_name=f"ofda-part-{k}.csv",
+            source_digest=f"{k:064x}",
+        )
+    hist = to_histograms(day.fibres.select(np.arange(len(ids) - n_hist, len(ids))))
+    meta = {}
+    for x in hist.lot_ids:
+        d = day.meta[x].to_dict()
+        d["instrument_id"] = "LASERSCAN-SIM-2"
+        meta[x] = LotMeta.from_dict(d)
+    store.import_histograms(hist, meta, source_name="laserscan.csv", source_digest="f" * 64)
+    return store
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cluster-lab")
+    store = build_store(d / "store", d)
+    assert len(store.segments()) == FIBRE_SEGMENTS + 1
+    grade_lots(store)  # graded once here, so copies certify from the same grade result
+    init_keys(d / "keys")
+    return d
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One real LocalCluster of two worker processes for the module."""
+    with executor(workers=2) as ex:
+        assert isinstance(ex, DaskExecutor)
+        assert len(ex.client.scheduler_info()["workers"]) == 2
+        yield ex
+
+
+def copy_store(lab: Path, tmp_path: Path, name: str) -> Store:
+    shutil.copytree(lab / "store", tmp_path / name)
+    return Store.open(tmp_path / name)
+
+
+def as_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- same figures
+
+
+def test_grading_on_two_workers_matches_this_process(lab, cluster):
+    store = Store.open(lab / "store")
+    here = grade_lots(store, record=False)
+    there = grade_lots(store, record=False, executor=cluster)
+    assert len(here.records) == 48
+    assert any(r.get("calibration") for r in here.records)  # corrected on read
+    assert {r["segment"] for r in here.records} == {s.digest for s in store.segments()}
+    assert as_json(there.records) == as_json(here.records)
+    # key order too: the JSON a user sees is the same
+    assert [list(r) for r in there.records] == [list(r) for r in here.records]
+
+
+def test_a_subset_in_any_order_under_a_chosen_standard_matches(lab, cluster):
+    store = Store.open(lab / "store")
+    ids = [r.lot_id for r in store.lots()]
+    pick = [ids[40], ids[3], ids[27], ids[12], ids[44], ids[3]]  # across segments, repeated
+    kw = {"standard": "gb18267-cashmere", "record": False, "uncalibrated": True}
+    here = grade_lots(store, pick, **kw)
+    there = grade_lots(store, pick, executor=cluster, **kw)
+    assert [r["lot_id"] for r in there.records] == list(dict.fromkeys(pick))
+    assert as_json(there.records) == as_json(here.records)
+
+
+def test_screening_on_two_workers_matches_this_process(lab, cluster):
+    store = Store.open(lab / "store")
+    here = screen_stored_lots(store, record=False)
+    there = screen_stored_lots(store, record=False, executor=cluster)
+    assert as_json(there.records) == as_json(here.records)
+    assert {r["verdict"] for r in here.records} >= {"clean"}
+
+
+def test_progress_counts_segments_as_they_finish(lab, cluster):
+    store = Store.open(lab / "store")
+    seen: list[tuple[int, int]] = []
+    grade_lots(store, record=False, executor=cluster, progress=lambda k, n: seen.append((k, n)))
+    n = FIBRE_SEGMENTS + 1
+    assert seen == [(k, n) for k in range(1, n + 1)]
+
+
+def test_results_are_stored_once_by_the_client(lab, cluster, tmp_path):
+    store = copy_store(lab, tmp_path, "s")
+    before = store.results("grade")
+    run = grade_lots(store, executor=cluster)
+    stored = store.results("grade")
+    assert [d for d, _ in stored] == [d for d, _ in before] + [run.result_id]
+    assert stored[-1][1]["lots"] == run.records
+
+
+def _certificate_view(env: dict[str, Any]) -> dict[str, Any]:
+    """A certificate without what differs between two issues of it (time, audit position,
+    and so the signature)."""
+    doc = dict(env["certificate"])
+    for k in ("issued_at", "audit_position"):
+        doc.pop(k)
+    return doc
+
+
+def test_certificates_issued_on_two_workers_match_this_process(lab, cluster, tmp_path):
+    key = load_private_key(lab / "keys" / "lab.key")
+    outs = {}
+    for name, ex in (("here", None), ("there", cluster)):
+        store = copy_store(lab, tmp_path, name)
+        clean = [
+            r["lot_id"]
+            for r in grade_lots(store, record=False).records
+            if r["screening"]["verdict"] == "clean" and r["grade"]
+        ]
+        res = certify_lots(store, clean, key, tmp_path / f"{name}-certs", executor=ex)
+        assert len(res.issued) == len(clean) >= 10
+        assert all(i.pdf_path and i.pdf_path.stat().st_size > 10_000 for i in res.issued)
+        assert len(store.results("certificate")) == len(clean)
+        outs[name] = [_certificate_view(i.envelope) for i in res.issued]
+    assert as_json(outs["there"]) == as_json(outs["here"])
+
+
+def test_certify_refuses_altered_raw_data_and_stores_nothing(lab, cluster, tmp_path):
+    key = load_private_key(lab / "keys" / "lab.key")
+    store = copy_store(lab, tmp_path, "s")
+    seg = store.segments()[2]
+    ok = {k for k, r in latest_grades(store).items() if r["screening"]["verdict"] == "clean"}
+    lots = [r.lot_id for r in store.lots() if r.segment == seg.digest and r.lot_id in ok][:2]
+    lots += [r.lot_id for r in store.lots() if r.segment != seg.digest and r.lot_id in ok][:3]
+    assert len(lots) == 5
+    path = store.segment_path(seg.digest)
+    path.chmod(0o644)
+    with path.open("r+b") as f:  # one byte of the raw data changed after import
+        f.seek(path.stat().st_size - 100)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+    out = tmp_path / "certs"
+    with pytest.raises(TaskFailed) as ei:
+        certify_lots(store, lots, key, out, executor=cluster)
+    assert ei.value.exit_code == 3 and ei.value.kind == "StoreCorruptError"
+    assert seg.digest in str(ei.value) and "altered" in str(ei.value)
+    assert store.results("certificate") == []
+    assert list(out.glob("*")) == []  # no PDF of an unissued certificate is left
+
+
+# --------------------------------------------------------------------------- failures
+
+
+class DieOnce(WorkerPlugin):
+    """Kill the worker process that starts the first task whose key has ``prefix``."""
+
+    def __init__(self, marker: str, prefix: str) -> None:
+        self.marker = marker
+        self.prefix = prefix
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish != "executing" or not str(key).startswith(self.prefix):
+            return
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os._exit(1)  # as if the machine lost power: no clean-up, no reply
+
+
+class AlwaysDie(WorkerPlugin):
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish == "executing" and str(key).startswith("grade-"):
+            os._exit(1)
+
+
+def test_a_worker_killed_mid_run_is_retried_and_the_result_is_whole(lab, tmp_path):
+    store = copy_store(lab, tmp_path, "s")
+    expected = grade_lots(store, record=False).records
+    marker = tmp_path / "died"
+    with executor(workers=2) as ex:
+        ex.client.register_plugin(DieOnce(str(marker), "grade-"))
+        run = grade_lots(store, executor=ex)
+    assert marker.exists()  # a worker really died
+    assert as_json(run.records) == as_json(expected)
+    assert [d for d, _ in store.results("grade")][1:] == [run.result_id]
+
+
+def test_a_task_that_keeps_killing_workers_fails_the_run_and_stores_nothing(lab, tmp_path):
+    store = copy_store(lab, tmp_path, "s")
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        executor(workers=2) as ex,
+    ):
+        ex.client.register_plugin(AlwaysDie())
+        with pytest.raises(ClusterError, match="kept killing the workers"):
+            grade_lots(store, executor=ex)
+    assert len(store.results("grade")) == 1  # only the fixture's
+
+
+def test_a_worker_that_cannot_see_the_store_says_so(lab, cluster, tmp_path):
+    store = Store.open(lab / "store")
+    tasks, _ = plan_tasks(store, store.lots())
+    moved = [t.__class__(**{**t.__dict__, "path": str(tmp_path / "elsewhere.h5")}) for t in tasks]
+    with pytest.raises(TaskFailed, match="must see the store at this same path") as ei:
+        cluster.map(summarise_segment, moved[:1], label="summarise", cut_um=30.0)
+    assert ei.value.exit_code == 3
+    with pytest.raises(Exception, match="must see the store"):  # the same check in-process
+        InProcess().map(summarise_segment, moved[:1], label="summarise", cut_um=30.0)
+
+
+class _Workers:
+    """A stand-in for a Dask client's ``run``: what each worker reports."""
+
+    def __init__(self, versions: dict[str, dict[str, str]]) -> None:
+        self.versions = versions
+
+    def run(self, fn: Any) -> dict[str, dict[str, str]]:
+        return self.versions
+
+
+def test_workers_with_other_software_are_refused():
+    from fibergrade.cluster import _worker_versions
+
+    mine = _worker_versions()
+    _check_versions(_Workers({"tcp://a:1": mine, "tcp://b:2": mine}), "cluster")
+    with pytest.raises(ClusterError, match=r"tcp://b:2.*same fibergrade version"):
+        _check_versions(
+            _Workers({"tcp://a:1": mine, "tcp://b:2": mine | {"fibergrade": "0.0"}}), "c"
+        )
+    with pytest.raises(ClusterError, match="no workers"):
+        _check_versions(_Workers({}), "c")
+
+
+def test_local_workers_share_the_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert worker_environment(1)["NUMBA_NUM_THREADS"] == str(cores)
+    assert worker_environment(cores)["NUMBA_NUM_THREADS"] == "1"
+    assert worker_environment(4 * cores)["OMP_NUM_THREADS"] == "1"
+
+
+def test_bad_executor_arguments():
+    with pytest.raises(ClusterError, match="not both"), executor(2, "tcp://127.0.0.1:1"):
+        pass
+    with pytest.raises(ClusterError, match="at least 1"), executor(0):
+        pass
+    with executor() as ex:
+        assert isinstance(ex, InProcess)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False
+    )
+
+
+def test_cli_grade_with_workers_matches_and_records_once(lab, tmp_path):
+    shutil.copytree(lab / "store", tmp_path / "s")
+    here = cli("grade", "--store", "s", "--json", cwd=tmp_path)
+    assert here.returncode == 0, here.stderr
+    there = cli("grade", "--store", "s", "--workers", "2", "--json", cwd=tmp_path)
+    assert there.returncode == 0, there.stderr
+    assert json.loads(there.stdout) == json.loads(here.stdout)
+    assert len(Store.open(tmp_path / "s").results("grade")) == 1 + 2  # one per run
+    table = cli("grade", "--store", "s", "--workers", "2", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "working on a local cluster of 2 worker process(es)" in table.stderr
+    assert "48 lots graded" in table.stdout
+
+
+def test_cli_screen_and_certify_on_an_existing_scheduler(lab, cluster, tmp_path):
+    shutil.copytree(lab / "store", tmp_path / "s")
+    address = cluster.client.scheduler.address
+    here = cli("screen", "--store", "s", "--json", cwd=tmp_path)
+    there = cli("screen", "--store", "s", "--scheduler", address, "--json", cwd=tmp_path)
+    assert here.returncode == 0 and there.returncode == 0, there.stderr
+    assert json.loads(there.stdout) == json.loads(here.stdout)
+    key = str(lab / "keys" / "lab.key")
+    env = os.environ | {"FIBERGRADE_SCHEDULER": address}
+    r = subprocess.run(
+        [EXE, "certify", "--store", "s", "--key", key, "--out", "certs", "--json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    issued = json.loads(r.stdout)
+    assert len(issued) >= 10 and all(Path(tmp_path, i["pdf"]).is_file() for i in issued)
+    v = cli("verify", issued[0]["json"], "--public-key", str(lab / "keys" / "lab.pub"),
+            "--store", "s", cwd=tmp_path)  # fmt: skip
+    assert v.returncode == 0, v.stderr
+
+
+def test_cli_cluster_errors_are_clear(lab, tmp_path):
+    with contextlib.closing(__import__("socket").socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    r = cli("grade", "--store", str(lab / "store"), "--scheduler", f"tcp://127.0.0.1:{port}",
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 6
+    assert "cannot reach the Dask scheduler" in r.stderr and "Connection refused" in r.stderr
+    r = cli("grade", "--store", str(lab / "store"), "--workers", "2", "--scheduler",
+            f"tcp://127.0.0.1:{port}", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 6 and "not both" in r.stderr
+    r = cli("screen", "--store", str(lab / "store"), "--workers", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "--workers" in r.stderr
