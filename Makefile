@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/acquisition_throughput.py
 	$(BIN)/python benchmarks/screening_throughput.py
 	$(BIN)/python benchmarks/certificate_throughput.py
+	$(BIN)/python benchmarks/cluster_throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -811,21 +811,18 @@ class LotCalibrations:
         with np.errstate(invalid="ignore"):
             below = mfd < self.range_lo
             above = mfd > self.range_hi
-        flag = np.where(below, "below", np.where(above, "above", ""))
-        out = []
-        for i, cid in enumerate(self.calibration_id):
-            out.append(
-                {
-                    "calibration": cid,
-                    "uncalibrated": cid is None,
-                    "calibration_range_um": (
-                        None if cid is None else [float(self.range_lo[i]), float(self.range_hi[i])]
-                    ),
-                    "calibration_range_flag": (str(flag[i]) or None) if cid is not None else None,
-                    "calibration_note": self.notes[i],
-                }
-            )
-        return out
+        flag = np.where(below, "below", np.where(above, "above", "")).tolist()
+        lo, hi = self.range_lo.tolist(), self.range_hi.tolist()
+        return [
+            {
+                "calibration": cid,
+                "uncalibrated": cid is None,
+                "calibration_range_um": None if cid is None else [lo[i], hi[i]],
+                "calibration_range_flag": (flag[i] or None) if cid is not None else None,
+                "calibration_note": self.notes[i],
+            }
+            for i, cid in enumerate(self.calibration_id)
+        ]
 
 
 def lot_calibrations(

@@ -321,7 +321,13 @@ def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
             f"{path}: SHA-256 {digest[:16]}... differs from the model card's "
             f"{expected[:16]}...; the file was altered or belongs to another card"
         )
-    return _model_from_bytes(data, digest, path)
+    if digest not in _VERIFIED:  # the same verified bytes are deserialised once a process
+        _VERIFIED[digest] = _model_from_bytes(data, digest, path)
+    return _VERIFIED[digest]
+
+
+#: models already loaded in this process, by the SHA-256 of their file
+_VERIFIED: dict[str, ScreeningModel] = {}
 
 
 def _model_from_bytes(data: bytes, digest: str, path: Path | None) -> ScreeningModel:
