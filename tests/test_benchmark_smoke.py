@@ -39,3 +39,29 @@ def test_benchmark_runs_and_prints_six_figures(tmp_path: Path) -> None:
     assert all(math.isfinite(v) and v >= 0 for v in doc["ratios"].values())
     assert doc["details"]["fibres"] == 200_000
     assert json.loads(out.read_text())["ratios"] == doc["ratios"]
+
+
+CLUSTER_SCRIPT = SCRIPT.with_name("cluster_throughput.py")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+@pytest.mark.xdist_group("dask-cluster")
+def test_cluster_benchmark_runs_and_reports_the_three_paths(tmp_path: Path) -> None:
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run(
+        [sys.executable, str(CLUSTER_SCRIPT), "--fibres", "400000", "--segment-fibres",
+         "40000", "--repeats", "1", "--json", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc == json.loads(out.read_text())
+    for key in ("direct", "workers_1", "workers_2"):
+        f = doc["figures"][key]
+        assert math.isfinite(f["lots_per_s"]) and f["lots_per_s"] > 0, key
+        assert f["same_results"] is True
+    assert set(doc["ratios"]) == {"workers_2_vs_workers_1", "workers_1_time_vs_direct"}
+    assert doc["details"]["segments"] == 10 and doc["details"]["lots"] == 100
+    assert doc["details"]["per_task"]["result_bytes"] > 0

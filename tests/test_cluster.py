@@ -144,6 +144,17 @@ def test_screening_on_two_workers_matches_this_process(lab, cluster):
     assert {r["verdict"] for r in here.records} >= {"clean"}
 
 
+def test_the_model_stays_on_the_workers_between_runs(lab, cluster):
+    store = Store.open(lab / "store")
+    first = grade_lots(store, record=False, executor=cluster)
+    resident = dict(cluster._resident)
+    assert len(resident) == 1 and next(iter(resident)).startswith("resident-ScreeningModel-")
+    again = screen_stored_lots(store, record=False, executor=cluster)  # the same model
+    assert cluster._resident == resident
+    assert grade_lots(store, record=False, executor=cluster).records == first.records
+    assert len(again.records) == len(first.records)
+
+
 def test_progress_counts_segments_as_they_finish(lab, cluster):
     store = Store.open(lab / "store")
     seen: list[tuple[int, int]] = []
