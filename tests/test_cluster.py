@@ -313,15 +313,18 @@ def test_workers_with_other_software_are_refused():
         _check_versions(_Workers({}), "c")
 
 
-def test_local_workers_run_one_thread_each(cluster):
-    assert worker_environment() == {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+def test_local_workers_share_the_cores(cluster):
+    cores = len(os.sched_getaffinity(0))
+    assert worker_environment(1)["NUMBA_NUM_THREADS"] == str(cores)
+    assert worker_environment(cores) == {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    assert worker_environment(4 * cores)["OMP_NUM_THREADS"] == "1"
 
     def threads() -> int:
         import numba
 
         return numba.get_num_threads()
 
-    assert set(cluster.client.run(threads).values()) == {1}
+    assert set(cluster.client.run(threads).values()) == {max(1, cores // 2)}
 
 
 def test_bad_executor_arguments():
