@@ -887,6 +887,15 @@ def correct_fibres(table: FibreLots, intercept: np.ndarray, slope: np.ndarray) -
     return replace(table, diameter_um=new.astype(np.float32, copy=False))
 
 
+def correct_table(
+    table: FibreLots | HistogramLots, intercept: np.ndarray, slope: np.ndarray
+) -> FibreLots | HistogramLots:
+    """:func:`correct_fibres` or :func:`correct_histograms`, whichever the table needs."""
+    if isinstance(table, FibreLots):
+        return correct_fibres(table, intercept, slope)
+    return correct_histograms(table, intercept, slope)
+
+
 def correct_histograms(
     hist: HistogramLots, intercept: np.ndarray, slope: np.ndarray
 ) -> HistogramLots:

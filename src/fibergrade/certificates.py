@@ -34,6 +34,7 @@ import base64
 import datetime as _dt
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,11 +394,11 @@ def certify_lots(
 
     tasks = [
         CertifyTask(
-            path=str(Path(store.segment_path(seg)).resolve()),
+            path=os.path.abspath(store.segment_path(seg)),
             digest=seg,
             envelopes=tuple(envs[i] for i in idxs),
             records=tuple(graded[docs[i]["lot"]["lot_id"]] for i in idxs),
-            pdf_paths=tuple(str(pdf_paths[i].resolve()) for i in idxs) if pdf else (),
+            pdf_paths=tuple(os.path.abspath(pdf_paths[i]) for i in idxs) if pdf else (),
         )
         for seg, idxs in by_segment.items()
     ]
@@ -573,12 +574,11 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
     import numpy as np
 
     from fibergrade.audit import AuditTamperError
-    from fibergrade.calibration import correct_fibres, correct_histograms
-    from fibergrade.distribution import summarise, summarise_histograms
+    from fibergrade.calibration import correct_table
     from fibergrade.errors import LotNotFoundError, StoreError
     from fibergrade.grading import grade as grade_summary
     from fibergrade.grading import load_standard
-    from fibergrade.measurements import FibreLots
+    from fibergrade.segment_tasks import summarise_table
 
     pos = cert.get("audit_position") or {"seq": -1, "hash": ""}
     if int(pos["seq"]) >= 0:
@@ -634,10 +634,7 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
         )
         return
     table = store.read_lot(lot_id)  # this lot's rows only
-    if isinstance(table, FibreLots):
-        summary = summarise(correct_fibres(table, a, b), std.cut_um)
-    else:
-        summary = summarise_histograms(correct_histograms(table, a, b), std.cut_um)
+    summary = summarise_table(correct_table(table, a, b), std.cut_um, "fast")
     rec = summary.to_records()[0] | grade_summary(summary, std).records()[0]
     again = report_figures(rec)
     for key, value in cert["figures"].items():

@@ -267,10 +267,14 @@ def _probe(address: str, where: str) -> None:
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise ClusterError(
-            f"cannot reach {where}: {exc}. Is `dask scheduler` running there, and is the "
-            "address tcp://HOST:PORT?"
-        ) from exc
+        raise _unreachable(where, exc) from exc
+
+
+def _unreachable(where: str, exc: Exception) -> ClusterError:
+    return ClusterError(
+        f"cannot reach {where}: {exc}. Is `dask scheduler` running there, and is the "
+        "address tcp://HOST:PORT?"
+    )
 
 
 @contextmanager
@@ -316,10 +320,7 @@ def executor(workers: int | None = None, scheduler: str | None = None) -> Iterat
             try:
                 client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError, ValueError) as exc:
-                raise ClusterError(
-                    f"cannot reach {where}: {exc}. Is `dask scheduler` running there, and "
-                    "is the address tcp://HOST:PORT?"
-                ) from exc
+                raise _unreachable(where, exc) from exc
         try:
             if scheduler is not None:
                 try:

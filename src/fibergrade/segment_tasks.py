@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fibergrade.calibration import correct_fibres, correct_histograms
+from fibergrade.calibration import correct_table
 from fibergrade.distribution import Engine, LotSummary, summarise, summarise_histograms
 from fibergrade.errors import StoreCorruptError
 from fibergrade.measurements import FibreLots, HistogramLots
@@ -90,9 +90,7 @@ def read_task_lots(task: SegmentTask) -> FibreLots | HistogramLots:
     sub = table if pos == list(range(table.n_lots)) else table.select(pos)
     if task.intercept is None or task.slope is None:
         return sub
-    if isinstance(sub, FibreLots):
-        return correct_fibres(sub, task.intercept, task.slope)
-    return correct_histograms(sub, task.intercept, task.slope)
+    return correct_table(sub, task.intercept, task.slope)
 
 
 def summarise_table(table: FibreLots | HistogramLots, cut_um: float, engine: Engine) -> LotSummary:
