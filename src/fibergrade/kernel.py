@@ -1,10 +1,17 @@
-"""Fused one-pass kernel for the distribution core (numba, parallel over lots).
+"""Fused kernel for the distribution core (numba, parallel over lots).
 
-One pass over each lot's float32 diameters accumulates count, shifted sums for the mean and
-SD, min, max, the comfort-factor count, d^2 sums for coarse % by mass, and a 0.1-um class
+Each lot's float32 diameters are read from memory once: one vectorised pass
+(:func:`_lot_pass`) gives the validity range (integer min/max of the bit patterns), shifted
+sums for the mean and SD, the comfort-factor count and the d^2 sums for coarse % by mass.
+A second, scalar pass over the same lot, now in L1 cache, scatters it into a 0.1-um class
 histogram held in a per-thread scratch array; percentiles and the 1-um report histogram are
 read from that scratch before it is cleared for the next lot. Optional columns (curvature,
-medullation, length) take a second pass over the lot while it is still in cache.
+medullation, length) take one more pass over the lot.
+
+Each per-lot loop runs over a 0-based slice of the lot: with an index that starts at zero
+numba needs no negative-index test, so LLVM emits plain vector loads (indexing the whole
+array from the lot's start offset instead gathered element by element and ran at half the
+speed).
 
 :func:`fibergrade.distribution.summarise_reference` is the specification: the class index
 (``int(d * 10)``), the percentile interpolation and the derived figures use the same
@@ -39,7 +46,7 @@ INV_FINE = 10.0  # 1 / FINE_CLASS_UM, exactly as the reference computes it
 Q5, Q50, Q95 = QUANTILES
 D_LO = MM_SUSPECT_BELOW_UM
 D_HI = DIAMETER_MAX_UM
-#: int32 bit patterns of the float32 bounds (see _bits_range)
+#: int32 bit patterns of the float32 bounds (see _lot_pass)
 LO_BITS = int(np.array(D_LO, np.float32).view(np.int32))
 HI_BITS = int(np.array(D_HI, np.float32).view(np.int32))
 
@@ -81,42 +88,63 @@ def _quantile(fine, bmin, bmax, n, q, lo, hi):  # pragma: no cover - compiled
     return min(max(p, lo), hi)
 
 
-@numba.njit(cache=True, nogil=True)
-def _bits_range(bits, s, e):  # pragma: no cover - compiled
-    # For float32 values the int32 bit patterns of positive numbers sort like the numbers,
-    # while negatives, -0.0 and -NaN are negative ints and +NaN and +inf exceed every
-    # finite float: one integer min/max (which vectorises without fast-math) tells whether
-    # every value lies in [D_LO, D_HI].
-    lo = bits[s]
-    hi = bits[s]
-    for i in range(s, e):
-        v = bits[i]
-        lo = min(lo, v)
-        hi = max(hi, v)
-    return lo, hi
+#: fast-math flags of the sums: reassociation and contraction only, so that LLVM vectorises
+#: the reductions; without ``nnan``/``ninf`` a NaN or inf still compares as IEEE 754 says
+SUM_FLAGS = {"reassoc", "contract"}
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _sums(d, s, e, k, cut):  # pragma: no cover - compiled
-    # Only called on lots whose values _bits_range has checked lie in [D_LO, D_HI], so
-    # fast-math (no NaN, no inf, reassociation) cannot change what is compared; sums are
-    # straight-line multiply-adds so that LLVM vectorises the whole loop.
+@numba.njit(cache=True, nogil=True, fastmath=SUM_FLAGS)
+def _lot_pass(x, xbits, k, cut):  # pragma: no cover - compiled
+    # One streaming pass over one lot (``x`` and ``xbits`` are 0-based slices, so every load
+    # is a plain vector load). For float32 values the int32 bit patterns of positive numbers
+    # sort like the numbers, while negatives, -0.0 and -NaN are negative ints and +NaN and
+    # +inf exceed every finite float: one integer min/max tells whether every value lies in
+    # [D_LO, D_HI]. The sums are straight-line multiply-adds; the caller uses them only when
+    # that range check passes.
+    lo = xbits[0]
+    hi = xbits[0]
     s1 = 0.0
     s2 = 0.0
     mgt = 0.0
     mle = 0.0
     le = 0.0
-    for i in range(s, e):
-        x = np.float64(d[i])
-        y = x - k
+    for i in range(x.size):
+        v = xbits[i]
+        lo = min(lo, v)
+        hi = max(hi, v)
+        xi = np.float64(x[i])
+        y = xi - k
         s1 += y
         s2 += y * y
-        x2 = x * x
-        fine = np.float64(x <= cut)
+        x2 = xi * xi
+        fine = np.float64(xi <= cut)
         le += fine
         mle += x2 * fine
         mgt += x2 * (1.0 - fine)
-    return s1, s2, mgt, mle, le
+    return lo, hi, s1, s2, mgt, mle, le
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter(x, fine):  # pragma: no cover - compiled
+    # 0.1-um classes of values already checked to lie in [D_LO, D_HI]: the unsigned index
+    # needs no wrap-around test, and ``fine`` has one spare class for exactly D_HI (folded
+    # into the top class by the caller, as the reference's ``min(class, N_FINE - 1)``).
+    for i in range(x.size):
+        fine[np.uint32(np.float64(x[i]) * INV_FINE)] += np.uint32(1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mean_sd(x, n):  # pragma: no cover - compiled
+    k = np.float64(x[0])
+    c1 = 0.0
+    c2 = 0.0
+    for i in range(x.size):
+        y = np.float64(x[i]) - k
+        c1 += y
+        c2 += y * y
+    nf = np.float64(n)
+    sd = np.sqrt(max(c2 - c1 * c1 / nf, 0.0) / (nf - 1.0)) if n > 1 else np.nan
+    return c1 / nf + k, sd
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -126,8 +154,8 @@ def _fused(d, bits, off, cut, curv, med, length, acc, hist, first_bad, n_chunks)
     has_med = med.size > 0
     has_len = length.size > 0
     for c in numba.prange(n_chunks):
-        fine = np.zeros(N_FINE, np.int32)
-        # reinterpret the min/max bit patterns of _bits_range as float32 values
+        fine = np.zeros(N_FINE + 1, np.uint32)
+        # reinterpret the min/max bit patterns of _lot_pass as float32 values
         as_bits = np.empty(2, np.int32)
         as_float = as_bits.view(np.float32)
         l0 = (c * n_lots) // n_chunks
@@ -140,23 +168,23 @@ def _fused(d, bits, off, cut, curv, med, length, acc, hist, first_bad, n_chunks)
                 for j in range(N_ACC):
                     acc[lot, j] = np.nan
                 continue
-            lo_bits, hi_bits = _bits_range(bits, s, e)
+            x = d[s:e]
+            k = np.float64(x[0])
+            lo_bits, hi_bits, s1, s2, mgt, mle, le = _lot_pass(x, bits[s:e], k, cut)
             if lo_bits < LO_BITS or hi_bits > HI_BITS:
-                for i in range(s, e):
-                    x = d[i]
-                    if not (x >= D_LO and x <= D_HI):
-                        first_bad[lot] = i
+                for i in range(n):
+                    xi = x[i]
+                    if not (xi >= D_LO and xi <= D_HI):
+                        first_bad[lot] = s + i
                         break
                 continue
-            k = np.float64(d[s])
-            s1, s2, mgt, mle, le = _sums(d, s, e, k, cut)
+            _scatter(x, fine)
+            fine[N_FINE - 1] += fine[N_FINE]
+            fine[N_FINE] = 0
             as_bits[0] = lo_bits
             as_bits[1] = hi_bits
             mn = np.float64(as_float[0])
             mx = np.float64(as_float[1])
-            for i in range(s, e):
-                b = int(np.float64(d[i]) * INV_FINE)
-                fine[min(b, N_FINE - 1)] += 1
             bmin = min(int(mn * INV_FINE), N_FINE - 1)
             bmax = min(int(mx * INV_FINE), N_FINE - 1)
             nf = np.float64(n)
@@ -177,33 +205,23 @@ def _fused(d, bits, off, cut, curv, med, length, acc, hist, first_bad, n_chunks)
                 hist[lot, b // FINE_PER_REPORT] += fine[b]
                 fine[b] = 0
             if has_curv:
-                kc = np.float64(curv[s])
-                c1 = 0.0
-                c2 = 0.0
-                for i in range(s, e):
-                    y = np.float64(curv[i]) - kc
-                    c1 += y
-                    c2 += y * y
-                acc[lot, A_CMEAN] = c1 / nf + kc
-                if n > 1:
-                    acc[lot, A_CSD] = np.sqrt(max(c2 - c1 * c1 / nf, 0.0) / (nf - 1.0))
-                else:
-                    acc[lot, A_CSD] = np.nan
+                acc[lot, A_CMEAN], acc[lot, A_CSD] = _mean_sd(curv[s:e], n)
             else:
                 acc[lot, A_CMEAN] = np.nan
                 acc[lot, A_CSD] = np.nan
             if has_med:
                 m = 0
-                for i in range(s, e):
-                    if med[i]:
-                        m += 1
+                lot_med = med[s:e]
+                for i in range(n):
+                    m += lot_med[i]
                 acc[lot, A_MED] = 100.0 * m / nf
             else:
                 acc[lot, A_MED] = np.nan
             if has_len:
                 t = 0.0
-                for i in range(s, e):
-                    t += np.float64(length[i])
+                lot_len = length[s:e]
+                for i in range(n):
+                    t += np.float64(lot_len[i])
                 acc[lot, A_LEN] = t / nf
             else:
                 acc[lot, A_LEN] = np.nan
