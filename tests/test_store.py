@@ -26,7 +26,7 @@ from fibergrade.errors import (
     StoreLockedError,
 )
 from fibergrade.measurements import FibreLots, HistogramLots, LotMeta
-from fibergrade.store import PendingSegment, Store, sha256_file
+from fibergrade.store import PendingSegment, Store, read_segment_file, sha256_file
 
 
 def sha(text: str) -> str:
@@ -627,3 +627,87 @@ def test_read_lot_reads_only_that_lots_rows_and_matches_a_full_read(tmp_path: Pa
     assert one.lot_ids == ("h2",) and one.counts.tolist() == [1] and one.lower_um.tolist() == [20]
     with pytest.raises(LotNotFoundError):
         store.read_lot("zz")
+
+
+def test_a_mapped_read_is_the_copied_read_and_cannot_be_written(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    table = fibres(["A", "B", "C"], [40, 0, 25], seed=3, optional=True)
+    out = store.import_fibres(table, {}, source_name="m.csv", source_digest=sha("m"))
+    path = store.segment_path(out.segment)
+    copied = read_segment_file(path)
+    mapped = read_segment_file(path, mapped=True)
+    assert_same_fibres(mapped, copied)
+    assert_same_fibres(mapped, table)
+    for col in ("diameter_um", "length_mm", "curvature_deg_mm"):
+        arr = getattr(mapped, col)
+        assert isinstance(arr.base, np.memmap) or isinstance(arr, np.memmap), col
+        assert not arr.flags.writeable, col
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 1.0
+    assert mapped.medullated is not None and mapped.medullated.flags.writeable  # a copy
+    # the stored bytes are untouched by reading, mapped or not
+    assert sha256_file(path) == out.segment
+    # one lot is a hyperslab read, never a map
+    one = read_segment_file(path, 2, mapped=True)
+    assert one.diameter_um.flags.writeable
+    np.testing.assert_array_equal(one.diameter_um, lot_slice(table, "C"))
+
+
+def _rewrite_datasets(src: Path, dst: Path, **create: object) -> None:
+    """Copy a segment file, re-creating every dataset with ``create`` options."""
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        for k, v in f.attrs.items():
+            g.attrs[k] = v
+
+        def copy(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset):
+                g.create_dataset(name, data=obj[()], dtype=obj.dtype, **create)
+
+        f.visititems(copy)
+
+
+@pytest.mark.parametrize(
+    "create",
+    [
+        {"chunks": True, "compression": "gzip"},  # chunked and filtered: not mappable
+        {"chunks": True},  # chunked
+    ],
+    ids=["gzip", "chunked"],
+)
+def test_a_segment_that_cannot_be_mapped_is_read_by_copy(tmp_path: Path, create: dict) -> None:
+    store = Store.open(tmp_path / "s")
+    table = fibres(["A", "B"], [30, 20], seed=4, optional=True)
+    out = store.import_fibres(table, {}, source_name="g.csv", source_digest=sha("g"))
+    other = tmp_path / "rewritten.h5"
+    _rewrite_datasets(store.segment_path(out.segment), other, **create)
+    mapped = read_segment_file(other, mapped=True)
+    assert_same_fibres(mapped, table)
+    assert mapped.diameter_um.flags.writeable and not isinstance(mapped.diameter_um.base, np.memmap)
+
+
+def test_a_big_endian_diameter_column_is_converted_not_mapped(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    table = fibres(["A"], [50], seed=5, optional=False)
+    out = store.import_fibres(table, {}, source_name="b.csv", source_digest=sha("b"))
+    src, other = store.segment_path(out.segment), tmp_path / "big-endian.h5"
+    with h5py.File(src, "r") as f, h5py.File(other, "w") as g:
+        for k, v in f.attrs.items():
+            g.attrs[k] = v
+        f.copy("lots", g)
+        g.create_dataset("fibres/diameter_um", data=f["fibres/diameter_um"][()].astype(">f4"))
+    mapped = read_segment_file(other, mapped=True)
+    assert mapped.diameter_um.dtype == np.float32 and mapped.diameter_um.dtype.isnative
+    np.testing.assert_array_equal(mapped.diameter_um, table.diameter_um)
+
+
+def test_a_truncated_segment_is_refused_not_mapped_past_its_end(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    table = fibres(["A"], [4000], seed=6, optional=False)
+    out = store.import_fibres(table, {}, source_name="t.csv", source_digest=sha("t"))
+    cut = tmp_path / "cut.h5"
+    data = store.segment_path(out.segment).read_bytes()
+    with h5py.File(store.segment_path(out.segment), "r") as f:
+        end = f["fibres/diameter_um"].id.get_offset() + 4000 * 4
+    cut.write_bytes(data[: end - 8])  # the diameters' last two values are gone
+    with pytest.raises(StoreCorruptError, match=r"cut\.h5"):
+        read_segment_file(cut, mapped=True)

@@ -85,7 +85,7 @@ def read_task_lots(task: SegmentTask) -> FibreLots | HistogramLots:
             f"{path}: segment {task.digest[:16]}... is not readable here; every process that "
             "grades (each cluster worker too) must see the store at this same path"
         )
-    table = read_segment_file(path)
+    table = read_segment_file(path, mapped=True)
     pos = list(task.positions)
     sub = table if pos == list(range(table.n_lots)) else table.select(pos)
     if task.intercept is None or task.slope is None:
