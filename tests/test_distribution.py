@@ -100,6 +100,15 @@ def test_splitting_the_lots_gives_the_same_per_lot_results(lots, data):
         whole = summarise(lots, engine=engine)
         parts = LotSummary.concat([summarise(head, engine=engine), summarise(tail, engine=engine)])
         assert_same(whole, parts, 1e-12)
+        # counted straight into the rows of one joined histogram (what summarise_lots does),
+        # over rows that held garbage before
+        joined = np.full((lots.n_lots, 200), -7, np.int64)
+        into = [
+            summarise(head, engine=engine, histogram_out=joined[:cut]),
+            summarise(tail, engine=engine, histogram_out=joined[cut:]),
+        ]
+        assert all(np.shares_memory(p.histogram, joined) for p in into if p.n_lots)
+        assert_same(whole, LotSummary.concat(into, joined), 1e-12)
 
 
 @settings(max_examples=80, deadline=None)
@@ -274,3 +283,22 @@ def test_histogram_totals_and_identities(counts, start):
     if s.n[0] > 0:
         assert s["cf_pct"][0] + s["pf_pct"][0] == pytest.approx(100.0)
         assert s["min_um"][0] <= s["p5_um"][0] <= s["p50_um"][0] <= s["p95_um"][0] <= s["max_um"][0]
+
+
+def test_histogram_lots_count_into_a_given_histogram_too():
+    h = HistogramLots(("a", "b"), np.array([0, 2, 3]), [14, 15, 20], [15, 16, 21], [4, 6, 1])
+    out = np.full((2, 200), 99, np.int64)
+    s = summarise_histograms(h, histogram_out=out)
+    assert s.histogram is out
+    np.testing.assert_array_equal(out, summarise_histograms(h).histogram)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_histogram_out_of_the_wrong_shape_or_type_is_refused(engine):
+    lots = make_lots([2, 1], [15.0, 16.0, 17.0])
+    for bad in (np.zeros((3, 200), np.int64), np.zeros((2, 200), np.int32)):
+        with pytest.raises(DataModelError, match="histogram_out"):
+            summarise(lots, engine=engine, histogram_out=bad)
+    s = summarise(lots, engine=engine)
+    with pytest.raises(DataModelError, match="joined histogram"):
+        LotSummary.concat([s, s], np.zeros((3, 200), np.int64))

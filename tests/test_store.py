@@ -711,3 +711,28 @@ def test_a_truncated_segment_is_refused_not_mapped_past_its_end(tmp_path: Path) 
     cut.write_bytes(data[: end - 8])  # the diameters' last two values are gone
     with pytest.raises(StoreCorruptError, match=r"cut\.h5"):
         read_segment_file(cut, mapped=True)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_summarise_lots_across_segments_in_any_order_matches_each_table(
+    tmp_path: Path, engine: str
+) -> None:
+    from fibergrade.distribution import summarise, summarise_histograms
+    from fibergrade.workflow import summarise_lots
+
+    store, _ = _three_segments(tmp_path)
+    by_id = {r.lot_id: r for r in store.lots()}
+    order = ["c1", "a2", "h1", "b2", "a1", "b1", "a3"]
+    got = summarise_lots(store, [by_id[x] for x in order], 30.0, engine)  # type: ignore[arg-type]
+    assert got.lot_ids == tuple(order)
+    for i, lot in enumerate(order):
+        table = store.read_lot(lot)
+        one = (
+            summarise(table, 30.0, engine=engine)  # type: ignore[arg-type]
+            if isinstance(table, FibreLots)
+            else summarise_histograms(table, 30.0)
+        )
+        np.testing.assert_array_equal(got.histogram[i], one.histogram[0])
+        assert got.n[i] == one.n[0]
+        for f, col in got.figures.items():
+            np.testing.assert_allclose(col[i], one.figures[f][0], rtol=1e-12, err_msg=f)

@@ -43,6 +43,7 @@ the specification) and the fused kernel in :mod:`fibergrade.kernel` (one pass, n
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -147,17 +148,27 @@ class LotSummary:
         )
 
     @staticmethod
-    def concat(parts: list[LotSummary]) -> LotSummary:
+    def concat(parts: list[LotSummary], histogram: np.ndarray | None = None) -> LotSummary:
+        """Join summaries end to end. ``histogram``: the parts' histograms already joined
+        (each part's histogram a view of its rows, see :func:`summarise`), not copied again.
+        """
         if not parts:
             return _empty_summary(DEFAULT_CUT_UM)
         cuts = {p.cut_um for p in parts}
         if len(cuts) != 1:
             raise DataModelError(f"cannot join summaries made with different cuts: {cuts}")
+        if histogram is None:
+            histogram = np.concatenate([p.histogram for p in parts])
+        elif histogram.shape != (sum(p.n_lots for p in parts), N_REPORT):
+            raise DataModelError(
+                f"joined histogram has shape {histogram.shape}; the parts hold "
+                f"{sum(p.n_lots for p in parts)} lots of {N_REPORT} classes"
+            )
         return LotSummary(
-            lot_ids=tuple(x for p in parts for x in p.lot_ids),
+            lot_ids=tuple(itertools.chain.from_iterable(p.lot_ids for p in parts)),
             n=np.concatenate([p.n for p in parts]),
             figures={f: np.concatenate([p.figures[f] for p in parts]) for f in FIGURES},
-            histogram=np.concatenate([p.histogram for p in parts]),
+            histogram=histogram,
             basis=np.concatenate([p.basis for p in parts]),
             cut_um=parts[0].cut_um,
         )
@@ -369,19 +380,47 @@ def summarise_reference(lots: FibreLots, cut_um: float = DEFAULT_CUT_UM) -> LotS
 
 
 def summarise(
-    lots: FibreLots, cut_um: float = DEFAULT_CUT_UM, *, engine: Engine = "fast"
+    lots: FibreLots,
+    cut_um: float = DEFAULT_CUT_UM,
+    *,
+    engine: Engine = "fast",
+    histogram_out: np.ndarray | None = None,
 ) -> LotSummary:
-    """Per-lot figures of every lot in ``lots``; ``engine`` picks the implementation."""
+    """Per-lot figures of every lot in ``lots``; ``engine`` picks the implementation.
+
+    ``histogram_out`` (int64, lots x 200), when given, receives the 1-um histogram and
+    becomes the summary's ``histogram``: the fast kernel counts straight into it, so a caller
+    joining many tables (:func:`fibergrade.workflow.summarise_lots`) copies nothing.
+    """
     if engine == "reference":
-        return summarise_reference(lots, cut_um)
+        return _histogram_into(summarise_reference(lots, cut_um), histogram_out)
     if engine != "fast":
         raise DataModelError(f"unknown engine {engine!r}; expected 'fast' or 'reference'")
     from fibergrade.kernel import summarise_fast  # numba is imported only when needed
 
-    return summarise_fast(lots, cut_um)
+    return summarise_fast(lots, cut_um, histogram_out=histogram_out)
 
 
-def summarise_histograms(hist: HistogramLots, cut_um: float = DEFAULT_CUT_UM) -> LotSummary:
+def check_histogram_out(out: np.ndarray, n_lots: int) -> np.ndarray:
+    """``out`` if it can hold the 1-um histograms of ``n_lots`` lots, else a clear error."""
+    if out.shape != (n_lots, N_REPORT) or out.dtype != np.int64 or not out.flags.c_contiguous:
+        raise DataModelError(
+            f"histogram_out must be a C-contiguous int64 array of shape ({n_lots}, "
+            f"{N_REPORT}); got {out.dtype} {out.shape}"
+        )
+    return out
+
+
+def _histogram_into(summary: LotSummary, out: np.ndarray | None) -> LotSummary:
+    if out is not None:
+        check_histogram_out(out, summary.n_lots)[...] = summary.histogram
+        summary.histogram = out
+    return summary
+
+
+def summarise_histograms(
+    hist: HistogramLots, cut_um: float = DEFAULT_CUT_UM, histogram_out: np.ndarray | None = None
+) -> LotSummary:
     """Per-lot figures from counts per class, all lots in one call (binned figures).
 
     A class ``[lower, upper)`` stands for its count of fibres spread evenly over it: MFD and
@@ -460,7 +499,11 @@ def summarise_histograms(hist: HistogramLots, cut_um: float = DEFAULT_CUT_UM) ->
             p = lower[k] + frac * (upper[k] - lower[k])
         figures[name] = np.where(n > 0, np.minimum(np.maximum(p, lo), hi), np.nan)
 
-    histogram = np.zeros((n_lots, N_REPORT), np.int64)
+    if histogram_out is None:
+        histogram = np.zeros((n_lots, N_REPORT), np.int64)
+    else:
+        histogram = check_histogram_out(histogram_out, n_lots)
+        histogram.fill(0)
     np.add.at(histogram, (lot_of, np.minimum(report_class, N_REPORT - 1)), hist.counts)
     nan = np.full(n_lots, np.nan)
     for f in ("curvature_mean_deg_mm", "curvature_sd_deg_mm", "medullated_pct", "length_mean_mm"):

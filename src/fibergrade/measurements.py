@@ -64,7 +64,9 @@ def _as_offsets(offsets: Any, n: int, what: str) -> np.ndarray:
 
 
 def _lot_ids(lot_ids: Any, lots: int, what: str) -> tuple[str, ...]:
-    ids = tuple(str(x) for x in lot_ids)
+    ids = tuple(lot_ids)
+    if set(map(type, ids)) - {str}:  # a C-level check; conversion only when needed
+        ids = tuple(str(x) for x in ids)
     if len(ids) != lots:
         raise DataModelError(f"{what}: {len(ids)} lot ids for {lots} lots")
     if len(set(ids)) != len(ids):

@@ -59,19 +59,24 @@ def plan_tasks(
     """One task per segment holding any of ``lots``; and, per task, the indices into
     ``lots`` of its lots (to put the results back in the caller's order)."""
     by_segment: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(lots):
+    positions: dict[str, list[int]] = defaultdict(list)
+    declared: dict[str, list[str | None]] = defaultdict(list)
+    for i, r in enumerate(lots):  # one pass over the lot records (a store can hold 10^5)
         by_segment[r.segment].append(i)
+        positions[r.segment].append(r.index)
+        declared[r.segment].append(r.meta.declared_type)
+    std_of = None if standard_index is None else np.asarray(standard_index, np.int64)
     tasks = []
     for digest, idxs in by_segment.items():
         tasks.append(
             SegmentTask(
                 path=os.path.abspath(store.segment_path(digest)),
                 digest=digest,
-                positions=tuple(lots[i].index for i in idxs),
-                declared=tuple(lots[i].meta.declared_type for i in idxs),
+                positions=tuple(positions[digest]),
+                declared=tuple(declared[digest]),
                 intercept=None if corrections is None else corrections[0][idxs],
                 slope=None if corrections is None else corrections[1][idxs],
-                standard=() if standard_index is None else tuple(standard_index[i] for i in idxs),
+                standard=() if std_of is None else tuple(std_of[idxs].tolist()),
             )
         )
     return tasks, list(by_segment.values())
@@ -93,16 +98,27 @@ def read_task_lots(task: SegmentTask) -> FibreLots | HistogramLots:
     return correct_table(sub, task.intercept, task.slope)
 
 
-def summarise_table(table: FibreLots | HistogramLots, cut_um: float, engine: Engine) -> LotSummary:
-    """Figures of every lot of a table of fibres or of class counts."""
+def summarise_table(
+    table: FibreLots | HistogramLots,
+    cut_um: float,
+    engine: Engine,
+    histogram_out: np.ndarray | None = None,
+) -> LotSummary:
+    """Figures of every lot of a table of fibres or of class counts (``histogram_out``: see
+    :func:`fibergrade.distribution.summarise`)."""
     if isinstance(table, FibreLots):
-        return summarise(table, cut_um, engine=engine)
-    return summarise_histograms(table, cut_um)
+        return summarise(table, cut_um, engine=engine, histogram_out=histogram_out)
+    return summarise_histograms(table, cut_um, histogram_out)
 
 
-def summarise_segment(task: SegmentTask, cut_um: float, engine: Engine = "fast") -> LotSummary:
+def summarise_segment(
+    task: SegmentTask,
+    cut_um: float,
+    engine: Engine = "fast",
+    histogram_out: np.ndarray | None = None,
+) -> LotSummary:
     """Figures of the task's lots, in the task's order."""
-    return summarise_table(read_task_lots(task), cut_um, engine)
+    return summarise_table(read_task_lots(task), cut_um, engine, histogram_out)
 
 
 @dataclass(frozen=True)

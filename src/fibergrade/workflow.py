@@ -21,7 +21,7 @@ import numpy as np
 from fibergrade import __version__
 from fibergrade.calibration import lot_calibrations
 from fibergrade.cluster import Executor, InProcess
-from fibergrade.distribution import DEFAULT_CUT_UM, Engine, LotSummary
+from fibergrade.distribution import DEFAULT_CUT_UM, N_REPORT, Engine, LotSummary
 from fibergrade.errors import InputError, LotNotFoundError
 from fibergrade.grading import Standard, load_standard, standard_for_type
 from fibergrade.measurements import LotMeta
@@ -140,12 +140,16 @@ def summarise_lots(
     :mod:`fibergrade.calibration`) are applied to the diameters on read; raw stays raw.
     """
     tasks, where = plan_tasks(store, list(lots), corrections)
-    parts = []
+    # the tasks' 1-um histograms are counted straight into their rows of the joined array
+    histogram = np.empty((sum(len(t.positions) for t in tasks), N_REPORT), np.int64)
+    parts, row = [], 0
     for k, task in enumerate(tasks):
-        parts.append(summarise_segment(task, cut_um, engine))
+        rows = histogram[row : row + len(task.positions)]
+        parts.append(summarise_segment(task, cut_um, engine, histogram_out=rows))
+        row += len(task.positions)
         if progress:
             progress(k + 1, len(tasks))
-    return _in_given_order(LotSummary.concat(parts), where)
+    return _in_given_order(LotSummary.concat(parts, histogram), where)
 
 
 def _in_given_order(joined: LotSummary, where: list[list[int]]) -> LotSummary:
