@@ -399,7 +399,8 @@ def store_figures(
         min(e_times),
         e_times,
         "workflow.summarise_lots(store, store.lots()) + grading.grade under "
-        f"{STANDARD_ID}, {len(segs)} segment(s) one at a time, their diameters memory-mapped; store already open; "
+        f"{STANDARD_ID}, {len(segs)} segment(s) one at a time, their diameters "
+        "memory-mapped; store already open; "
         "per-lot dict records not built (see details.grade_lots_records)",
     )
     record(
