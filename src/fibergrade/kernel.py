@@ -71,21 +71,40 @@ HI_BITS = int(np.array(D_HI, np.float32).view(np.int32))
 N_ACC = 14
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _quantile(fine, bmin, bmax, n, q, lo, hi):  # pragma: no cover - compiled
+@numba.njit(cache=True, nogil=True)
+def _report_classes(fine, row, r0, r1):  # pragma: no cover - compiled
+    # 1-um report classes r0..r1 of one lot: sums of FINE_PER_REPORT fine classes each
+    for r in range(r0, r1 + 1):
+        block = fine[r * FINE_PER_REPORT : (r + 1) * FINE_PER_REPORT]
+        t = 0
+        for j in range(FINE_PER_REPORT):
+            t += block[j]
+        row[r] = t
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantile(fine, row, r0, r1, bmax, n, q, lo, hi):  # pragma: no cover - compiled
+    # The reference's rule: the first 0.1-um class k whose cumulative count reaches q*n,
+    # interpolated within it. Found in two steps, first the 1-um report class holding k,
+    # then k inside it; the cumulative counts are the same integers as in a walk over the
+    # fine classes, so k and the interpolation are the reference's exactly.
     target = q * np.float64(n)
     cum = 0
-    k = bmin
-    while k <= bmax:
-        cum += fine[k]
-        if cum >= target:
+    r = r0
+    while r < r1:
+        if cum + row[r] >= target:
             break
+        cum += row[r]
+        r += 1
+    k = r * FINE_PER_REPORT
+    last = min(k + FINE_PER_REPORT - 1, bmax)  # fine[bmax] holds the largest value
+    while k < last:
+        if cum + fine[k] >= target:
+            break
+        cum += fine[k]
         k += 1
-    if k > bmax:
-        k = bmax
     h = np.float64(fine[k])
-    before = np.float64(cum - fine[k])
-    p = (k + (target - before) / h) * 0.1
+    p = (k + (target - np.float64(cum)) / h) * 0.1
     return min(max(p, lo), hi)
 
 
@@ -199,12 +218,14 @@ def _fused(d, bits, off, cut, curv, med, length, acc, hist, first_bad, n_chunks)
             acc[lot, A_LE] = le
             acc[lot, A_MGT] = mgt
             acc[lot, A_MLE] = mle
-            acc[lot, A_P5] = _quantile(fine, bmin, bmax, n, Q5, mn, mx)
-            acc[lot, A_P50] = _quantile(fine, bmin, bmax, n, Q50, mn, mx)
-            acc[lot, A_P95] = _quantile(fine, bmin, bmax, n, Q95, mn, mx)
-            for b in range(bmin, bmax + 1):
-                hist[lot, b // FINE_PER_REPORT] += fine[b]
-                fine[b] = 0
+            row = hist[lot]
+            r0 = bmin // FINE_PER_REPORT
+            r1 = bmax // FINE_PER_REPORT
+            _report_classes(fine, row, r0, r1)
+            acc[lot, A_P5] = _quantile(fine, row, r0, r1, bmax, n, Q5, mn, mx)
+            acc[lot, A_P50] = _quantile(fine, row, r0, r1, bmax, n, Q50, mn, mx)
+            acc[lot, A_P95] = _quantile(fine, row, r0, r1, bmax, n, Q95, mn, mx)
+            fine[r0 * FINE_PER_REPORT : (r1 + 1) * FINE_PER_REPORT] = 0
             if has_curv:
                 acc[lot, A_CMEAN], acc[lot, A_CSD] = _mean_sd(curv[s:e], n)
             else:

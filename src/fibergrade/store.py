@@ -47,6 +47,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import re
 import secrets
@@ -279,9 +280,11 @@ def _map_array(ds: h5py.Dataset, path: Path, dtype: Any) -> np.ndarray | None:
     if offset is None:
         return None
     n = int(ds.shape[0])
-    if offset + n * dtype.itemsize > path.stat().st_size:
-        raise StoreCorruptError(f"{path}: dataset {ds.name} runs past the end of the file")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n,))
+    with open(path, "rb") as fh:
+        if offset + n * dtype.itemsize > os.fstat(fh.fileno()).st_size:
+            raise StoreCorruptError(f"{path}: dataset {ds.name} runs past the end of the file")
+        mapped = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
+    return np.frombuffer(mapped, dtype=dtype, count=n, offset=offset)
 
 
 def _column(
@@ -367,16 +370,20 @@ def _write_segment_file(
 
 
 def _check_segment_attrs(f: h5py.File, path: Path) -> str:
-    fmt = f.attrs.get("format")
+    attrs = f.attrs
+    try:
+        fmt = attrs["format"]
+    except KeyError:
+        fmt = None
     if fmt != SEGMENT_FORMAT:
         raise StoreCorruptError(f"{path}: not a fibergrade segment (format attribute {fmt!r})")
-    version = f.attrs.get("format_version")
+    version = attrs.get("format_version")
     if version is None or int(version) != SEGMENT_FORMAT_VERSION:
         raise StoreCorruptError(
             f"{path}: segment format_version {version!r}; this fibergrade reads version "
             f"{SEGMENT_FORMAT_VERSION}"
         )
-    kind = str(f.attrs.get("kind"))
+    kind = str(attrs.get("kind"))
     if kind not in SEGMENT_KINDS:
         raise StoreCorruptError(f"{path}: unknown segment kind {kind!r}")
     return kind
