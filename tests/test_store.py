@@ -7,6 +7,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import subprocess
 import sys
 import time
@@ -746,3 +747,15 @@ def test_summarise_lots_across_segments_in_any_order_matches_each_table(
         assert got.n[i] == one.n[0]
         for f, col in got.figures.items():
             np.testing.assert_allclose(col[i], one.figures[f][0], rtol=1e-12, err_msg=f)
+
+
+def test_summarise_lots_raises_the_error_of_an_unreadable_segment(tmp_path: Path) -> None:
+    from fibergrade.workflow import summarise_lots
+
+    store, _ = _three_segments(tmp_path)
+    lots = store.lots()
+    broken = store.segment_path(store.segments()[2].digest)
+    broken.chmod(0o600)
+    broken.write_bytes(b"not an HDF5 file")
+    with pytest.raises(StoreCorruptError, match=re.escape(broken.name)):
+        summarise_lots(store, lots, 30.0, "fast")

@@ -385,12 +385,15 @@ def summarise(
     *,
     engine: Engine = "fast",
     histogram_out: np.ndarray | None = None,
+    parallel: bool = True,
 ) -> LotSummary:
     """Per-lot figures of every lot in ``lots``; ``engine`` picks the implementation.
 
     ``histogram_out`` (int64, lots x 200), when given, receives the 1-um histogram and
     becomes the summary's ``histogram``: the fast kernel counts straight into it, so a caller
     joining many tables (:func:`fibergrade.workflow.summarise_lots`) copies nothing.
+    ``parallel`` False runs the fast kernel in the calling thread only (it releases the GIL),
+    for a caller that runs several tables at once in threads of its own.
     """
     if engine == "reference":
         return _histogram_into(summarise_reference(lots, cut_um), histogram_out)
@@ -398,7 +401,7 @@ def summarise(
         raise DataModelError(f"unknown engine {engine!r}; expected 'fast' or 'reference'")
     from fibergrade.kernel import summarise_fast  # numba is imported only when needed
 
-    return summarise_fast(lots, cut_um, histogram_out=histogram_out)
+    return summarise_fast(lots, cut_um, histogram_out=histogram_out, parallel=parallel)
 
 
 def check_histogram_out(out: np.ndarray, n_lots: int) -> np.ndarray:

@@ -167,86 +167,100 @@ def _mean_sd(x, n):  # pragma: no cover - compiled
     return c1 / nf + k, sd
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _fused(d, bits, off, cut, curv, med, length, acc, hist, first_bad, n_chunks):
-    n_lots = off.size - 1
+@numba.njit(cache=True, nogil=True)
+def _lot_range(d, bits, off, cut, curv, med, length, acc, hist, first_bad, l0, l1):
+    # lots l0..l1-1, in the calling thread, with their own scratch
     has_curv = curv.size > 0
     has_med = med.size > 0
     has_len = length.size > 0
+    fine = np.zeros(N_FINE + 1, np.uint32)
+    # reinterpret the min/max bit patterns of _lot_pass as float32 values
+    as_bits = np.empty(2, np.int32)
+    as_float = as_bits.view(np.float32)
+    for lot in range(l0, l1):
+        s = off[lot]
+        e = off[lot + 1]
+        n = e - s
+        if n == 0:
+            for j in range(N_ACC):
+                acc[lot, j] = np.nan
+            continue
+        x = d[s:e]
+        k = np.float64(x[0])
+        lo_bits, hi_bits, s1, s2, mgt, mle, le = _lot_pass(x, bits[s:e], k, cut)
+        if lo_bits < LO_BITS or hi_bits > HI_BITS:
+            for i in range(n):
+                xi = x[i]
+                if not (xi >= D_LO and xi <= D_HI):
+                    first_bad[lot] = s + i
+                    break
+            continue
+        _scatter(x, fine)
+        fine[N_FINE - 1] += fine[N_FINE]
+        fine[N_FINE] = 0
+        as_bits[0] = lo_bits
+        as_bits[1] = hi_bits
+        mn = np.float64(as_float[0])
+        mx = np.float64(as_float[1])
+        bmin = min(int(mn * INV_FINE), N_FINE - 1)
+        bmax = min(int(mx * INV_FINE), N_FINE - 1)
+        nf = np.float64(n)
+        acc[lot, A_MFD] = s1 / nf + k
+        if n > 1:
+            acc[lot, A_SD] = np.sqrt(max(s2 - s1 * s1 / nf, 0.0) / (nf - 1.0))
+        else:
+            acc[lot, A_SD] = np.nan
+        acc[lot, A_MIN] = mn
+        acc[lot, A_MAX] = mx
+        acc[lot, A_LE] = le
+        acc[lot, A_MGT] = mgt
+        acc[lot, A_MLE] = mle
+        row = hist[lot]
+        r0 = bmin // FINE_PER_REPORT
+        r1 = bmax // FINE_PER_REPORT
+        _report_classes(fine, row, r0, r1)
+        acc[lot, A_P5] = _quantile(fine, row, r0, r1, bmax, n, Q5, mn, mx)
+        acc[lot, A_P50] = _quantile(fine, row, r0, r1, bmax, n, Q50, mn, mx)
+        acc[lot, A_P95] = _quantile(fine, row, r0, r1, bmax, n, Q95, mn, mx)
+        fine[r0 * FINE_PER_REPORT : (r1 + 1) * FINE_PER_REPORT] = 0
+        if has_curv:
+            acc[lot, A_CMEAN], acc[lot, A_CSD] = _mean_sd(curv[s:e], n)
+        else:
+            acc[lot, A_CMEAN] = np.nan
+            acc[lot, A_CSD] = np.nan
+        if has_med:
+            m = 0
+            lot_med = med[s:e]
+            for i in range(n):
+                m += lot_med[i]
+            acc[lot, A_MED] = 100.0 * m / nf
+        else:
+            acc[lot, A_MED] = np.nan
+        if has_len:
+            t = 0.0
+            lot_len = length[s:e]
+            for i in range(n):
+                t += np.float64(lot_len[i])
+            acc[lot, A_LEN] = t / nf
+        else:
+            acc[lot, A_LEN] = np.nan
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _fused(d, bits, off, cut, curv, med, length, acc, hist, first_bad, n_chunks):
+    # parallel over chunks of lots (numba's thread pool)
+    n_lots = off.size - 1
     for c in numba.prange(n_chunks):
-        fine = np.zeros(N_FINE + 1, np.uint32)
-        # reinterpret the min/max bit patterns of _lot_pass as float32 values
-        as_bits = np.empty(2, np.int32)
-        as_float = as_bits.view(np.float32)
         l0 = (c * n_lots) // n_chunks
         l1 = ((c + 1) * n_lots) // n_chunks
-        for lot in range(l0, l1):
-            s = off[lot]
-            e = off[lot + 1]
-            n = e - s
-            if n == 0:
-                for j in range(N_ACC):
-                    acc[lot, j] = np.nan
-                continue
-            x = d[s:e]
-            k = np.float64(x[0])
-            lo_bits, hi_bits, s1, s2, mgt, mle, le = _lot_pass(x, bits[s:e], k, cut)
-            if lo_bits < LO_BITS or hi_bits > HI_BITS:
-                for i in range(n):
-                    xi = x[i]
-                    if not (xi >= D_LO and xi <= D_HI):
-                        first_bad[lot] = s + i
-                        break
-                continue
-            _scatter(x, fine)
-            fine[N_FINE - 1] += fine[N_FINE]
-            fine[N_FINE] = 0
-            as_bits[0] = lo_bits
-            as_bits[1] = hi_bits
-            mn = np.float64(as_float[0])
-            mx = np.float64(as_float[1])
-            bmin = min(int(mn * INV_FINE), N_FINE - 1)
-            bmax = min(int(mx * INV_FINE), N_FINE - 1)
-            nf = np.float64(n)
-            acc[lot, A_MFD] = s1 / nf + k
-            if n > 1:
-                acc[lot, A_SD] = np.sqrt(max(s2 - s1 * s1 / nf, 0.0) / (nf - 1.0))
-            else:
-                acc[lot, A_SD] = np.nan
-            acc[lot, A_MIN] = mn
-            acc[lot, A_MAX] = mx
-            acc[lot, A_LE] = le
-            acc[lot, A_MGT] = mgt
-            acc[lot, A_MLE] = mle
-            row = hist[lot]
-            r0 = bmin // FINE_PER_REPORT
-            r1 = bmax // FINE_PER_REPORT
-            _report_classes(fine, row, r0, r1)
-            acc[lot, A_P5] = _quantile(fine, row, r0, r1, bmax, n, Q5, mn, mx)
-            acc[lot, A_P50] = _quantile(fine, row, r0, r1, bmax, n, Q50, mn, mx)
-            acc[lot, A_P95] = _quantile(fine, row, r0, r1, bmax, n, Q95, mn, mx)
-            fine[r0 * FINE_PER_REPORT : (r1 + 1) * FINE_PER_REPORT] = 0
-            if has_curv:
-                acc[lot, A_CMEAN], acc[lot, A_CSD] = _mean_sd(curv[s:e], n)
-            else:
-                acc[lot, A_CMEAN] = np.nan
-                acc[lot, A_CSD] = np.nan
-            if has_med:
-                m = 0
-                lot_med = med[s:e]
-                for i in range(n):
-                    m += lot_med[i]
-                acc[lot, A_MED] = 100.0 * m / nf
-            else:
-                acc[lot, A_MED] = np.nan
-            if has_len:
-                t = 0.0
-                lot_len = length[s:e]
-                for i in range(n):
-                    t += np.float64(lot_len[i])
-                acc[lot, A_LEN] = t / nf
-            else:
-                acc[lot, A_LEN] = np.nan
+        _lot_range(d, bits, off, cut, curv, med, length, acc, hist, first_bad, l0, l1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fused_serial(d, bits, off, cut, curv, med, length, acc, hist, first_bad):
+    # every lot in the calling thread (for callers running several tables in their own
+    # threads; the GIL is released)
+    _lot_range(d, bits, off, cut, curv, med, length, acc, hist, first_bad, 0, off.size - 1)
 
 
 _NO_F32 = np.empty(0, np.float32)
@@ -254,10 +268,14 @@ _NO_BOOL = np.empty(0, np.bool_)
 
 
 def summarise_fast(
-    lots: FibreLots, cut_um: float, *, histogram_out: np.ndarray | None = None
+    lots: FibreLots,
+    cut_um: float,
+    *,
+    histogram_out: np.ndarray | None = None,
+    parallel: bool = True,
 ) -> LotSummary:
     """Same figures as :func:`~fibergrade.distribution.summarise_reference`, in one pass;
-    ``histogram_out``: see :func:`~fibergrade.distribution.summarise`."""
+    ``histogram_out`` and ``parallel``: see :func:`~fibergrade.distribution.summarise`."""
     cut = _check_cut(cut_um)
     check_optional_columns(lots)
     n_lots = lots.n_lots
@@ -270,7 +288,7 @@ def summarise_fast(
         return _empty_summary(cut)
     acc = np.empty((n_lots, N_ACC), np.float64)
     first_bad = np.full(n_lots, -1, np.int64)
-    _fused(
+    args = (
         lots.diameter_um,
         lots.diameter_um.view(np.int32),
         lots.offsets,
@@ -281,8 +299,11 @@ def summarise_fast(
         acc,
         hist,
         first_bad,
-        max(1, min(n_lots, 16 * numba.get_num_threads())),
     )
+    if parallel:
+        _fused(*args, max(1, min(n_lots, 16 * numba.get_num_threads())))
+    else:
+        _fused_serial(*args)
     if (first_bad >= 0).any():
         mask = np.zeros(lots.n_fibres, dtype=bool)
         mask[first_bad[first_bad >= 0]] = True

@@ -103,11 +103,14 @@ def summarise_table(
     cut_um: float,
     engine: Engine,
     histogram_out: np.ndarray | None = None,
+    parallel: bool = True,
 ) -> LotSummary:
-    """Figures of every lot of a table of fibres or of class counts (``histogram_out``: see
-    :func:`fibergrade.distribution.summarise`)."""
+    """Figures of every lot of a table of fibres or of class counts (``histogram_out`` and
+    ``parallel``: see :func:`fibergrade.distribution.summarise`)."""
     if isinstance(table, FibreLots):
-        return summarise(table, cut_um, engine=engine, histogram_out=histogram_out)
+        return summarise(
+            table, cut_um, engine=engine, histogram_out=histogram_out, parallel=parallel
+        )
     return summarise_histograms(table, cut_um, histogram_out)
 
 
@@ -116,9 +119,10 @@ def summarise_segment(
     cut_um: float,
     engine: Engine = "fast",
     histogram_out: np.ndarray | None = None,
+    parallel: bool = True,
 ) -> LotSummary:
     """Figures of the task's lots, in the task's order."""
-    return summarise_table(read_task_lots(task), cut_um, engine, histogram_out)
+    return summarise_table(read_task_lots(task), cut_um, engine, histogram_out, parallel)
 
 
 @dataclass(frozen=True)
