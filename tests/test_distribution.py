@@ -73,7 +73,10 @@ def lot_tables(draw, max_lots: int = 8, max_size: int = 60, optional: bool = Tru
 @settings(max_examples=150, deadline=None)
 @given(lot_tables())
 def test_fast_kernel_agrees_with_reference(lots):
-    assert_same(summarise_reference(lots), summarise(lots, engine="fast"))
+    reference = summarise_reference(lots)
+    assert_same(reference, summarise(lots, engine="fast"))
+    # the serial kernel (one thread; summarise_lots runs several at once) is the same code
+    assert_same(reference, summarise(lots, engine="fast", parallel=False))
 
 
 @settings(max_examples=60, deadline=None)
