@@ -318,6 +318,26 @@ def build_certificate(
     }
 
 
+def next_certificate(
+    prior: list[dict[str, Any]],
+    revoked: set[str],
+    prefix: str,
+    subject: str,
+    reissue_reason: str | None,
+) -> tuple[str, str | None]:
+    """The number of a new certificate for a subject whose earlier certificates are
+    ``prior`` (oldest first), and the number it supersedes: the newest one not revoked, or
+    None. A subject with a current certificate is refused unless ``reissue_reason``."""
+    current = [e for e in prior if e["certificate"]["certificate_number"] not in revoked]
+    supersedes = current[-1]["certificate"]["certificate_number"] if current else None
+    if supersedes and not reissue_reason:
+        raise CertificateRefused(
+            f"{subject} is already certified as {supersedes}; to issue a corrected "
+            "certificate that supersedes it, pass --reissue --reason ..."
+        )
+    return f"{prefix}-{len(prior) + 1:02d}", supersedes
+
+
 def certify_lots(
     store: Any,
     lot_ids: list[str],
@@ -351,15 +371,10 @@ def certify_lots(
     audit = AuditLog(store.root)
     plans: list[tuple[dict[str, Any], str, str | None]] = []
     for lot in lot_ids:
-        prior = previous.get(lot, [])
-        current = [e for e in prior if e["certificate"]["certificate_number"] not in revoked]
-        supersedes = current[-1]["certificate"]["certificate_number"] if current else None
-        if supersedes and not reissue_reason:
-            raise CertificateRefused(
-                f"lot {lot} is already certified as {supersedes}; to issue a corrected "
-                "certificate that supersedes it, pass --reissue --reason ..."
-            )
-        plans.append((graded[lot], f"FG-{lot}-{len(prior) + 1:02d}", supersedes))
+        number, supersedes = next_certificate(
+            previous.get(lot, []), revoked, f"FG-{lot}", f"lot {lot}", reissue_reason
+        )
+        plans.append((graded[lot], number, supersedes))
     pos = audit.position()
     found = overrides(store)
     names = {s.digest: s.source_name for s in store.segments()}

@@ -27,6 +27,7 @@ from fibergrade.certificates import (
     CertificateRefused,
     Issued,
     VerifyReport,
+    next_certificate,
     revocation_entries,
     sign,
 )
@@ -89,15 +90,11 @@ def certify_carcasses(
             )
     plans = []
     for r in records:
-        prior = previous.get(r["carcass_id"], [])
-        current = [e for e in prior if e["certificate"]["certificate_number"] not in revoked]
-        supersedes = current[-1]["certificate"]["certificate_number"] if current else None
-        if supersedes and not reissue_reason:
-            raise CertificateRefused(
-                f"carcass {r['carcass_id']} is already certified as {supersedes}; to issue a "
-                "corrected certificate that supersedes it, pass --reissue --reason ..."
-            )
-        plans.append((r, f"FGM-{r['carcass_id']}-{len(prior) + 1:02d}", supersedes))
+        cid = r["carcass_id"]
+        number, supersedes = next_certificate(
+            previous.get(cid, []), revoked, f"FGM-{cid}", f"carcass {cid}", reissue_reason
+        )
+        plans.append((r, number, supersedes))
     audit = AuditLog(store.root)
     pos = audit.position()
     out = Path(out_dir)
