@@ -1571,6 +1571,11 @@ PassOpt = Annotated[
         help="Passphrase of the private key (env FIBERGRADE_KEY_PASSPHRASE).",
     ),
 ]
+#: options shared by `certify` and `meat certify`
+CertOutOpt = Annotated[Path, typer.Option("--out", help="Where certificates are written.")]
+LabOpt = Annotated[str, typer.Option("--lab", help="Laboratory name printed on certificates.")]
+ReissueOpt = Annotated[bool, typer.Option("--reissue", help="Supersede an existing certificate.")]
+ReissueReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (with --reissue).")]
 
 
 @keys_app.command("init")
@@ -1616,18 +1621,12 @@ def certify_(
         list[str] | None,
         typer.Argument(help="Lot ids (default: every clean graded lot not yet certified)."),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where certificates are written.")] = Path(
-        "certificates"
-    ),
+    out_dir: CertOutOpt = Path("certificates"),
     key: KeyOpt = Path("keys/lab.key"),
     passphrase: PassOpt = None,
-    lab: Annotated[str, typer.Option("--lab", help="Laboratory name printed on certificates.")] = (
-        "fibergrade laboratory"
-    ),
-    reissue: Annotated[
-        bool, typer.Option("--reissue", help="Supersede an existing certificate.")
-    ] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (with --reissue).")] = None,
+    lab: LabOpt = "fibergrade laboratory",
+    reissue: ReissueOpt = False,
+    reason: ReissueReasonOpt = None,
     pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also render PDFs.")] = True,
     store: StoreOpt = DEFAULT_STORE,
     workers: WorkersOpt = None,
@@ -1828,16 +1827,12 @@ def meat_certify_(
             help="Carcass ids (default: every halal-validated carcass not yet certified)."
         ),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where certificates are written.")] = Path(
-        "certificates"
-    ),
+    out_dir: CertOutOpt = Path("certificates"),
     key: KeyOpt = Path("keys/lab.key"),
     passphrase: PassOpt = None,
-    lab: Annotated[str, typer.Option("--lab", help="Laboratory name on certificates.")] = (
-        "fibergrade laboratory"
-    ),
-    reissue: Annotated[bool, typer.Option("--reissue", help="Supersede an existing one.")] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (with --reissue).")] = None,
+    lab: LabOpt = "fibergrade laboratory",
+    reissue: ReissueOpt = False,
+    reason: ReissueReasonOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
 ) -> None:
