@@ -414,6 +414,14 @@ def check_histogram_out(out: np.ndarray, n_lots: int) -> np.ndarray:
     return out
 
 
+def histogram_buffer(out: np.ndarray | None, n_lots: int) -> np.ndarray:
+    """Zeroed 1-um class counts for ``n_lots`` lots to count into: ``out`` when given."""
+    if out is None:
+        return np.zeros((n_lots, N_REPORT), np.int64)
+    check_histogram_out(out, n_lots).fill(0)
+    return out
+
+
 def _histogram_into(summary: LotSummary, out: np.ndarray | None) -> LotSummary:
     if out is not None:
         check_histogram_out(out, summary.n_lots)[...] = summary.histogram
@@ -502,11 +510,7 @@ def summarise_histograms(
             p = lower[k] + frac * (upper[k] - lower[k])
         figures[name] = np.where(n > 0, np.minimum(np.maximum(p, lo), hi), np.nan)
 
-    if histogram_out is None:
-        histogram = np.zeros((n_lots, N_REPORT), np.int64)
-    else:
-        histogram = check_histogram_out(histogram_out, n_lots)
-        histogram.fill(0)
+    histogram = histogram_buffer(histogram_out, n_lots)
     np.add.at(histogram, (lot_of, np.minimum(report_class, N_REPORT - 1)), hist.counts)
     nan = np.full(n_lots, np.nan)
     for f in ("curvature_mean_deg_mm", "curvature_sd_deg_mm", "medullated_pct", "length_mean_mm"):

@@ -31,15 +31,14 @@ from fibergrade.distribution import (
     FINE_PER_REPORT,
     MM_SUSPECT_BELOW_UM,
     N_FINE,
-    N_REPORT,
     QUANTILES,
     LotSummary,
     _check_cut,
     _empty_summary,
     _raise_first_bad,
-    check_histogram_out,
     check_optional_columns,
     derive,
+    histogram_buffer,
 )
 from fibergrade.measurements import FibreLots
 
@@ -279,11 +278,7 @@ def summarise_fast(
     cut = _check_cut(cut_um)
     check_optional_columns(lots)
     n_lots = lots.n_lots
-    if histogram_out is not None:
-        hist = check_histogram_out(histogram_out, n_lots)
-        hist.fill(0)
-    else:
-        hist = np.zeros((n_lots, N_REPORT), np.int64)
+    hist = histogram_buffer(histogram_out, n_lots)
     if n_lots == 0:
         return _empty_summary(cut)
     acc = np.empty((n_lots, N_ACC), np.float64)

@@ -371,10 +371,7 @@ def _write_segment_file(
 
 def _check_segment_attrs(f: h5py.File, path: Path) -> str:
     attrs = f.attrs
-    try:
-        fmt = attrs["format"]
-    except KeyError:
-        fmt = None
+    fmt = attrs.get("format")
     if fmt != SEGMENT_FORMAT:
         raise StoreCorruptError(f"{path}: not a fibergrade segment (format attribute {fmt!r})")
     version = attrs.get("format_version")

@@ -11,7 +11,7 @@ memory held at once is one segment's raw diameters plus small per-lot arrays.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,8 +148,8 @@ def summarise_lots(
     """
     tasks, where = plan_tasks(store, list(lots), corrections)
     # the tasks' 1-um histograms are counted straight into their rows of the joined array
-    histogram = np.empty((sum(len(t.positions) for t in tasks), N_REPORT), np.int64)
     bounds = np.cumsum([0] + [len(t.positions) for t in tasks]).tolist()
+    histogram = np.empty((bounds[-1], N_REPORT), np.int64)
     threads = 1
     if engine == "fast" and len(tasks) > 1:
         import numba
@@ -160,24 +160,25 @@ def summarise_lots(
         rows = histogram[bounds[k] : bounds[k + 1]]
         return summarise_segment(tasks[k], cut_um, engine, rows, parallel=threads == 1)
 
-    parts: list[LotSummary] = []
-    if threads == 1:
-        for k in range(len(tasks)):
-            parts.append(one(k))
-            if progress:
-                progress(k + 1, len(tasks))
-    else:
+    def in_task_order() -> Iterator[LotSummary]:
+        if threads == 1:
+            yield from map(one, range(len(tasks)))
+            return
         with ThreadPoolExecutor(threads, thread_name_prefix="fibergrade-summarise") as pool:
             futures = [pool.submit(one, k) for k in range(len(tasks))]
             try:
-                for k, fut in enumerate(futures):  # in task order; the first error wins
-                    parts.append(fut.result())
-                    if progress:
-                        progress(k + 1, len(tasks))
+                for fut in futures:  # the first error wins
+                    yield fut.result()
             except BaseException:
                 for fut in futures:
                     fut.cancel()
                 raise
+
+    parts: list[LotSummary] = []
+    for k, part in enumerate(in_task_order()):
+        parts.append(part)
+        if progress:
+            progress(k + 1, len(tasks))
     return _in_given_order(LotSummary.concat(parts, histogram), where)
 
 
