@@ -290,7 +290,9 @@ def _map_array(ds: h5py.Dataset, path: Path, dtype: Any) -> np.ndarray | None:
 def _column(
     ds: h5py.Dataset, path: Path, dtype: Any, rows: slice | None, mapped: bool
 ) -> np.ndarray:
-    if mapped and rows is None:
+    # only float columns are mapped: a stored bool is a byte that numpy would not check
+    # is 0 or 1, while a read converts it
+    if mapped and rows is None and np.dtype(dtype).kind == "f":
         arr = _map_array(ds, path, dtype)
         if arr is not None:
             return arr
@@ -410,11 +412,7 @@ def read_segment_file(
             if kind == "fibres":
                 g = f["fibres"]
                 cols = {
-                    name: (
-                        _column(g[name], path, dtype, rows, mapped)
-                        if dtype == np.float32
-                        else _read_array(g[name], dtype, rows)
-                    )
+                    name: _column(g[name], path, dtype, rows, mapped)
                     for name, dtype in (
                         ("length_mm", np.float32),
                         ("curvature_deg_mm", np.float32),
