@@ -471,16 +471,19 @@ def screen(
     """Screen every lot of ``summary`` (declared types in the same order), all at once."""
     n_lots = summary.n_lots
     dec = [x or "" for x in declared]
-    x = features(summary, dec)
     lookup = {t: i for i, t in enumerate(SCREENED_TYPES)}
     type_idx = np.array([lookup.get(t, -1) for t in dec], dtype=np.int64)
     ok = (type_idx >= 0) & (summary.n >= MIN_SNIPPETS) & (summary.status == "ok")
     proba = np.full((n_lots, len(VERDICTS)), np.nan)
-    if ok.any():
-        # One OpenMP thread for the trees: a batch of a few hundred lots gains nothing from
-        # more, and scikit-learn's OpenMP threads spinning beside numba's made grading a
-        # third slower on two cores (measured, fibergrade grade over 10,000 lots).
-        with _thread_pools().limit(limits=1, user_api="openmp"):
+    # One thread in every native pool: OpenMP for the trees, BLAS for the features' matrix
+    # product. A batch of a few hundred lots gains nothing from more, and the threads such
+    # a call wakes keep spinning afterwards, taking a core from numba's kernel and from the
+    # next lots' Python work. Measured on two cores (fibergrade grade): scikit-learn's
+    # OpenMP threads made grading 10,000 lots a third slower; OpenBLAS's, after the
+    # 500 x 200 product, made grading 15,000 lots 25 % slower (70 against 55 us per lot).
+    with _thread_pools().limit(limits=1):
+        x = features(summary, dec)
+        if ok.any():
             proba[ok] = model.estimator.predict_proba(x[ok])
     flagged = ok & (proba[:, 0] < model.threshold)
     suspect = np.where(proba[:, 2] > proba[:, 1], 2, 1)
