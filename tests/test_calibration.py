@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from fibergrade.calibration import (
     MIN_TOPS,
     CalibrationRefused,
+    LotCalibrations,
     NoValidCalibrationError,
     ReferenceSetError,
     TopMeasurement,
@@ -339,3 +340,22 @@ def test_edited_calibration_record_is_detected(tmp_path):
     path.write_text(path.read_text().replace('"slope":', '"slope":1.0,"x":', 1))
     with pytest.raises(StoreCorruptError, match=cid):
         grade_lots(store)
+
+
+def test_a_tasks_rows_of_the_calibrations_give_the_same_record_fields():
+    cal = LotCalibrations(
+        intercept=np.array([0.0, 0.4, 0.4, 0.0]),
+        slope=np.array([1.0, 0.98, 0.98, 1.0]),
+        calibration_id=(None, "cal-a", "cal-a", None),
+        range_lo=np.array([np.nan, 14.0, 14.0, np.nan]),
+        range_hi=np.array([np.nan, 40.0, 40.0, np.nan]),
+        notes=("lot has no instrument id; graded on raw diameters", None, None, "raw"),
+    )
+    mfd = np.array([15.0, 13.0, 41.0, 16.0])
+    whole = cal.record_fields(mfd)
+    rows = [2, 0, 1]
+    part = cal.select(rows)
+    assert part.calibration_id == ("cal-a", None, "cal-a")
+    np.testing.assert_array_equal(part.slope, [0.98, 1.0, 0.98])
+    assert part.record_fields(mfd[rows]) == [whole[i] for i in rows]
+    assert [f["calibration_range_flag"] for f in whole] == [None, "below", "above", None]

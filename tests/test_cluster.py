@@ -6,8 +6,11 @@ a worker killed mid-run is retried; failures store nothing; the CLI's --workers 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gc
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -300,6 +303,56 @@ class _Workers:
         return self.versions
 
 
+def test_small_shared_objects_ride_inside_tasks_and_large_ones_travel_once():
+    from fibergrade.cluster import INLINE_SHARED_BYTES, _rides_along
+    from fibergrade.grading import load_standard
+    from fibergrade.segment_tasks import GradePlan
+
+    assert _rides_along(30.0)
+    assert _rides_along(GradePlan((load_standard("us-wpla-cashmere"), None), 30.0))
+    assert not _rides_along(b"x" * (INLINE_SHARED_BYTES + 1))
+
+    class Named:  # named by content (like a screening model): stays on the workers
+        digest = "0" * 64
+
+    assert not _rides_along(Named())
+
+
+def test_tasks_run_with_the_collector_paused_and_it_resumes_after_errors():
+    from fibergrade.cluster import _run_task
+    from fibergrade.errors import InputError
+
+    seen: list[bool] = []
+
+    def task(k: int) -> list[dict[str, int]]:
+        seen.append(gc.isenabled())
+        if k < 0:
+            raise InputError("lots.csv", 3, "not a diameter")
+        return [{"lot": k}]
+
+    assert gc.isenabled()
+    assert InProcess().map(task, [1, 2], label="t") == [[{"lot": 1}], [{"lot": 2}]]
+    assert pickle.loads(_run_task(task, 3)) == [{"lot": 3}]  # a worker returns bytes
+    assert seen == [False, False, False] and gc.isenabled()
+    with pytest.raises(InputError):
+        InProcess().map(task, [-1], label="t")
+    assert gc.isenabled()
+    with pytest.raises(TaskFailed, match=r"lots\.csv.*not a diameter"):
+        _run_task(task, -1)
+    assert gc.isenabled()
+
+
+def test_segment_task_tokens_follow_their_content(lab):
+    from dask.base import tokenize
+
+    store = Store.open(lab / "store")
+    tasks, _ = plan_tasks(store, store.lots())
+    assert tokenize(tasks[0]) == tokenize(pickle.loads(pickle.dumps(tasks[0])))
+    assert len({tokenize(t) for t in tasks}) == len(tasks)
+    other = dataclasses.replace(tasks[0], declared=("wool",) * len(tasks[0].declared))
+    assert tokenize(other) != tokenize(tasks[0])
+
+
 def test_workers_with_other_software_are_refused():
     from fibergrade.cluster import _worker_versions
 
@@ -316,7 +369,11 @@ def test_workers_with_other_software_are_refused():
 def test_local_workers_share_the_cores(cluster):
     cores = len(os.sched_getaffinity(0))
     assert worker_environment(1)["NUMBA_NUM_THREADS"] == str(cores)
-    assert worker_environment(cores) == {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    assert worker_environment(cores) == {
+        "NUMBA_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "passive",
+    }
     assert worker_environment(4 * cores)["OMP_NUM_THREADS"] == "1"
 
     def threads() -> int:

@@ -805,6 +805,19 @@ class LotCalibrations:
         """True when no lot is corrected (grading is then exactly raw)."""
         return bool(np.all(self.intercept == 0.0) and np.all(self.slope == 1.0))
 
+    def select(self, idxs: Sequence[int] | np.ndarray) -> LotCalibrations:
+        """The rows of the given lots, in that order (a grading task's share of a run)."""
+        i = np.asarray(idxs, dtype=np.int64)
+        ids, notes = self.calibration_id, self.notes
+        return LotCalibrations(
+            self.intercept[i],
+            self.slope[i],
+            tuple(ids[k] for k in i.tolist()),
+            self.range_lo[i],
+            self.range_hi[i],
+            tuple(notes[k] for k in i.tolist()),
+        )
+
     def record_fields(self, mfd_um: np.ndarray) -> list[dict[str, Any]]:
         """What each grade record says about calibration, given the lots' corrected MFD."""
         mfd = np.asarray(mfd_um, dtype=np.float64)

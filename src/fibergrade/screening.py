@@ -607,8 +607,6 @@ def screen_stored_lots(
     records: list[dict[str, Any]] = [{} for _ in lots]
     for idxs, part in zip(where, parts, strict=True):
         for i, rec in zip(idxs, part, strict=True):
-            rec["declared_type"] = lots[i].meta.declared_type
-            rec["segment"] = lots[i].segment
             records[i] = rec
     result_id = None
     if record and records:

@@ -217,14 +217,18 @@ def grade_lots(
     record (``results/grade``) that names each lot's segment by SHA-256.
 
     The work runs one task per segment (:func:`fibergrade.segment_tasks.grade_segment`) on
-    ``executor`` (default: this process; :mod:`fibergrade.cluster` for a Dask cluster);
-    this process alone assembles the records and stores the result.
+    ``executor`` (default: this process; :mod:`fibergrade.cluster` for a Dask cluster).
+    The tasks return whole records; this process alone puts them in order and stores the
+    result.
     """
     lots = _select_lots(store, lot_ids)
     fixed: Standard | None = load_standard(standard) if standard is not None else None
-    chosen: list[Standard | None] = [
-        fixed if fixed is not None else standard_for_type(r.meta.declared_type) for r in lots
-    ]
+    scheme_of: dict[str | None, Standard | None] = {}  # by declared type: few, lots many
+    for r in lots:
+        t = r.meta.declared_type
+        if t not in scheme_of:
+            scheme_of[t] = fixed if fixed is not None else standard_for_type(t)
+    chosen = [scheme_of[r.meta.declared_type] for r in lots]
     distinct = list({(s.digest if s is not None else None): s for s in chosen}.values())
     slot = {(s.digest if s is not None else None): k for k, s in enumerate(distinct)}
     cuts = sorted({s.cut_um for s in chosen if s is not None} or {DEFAULT_CUT_UM})
@@ -235,36 +239,17 @@ def grade_lots(
         from fibergrade.screening import load_model
 
         model = load_model()  # loaded and verified before any lot is read
-    tasks, where = plan_tasks(
-        store, lots, corr, [slot[s.digest if s is not None else None] for s in chosen]
-    )
+    standard_index = [slot[s.digest if s is not None else None] for s in chosen]
+    tasks, where = plan_tasks(store, lots, corr, standard_index, calibrations=cal)
     plan = GradePlan(standards=tuple(distinct), default_cut=cuts[0], engine=engine)
     parts = (executor or InProcess()).map(
         grade_segment, tasks, label="grade", progress=progress, plan=plan, model=model
     )
+    # the tasks wrote whole records: only their order is left to restore
     records: list[dict[str, Any]] = [{} for _ in lots]
-    verdicts: list[dict[str, Any]] = [{} for _ in lots]
     for idxs, part in zip(where, parts, strict=True):
-        for j, i in enumerate(idxs):
-            rec = part.records[j]
-            meta = lots[i].meta
-            rec["declared_type"] = meta.declared_type
-            rec["origin"] = meta.origin
-            rec["segment"] = lots[i].segment
-            if chosen[i] is None:
-                rec["note"] = (
-                    f"no grading scheme for declared type {meta.declared_type!r}; "
-                    "pass --standard to grade this lot"
-                )
+        for i, rec in zip(idxs, part, strict=True):
             records[i] = rec
-            if part.screening is not None:
-                verdicts[i] = part.screening[j]
-    mfd = np.array([np.nan if r["mfd_um"] is None else r["mfd_um"] for r in records])
-    for rec, fields in zip(records, cal.record_fields(mfd), strict=True):
-        rec.update(fields)
-    if model is not None:
-        for rec, verdict in zip(records, verdicts, strict=True):
-            rec["screening"] = verdict
     created = _now()
     result_id = None
     if record and records:
