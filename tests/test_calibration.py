@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from fibergrade.calibration import (
     MIN_TOPS,
+    CalibrationFields,
     CalibrationRefused,
     LotCalibrations,
     NoValidCalibrationError,
@@ -343,19 +344,31 @@ def test_edited_calibration_record_is_detected(tmp_path):
 
 
 def test_a_tasks_rows_of_the_calibrations_give_the_same_record_fields():
+    nan = float("nan")
+    table = (
+        (None, nan, nan, "lot has no instrument id; graded on raw diameters"),
+        ("cal-a", 14.0, 40.0, None),
+        (None, nan, nan, "graded uncalibrated (--uncalibrated): expired"),
+    )
     cal = LotCalibrations(
         intercept=np.array([0.0, 0.4, 0.4, 0.0]),
         slope=np.array([1.0, 0.98, 0.98, 1.0]),
-        calibration_id=(None, "cal-a", "cal-a", None),
-        range_lo=np.array([np.nan, 14.0, 14.0, np.nan]),
-        range_hi=np.array([np.nan, 40.0, 40.0, np.nan]),
-        notes=("lot has no instrument id; graded on raw diameters", None, None, "raw"),
+        fields=CalibrationFields(table, np.array([0, 1, 1, 2], dtype=np.int32)),
     )
     mfd = np.array([15.0, 13.0, 41.0, 16.0])
     whole = cal.record_fields(mfd)
+    assert [f["calibration_range_flag"] for f in whole] == [None, "below", "above", None]
+    assert whole[1]["calibration_range_um"] == [14.0, 40.0]
+    assert whole[2]["calibration_range_um"] is not whole[1]["calibration_range_um"]
+    assert whole[3] == {
+        "calibration": None,
+        "uncalibrated": True,
+        "calibration_range_um": None,
+        "calibration_range_flag": None,
+        "calibration_note": "graded uncalibrated (--uncalibrated): expired",
+    }
     rows = [2, 0, 1]
     part = cal.select(rows)
-    assert part.calibration_id == ("cal-a", None, "cal-a")
     np.testing.assert_array_equal(part.slope, [0.98, 1.0, 0.98])
     assert part.record_fields(mfd[rows]) == [whole[i] for i in rows]
-    assert [f["calibration_range_flag"] for f in whole] == [None, "below", "above", None]
+    assert cal.fields.select(rows).record_fields(mfd[rows]) == [whole[i] for i in rows]

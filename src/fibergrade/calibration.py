@@ -789,16 +789,59 @@ def calibration_listing(store: Any, now: datetime | None = None) -> list[dict[st
 # --------------------------------------------------------------------------- grading
 
 
+#: the calibration note of a lot whose metadata names no instrument
+NO_INSTRUMENT_NOTE = "lot has no instrument id; graded on raw diameters"
+
+
+@dataclass(frozen=True)
+class CalibrationFields:
+    """What grade records say about calibration, for some lots, compactly.
+
+    ``table`` holds the run's distinct rows ``(calibration id, range low, range high,
+    note)`` (the range NaN and the id None where a lot is graded raw); ``row`` says which
+    row each lot has. A run's lots share a few calibrations, one per instrument, so a
+    grading task carries its lots' share as a small array, not as per-lot tuples (a task
+    description went from 28 KB to 6 KB, and Dask copies it three times).
+    """
+
+    table: tuple[tuple[str | None, float, float, str | None], ...]
+    row: np.ndarray  # int32[lots], into table
+
+    def select(self, idxs: Sequence[int] | np.ndarray) -> CalibrationFields:
+        """The rows of the given lots, in that order (a grading task's share of a run)."""
+        return CalibrationFields(self.table, self.row[np.asarray(idxs, dtype=np.int64)])
+
+    def record_fields(self, mfd_um: np.ndarray) -> list[dict[str, Any]]:
+        """What each grade record says about calibration, given the lots' corrected MFD."""
+        mfd = np.asarray(mfd_um, dtype=np.float64)
+        lo = np.array([t[1] for t in self.table], dtype=np.float64)[self.row]
+        hi = np.array([t[2] for t in self.table], dtype=np.float64)[self.row]
+        with np.errstate(invalid="ignore"):
+            below = mfd < lo
+            above = mfd > hi
+        flag = np.where(below, "below", np.where(above, "above", "")).tolist()
+        out = []
+        for f, r, low, high in zip(flag, self.row.tolist(), lo.tolist(), hi.tolist(), strict=True):
+            cid, _, _, note = self.table[r]
+            out.append(
+                {
+                    "calibration": cid,
+                    "uncalibrated": cid is None,
+                    "calibration_range_um": None if cid is None else [low, high],
+                    "calibration_range_flag": (f or None) if cid is not None else None,
+                    "calibration_note": note,
+                }
+            )
+        return out
+
+
 @dataclass(frozen=True)
 class LotCalibrations:
     """Per-lot correction lines (aligned with the lots being graded) and record fields."""
 
     intercept: np.ndarray  # float64[lots]; 0 where graded raw
     slope: np.ndarray  # float64[lots]; 1 where graded raw
-    calibration_id: tuple[str | None, ...]
-    range_lo: np.ndarray  # float64[lots]; NaN where graded raw
-    range_hi: np.ndarray
-    notes: tuple[str | None, ...]
+    fields: CalibrationFields  # what each lot's grade record says about calibration
 
     @property
     def identity(self) -> bool:
@@ -806,36 +849,13 @@ class LotCalibrations:
         return bool(np.all(self.intercept == 0.0) and np.all(self.slope == 1.0))
 
     def select(self, idxs: Sequence[int] | np.ndarray) -> LotCalibrations:
-        """The rows of the given lots, in that order (a grading task's share of a run)."""
+        """The rows of the given lots, in that order."""
         i = np.asarray(idxs, dtype=np.int64)
-        ids, notes = self.calibration_id, self.notes
-        return LotCalibrations(
-            self.intercept[i],
-            self.slope[i],
-            tuple(ids[k] for k in i.tolist()),
-            self.range_lo[i],
-            self.range_hi[i],
-            tuple(notes[k] for k in i.tolist()),
-        )
+        return LotCalibrations(self.intercept[i], self.slope[i], self.fields.select(i))
 
     def record_fields(self, mfd_um: np.ndarray) -> list[dict[str, Any]]:
         """What each grade record says about calibration, given the lots' corrected MFD."""
-        mfd = np.asarray(mfd_um, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            below = mfd < self.range_lo
-            above = mfd > self.range_hi
-        flag = np.where(below, "below", np.where(above, "above", "")).tolist()
-        lo, hi = self.range_lo.tolist(), self.range_hi.tolist()
-        return [
-            {
-                "calibration": cid,
-                "uncalibrated": cid is None,
-                "calibration_range_um": None if cid is None else [lo[i], hi[i]],
-                "calibration_range_flag": (flag[i] or None) if cid is not None else None,
-                "calibration_note": self.notes[i],
-            }
-            for i, cid in enumerate(self.calibration_id)
-        ]
+        return self.fields.record_fields(mfd_um)
 
 
 def lot_calibrations(
@@ -849,12 +869,10 @@ def lot_calibrations(
     n = len(metas)
     a = np.zeros(n)
     b = np.ones(n)
-    lo = np.full(n, np.nan)
-    hi = np.full(n, np.nan)
-    instruments = {m.instrument_id for m in metas if m.instrument_id}
+    instruments = sorted({m.instrument_id for m in metas if m.instrument_id})
     states = instrument_states(store, now) if instruments else {}
     problems = []
-    for inst in sorted(instruments):
+    for inst in instruments:
         st = states.get(inst) or InstrumentState(
             inst, "uncalibrated", None, None, "no calibration recorded"
         )
@@ -863,22 +881,24 @@ def lot_calibrations(
     if problems and not allow_uncalibrated:
         raise NoValidCalibrationError(problems)
     inst_of = np.array([m.instrument_id or "" for m in metas], dtype=object)
-    notes_arr = np.full(n, None, dtype=object)
-    ids_arr = np.full(n, None, dtype=object)
-    notes_arr[inst_of == ""] = "lot has no instrument id; graded on raw diameters"
+    nan = float("nan")
+    table: list[tuple[str | None, float, float, str | None]] = [
+        (None, nan, nan, NO_INSTRUMENT_NOTE)
+    ]
+    row = np.zeros(n, dtype=np.int32)  # row 0: no instrument
     for inst in instruments:  # one pass per instrument, not per lot
         mask = inst_of == inst
+        row[mask] = len(table)
         st = states.get(inst)
         if st is None or st.state != "valid" or st.record is None:
             reason = st.reason if st is not None else "no calibration recorded"
-            notes_arr[mask] = f"graded uncalibrated (--uncalibrated): {reason}"
+            table.append((None, nan, nan, f"graded uncalibrated (--uncalibrated): {reason}"))
             continue
         rec = st.record
         a[mask], b[mask] = rec["line"]["intercept_um"], rec["line"]["slope"]
-        lo[mask], hi[mask] = rec["range_um"]
-        ids_arr[mask] = st.calibration_id
-    ids, notes = ids_arr.tolist(), notes_arr.tolist()
-    return LotCalibrations(a, b, tuple(ids), lo, hi, tuple(notes))
+        lo, hi = rec["range_um"]
+        table.append((st.calibration_id, float(lo), float(hi), None))
+    return LotCalibrations(a, b, CalibrationFields(tuple(table), row))
 
 
 def correct_fibres(table: FibreLots, intercept: np.ndarray, slope: np.ndarray) -> FibreLots:

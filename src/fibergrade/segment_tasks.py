@@ -32,7 +32,7 @@ from fibergrade.measurements import FibreLots, HistogramLots
 from fibergrade.store import read_segment_file, verify_segment_file
 
 if TYPE_CHECKING:
-    from fibergrade.calibration import LotCalibrations
+    from fibergrade.calibration import CalibrationFields, LotCalibrations
     from fibergrade.grading import Standard
     from fibergrade.screening import ScreeningModel
     from fibergrade.store import LotRecord, Store
@@ -51,10 +51,10 @@ class SegmentTask:
     slope: np.ndarray | None = None
     #: per lot, an index into the run's list of standards (grading only)
     standard: tuple[int, ...] = ()
-    #: grading only, per lot: the declared origin, and the calibration rows its grade record
-    #: reports (the worker writes whole records; the client only puts them in order)
+    #: grading only, per lot: the declared origin, and what its grade record says about
+    #: calibration (the worker writes whole records; the client only puts them in order)
     origin: tuple[str | None, ...] = ()
-    calibration: LotCalibrations | None = None
+    calibration: CalibrationFields | None = None
 
     def __dask_tokenize__(self) -> str:
         """Dask's token for the task: a digest of its pickled content. Left to itself,
@@ -81,11 +81,15 @@ def plan_tasks(
     positions: dict[str, list[int]] = defaultdict(list)
     declared: dict[str, list[str | None]] = defaultdict(list)
     origin: dict[str, list[str | None]] = defaultdict(list)
+    # one object per distinct text, so that a task pickles each once (the manifest gives
+    # every lot its own copy of "cashmere")
+    same: dict[str | None, str | None] = {}
     for i, r in enumerate(lots):  # one pass over the lot records (a store can hold 10^5)
         by_segment[r.segment].append(i)
         positions[r.segment].append(r.index)
-        declared[r.segment].append(r.meta.declared_type)
-        origin[r.segment].append(r.meta.origin)
+        t, o = r.meta.declared_type, r.meta.origin
+        declared[r.segment].append(same.setdefault(t, t))
+        origin[r.segment].append(same.setdefault(o, o))
     std_of = None if standard_index is None else np.asarray(standard_index, np.int64)
     tasks = []
     for digest, idxs in by_segment.items():
@@ -99,7 +103,7 @@ def plan_tasks(
                 slope=None if corrections is None else corrections[1][idxs],
                 standard=() if std_of is None else tuple(std_of[idxs].tolist()),
                 origin=() if calibrations is None else tuple(origin[digest]),
-                calibration=None if calibrations is None else calibrations.select(idxs),
+                calibration=None if calibrations is None else calibrations.fields.select(idxs),
             )
         )
     return tasks, list(by_segment.values())
