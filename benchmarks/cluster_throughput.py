@@ -107,17 +107,19 @@ class DirectProcess:
 
 def task_sizes(store: Any) -> dict[str, Any]:
     """What one task moves: its pickled spec and result, and the segment bytes it reads."""
+    from fibergrade.calibration import lot_calibrations
     from fibergrade.distribution import DEFAULT_CUT_UM
     from fibergrade.grading import load_standard
     from fibergrade.screening import load_model
     from fibergrade.segment_tasks import GradePlan, grade_segment, plan_tasks
 
     lots = store.lots()
-    tasks, _ = plan_tasks(store, lots, None, [0] * len(lots))
+    cal = lot_calibrations(store, [r.meta for r in lots], allow_uncalibrated=True)
+    tasks, _ = plan_tasks(store, lots, None, [0] * len(lots), calibrations=cal)
     plan = GradePlan((load_standard("us-wpla-cashmere"),), DEFAULT_CUT_UM)
     model = load_model()
     task = tasks[0]
-    result = grade_segment(task, plan, model)
+    result = pickle.dumps(grade_segment(task, plan, model), protocol=pickle.HIGHEST_PROTOCOL)
     n_lots = len(task.positions)
     seg_bytes = os.path.getsize(task.path)
     return {
@@ -125,9 +127,10 @@ def task_sizes(store: Any) -> dict[str, Any]:
         "lots_per_task": n_lots,
         "segment_file_bytes": seg_bytes,
         "task_spec_bytes": len(pickle.dumps(task)),
-        "result_bytes": len(pickle.dumps(result)),
-        "result_bytes_per_lot": len(pickle.dumps(result)) / n_lots,
-        "shared_once_per_worker_bytes": len(pickle.dumps(plan)) + len(pickle.dumps(model)),
+        "plan_bytes_in_each_task": len(pickle.dumps(plan)),
+        "result_bytes": len(result),
+        "result_bytes_per_lot": len(result) / n_lots,
+        "shared_once_per_worker_bytes": len(pickle.dumps(model)),
     }
 
 
@@ -221,8 +224,9 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             "read, summarise, grade, screen, per-lot records; each figure the best of "
             f"{args.repeats} rounds in which the three paths take turns, each alone on the "
             "machine (a fresh cluster per round, timed after a warm-up run)",
-            "worker_threads": "1 per worker process (NUMBA_NUM_THREADS=OMP_NUM_THREADS=1); "
-            "the direct path uses numba's default (all cores)",
+            "worker_threads": "each worker runs one task at a time with cores // N numba and "
+            "OpenMP threads (fibergrade.cluster.worker_environment); the direct path uses "
+            "numba's default (all cores)",
             "total_s": time.perf_counter() - t_start,
             "loadavg_start": load_start,
             "loadavg_end": _loadavg(),
@@ -265,8 +269,8 @@ def render(doc: dict[str, Any], console: Any) -> None:
     console.print(
         f"per task: {p['lots_per_task']} lots, reads {p['segment_file_bytes']:,} B of segment, "
         f"spec {p['task_spec_bytes']:,} B, result {p['result_bytes']:,} B "
-        f"({p['result_bytes_per_lot']:,.0f} B/lot); once per worker "
-        f"{p['shared_once_per_worker_bytes']:,} B (plan + model)"
+        f"({p['result_bytes_per_lot']:,.0f} B/lot), plan {p['plan_bytes_in_each_task']:,} B "
+        f"in each task; once per worker {p['shared_once_per_worker_bytes']:,} B (model)"
     )
 
 
