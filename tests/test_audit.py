@@ -156,3 +156,17 @@ def test_a_log_longer_than_its_head_is_a_crash_not_tampering(tmp_path, keys):
     log.head_path.write_text('{"seq": 2, "hash": "' + "ab" * 32 + '"}')
     with pytest.raises(AuditTamperError, match=r"head\.json names"):
         log.verify(keys[1])
+
+
+def test_a_stored_result_is_logged_with_the_digest_that_names_it(tmp_path):
+    from fibergrade.audit import digest
+    from fibergrade.store import Store
+
+    store = Store.open(tmp_path / "store")
+    payload = {"kind": "grade", "lots": [{"lot_id": "L-1", "mfd_um": 15.25, "note": "ü"}]}
+    name = store.put_result("grade", payload)
+    entries = AuditLog(store.root).entries()
+    assert entries[-1]["subject"] == f"grade {name}"
+    # the digest passed along by the store is the one the log would compute itself
+    assert entries[-1]["payload_digest"] == name == digest(payload)
+    assert AuditLog(store.root).append("record", "x", payload)["payload_digest"] == name

@@ -169,8 +169,14 @@ class AuditLog:
         *,
         actor: str | None = None,
         extra: dict[str, Any] | None = None,
+        payload_digest: str | None = None,
     ) -> dict[str, Any]:
-        """Append one entry and return it. ``payload`` is digested, not stored."""
+        """Append one entry and return it. ``payload`` is digested, not stored.
+
+        A caller that already holds :func:`digest` of the payload (the store names a result
+        record by exactly that) passes it as ``payload_digest`` instead, so that a large
+        payload is not serialised twice (a grade result of 15,000 lots: 0.5 s).
+        """
         if action not in ACTIONS:
             raise AuditError(f"unknown audit action {action!r}; known: {', '.join(ACTIONS)}")
         with self._locked():
@@ -181,7 +187,13 @@ class AuditLog:
                 "actor": actor or default_actor(),
                 "action": action,
                 "subject": subject,
-                "payload_digest": digest(payload) if payload is not None else None,
+                "payload_digest": (
+                    payload_digest
+                    if payload_digest is not None
+                    else digest(payload)
+                    if payload is not None
+                    else None
+                ),
                 "prev": prev,
             }
             if extra:

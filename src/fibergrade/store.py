@@ -237,9 +237,9 @@ def _atomic_write(path: Path, data: bytes, tmp_name: str) -> None:
 
 
 def _canonical_json(payload: Any) -> bytes:
-    return json.dumps(
-        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    from fibergrade.audit import canonical_json  # the one canonical form, digests included
+
+    return canonical_json(payload)
 
 
 def _lot_counts(kind: str, offsets: np.ndarray, counts: np.ndarray | None) -> list[int]:
@@ -1119,14 +1119,21 @@ class Store:
             _atomic_write(path, data, f"{_TMP_PREFIX}{secrets.token_hex(8)}.json")
         except OSError as e:
             raise StoreError(f"{path}: cannot write result: {e}") from e
-        self._audit(AUDIT_ACTION.get(kind, "record"), f"{kind} {digest}", payload)
+        # the audit entry's payload digest is this same SHA-256 of the same canonical bytes
+        self._audit(AUDIT_ACTION.get(kind, "record"), f"{kind} {digest}", payload, digest)
         return digest
 
-    def _audit(self, action: str, subject: str, payload: dict[str, Any]) -> None:
+    def _audit(
+        self,
+        action: str,
+        subject: str,
+        payload: dict[str, Any],
+        payload_digest: str | None = None,
+    ) -> None:
         """Log a step that wrote something new (after its commit; see fibergrade.audit)."""
         from fibergrade.audit import AuditLog
 
-        AuditLog(self.root).append(action, subject, payload)
+        AuditLog(self.root).append(action, subject, payload, payload_digest=payload_digest)
 
     def _load_result(self, path: Path, digest: str) -> dict[str, Any]:
         try:
