@@ -13,6 +13,7 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fibergrade.audit import digest
 from fibergrade.calibration import (
     MIN_TOPS,
     CalibrationFields,
@@ -304,6 +305,10 @@ def test_grading_applies_the_calibration_and_names_it(tmp_path):
     assert [r["calibration_range_flag"] for r in run.records] == ["below", None, None]
     stored = store.get_result("grade", run.result_id)
     assert stored["lots"][0]["calibration"] == cid
+    # joined from the tasks' canonical JSON: the record of the whole, serialised at once
+    assert stored["lots"] == run.records
+    head = {k: v for k, v in stored.items() if k != "lots"}
+    assert digest(head | {"lots": run.records}) == run.result_id
     # raw data unchanged
     again = summarise(store.read_fibres(["L1", "L2", "L3"]))["mfd_um"]
     np.testing.assert_array_equal(raw, again)

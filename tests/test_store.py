@@ -584,6 +584,49 @@ def test_results_put_get_list(tmp_path: Path) -> None:
     assert store.results("certificates") == []
 
 
+_json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+_json_value = st.recursive(
+    _json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    head=st.dictionaries(st.text(max_size=8), _json_value, max_size=5),
+    lots=st.lists(st.dictionaries(st.text(max_size=6), _json_value, max_size=5), max_size=6),
+)
+def test_a_result_joined_from_canonical_parts_is_the_whole_serialised_at_once(head, lots):
+    from fibergrade.audit import canonical_json
+    from fibergrade.store import _canonical_json
+
+    head.pop("lots", None)
+    joined = b"[" + b",".join(canonical_json(x) for x in lots) + b"]"
+    assert _canonical_json(head, {"lots": joined}) == canonical_json(head | {"lots": lots})
+
+
+def test_a_result_stored_from_parts_has_the_digest_of_the_whole(tmp_path: Path) -> None:
+    from fibergrade.audit import canonical_json
+
+    store = Store.open(tmp_path)
+    lots = [{"lot_id": "L2", "mfd_um": 15.25, "criteria": [{"op": "<=", "passed": True}]}]
+    head = {"kind": "grade", "created_at": "2026-11-22T00:00:00+00:00"}
+    name = store.put_result("grade", head, canonical={"lots": canonical_json(lots)})
+    assert name == store.put_result("grade", head | {"lots": lots})  # the same record
+    assert store.get_result("grade", name) == head | {"lots": lots}
+    with pytest.raises(StoreError, match="given twice"):
+        store.put_result("grade", head | {"lots": []}, canonical={"lots": b"[]"})
+
+
 def test_result_errors(tmp_path: Path) -> None:
     store = Store.open(tmp_path)
     with pytest.raises(StoreError, match="not a valid name"):

@@ -236,10 +236,22 @@ def _atomic_write(path: Path, data: bytes, tmp_name: str) -> None:
         raise
 
 
-def _canonical_json(payload: Any) -> bytes:
+def _canonical_json(payload: dict[str, Any], given: Mapping[str, bytes] | None = None) -> bytes:
+    """Canonical JSON of ``payload`` plus the top-level entries ``given`` already as
+    canonical JSON; byte for byte what serialising the whole object at once gives (keys
+    sorted, no spaces: see :func:`fibergrade.audit.canonical_json`)."""
     from fibergrade.audit import canonical_json  # the one canonical form, digests included
 
-    return canonical_json(payload)
+    if not given:
+        return canonical_json(payload)
+    overlap = set(payload) & set(given)
+    if overlap:
+        raise ValueError(f"keys given twice: {sorted(overlap)}")
+    items = [
+        canonical_json(k) + b":" + (given[k] if k in given else canonical_json(payload[k]))
+        for k in sorted(set(payload) | set(given))
+    ]
+    return b"{" + b",".join(items) + b"}"
 
 
 def _lot_counts(kind: str, offsets: np.ndarray, counts: np.ndarray | None) -> list[int]:
@@ -1095,8 +1107,18 @@ class Store:
             )
         return self.root / "results" / kind
 
-    def put_result(self, kind: str, payload: dict[str, Any]) -> str:
+    def put_result(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        canonical: Mapping[str, bytes] | None = None,
+    ) -> str:
         """Store a result record as canonical JSON; returns its SHA-256 (its name).
+
+        ``canonical`` gives top-level entries already as canonical JSON (a grade result's
+        lots, serialised by the tasks that graded them); the stored bytes are the same as
+        for the whole object serialised here.
 
         Idempotent: the same payload gives the same digest and is written once. Result
         writes are atomic and content-addressed, so they do not take the writer lock.
@@ -1105,7 +1127,7 @@ class Store:
         if not isinstance(payload, dict):
             raise StoreError(f"a {kind} result must be a JSON object, got {type(payload)}")
         try:
-            data = _canonical_json(payload)
+            data = _canonical_json(payload, canonical)
         except (TypeError, ValueError) as e:
             raise StoreError(f"{kind} result is not representable as canonical JSON: {e}") from e
         digest = hashlib.sha256(data).hexdigest()

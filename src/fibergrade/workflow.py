@@ -241,18 +241,27 @@ def grade_lots(
         model = load_model()  # loaded and verified before any lot is read
     standard_index = [slot[s.digest if s is not None else None] for s in chosen]
     tasks, where = plan_tasks(store, lots, corr, standard_index, calibrations=cal)
-    plan = GradePlan(standards=tuple(distinct), default_cut=cuts[0], engine=engine)
+    stored = record and bool(lots)
+    plan = GradePlan(
+        standards=tuple(distinct), default_cut=cuts[0], engine=engine, canonical_json=stored
+    )
     parts = (executor or InProcess()).map(
         grade_segment, tasks, label="grade", progress=progress, plan=plan, model=model
     )
-    # the tasks wrote whole records: only their order is left to restore
+    # the tasks wrote whole records (and their JSON): only their order is left to restore
     records: list[dict[str, Any]] = [{} for _ in lots]
+    canonical: list[bytes] = [b""] * len(lots) if stored else []
     for idxs, part in zip(where, parts, strict=True):
-        for i, rec in zip(idxs, part, strict=True):
+        for i, rec in zip(idxs, part.records, strict=True):
             records[i] = rec
+        if stored and part.canonical is not None:
+            for i, text in zip(idxs, part.canonical, strict=True):
+                canonical[i] = text
     created = _now()
     result_id = None
-    if record and records:
+    if stored:
+        # the lots' canonical JSON comes joined from the tasks' texts: the same bytes as
+        # serialising the whole payload here, without doing it on this one process
         result_id = store.put_result(
             "grade",
             {
@@ -260,8 +269,8 @@ def grade_lots(
                 "created_at": created,
                 "software_version": __version__,
                 "engine": engine,
-                "lots": records,
             },
+            canonical={"lots": b"[" + b",".join(canonical) + b"]"},
         )
     return GradingRun(records=records, result_id=result_id, created_at=created)
 
