@@ -63,5 +63,7 @@ def test_cluster_benchmark_runs_and_reports_the_three_paths(tmp_path: Path) -> N
         assert math.isfinite(f["lots_per_s"]) and f["lots_per_s"] > 0, key
         assert f["same_results"] is True
     assert set(doc["ratios"]) == {"workers_2_vs_workers_1", "workers_1_time_vs_direct"}
+    assert set(doc["stored"]["ratios"]) == set(doc["ratios"])  # storing included, reported
+    assert all(f["lots_per_s"] > 0 for f in doc["stored"]["figures"].values())
     assert doc["details"]["segments"] == 10 and doc["details"]["lots"] == 100
     assert doc["details"]["per_task"]["result_bytes"] > 0
