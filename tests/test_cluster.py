@@ -447,3 +447,16 @@ def test_cli_cluster_errors_are_clear(lab, tmp_path):
     assert r.returncode == 6 and "not both" in r.stderr
     r = cli("screen", "--store", str(lab / "store"), "--workers", "0", cwd=tmp_path)
     assert r.returncode == 2 and "--workers" in r.stderr
+
+
+def test_local_workers_run_with_less_housekeeping_and_glibc_trimming(cluster):
+    def settings() -> dict[str, Any]:
+        return {
+            "tick": dask.config.get("distributed.admin.tick.interval"),
+            "profile": dask.config.get("distributed.worker.profile.enabled"),
+            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            "omp_wait": os.environ.get("OMP_WAIT_POLICY"),
+        }
+
+    seen = list(cluster.client.run(settings).values())
+    assert seen == [{"tick": "1s", "profile": False, "trim": None, "omp_wait": "passive"}] * 2

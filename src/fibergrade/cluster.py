@@ -11,11 +11,13 @@
   when a worker process dies mid-task Dask runs the task again elsewhere (up to
   ``distributed.scheduler.allowed-failures`` times, then :class:`ClusterError`).
 
-Tasks receive segment paths and open the files themselves; they return plain records and
-write nothing. The caller, the single writer, stores results only after every task has
-succeeded, so a failed or half-finished task never leaves anything in the store. Objects
-shared by every task of a run (the grading plan, the screening model) are scattered to the
-workers once. Dask ships them by pickle, as it ships every task: the trust boundary is this
+Tasks receive segment paths and open the files themselves; they return plain records
+(pickled by the task itself, see :func:`_run_task`) and write nothing. The caller, the
+single writer, stores results only after every task has succeeded, so a failed or
+half-finished task never leaves anything in the store. A large object shared by every task
+of a run (the screening model) travels to each worker once and stays there; a small one
+(the grading plan) rides inside every task. Dask ships them by pickle, as it ships every
+task: the trust boundary is this
 client, which loaded the model from its skops file and verified it (digest against the
 model card, trusted types) before any lot was read. A worker runs whatever the client sends,
 so a cluster must only accept clients the lab trusts (README, "Running on a cluster").
@@ -272,21 +274,27 @@ class DaskExecutor:
 #:   after 3 s either way), the memory monitor once a second instead of every 100 ms (a
 #:   task holds one segment, ~10 MB), the system monitor every 2 s instead of 500 ms.
 #:   Together: one worker graded 15,000 lots 5-8 % faster (measured, 2 cores);
-#: * glibc's own heap trimming in the worker processes, as in this process: Dask sets
-#:   ``MALLOC_TRIM_THRESHOLD_=65536`` before starting them, so that memory goes back to
-#:   the system sooner, and the heap then shrank and regrew around every task (one worker
-#:   ~5 % slower, measured). A task's memory is bounded by its segment.
+#: * (added by :func:`_local_cluster_config`) glibc's own heap trimming in the worker
+#:   processes, as in this process: Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` before
+#:   starting them, so that memory goes back to the system sooner, and the heap then
+#:   shrank and regrew around every task (one worker ~5 % slower, measured). A task's
+#:   memory is bounded by its segment.
 LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.worker.memory.monitor-interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
-    "distributed.nanny.pre-spawn-environ": {
-        "OMP_NUM_THREADS": 1,
-        "MKL_NUM_THREADS": 1,
-        "OPENBLAS_NUM_THREADS": 1,
-    },
 }
+
+
+def _local_cluster_config() -> dict[str, Any]:
+    """:data:`LOCAL_CLUSTER_CONFIG`, and Dask's environment for new worker processes less
+    its ``MALLOC_TRIM_THRESHOLD_`` (the rest, one BLAS/OpenMP thread, stays)."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return LOCAL_CLUSTER_CONFIG | {"distributed.nanny.pre-spawn-environ": environ}
 
 
 def worker_environment(n_workers: int) -> dict[str, str]:
@@ -367,7 +375,7 @@ def executor(workers: int | None = None, scheduler: str | None = None) -> Iterat
         if workers is not None:
             where = f"a local cluster of {workers} worker process(es)"
             try:
-                with dask.config.set(LOCAL_CLUSTER_CONFIG):
+                with dask.config.set(_local_cluster_config()):
                     cluster = LocalCluster(
                         n_workers=workers,
                         threads_per_worker=1,

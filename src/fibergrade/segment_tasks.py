@@ -3,8 +3,9 @@
 DESIGN.md makes the segment the unit of work. Each function here takes one
 :class:`SegmentTask` (the segment file's path and digest, which of its lots, their declared
 types and calibration lines) plus arguments shared by the whole run, opens the file itself,
-and returns plain data: per-lot figure, grade and screening records. It never writes to the
-store; the one process that gathers the results stores them.
+and returns plain data: each lot's whole record (figures, grade, calibration, screening),
+and for a stored grade result each record's canonical JSON. It never writes to the store;
+the one process that gathers the results only puts them in order and stores them.
 
 Both execution paths run exactly these functions: the direct path one segment after another
 in this process, the cluster path (:mod:`fibergrade.cluster`) on Dask workers that receive
