@@ -207,7 +207,7 @@ def grade_segment(
         grade_recs = (
             grade(summ, std).records()
             if std is not None
-            else [{"standard": None, "grade": None, "criteria": []}] * len(idxs)
+            else [{"standard": None, "grade": None, "criteria": []} for _ in idxs]
         )
         for j, fig, gr in zip(idxs, summ.to_records(), grade_recs, strict=True):
             rec = fig | gr
