@@ -221,7 +221,8 @@ def grade_segment(
                 )
             records[j] = rec
     if task.calibration is not None:
-        mfd = np.array([np.nan if r["mfd_um"] is None else r["mfd_um"] for r in records])
+        # the MFD does not depend on the cut: any of the summaries has it, in task order
+        mfd = next(iter(summaries.values())).figures["mfd_um"]
         for rec, fields in zip(records, task.calibration.record_fields(mfd), strict=True):
             rec.update(fields)
     if model is not None:

@@ -254,8 +254,8 @@ def grade_lots(
     for idxs, part in zip(where, parts, strict=True):
         for i, rec in zip(idxs, part.records, strict=True):
             records[i] = rec
-        if stored and part.canonical is not None:
-            for i, text in zip(idxs, part.canonical, strict=True):
+        if stored:  # the plan asked every task for its records' JSON
+            for i, text in zip(idxs, part.canonical or (), strict=True):
                 canonical[i] = text
     created = _now()
     result_id = None
