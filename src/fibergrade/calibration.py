@@ -848,15 +848,6 @@ class LotCalibrations:
         """True when no lot is corrected (grading is then exactly raw)."""
         return bool(np.all(self.intercept == 0.0) and np.all(self.slope == 1.0))
 
-    def select(self, idxs: Sequence[int] | np.ndarray) -> LotCalibrations:
-        """The rows of the given lots, in that order."""
-        i = np.asarray(idxs, dtype=np.int64)
-        return LotCalibrations(self.intercept[i], self.slope[i], self.fields.select(i))
-
-    def record_fields(self, mfd_um: np.ndarray) -> list[dict[str, Any]]:
-        """What each grade record says about calibration, given the lots' corrected MFD."""
-        return self.fields.record_fields(mfd_um)
-
 
 def lot_calibrations(
     store: Any,
