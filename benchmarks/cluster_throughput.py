@@ -20,11 +20,12 @@ the three paths with the result stored, as ``fibergrade grade`` does (canonical 
 hashed, written, fsynced, audit-logged): reported under ``stored``, not held to the
 targets, since disk syncs blur them.
 
-Every figure is lots (and fibres) per second, the best of ``--repeats`` rounds measured in
-this one run. In each round the three paths take turns, each alone on the machine: a
-cluster is started for its turn, warmed up by one run (worker start-up, imports, the
-compiled kernel and the screening model are paid once per worker and reported separately
-as ``startup_s``), timed over one run, and closed. Ratios against the targets of
+Every figure is lots (and fibres) per second, the best of the timed runs of ``--repeats``
+rounds measured in this one run. In each round the three paths take turns, each alone on
+the machine: a cluster is started for its turn, warmed up by one run (worker start-up,
+imports, the compiled kernel and the screening model are paid once per worker and reported
+separately as ``startup_s``), timed over ``--runs`` runs, and closed; the direct path is
+timed over as many runs. Ratios against the targets of
 issue 8: ``workers_2 / workers_1 >= 1.6`` and ``time(workers_1) / time(direct) <= 1.25``.
 It also measures what one task moves (task and result sizes pickled, segment bytes read)
 for the README's scale-out plan.
@@ -162,9 +163,11 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
 
         # The three paths take turns, round after round, so that a slow spell of the
         # machine (a shared VM's speed varies by tens of percent) falls on all of them
-        # alike; each figure is the best of its rounds. Each path runs alone, as a user
-        # runs it: every round starts a fresh cluster and closes it after its timed run
-        # (an idle second cluster's periodic work took ~8 % from the other's runs).
+        # alike; each figure is the best of its timed runs (--runs in each round: a single
+        # run per round left the best of five up to 10 % apart between two benchmark runs
+        # minutes apart). Each path runs alone, as a user runs it: every round starts a
+        # fresh cluster and closes it after its timed runs (an idle second cluster's
+        # periodic work took ~8 % from the other's runs).
         say("timing: the three paths take turns, each alone on the machine ...")
         times: dict[str, list[float]] = {"direct": [], "workers_1": [], "workers_2": []}
         stored: dict[str, list[float]] = {name: [] for name in times}
@@ -177,7 +180,7 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             startup["direct"].append(time.perf_counter() - t0)
             for r in range(args.repeats):
                 say(f"round {r + 1} of {args.repeats} ...")
-                times["direct"].append(direct.timed())
+                times["direct"] += [direct.timed() for _ in range(args.runs)]
                 stored["direct"].append(direct.timed(stored=True))
                 for n in (1, 2):
                     name = f"workers_{n}"
@@ -189,11 +192,12 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                         if got != expected:
                             raise SystemExit(f"{name}: results differ from the direct path")
                         del got
-                        gc.collect()
-                        t1 = time.perf_counter()
-                        got = grade_all(store, ex)
-                        times[name].append(time.perf_counter() - t1)
-                        del got  # freeing 15,000 records (~30 ms) is not grading
+                        for _ in range(args.runs):
+                            gc.collect()
+                            t1 = time.perf_counter()
+                            got = grade_all(store, ex)
+                            times[name].append(time.perf_counter() - t1)
+                            del got  # freeing 15,000 records (~30 ms) is not grading
                         gc.collect()
                         t1 = time.perf_counter()
                         got = grade_all(store, ex, stored=True)
@@ -248,11 +252,14 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
             "lot_size": args.lot_size,
             "segments": n_segments,
             "segment_fibres_target": args.segment_fibres,
+            "rounds": args.repeats,
+            "timed_runs_per_round": args.runs,
             "per_task": sizes,
             "what": "workflow.grade_lots(store, record=False, uncalibrated=True, executor=...): "
             "read, summarise, grade, screen, per-lot records; each figure the best of "
-            f"{args.repeats} rounds in which the three paths take turns, each alone on the "
-            "machine (a fresh cluster per round, timed after a warm-up run)",
+            f"{args.runs} timed runs in each of {args.repeats} rounds in which the three "
+            "paths take turns, each alone on the machine (a fresh cluster per round, timed "
+            "after a warm-up run)",
             "worker_threads": "each worker runs one task at a time with cores // N numba and "
             "OpenMP threads (fibergrade.cluster.worker_environment); the direct path uses "
             "numba's default (all cores)",
@@ -318,6 +325,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--segment-fibres", type=_count, default=2 * 10**6, help="fibres per segment (2e6)"
     )
     p.add_argument("--repeats", type=int, default=5, help="rounds of timed runs (5)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs of each path in each round (3)")
     p.add_argument("--json", action="store_true", help="print only the JSON document")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON is written")
     return p.parse_args(argv)

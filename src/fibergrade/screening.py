@@ -604,7 +604,7 @@ def screen_stored_lots(
     parts = (executor or InProcess()).map(
         screen_segment, tasks, label="screen", progress=progress, model=model, cut_um=DEFAULT_CUT_UM
     )
-    records: list[dict[str, Any]] = [{} for _ in lots]
+    records: list[dict[str, Any]] = [None] * len(lots)  # type: ignore[list-item]  # all filled
     for idxs, part in zip(where, parts, strict=True):
         for i, rec in zip(idxs, part, strict=True):
             records[i] = rec

@@ -249,7 +249,7 @@ def grade_lots(
         grade_segment, tasks, label="grade", progress=progress, plan=plan, model=model
     )
     # the tasks wrote whole records (and their JSON): only their order is left to restore
-    records: list[dict[str, Any]] = [{} for _ in lots]
+    records: list[dict[str, Any]] = [None] * len(lots)  # type: ignore[list-item]  # all filled
     canonical: list[bytes] = [b""] * len(lots) if stored else []
     for idxs, part in zip(where, parts, strict=True):
         for i, rec in zip(idxs, part.records, strict=True):
