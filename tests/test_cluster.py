@@ -203,6 +203,15 @@ def test_chunks_cover_every_task_once_in_order_and_shrink_to_one(n, slots, share
         assert len(runs) >= min(n, 2 * slots)
 
 
+def test_each_run_of_tasks_gets_its_own_dask_token():
+    from dask.base import tokenize
+
+    from fibergrade.cluster import TaskRun
+
+    same = (1, 2, 3)
+    assert tokenize(TaskRun(same)) != tokenize(TaskRun(same))  # named by its key alone
+
+
 def test_chunks_refuse_nonsense():
     with pytest.raises(ValueError):
         chunk_tasks(3, 0)
@@ -363,7 +372,7 @@ def test_small_shared_objects_ride_inside_tasks_and_large_ones_travel_once():
 
 
 def test_tasks_run_with_the_collector_paused_and_it_resumes_after_errors():
-    from fibergrade.cluster import _run_task
+    from fibergrade.cluster import TaskRun, _run_tasks
     from fibergrade.errors import InputError
 
     seen: list[bool] = []
@@ -376,13 +385,14 @@ def test_tasks_run_with_the_collector_paused_and_it_resumes_after_errors():
 
     assert gc.isenabled()
     assert InProcess().map(task, [1, 2], label="t") == [[{"lot": 1}], [{"lot": 2}]]
-    assert pickle.loads(_run_task(task, 3)) == [{"lot": 3}]  # a worker returns bytes
+    # a worker returns the run's results as bytes
+    assert pickle.loads(_run_tasks(task, TaskRun((3,)))) == [[{"lot": 3}]]
     assert seen == [False, False, False] and gc.isenabled()
     with pytest.raises(InputError):
         InProcess().map(task, [-1], label="t")
     assert gc.isenabled()
     with pytest.raises(TaskFailed, match=r"lots\.csv.*not a diameter"):
-        _run_task(task, -1)
+        _run_tasks(task, TaskRun((4, -1)))
     assert gc.isenabled()
 
 
