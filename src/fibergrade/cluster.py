@@ -7,8 +7,8 @@
   here, which is exactly the single-process behaviour;
 * :class:`DaskExecutor` submits them to a ``dask.distributed`` cluster: a
   ``LocalCluster`` of N worker processes (``--workers N``) or an existing scheduler
-  (``--scheduler tcp://HOST:PORT``), in runs of consecutive tasks, one Dask task per run
-  (:func:`chunk_tasks`). No scheduler of our own: Dask places the runs, and when a worker
+  (``--scheduler tcp://HOST:PORT``), in runs of tasks, heaviest first, one Dask task per
+  run (:func:`chunk_tasks`). No scheduler of our own: Dask places the runs, and when a worker
   process dies mid-run Dask runs it again elsewhere (up to
   ``distributed.scheduler.allowed-failures`` times, then :class:`ClusterError`).
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
 import pickle
 import socket
@@ -117,7 +116,7 @@ class InProcess:
 
 @dataclass(frozen=True)
 class TaskRun:
-    """Consecutive tasks of one map, sent as one Dask task (see :func:`chunk_tasks`).
+    """Some tasks of one map, sent as one Dask task (see :func:`chunk_tasks`).
 
     Dask names every submitted call by a token of its arguments even when, as here, the
     caller gives the key; left to itself it would pickle every task again to compute it
@@ -155,34 +154,61 @@ def _run_tasks(fn: Callable[..., Any], run: TaskRun, **shared: Any) -> bytes:
         raise TaskFailed(str(exc), exc.exit_code, type(exc).__name__) from None
 
 
-#: no Dask task holds more than this share of a run's tasks, so that progress (and the
-#: client's share of the work: taking results in) advances at least every tenth of a run
+#: no Dask task holds more than this share of a map's work, so that progress (and the
+#: client's share of the work: taking results in) advances at least every tenth of it
 MAX_CHUNK_SHARE = 0.1
 
 
-def chunk_tasks(n_tasks: int, slots: int, max_share: float = MAX_CHUNK_SHARE) -> list[range]:
-    """Consecutive runs of a map's tasks, each submitted as one Dask task: large runs
-    first, shrinking to single tasks at the end.
+def task_weight(task: Any) -> float:
+    """How much work a task is, relative to the others of its map: its ``weight``
+    attribute (a segment task's lots, a certify task's certificates), else 1."""
+    w = getattr(task, "weight", 1)
+    if not isinstance(w, int | float) or not w >= 0:
+        raise ValueError(f"a task's weight must be a number >= 0, got {w!r}")
+    return float(w)
 
-    Each run takes ``ceil(remaining / (2 * slots))`` tasks (at most ``max_share`` of
-    them all, at least one): the rule of guided self-scheduling (Polychronopoulos and
-    Kuck, "Guided self-scheduling", IEEE Trans. Computers C-36(12), 1987), with what
-    remains split over twice the workers' threads instead of once, so that no first run
-    is a whole worker's share. Every Dask task costs the client about 3.7 ms of
-    event-loop work (messages, bookkeeping; measured on 2 cores) and the worker about
-    1 ms. One Dask task per segment, that was 95 ms of the client's 225 ms of CPU time
-    for 30 segments on 2 workers, taken from the workers' cores; in 13 runs, 48 ms. The
-    single-task runs at the end keep the workers finishing within about one task of each
-    other.
+
+def chunk_tasks(
+    weights: Sequence[float], slots: int, max_share: float = MAX_CHUNK_SHARE
+) -> list[list[int]]:
+    """A map's tasks (by index) grouped into runs, each submitted as one Dask task: the
+    heaviest tasks first, in large runs, shrinking to single light tasks at the end.
+
+    Tasks are taken heaviest first (ties in their given order; longest-processing-time
+    first, so that the last tasks to run are the lightest). Each run then takes tasks
+    until it holds ``remaining / (2 * slots)`` of the weight not yet given out (at most
+    ``max_share`` of all of it, and always at least one task): the rule of guided
+    self-scheduling (Polychronopoulos and Kuck, "Guided self-scheduling", IEEE Trans.
+    Computers C-36(12), 1987), with what remains split over twice the workers' threads
+    instead of once, so that no first run is a whole worker's share. With equal weights
+    a run takes ``ceil(remaining / (2 * slots))`` tasks.
+
+    Every Dask task costs the client about 3.7 ms of event-loop work (messages,
+    bookkeeping; measured on 2 cores) and the worker about 1 ms. One Dask task per
+    segment, that was 95 ms of the client's 225 ms of CPU time for 30 segments on 2
+    workers, taken from the workers' cores; in 13 runs, 48 ms. The single light tasks
+    at the end keep the workers finishing within about one such task of each other.
     """
-    if n_tasks < 0 or slots < 1:
-        raise ValueError(f"need n_tasks >= 0 and slots >= 1, got {n_tasks}, {slots}")
-    cap = max(1, math.floor(n_tasks * max_share))
-    runs, start = [], 0
-    while start < n_tasks:
-        size = min(cap, max(1, math.ceil((n_tasks - start) / (2 * slots))))
-        runs.append(range(start, start + size))
-        start += size
+    if slots < 1:
+        raise ValueError(f"need slots >= 1, got {slots}")
+    w = [float(x) for x in weights]
+    if any(not x >= 0 for x in w):
+        raise ValueError("task weights must be numbers >= 0")
+    order = sorted(range(len(w)), key=lambda k: -w[k])  # stable: ties keep their order
+    remaining = sum(w)
+    cap = max_share * remaining
+    runs: list[list[int]] = []
+    i = 0
+    while i < len(order):
+        target = min(cap, remaining / (2 * slots))
+        run, held = [order[i]], w[order[i]]
+        i += 1
+        while i < len(order) and held < target and held + w[order[i]] <= cap:
+            run.append(order[i])
+            held += w[order[i]]
+            i += 1
+        runs.append(run)
+        remaining -= held
     return runs
 
 
@@ -293,13 +319,13 @@ class DaskExecutor:
         self._resident.update(
             {f.key: f for f in shared_futures.values() if str(f.key).startswith("resident-")}
         )
-        # consecutive runs of tasks, one Dask task each (see chunk_tasks)
-        runs = chunk_tasks(len(tasks), self._slots())
+        # runs of tasks, heaviest first, one Dask task each (see chunk_tasks)
+        runs = chunk_tasks([task_weight(t) for t in tasks], self._slots())
         keys = [f"{label}-{run}-{k}" for k in range(len(runs))]
         futures = self.client.map(
             _run_tasks,
             [fn] * len(runs),
-            [TaskRun(tuple(tasks[r.start : r.stop])) for r in runs],
+            [TaskRun(tuple(tasks[k] for k in r)) for r in runs],
             key=keys,
             **shared_futures,
             **inline,
@@ -316,7 +342,8 @@ class DaskExecutor:
             with _collector_paused():
                 for future, result in done:
                     r = runs[index[future.key]]
-                    results[r.start : r.stop] = pickle.loads(result)
+                    for k, value in zip(r, pickle.loads(result), strict=True):
+                        results[k] = value
                     finished += len(r)
                     if progress:
                         progress(finished, len(tasks))

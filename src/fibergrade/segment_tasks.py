@@ -57,6 +57,12 @@ class SegmentTask:
     origin: tuple[str | None, ...] = ()
     calibration: CalibrationFields | None = None
 
+    @property
+    def weight(self) -> int:
+        """The task's share of a run's work, for ordering and grouping tasks on a cluster
+        (:func:`fibergrade.cluster.chunk_tasks`): its number of lots."""
+        return len(self.positions)
+
     def __dask_tokenize__(self) -> str:
         """Dask's token for the task: a digest of its pickled content. Left to itself,
         Dask normalises every element of the per-lot tuples one by one (25 ms a run of
@@ -261,6 +267,12 @@ class CertifyTask:
     envelopes: tuple[dict[str, Any], ...]  # signed certificates
     records: tuple[dict[str, Any], ...]  # the grade record each was made from
     pdf_paths: tuple[str, ...] = ()  # where to write each PDF (empty: no PDFs)
+
+    @property
+    def weight(self) -> int:
+        """The task's share of the work (:func:`fibergrade.cluster.chunk_tasks`): the PDFs
+        it renders (about half a second each), or 1 when it only hashes its segment."""
+        return len(self.pdf_paths) or 1
 
 
 def certify_segment(task: CertifyTask) -> int:
