@@ -318,6 +318,13 @@ def render(doc: dict[str, Any], console: Any) -> None:
     )
 
 
+def _at_least_one(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fibres", type=_count, default=6 * 10**7, help="fibres in total (6e7)")
@@ -325,8 +332,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--segment-fibres", type=_count, default=2 * 10**6, help="fibres per segment (2e6)"
     )
-    p.add_argument("--repeats", type=int, default=5, help="rounds of timed runs (5)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs of each path in each round (3)")
+    p.add_argument("--repeats", type=_at_least_one, default=5, help="rounds of timed runs (5)")
+    p.add_argument(
+        "--runs", type=_at_least_one, default=3, help="timed runs of each path in each round (3)"
+    )
     p.add_argument("--json", action="store_true", help="print only the JSON document")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON is written")
     return p.parse_args(argv)

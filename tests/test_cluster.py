@@ -14,6 +14,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +189,23 @@ def _square(job: Job | int, offset: int) -> int:
 
 def test_a_map_of_many_tasks_runs_them_in_fewer_dask_tasks_in_order(cluster):
     tasks = list(range(37))
-    assert cluster.map(_square, tasks, label="square", offset=1) == [k * k + 1 for k in tasks]
+    seen: list[tuple[int, int]] = []
+    got = cluster.map(
+        _square, tasks, label="square", progress=lambda k, n: seen.append((k, n)), offset=1
+    )
+    assert got == [k * k + 1 for k in tasks]
+    runs = chunk_tasks([1.0] * len(tasks), cluster._slots())
+    assert max(len(r) for r in runs) > 1
+    # progress: one call per Dask task, counting the tasks of the runs finished so far
+    done = [k for k, _ in seen]
+    assert len(seen) == len(runs) and {n for _, n in seen} == {37}
+    assert done == sorted(done) and done[-1] == 37
+    steps = sorted(b - a for a, b in zip([0, *done], done, strict=False))
+    assert steps == sorted(len(r) for r in runs) and steps[-1] > 1
     with get_task_stream(cluster.client) as stream:
         cluster.map(_square, tasks, label="square", offset=0)
     ran = [t for t in stream.data if str(t["key"]).startswith("square-")]
-    assert len(ran) == len(chunk_tasks([1.0] * len(tasks), cluster._slots())) < len(tasks)
+    assert len(ran) == len(runs) < len(tasks)
     # uneven tasks run heaviest first, and their results still come back in task order
     jobs = [Job(k, weight=(k * 7919) % 13 + 1) for k in range(40)]
     assert cluster.map(_square, jobs, label="square", offset=2) == [k * k + 2 for k in range(40)]
@@ -237,6 +250,8 @@ def test_certificates_issued_on_two_workers_match_this_process(lab, cluster, tmp
         res = certify_lots(store, chosen, key, tmp_path / f"{name}-certs", executor=ex)
         assert [i.envelope["certificate"]["lot"]["lot_id"] for i in res.issued] == chosen
         assert all(i.pdf_path and i.pdf_path.stat().st_size > 10_000 for i in res.issued)
+        # the PDFs were moved out of their staging folder, which is gone
+        assert sorted(p.name for p in (tmp_path / f"{name}-certs").glob(".*")) == []
         assert len(store.results("certificate")) == len(chosen)
         outs[name] = [_certificate_view(i.envelope) for i in res.issued]
     assert as_json(outs["there"]) == as_json(outs["here"])
@@ -262,6 +277,17 @@ def test_certify_refuses_altered_raw_data_and_stores_nothing(lab, cluster, tmp_p
     assert seg.digest in str(ei.value) and "altered" in str(ei.value)
     assert store.results("certificate") == []
     assert list(out.glob("*")) == []  # no PDF of an unissued certificate is left
+    # not even by the tasks still rendering on the other worker when the run failed
+    _wait_until_idle(cluster)
+    assert list(out.glob("*")) == []
+
+
+def _wait_until_idle(cluster: DaskExecutor, timeout_s: float = 60.0) -> None:
+    """Until no worker runs a task (cancelled ones run to their end)."""
+    deadline = time.monotonic() + timeout_s
+    while any(cluster.client.run(lambda dask_worker: dask_worker.state.executing_count).values()):
+        assert time.monotonic() < deadline, "workers still busy"
+        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- failures
@@ -364,9 +390,10 @@ def test_tasks_run_with_the_collector_paused_and_it_resumes_after_errors():
 
     assert gc.isenabled()
     assert InProcess().map(task, [1, 2], label="t") == [[{"lot": 1}], [{"lot": 2}]]
-    # a worker returns the run's results as bytes
-    assert pickle.loads(_run_tasks(task, TaskRun((3,)))) == [[{"lot": 3}]]
-    assert seen == [False, False, False] and gc.isenabled()
+    # a worker returns the run's results, each pickled on its own, in one pickled list
+    parts = pickle.loads(_run_tasks(task, TaskRun((3, 5))))
+    assert [pickle.loads(b) for b in parts] == [[{"lot": 3}], [{"lot": 5}]]
+    assert seen == [False, False, False, False] and gc.isenabled()
     with pytest.raises(InputError):
         InProcess().map(task, [-1], label="t")
     assert gc.isenabled()

@@ -35,6 +35,8 @@ import datetime as _dt
 import json
 import math
 import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,7 +402,15 @@ def certify_lots(
         envs.append(sign(doc, private_key))
     pdf_paths = [out / f"{doc['certificate_number']}.pdf" for doc in docs]
     # Check every cited raw segment and render the PDFs, one task per segment (on a
-    # cluster when asked); only when all succeed is anything stored.
+    # cluster when asked); only when all succeed is anything stored. The PDFs are rendered
+    # into a staging folder inside `out` and moved into place once every task has
+    # succeeded. On a failure the folder is removed: a task still running elsewhere then
+    # cannot write into it (a PDF is written beside its final name and renamed), so no PDF
+    # of a certificate that was not issued is left in `out`.
+    staging = out / f".pending-{uuid.uuid4().hex}" if pdf and docs else None
+    if staging is not None:
+        staging.mkdir()
+    staged = [staging / p.name for p in pdf_paths] if staging is not None else []
     by_segment: dict[str, list[int]] = {}
     for i, doc in enumerate(docs):
         by_segment.setdefault(doc["raw_segment"]["sha256"], []).append(i)
@@ -413,7 +423,7 @@ def certify_lots(
             digest=seg,
             envelopes=tuple(envs[i] for i in idxs),
             records=tuple(graded[docs[i]["lot"]["lot_id"]] for i in idxs),
-            pdf_paths=tuple(os.path.abspath(pdf_paths[i]) for i in idxs) if pdf else (),
+            pdf_paths=tuple(os.path.abspath(staged[i]) for i in idxs) if staged else (),
         )
         for seg, idxs in by_segment.items()
     ]
@@ -426,9 +436,13 @@ def certify_lots(
             progress=(lambda k, n: progress(k, n, stage)) if progress else None,
         )
     except BaseException:
-        for p in pdf_paths:  # PDFs of certificates that are not issued
-            p.unlink(missing_ok=True)
+        if staging is not None:  # PDFs of certificates that are not issued
+            shutil.rmtree(staging, ignore_errors=True)
         raise
+    if staging is not None:  # every PDF rendered: into place
+        for src, dst in zip(staged, pdf_paths, strict=True):
+            os.replace(src, dst)
+        staging.rmdir()
     result = CertifyOutcome()
     for i, (doc, env) in enumerate(zip(docs, envs, strict=True)):
         number = doc["certificate_number"]
