@@ -402,17 +402,6 @@ def test_tasks_run_with_the_collector_paused_and_it_resumes_after_errors():
     assert gc.isenabled()
 
 
-def test_segment_task_tokens_follow_their_content(lab):
-    from dask.base import tokenize
-
-    store = Store.open(lab / "store")
-    tasks, _ = plan_tasks(store, store.lots())
-    assert tokenize(tasks[0]) == tokenize(pickle.loads(pickle.dumps(tasks[0])))
-    assert len({tokenize(t) for t in tasks}) == len(tasks)
-    other = dataclasses.replace(tasks[0], declared=("wool",) * len(tasks[0].declared))
-    assert tokenize(other) != tokenize(tasks[0])
-
-
 def test_workers_with_other_software_are_refused():
     from fibergrade.cluster import _worker_versions
 

@@ -16,9 +16,7 @@ figures; ``tests/test_cluster.py`` checks it on a real two-process cluster.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +60,6 @@ class SegmentTask:
         """The task's share of a run's work, for ordering and grouping tasks on a cluster
         (:func:`fibergrade.cluster.chunk_tasks`): its number of lots."""
         return len(self.positions)
-
-    def __dask_tokenize__(self) -> str:
-        """Dask's token for the task: a digest of its pickled content. Left to itself,
-        Dask normalises every element of the per-lot tuples one by one (25 ms a run of
-        15,000 lots, on the client, before any task starts)."""
-        return hashlib.sha256(pickle.dumps(self, protocol=5)).hexdigest()
 
 
 def plan_tasks(
