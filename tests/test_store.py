@@ -635,6 +635,15 @@ def test_result_errors(tmp_path: Path) -> None:
         store.put_result("grading", {"x": float("nan")})
     with pytest.raises(StoreError, match="canonical JSON"):
         store.put_result("grading", {"x": object()})
+    # a grading task serialising its lots' parts on a worker says it in the same words
+    from fibergrade.audit import canonical_json
+    from fibergrade.store import result_json_errors
+
+    with (
+        pytest.raises(StoreError, match=r"^grade result is not representable as canonical"),
+        result_json_errors("grade"),
+    ):
+        canonical_json({"mfd_um": float("inf")})
     with pytest.raises(StoreError, match="no grading result"):
         store.get_result("grading", "0" * 64)
     with pytest.raises(StoreError, match="not a SHA-256"):

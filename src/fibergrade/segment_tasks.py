@@ -26,9 +26,9 @@ import numpy as np
 
 from fibergrade.calibration import correct_table
 from fibergrade.distribution import Engine, LotSummary, summarise, summarise_histograms
-from fibergrade.errors import StoreCorruptError, StoreError
+from fibergrade.errors import StoreCorruptError
 from fibergrade.measurements import FibreLots, HistogramLots
-from fibergrade.store import read_segment_file, verify_segment_file
+from fibergrade.store import read_segment_file, result_json_errors, verify_segment_file
 
 if TYPE_CHECKING:
     from fibergrade.calibration import CalibrationFields, LotCalibrations
@@ -231,10 +231,8 @@ def grade_segment(
         return SegmentGrades(records)
     from fibergrade.audit import canonical_json
 
-    try:
+    with result_json_errors("grade"):
         return SegmentGrades(records, [canonical_json(rec) for rec in records])
-    except (TypeError, ValueError) as exc:  # as Store.put_result says it
-        raise StoreError(f"grade result is not representable as canonical JSON: {exc}") from exc
 
 
 def screen_segment(task: SegmentTask, model: ScreeningModel, cut_um: float) -> list[dict[str, Any]]:

@@ -254,6 +254,17 @@ def _canonical_json(payload: dict[str, Any], given: Mapping[str, bytes] | None =
     return b"{" + b",".join(items) + b"}"
 
 
+@contextlib.contextmanager
+def result_json_errors(kind: str) -> Iterator[None]:
+    """Serialising (part of) a ``kind`` result as canonical JSON inside this block: a value
+    JSON cannot hold raises :class:`StoreError` saying so (also for the parts a grading
+    task serialises on a worker, so the message is the store's wherever it arises)."""
+    try:
+        yield
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{kind} result is not representable as canonical JSON: {e}") from e
+
+
 def _lot_counts(kind: str, offsets: np.ndarray, counts: np.ndarray | None) -> list[int]:
     """Per-lot ``n``: fibres per lot, or summed class counts for histogram lots."""
     if kind == "fibres" or counts is None:
@@ -1126,10 +1137,8 @@ class Store:
         directory = self._result_dir(kind)
         if not isinstance(payload, dict):
             raise StoreError(f"a {kind} result must be a JSON object, got {type(payload)}")
-        try:
+        with result_json_errors(kind):
             data = _canonical_json(payload, canonical)
-        except (TypeError, ValueError) as e:
-            raise StoreError(f"{kind} result is not representable as canonical JSON: {e}") from e
         digest = hashlib.sha256(data).hexdigest()
         path = directory / f"{digest}.json"
         if path.exists():
