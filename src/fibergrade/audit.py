@@ -179,6 +179,8 @@ class AuditLog:
         """
         if action not in ACTIONS:
             raise AuditError(f"unknown audit action {action!r}; known: {', '.join(ACTIONS)}")
+        if payload_digest is None and payload is not None:
+            payload_digest = digest(payload)  # before taking the lock: it can take a while
         with self._locked():
             seq, prev = self._last()
             entry: dict[str, Any] = {
@@ -187,13 +189,7 @@ class AuditLog:
                 "actor": actor or default_actor(),
                 "action": action,
                 "subject": subject,
-                "payload_digest": (
-                    payload_digest
-                    if payload_digest is not None
-                    else digest(payload)
-                    if payload is not None
-                    else None
-                ),
+                "payload_digest": payload_digest,
                 "prev": prev,
             }
             if extra:
