@@ -142,6 +142,66 @@ def test_import_grade_show_and_reimport(files, tmp_path):
     assert sorted(p.name for p in (store / "segments").iterdir()) == before
 
 
+def test_many_lots_print_as_aligned_lines_that_match_the_json(tmp_path):
+    """Past a few screens of lots, ``grade`` and ``lots`` print aligned text lines (a boxed
+    table took 0.7 ms a row): one line per lot, its cells in fixed columns, the figures
+    those of ``--json``."""
+    from fibergrade.cli_tables import MAX_BOXED_ROWS
+
+    n_lots, size = MAX_BOXED_ROWS + 20, 60
+    rng = np.random.default_rng(5)
+    ids = tuple(f"L-{k:04d}" for k in range(n_lots))
+    lots = FibreLots(
+        ids,
+        np.arange(n_lots + 1) * size,
+        rng.lognormal(np.log(15.5), 0.2, n_lots * size).astype(np.float32),
+    )
+    write_fibre_csv(tmp_path / "many.csv", lots)
+    write_lot_manifest(
+        tmp_path / "many-lots.csv",
+        [LotMeta(k, "cashmere", origin="MN", client="Gobi Coop") for k in ids],
+    )
+    store = tmp_path / "store"
+    r = run(
+        "import", str(tmp_path / "many.csv"), "--lots", str(tmp_path / "many-lots.csv"), store=store
+    )
+    assert r.returncode == 0, r.stderr
+
+    r = run("grade", store=store)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    head = lines.index(f"{n_lots} lots graded")
+    header, rule, rows = lines[head + 1], lines[head + 2], lines[head + 3 : head + 3 + n_lots]
+    assert header.split() == ["lot", "declared", "n", "MFD", "CV%", ">30", "mass%", "grade"]
+    assert set(rule) == {"─", " "}
+    assert [row.split()[0] for row in rows] == list(ids)
+    # every row's cells sit in the header's columns: right-justified figures end where
+    # their header ends, the grade starts where its header starts
+    for name in ("n", "MFD", "CV%", "mass%"):
+        end = header.index(name) + len(name)
+        assert all(row[end - 1] != " " and row[end : end + 2] == "  " for row in rows), name
+    at = header.index("grade")
+    assert all(row[at - 2 : at] == "  " and row[at] != " " for row in rows)
+    graded = run("grade", "--json", store=store)
+    by_id = {x["lot_id"]: x for x in json.loads(graded.stdout)}
+    for row in rows:
+        cells = row.split()
+        rec = by_id[cells[0]]
+        assert cells[1:5] == [
+            "cashmere",
+            str(rec["n"]),
+            f"{rec['mfd_um']:.1f}",
+            f"{rec['cv_pct']:.1f}",
+        ]
+        assert cells[6] == (rec["grade"] or "none")
+
+    r = run("lots", store=store)
+    assert r.returncode == 0, r.stderr
+    rows = [x for x in r.stdout.splitlines() if x.startswith("L-")]
+    assert [x.split()[0] for x in rows] == list(ids)
+    assert all(x.split()[1:4] == ["cashmere", "MN", "Gobi"] for x in rows)
+
+
 def test_store_from_environment(files, tmp_path):
     env = dict(os.environ, FIBERGRADE_STORE=str(tmp_path / "envstore"))
     assert run("import", str(files["fibre"]), env=env).returncode == 0
