@@ -433,6 +433,35 @@ def test_local_workers_share_the_cores(cluster):
     assert set(cluster.client.run(threads).values()) == {max(1, cores // 2)}
 
 
+def _warm_state() -> dict[str, Any]:
+    """On a worker: which of the tasks' modules are loaded, and the kernel's signatures."""
+    from fibergrade.screening import MODEL_MODULES
+
+    mods = ("fibergrade.segment_tasks", "fibergrade.kernel", *MODEL_MODULES)
+    loaded = {m: m in sys.modules for m in mods}
+    kernel = sys.modules.get("fibergrade.kernel")
+    return loaded | {"kernel_signatures": len(kernel._fused.signatures) if kernel else 0}
+
+
+def test_new_workers_warm_up_before_any_task(lab):
+    """A fresh cluster's workers import the tasks' modules (scikit-learn's included) and
+    load the compiled kernel before any map: the warm-up task the executor starts."""
+    from distributed import wait
+
+    with executor(workers=1) as ex:
+        assert isinstance(ex, DaskExecutor) and len(ex._warming) == 1
+        wait(ex._warming, timeout=120)
+        assert all(f.status == "finished" for f in ex._warming)
+        (state,) = ex.client.run(_warm_state).values()
+        assert state.pop("kernel_signatures") >= 1
+        assert all(state.values()), state
+        # a map right after works as ever
+        store = Store.open(lab / "store")
+        lots = [r.lot_id for r in store.lots()][:3]
+        warm = grade_lots(store, lots, record=False, executor=ex).records
+        assert warm == grade_lots(store, lots, record=False).records
+
+
 def test_bad_executor_arguments():
     with pytest.raises(ClusterError, match="not both"), executor(2, "tcp://127.0.0.1:1"):
         pass
