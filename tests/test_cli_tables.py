@@ -17,12 +17,18 @@ from fibergrade.cli_tables import GAP, MAX_BOXED_ROWS, Column, aligned, table
 COLUMNS = [Column("lot"), Column("n", "right"), Column("grade")]
 
 #: cell texts without blanks at their ends (a cell's own end blanks would be kept), with
-#: wide (two-cell) CJK and Cyrillic letters among ASCII
+#: wide (two-cell) CJK and Cyrillic letters among ASCII, tabs, line breaks and control
+#: codes rich removes (BEL, CR)
 cell_text = (
-    st.text(alphabet=st.sampled_from("abcXYZ019-_./[]ЖӨүд漢字 "), min_size=1, max_size=12)
+    st.text(alphabet=st.sampled_from("abcXYZ019-_./[]ЖӨүд漢字 \t\n\r\x07"), min_size=1, max_size=12)
     .map(str.strip)
     .filter(bool)
 )
+
+
+def shown(cell: str) -> str:
+    """How a cell reads in aligned lines: control codes gone, tabs and line breaks blanks."""
+    return cell.replace("\r", "").replace("\x07", "").replace("\t", " ").replace("\n", " ")
 
 
 def render(renderable) -> str:
@@ -57,9 +63,10 @@ def test_a_row_with_the_wrong_number_of_cells_is_refused():
 @given(st.lists(st.tuples(cell_text, cell_text, cell_text), max_size=20), cell_text)
 def test_aligned_columns_line_up_in_terminal_cells(rows, title):
     lines = aligned(title, COLUMNS, rows).plain.split("\n")
-    assert lines[0] == title
+    assert lines[0] == shown(title)
     assert len(lines) == len(rows) + 3
     header, rule, body = lines[1], lines[2], lines[3:]
+    rows = [tuple(map(shown, row)) for row in rows]
     widths = [
         max(cell_len(x) for x in col) for col in zip(*[("lot", "n", "grade"), *rows], strict=True)
     ]
@@ -90,15 +97,44 @@ def test_aligned_cells_keep_their_styles(rows):
     styled = [(rendered.plain[s.start : s.end], str(s.style)) for s in rendered.spans]
     assert styled[0] == ("t", "italic")
     assert styled[1:4] == [("lot", "bold"), ("n", "bold"), ("grade", "bold")]
-    assert styled[4:] == [(grade, style) for _, grade, style in rows if style]
+    assert styled[4:] == [(shown(grade), style) for _, grade, style in rows if style]
 
 
 def test_aligned_cells_keep_inner_spans_and_lose_control_codes():
-    mark = Text("cashmere ").append("UNCAL", style="red")
-    rendered = aligned("t", COLUMNS, [("L\r-1", "5", mark)])
-    assert rendered.plain.splitlines()[-1] == "L-1  5  cashmere UNCAL"
-    (span,) = [s for s in rendered.spans if str(s.style) == "red"]
-    assert rendered.plain[span.start : span.end] == "UNCAL"
+    mark = Text("cashmere\t").append("UNCAL", style="red")
+    rendered = aligned("a\r/store\x07", COLUMNS, [("L\r-1", "5", mark)])
+    assert rendered.plain.splitlines() == [
+        "a/store",
+        "lot  n  grade",
+        "───  ─  ──────────────",
+        "L-1  5  cashmere UNCAL",
+    ]
+    styled = {str(s.style): rendered.plain[s.start : s.end] for s in rendered.spans}
+    assert styled["italic"] == "a/store" and styled["red"] == "UNCAL"
+
+
+def test_grade_cells_mark_no_grade_and_calibration():
+    from fibergrade.cli import _grade_cell
+
+    def cell(**rec):
+        t = _grade_cell({"grade": "cashmere"} | rec)
+        return t.plain, [(t.plain[s.start : s.end], str(s.style)) for s in t.spans], t.style
+
+    assert cell() == ("cashmere", [], "")
+    assert cell(grade=None) == ("none", [("none", "red")], "")
+    assert cell(uncalibrated=True) == ("cashmere UNCAL", [("UNCAL", "red")], "")
+    assert cell(calibration_range_flag="below") == ("cashmere <cal", [("<cal", "yellow")], "")
+    assert cell(grade=None, calibration_range_flag="above")[:2] == (
+        "none >cal",
+        [("none", "red"), (">cal", "yellow")],
+    )
+
+
+def test_a_boxed_table_keeps_the_cells_colours():
+    rows = [("L-1", "1", Text().append("none", style="red"))]
+    console = Console(file=io.StringIO(), width=80, color_system="standard", force_terminal=True)
+    console.print(table("t", COLUMNS, rows))
+    assert "\x1b[31mnone\x1b[0m" in console.file.getvalue()
 
 
 def test_an_empty_table_is_its_header():

@@ -89,17 +89,20 @@ SchedulerOpt = Annotated[
 
 
 @contextlib.contextmanager
-def _executor(workers: int | None, scheduler: str | None, quiet: bool):  # type: ignore[no-untyped-def]
-    """The executor for --workers / --scheduler (this process when neither is given)."""
+def _executor(  # type: ignore[no-untyped-def]
+    workers: int | None, scheduler: str | None, quiet: bool, warm: bool = True
+):
+    """The executor for --workers / --scheduler (this process when neither is given);
+    ``warm``: see :func:`fibergrade.cluster.executor`."""
     from fibergrade.cluster import executor
 
     with contextlib.ExitStack() as stack:
         if quiet or (workers is None and scheduler is None):
-            yield stack.enter_context(executor(workers, scheduler))
+            yield stack.enter_context(executor(workers, scheduler, warm))
             return
         what = f"a local Dask cluster of {workers} worker(s)" if workers else scheduler
         with err.status(f"connecting to {what} ..."):
-            ex = stack.enter_context(executor(workers, scheduler))
+            ex = stack.enter_context(executor(workers, scheduler, warm))
         err.print(f"working on {ex.where}")
         yield ex
 
@@ -306,7 +309,7 @@ def _grade_cell(rec: dict[str, Any]) -> Text:
     """A grade (red ``none`` for no grade) and its calibration mark: `` UNCAL`` (graded
     uncalibrated) or `` <cal``/`` >cal`` (MFD below/above the calibrated range); no mark
     for a lot graded within its calibration."""
-    cell = Text(rec["grade"]) if rec["grade"] else Text("none", style="red")
+    cell = Text(rec["grade"]) if rec["grade"] else Text().append("none", style="red")
     if rec.get("uncalibrated"):
         return cell.append(" ").append("UNCAL", style="red")
     flag = rec.get("calibration_range_flag")
@@ -1663,7 +1666,8 @@ def certify_(
             and lot not in done
         ]
     private = load_private_key(key, passphrase)
-    with _executor(workers, scheduler, quiet=json_) as ex:
+    # certify's tasks hash segments and render PDFs: no model or kernel to warm up
+    with _executor(workers, scheduler, quiet=json_, warm=False) as ex:
         prog, update = _progress("certifying", enabled=not json_)
         with prog:
             res = certify_lots(

@@ -4,8 +4,9 @@ text for thousands of rows.
 Rich lays out every cell of a ``Table`` (measures, pads and crops it, line by line): about
 0.7 ms a row, so printing the 15,000 lots of one ``grade`` run took 10.5 s, against 1.3 s
 to grade and store them (measured on 2 cores). Past :data:`MAX_BOXED_ROWS` rows the same
-cells are laid out here as one styled text, with the columns aligned (about 0.25 s for
-15,000 rows): same columns, same cell texts and styles, without the box.
+cells are laid out here as one styled text, with the columns aligned (about a second for
+15,000 rows, building and printing): same columns, same cell texts and styles, without
+the box.
 
 Cells are literal text (``str``, never read as markup, so lot ids need no escaping) or
 styled :class:`rich.text.Text`. This module only builds renderables; ``cli.py`` prints.
@@ -75,6 +76,7 @@ def aligned(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Cell]
 
     Built as one string and its style spans: a rich ``Text`` per cell costs ~10 us
     (control codes stripped, spans copied), a second for 15,000 rows of 7 cells."""
+    title = _one_line(strip_control_codes(title))
     lines = [[_parts(Text(c.header, style="bold")) for c in columns]]
     lines += [[_parts(cell) for cell in row] for row in rows]
     widths = [max(cell_len(text) for text, _ in col) for col in zip(*lines, strict=True)]
@@ -103,10 +105,19 @@ def aligned(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Cell]
 
 
 def _parts(cell: Cell) -> tuple[str, tuple[Span, ...]]:
-    """A cell's text (control codes removed, as rich does) and its style spans."""
+    """A cell's text on one line (control codes removed, as rich does; tabs and line
+    breaks as blanks, which keep the columns) and its style spans."""
     if isinstance(cell, str):
-        return strip_control_codes(cell), ()
+        return _one_line(strip_control_codes(cell)), ()
     spans = tuple(cell.spans)
     if cell.style:
         spans = (Span(0, len(cell.plain), cell.style), *spans)
-    return cell.plain, spans
+    return _one_line(cell.plain), spans  # a Text holds no control codes; same length
+
+
+#: tab, line feed: one blank each (one for one, so a Text's spans stay in place)
+_BLANKS = str.maketrans("\t\n", "  ")
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_BLANKS)

@@ -269,28 +269,40 @@ def _shared(value: T) -> T:
 
 
 def warm_up() -> None:
-    """Worker side: import what the tasks run and load the compiled kernel, so that a new
-    worker does it before its first task instead of during it.
+    """Worker side: import what grading and screening tasks run and load the compiled
+    kernel, so that a new worker does it before its first task instead of during it.
 
     A cold worker's first grading task took about 1.4 s longer than the next (measured on
     2 cores): 0.9 s importing scikit-learn's modules while unpickling the screening
     model, 0.4 s loading the numba kernel from its cache. Started as soon as a cluster is
     connected (:meth:`DaskExecutor.warm_up`), this runs while the client reads and checks
     the model itself (about 1.6 s, most of it importing skops and scikit-learn).
+
+    Nothing here is needed for correctness: a failure is swallowed (the tasks then meet
+    the same problem and report it in their own words), so that a shared cluster's worker
+    logs no traceback for it.
     """
-    import importlib
+    try:
+        import importlib
 
-    import numpy as np
+        import numpy as np
 
-    import fibergrade.segment_tasks  # noqa: F401  (the tasks' module and what it imports)
-    from fibergrade.distribution import summarise
-    from fibergrade.measurements import FibreLots
-    from fibergrade.screening import MODEL_MODULES
+        import fibergrade.segment_tasks  # noqa: F401  (the tasks' module and its imports)
+        from fibergrade.distribution import summarise
+        from fibergrade.measurements import FibreLots
+        from fibergrade.screening import MODEL_MODULES
 
-    for name in MODEL_MODULES:
-        importlib.import_module(name)
-    # one tiny lot through the kernel, as a task's table goes (float32 diameters)
-    summarise(FibreLots(("warm-up",), np.array([0, 3]), np.array([15, 16, 17], np.float32)))
+        for name in MODEL_MODULES:
+            importlib.import_module(name)
+        # a tiny lot through the kernel, as tasks' tables go: float32 diameters, read-only
+        # when mapped from a whole segment file, writable when a task selects some lots
+        # (numba keeps one compiled version for each)
+        d = np.array([15, 16, 17], np.float32)
+        summarise(FibreLots(("warm-up",), np.array([0, 3]), d))
+        d.flags.writeable = False
+        summarise(FibreLots(("warm-up",), np.array([0, 3]), d))
+    except Exception:  # the tasks meet it and report it (see above)
+        return
 
 
 def _worker_versions() -> dict[str, str]:
@@ -315,9 +327,9 @@ class DaskExecutor:
 
     def warm_up(self) -> None:
         """Start :func:`warm_up` on every connected worker, without waiting for it: a
-        map's first tasks queue behind it on each worker. Its futures are held until the
-        client closes; a warm-up that fails leaves the worker's tasks to report the
-        problem in their own words."""
+        map's first tasks queue behind it on each worker. Finished warm-ups are let go at
+        the next map; one pinned to a worker that died meanwhile waits, unrun, until the
+        client closes."""
         workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         call = uuid.uuid4().hex[:8]
         self._warming = [
@@ -359,6 +371,7 @@ class DaskExecutor:
 
         if not tasks:
             return []
+        self._warming = [f for f in self._warming if not f.done()]
         call = uuid.uuid4().hex[:8]
         # Objects shared by every task: a large one (the screening model, ~0.8 MB) travels
         # once per worker, not inside each task, and a model stays there for later runs on
@@ -505,10 +518,14 @@ def _unreachable(where: str, exc: Exception) -> ClusterError:
 
 
 @contextmanager
-def executor(workers: int | None = None, scheduler: str | None = None) -> Iterator[Executor]:
+def executor(
+    workers: int | None = None, scheduler: str | None = None, warm: bool = True
+) -> Iterator[Executor]:
     """The executor for ``--workers N`` (a local cluster of N processes), ``--scheduler
     ADDRESS`` (an existing cluster) or neither (this process). The cluster is closed on
-    exit; an existing cluster is only disconnected from."""
+    exit; an existing cluster is only disconnected from. With ``warm`` (for grading and
+    screening, not for ``certify``, whose tasks hash segments and render PDFs) the
+    workers start :func:`warm_up` at once."""
     if workers is None and scheduler is None:
         yield InProcess()
         return
@@ -557,7 +574,8 @@ def executor(workers: int | None = None, scheduler: str | None = None) -> Iterat
                     ) from exc
             _check_versions(client, where)
             ex = DaskExecutor(client, where)
-            ex.warm_up()
+            if warm:
+                ex.warm_up()
             yield ex
         finally:
             client.close()

@@ -53,11 +53,11 @@ CARD_MD = "model-card.md"
 DATA_CARD = "data-card.md"
 #: bundle format written by :func:`save_bundle`
 BUNDLE_FORMAT = 1
-#: non-default types a screening model file may hold (skops loads nothing else)
 #: the modules of the classes a screening model is made of (a CalibratedClassifierCV over
 #: a HistGradientBoostingClassifier, :mod:`fibergrade.screening_training`); cluster
 #: workers import them before their first task (:func:`fibergrade.cluster.warm_up`)
 MODEL_MODULES = ("sklearn.calibration", "sklearn.ensemble")
+#: non-default types a screening model file may hold (skops loads nothing else)
 TRUSTED_TYPES = [
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
