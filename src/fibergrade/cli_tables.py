@@ -79,8 +79,8 @@ def aligned(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Cell]
     title = _one_line(strip_control_codes(title))
     lines = [[_parts(Text(c.header, style="bold")) for c in columns]]
     lines += [[_parts(cell) for cell in row] for row in rows]
-    widths = [max(cell_len(text) for text, _ in col) for col in zip(*lines, strict=True)]
-    lines.insert(1, [("─" * w, ()) for w in widths])
+    widths = [max(width for _, _, width in col) for col in zip(*lines, strict=True)]
+    lines.insert(1, [("─" * w, (), w) for w in widths])
     right = [c.justify == "right" for c in columns]
     last = len(columns) - 1
     chunks = [title]
@@ -89,8 +89,8 @@ def aligned(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Cell]
     for line in lines:
         chunks.append("\n")
         at += 1
-        for k, (text, cell_spans) in enumerate(line):
-            pad = " " * (widths[k] - cell_len(text))
+        for k, (text, cell_spans, width) in enumerate(line):
+            pad = " " * (widths[k] - width)
             if right[k]:
                 chunks.append(pad)
                 at += len(pad)
@@ -104,15 +104,18 @@ def aligned(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Cell]
     return Text("".join(chunks), spans=spans, end="")
 
 
-def _parts(cell: Cell) -> tuple[str, tuple[Span, ...]]:
+def _parts(cell: Cell) -> tuple[str, tuple[Span, ...], int]:
     """A cell's text on one line (control codes removed, as rich does; tabs and line
-    breaks as blanks, which keep the columns) and its style spans."""
+    breaks as blanks, which keep the columns), its style spans and its width in terminal
+    cells."""
     if isinstance(cell, str):
-        return _one_line(strip_control_codes(cell)), ()
+        text = _one_line(strip_control_codes(cell))
+        return text, (), cell_len(text)
     spans = tuple(cell.spans)
     if cell.style:
         spans = (Span(0, len(cell.plain), cell.style), *spans)
-    return _one_line(cell.plain), spans  # a Text holds no control codes; same length
+    text = _one_line(cell.plain)  # a Text holds no control codes; same length
+    return text, spans, cell_len(text)
 
 
 #: tab, line feed: one blank each (one for one, so a Text's spans stay in place)

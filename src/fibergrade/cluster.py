@@ -330,7 +330,6 @@ class DaskExecutor:
         map's first tasks queue behind it on each worker. Finished warm-ups are let go at
         the next map; one pinned to a worker that died meanwhile waits, unrun, until the
         client closes."""
-        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         call = uuid.uuid4().hex[:8]
         self._warming = [
             self.client.submit(
@@ -340,13 +339,16 @@ class DaskExecutor:
                 allow_other_workers=False,
                 pure=False,
             )
-            for k, w in enumerate(workers)
+            for k, w in enumerate(self._workers())
         ]
+
+    def _workers(self) -> dict[str, Any]:
+        """The workers connected now, by address, as the scheduler describes them."""
+        return self.client.scheduler_info(n_workers=-1).get("workers", {})
 
     def _slots(self) -> int:
         """How many tasks the cluster runs at once: its workers' threads (at least 1)."""
-        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
-        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+        return max(1, sum(int(w.get("nthreads", 1)) for w in self._workers().values()))
 
     def _share(self, value: Any, key: str) -> Any:
         """A future whose result is ``value`` on the workers: a task, so that Dask can

@@ -588,7 +588,7 @@ def screen_stored_lots(
     from fibergrade.cluster import InProcess
     from fibergrade.distribution import DEFAULT_CUT_UM
     from fibergrade.errors import LotNotFoundError
-    from fibergrade.segment_tasks import plan_tasks, screen_segment
+    from fibergrade.segment_tasks import in_lot_order, plan_tasks, screen_segment
 
     model = load_model(model_dir)
     all_lots = store.lots()
@@ -608,10 +608,7 @@ def screen_stored_lots(
     parts = (executor or InProcess()).map(
         screen_segment, tasks, label="screen", progress=progress, model=model, cut_um=DEFAULT_CUT_UM
     )
-    records: list[dict[str, Any]] = [None] * len(lots)  # type: ignore[list-item]  # all filled
-    for idxs, part in zip(where, parts, strict=True):
-        for i, rec in zip(idxs, part, strict=True):
-            records[i] = rec
+    records = in_lot_order(where, parts, len(lots))
     result_id = None
     if record and records:
         result_id = store.put_result(

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from fibergrade.grading import Standard
     from fibergrade.screening import ScreeningModel
     from fibergrade.store import LotRecord, Store
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,17 @@ def plan_tasks(
             )
         )
     return tasks, list(by_segment.values())
+
+
+def in_lot_order(where: list[list[int]], parts: Sequence[Sequence[T]], n: int) -> list[T]:
+    """The tasks' per-lot results (each part in its task's order) put back in the order of
+    the ``n`` lots given to :func:`plan_tasks` (``where``: its second return value). A part
+    that does not hold one result per lot of its task raises ``ValueError``."""
+    out: list[T] = [None] * n  # type: ignore[list-item]  # every lot is in one task
+    for idxs, part in zip(where, parts, strict=True):
+        for i, x in zip(idxs, part, strict=True):
+            out[i] = x
+    return out
 
 
 def read_task_lots(task: SegmentTask) -> FibreLots | HistogramLots:

@@ -26,7 +26,13 @@ from fibergrade.distribution import DEFAULT_CUT_UM, N_REPORT, Engine, LotSummary
 from fibergrade.errors import InputError, LotNotFoundError
 from fibergrade.grading import Standard, load_standard, standard_for_type
 from fibergrade.measurements import LotMeta
-from fibergrade.segment_tasks import GradePlan, grade_segment, plan_tasks, summarise_segment
+from fibergrade.segment_tasks import (
+    GradePlan,
+    grade_segment,
+    in_lot_order,
+    plan_tasks,
+    summarise_segment,
+)
 from fibergrade.store import ImportOutcome, LotRecord, PendingSegment, Store, sha256_file
 
 if TYPE_CHECKING:
@@ -249,14 +255,9 @@ def grade_lots(
         grade_segment, tasks, label="grade", progress=progress, plan=plan, model=model
     )
     # the tasks wrote whole records (and their JSON): only their order is left to restore
-    records: list[dict[str, Any]] = [None] * len(lots)  # type: ignore[list-item]  # all filled
-    canonical: list[bytes] = [b""] * len(lots) if stored else []
-    for idxs, part in zip(where, parts, strict=True):
-        for i, rec in zip(idxs, part.records, strict=True):
-            records[i] = rec
-        if stored:  # the plan asked every task for its records' JSON
-            for i, text in zip(idxs, part.canonical or (), strict=True):
-                canonical[i] = text
+    records = in_lot_order(where, [p.records for p in parts], len(lots))
+    # the plan asked every task for its records' JSON (a missing part fails the strict zip)
+    canonical = in_lot_order(where, [p.canonical or () for p in parts], len(lots)) if stored else []
     created = _now()
     result_id = None
     if stored:
