@@ -65,6 +65,30 @@ def test_cluster_benchmark_runs_and_reports_the_three_paths(tmp_path: Path) -> N
         assert len(f["times_s"]) == 2 and f["best_s"] == min(f["times_s"])  # 1 round x 2 runs
     assert set(doc["ratios"]) == {"workers_2_vs_workers_1", "workers_1_time_vs_direct"}
     assert set(doc["stored"]["ratios"]) == set(doc["ratios"])  # storing included, reported
+    # one round: its ratios are the best-of-all ones
+    for key, r in doc["per_round"].items():
+        assert r["each"] == [r["min"]] == [r["median"]] == [r["max"]] == [doc["ratios"][key]]
     assert all(f["lots_per_s"] > 0 for f in doc["stored"]["figures"].values())
     assert doc["details"]["segments"] == 10 and doc["details"]["lots"] == 100
     assert doc["details"]["per_task"]["result_bytes"] > 0
+
+
+def test_cluster_benchmark_gives_each_rounds_ratios_from_that_rounds_best_runs() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_throughput", CLUSTER_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # 3 rounds of 2 runs each, listed round after round as the benchmark records them
+    times = {
+        "direct": [1.0, 0.9, 1.0, 1.0, 0.8, 2.0],
+        "workers_1": [1.2, 1.1, 1.5, 1.2, 0.9, 1.0],
+        "workers_2": [0.8, 0.7, 0.75, 0.6, 0.6, 0.5],
+    }
+    got = bench.per_round(times, runs=2)
+    w2 = got["workers_2_vs_workers_1"]
+    assert w2["each"] == pytest.approx([1.1 / 0.7, 1.2 / 0.6, 0.9 / 0.5])
+    assert (w2["min"], w2["median"], w2["max"]) == pytest.approx((1.1 / 0.7, 1.8, 2.0))
+    w1 = got["workers_1_time_vs_direct"]
+    assert w1["each"] == pytest.approx([1.1 / 0.9, 1.2 / 1.0, 0.9 / 0.8])
