@@ -89,3 +89,50 @@ def test_altered_grading_and_edited_carcass_record_are_detected(plant):
     rec.write_text(rec.read_text().replace("KZ-LOT", "XX-LOT", 1))
     r = run("verify", str(path), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
     assert r.returncode == 5 and "stored record" in r.stderr
+
+
+def test_a_carcass_that_failed_inspection_is_never_certified(tmp_path):
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+    from meat_helpers import carcass_rows, halal_row, write_csv
+
+    write_csv(tmp_path / "c.csv", carcass_rows(3))
+    rows = [halal_row(carcass_id=f"C-{k}", animal_id=f"A-{k}") for k in (1, 2, 3)]
+    rows[1]["post_mortem"] = "fail"
+    rows[2]["vendor_declaration"] = "no"
+    write_csv(tmp_path / "h.csv", rows)
+    for args in (
+        ("meat", "import", "c.csv", "--store", "s"),
+        ("meat", "import", "--halal", "h.csv", "--store", "s"),
+        ("keys", "init"),
+    ):
+        r = run(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    r = run("meat", "grade", "--store", "s", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "C-2: not halal: post-mortem inspection: fail" in r.stdout
+    assert "C-3: not halal: no vendor declaration" in r.stdout
+    # named, it is refused, and nothing is issued for the batch
+    r = run("meat", "certify", "C-1", "C-2", "--store", "s", cwd=tmp_path)
+    assert r.returncode == 5 and "does not support a halal claim" in r.stderr
+    assert "post-mortem inspection: fail" in r.stderr
+    assert not list(tmp_path.glob("certificates/FGM-*"))
+    # by default only the carcass whose record supports the claim is certified
+    r = run("meat", "certify", "--store", "s", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    issued = json.loads(r.stdout)
+    assert [i["certificate_number"].split("-")[1:3] for i in issued] == [["C", "1"]]
+    # a certificate signed for it anyway (by the lab's own key) fails verification
+    doc = json.loads((tmp_path / issued[0]["json"]).read_text())["certificate"]
+    graded = json.loads(run("meat", "grade", "C-2", "--store", "s", "--json", cwd=tmp_path).stdout)
+    forged = dict(
+        doc,
+        carcass=dict(doc["carcass"], carcass_id="C-2", animal_id="A-2"),
+        carcass_record=doc["carcass_record"],
+        halal=dict(doc["halal"]),  # "validated", as if the record supported it
+        grading={k: graded[0].get(k) for k in doc["grading"]},
+    )
+    fake = tmp_path / "forged.json"
+    fake.write_text(json.dumps(sign(forged, load_private_key(tmp_path / "keys" / "lab.key"))))
+    r = run("verify", str(fake), "--public-key", "keys/lab.pub", "--store", "s", cwd=tmp_path)
+    assert r.returncode == 5 and "halal" in r.stderr and "post-mortem" in r.stderr

@@ -197,6 +197,13 @@ def test_pneumatic_stun_limits(tmp_path):
         tmp_path, "stun_shots 2 is above", **PNEUMATIC | {"stun_shots": 2}, bolt_diameter_mm=3
     )
     halal_refused(tmp_path, "bolt_diameter_mm 3.1", **PNEUMATIC, bolt_diameter_mm=3.1)
+    for shots in (0, -3):
+        halal_refused(
+            tmp_path,
+            f"stun_shots '{shots}' is not a count of shots fired",
+            **PNEUMATIC | {"stun_shots": shots},
+            bolt_diameter_mm=3,
+        )
     halal_refused(tmp_path, "needs bolt_diameter_mm", **PNEUMATIC)
 
 
@@ -266,6 +273,33 @@ def test_store_reimport_duplicates_and_nothing_partial(tmp_path):
     with pytest.raises(InputError, match="in the carcass records"):
         import_halal(st, h)
     assert result_files(st.root) == before
+
+
+def test_failed_inspection_or_no_vendor_declaration_is_kept_but_not_halal(tmp_path):
+    st = Store.open(tmp_path / "s", create=True)
+    import_carcasses(st, write_csv(tmp_path / "c.csv", carcass_rows(4)))
+    rows = [
+        halal_row(carcass_id=f"C-{k}", animal_id=f"A-{k}", certificate_number="HC-1")
+        for k in (1, 2, 3, 4)
+    ]
+    rows[1]["ante_mortem"] = "fail"
+    rows[2] |= {"post_mortem": "FAIL", "vendor_declaration": "no"}
+    rows[3]["post_mortem"] = "fail"
+    halal = import_halal(st, write_csv(tmp_path / "h.csv", rows))  # on record, all four
+    records, _ = grade_store(st)
+    by_id = {r["carcass_id"]: r["halal"] for r in records}
+    assert by_id["C-1"] == {
+        "status": "validated",
+        "record": halal.record,
+        "certificate_number": "HC-1",
+    }
+    assert by_id["C-2"]["status"] == "failed" and by_id["C-2"]["record"] == halal.record
+    assert by_id["C-2"]["problems"] == ["ante-mortem inspection: fail"]
+    assert by_id["C-3"]["problems"] == ["no vendor declaration", "post-mortem inspection: fail"]
+    assert by_id["C-4"]["problems"] == ["post-mortem inspection: fail"]
+    slaughter = trace(st, "C-4")["chains"][0][1]
+    assert slaughter["post_mortem"] == "fail" and slaughter["ante_mortem"] == "pass"
+    assert slaughter["halal_problems"] == ["post-mortem inspection: fail"]
 
 
 def test_grade_and_trace_link_records(tmp_path):

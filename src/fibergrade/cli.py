@@ -1487,6 +1487,14 @@ def meat_import_(
         out.print(f"{escape(res.source_name)}: {res.n} {what} -> record {res.record[:12]}")
 
 
+#: the halal column of ``meat grade`` by status (fibergrade.meat.traceability.halal_link)
+_HALAL_CELL = {
+    "validated": "yes",
+    "failed": "[red]failed[/]",
+    "no slaughter record": "[red]none[/]",
+}
+
+
 @meat_app.command("grade")
 def meat_grade_(
     carcasses: Annotated[
@@ -1519,11 +1527,12 @@ def meat_grade_(
             r["light_lamb_band"] or "—",
             "ok" if r["colour_acceptable"] else "[red]no[/]",
             r["ph_class"] or "—",
-            "yes" if r["halal"]["record"] else "[red]none[/]",
+            _HALAL_CELL.get(r["halal"]["status"], "[red]?[/]"),
         )
     out.print(t)
     for r in records:
         notes = [f"not MSA: {x}" for x in r["msa_reasons"]] + r["flags"]
+        notes += [f"not halal: {x}" for x in r["halal"].get("problems", [])]
         for note in notes:
             out.print(f"  {escape(r['carcass_id'])}: {escape(note)}")
     if result_id:
@@ -1558,6 +1567,8 @@ def trace_(
                     f"{link['certification_body']} certificate {link['halal_certificate']} "
                     f"(expires {link['halal_certificate_expiry']})"
                 )
+                if link["halal_problems"]:
+                    extra += f"; not halal: {'; '.join(link['halal_problems'])}"
             elif name == "carcass" and link.get("digest"):
                 w = link["weighing_record"]
                 extra = f"  {link['hscw_kg']:g} kg, weighing record {w[:12] if w else '—'}"

@@ -10,8 +10,10 @@ certificate. It is signed with the lab's Ed25519 key exactly as fibre certificat
 log), and verified by :func:`verify_meat` which checks the stored carcass and halal records'
 digests and recomputes the grading from the carcass record.
 
-A carcass without a validated halal slaughter record is refused: the halal claim is what
-the certificate vouches for.
+A carcass without a validated halal slaughter record is refused, as is one whose record
+shows a failed ante- or post-mortem inspection or no vendor declaration
+(:func:`fibergrade.meat.traceability.halal_problems`): the halal claim is what the
+certificate vouches for. Verification recomputes that status from the stored record.
 """
 
 from __future__ import annotations
@@ -83,7 +85,14 @@ def certify_carcasses(
             if r["halal"].get("status") == "validated" and r["carcass_id"] not in previous
         ]
     for r in records:
-        if r["halal"].get("status") != "validated":
+        halal = r["halal"]
+        if halal.get("status") == "failed":
+            raise CertificateRefused(
+                f"carcass {r['carcass_id']}: its halal slaughter record "
+                f"{halal['record'][:12]} does not support a halal claim "
+                f"({'; '.join(halal['problems'])}); no certificate is issued for it"
+            )
+        if halal.get("status") != "validated":
             raise CertificateRefused(
                 f"carcass {r['carcass_id']} has no validated halal slaughter record; import "
                 "it with: fibergrade meat import --halal FILE"
@@ -152,6 +161,11 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
     again = records[0]
     if again["carcass_record"] != cert["carcass_record"]:
         rep.problems.append("the carcass's stored record differs from the one certified")
+    if again["halal"] != cert.get("halal"):
+        rep.problems.append(
+            f"halal: certificate says {cert.get('halal')!r}, the slaughter record gives "
+            f"{again['halal']!r}"
+        )
     for key in GRADED_FIELDS:
         if again.get(key) != cert["grading"].get(key):
             rep.problems.append(

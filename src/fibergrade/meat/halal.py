@@ -111,6 +111,9 @@ def _param(t: _Table, i: int, name: str) -> float | None:
     if name == "stun_shots":
         if not _INT_RE.match(s):
             raise t.error(i, f"stun_shots {s!r} is not a whole number", expected="1")
+        if int(s) < 1:
+            # a stun method with shots fired at least one; the limit is the scheme's
+            raise t.error(i, f"stun_shots {s!r} is not a count of shots fired", expected=">= 1")
         return int(s)
     if not _FLOAT_RE.match(s):
         raise t.error(i, f"{name} {s!r} is not a number", expected="a decimal number")

@@ -43,6 +43,8 @@ from fibergrade.store import Store, sha256_file
 __all__ = [
     "ImportResult",
     "grade_store",
+    "halal_link",
+    "halal_problems",
     "import_carcasses",
     "import_halal",
     "load_carcasses",
@@ -227,6 +229,35 @@ def load_carcasses(store: Store) -> tuple[dict[str, list[Any]], list[str]]:
     return cols, origin
 
 
+def halal_problems(record: dict[str, Any]) -> list[str]:
+    """Why a stored slaughter record cannot carry a halal claim for its carcass (empty: it
+    can). The record holds the vendor declaration and the ante- and post-mortem results
+    (meat.md, "Halal slaughter record"); an animal or carcass that failed inspection, or
+    came without a vendor declaration, is kept on record for traceability but never
+    certified. (Alive at cut, the cut and the stun are refused at import.)"""
+    problems = []
+    if record.get("vendor_declaration") is not True:
+        problems.append("no vendor declaration")
+    for key, name in (("ante_mortem", "ante-mortem"), ("post_mortem", "post-mortem")):
+        if record.get(key) != "pass":
+            problems.append(f"{name} inspection: {record.get(key)}")
+    return problems
+
+
+def halal_link(halal: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """A graded carcass's ``halal`` entry: ``validated`` (its slaughter record supports the
+    halal claim), ``failed`` (with the ``problems`` of :func:`halal_problems`) or ``no
+    slaughter record``."""
+    if halal is None:
+        return {"status": "no slaughter record", "record": None}
+    rid, rec = halal
+    link = {"status": "validated", "record": rid, "certificate_number": rec["certificate_number"]}
+    problems = halal_problems(rec)
+    if problems:
+        link |= {"status": "failed", "problems": problems}
+    return link
+
+
 def _halal_index(store: Store) -> dict[str, tuple[str, dict[str, Any]]]:
     """carcass id -> (halal record digest, slaughter record)."""
     out = {}
@@ -292,12 +323,7 @@ def grade_store(
     weighings = _weighings(store)
     for rec, rid in zip(records, origin, strict=True):
         rec["carcass_record"] = rid
-        h = halal.get(rec["carcass_id"])
-        if h:
-            cert = h[1]["certificate_number"]
-            rec["halal"] = {"status": "validated", "record": h[0], "certificate_number": cert}
-        else:
-            rec["halal"] = {"status": "no slaughter record", "record": None}
+        rec["halal"] = halal_link(halal.get(rec["carcass_id"]))
         _weighing_link(rec, weighings.get(rec["carcass_id"]))
     result_id = None
     if record:
@@ -402,6 +428,10 @@ def _chain(
             "checker": f"{r['checker_id']} ({r['checker_registration']})",
             "stun": r["stun"],
             "alive_at_cut": r["alive_at_cut"],
+            "vendor_declaration": r["vendor_declaration"],
+            "ante_mortem": r["ante_mortem"],
+            "post_mortem": r["post_mortem"],
+            "halal_problems": halal_problems(r),
             "certification_body": r["certification_body"],
             "halal_certificate": r["certificate_number"],
             "halal_certificate_expiry": r["certificate_expiry"],
