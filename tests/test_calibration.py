@@ -4,6 +4,7 @@ suspension, bias corrections and calibration applied on read when grading."""
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from fibergrade.calibration import (
 )
 from fibergrade.distribution import summarise, summarise_histograms
 from fibergrade.errors import InputError
-from fibergrade.measurements import FibreLots, HistogramLots, LotMeta
+from fibergrade.measurements import FibreLots, HistogramLots, LotMeta, diameter_problem
 from fibergrade.store import PendingSegment, Store
 from fibergrade.workflow import grade_lots
 
@@ -139,6 +140,36 @@ def test_measurements_file_errors_name_the_line(tmp_path, text, line, message):
     with pytest.raises(InputError, match=message) as e:
         read_top_measurements(p)
     assert e.value.line == line and e.value.path == str(p)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.floats(0.5, 200).map(repr),
+        st.text(alphabet="0123456789._-+eE \u0661\u0968naif", max_size=8),
+    )
+)
+def test_measurements_file_takes_plain_decimals_only(tmp_path_factory, cell):
+    """A measured MFD is a plain decimal number or the file is refused at its line: never
+    "1_8.5", other scripts' digits, "nan" or "inf", which float() alone would take."""
+    p = tmp_path_factory.mktemp("tops") / "tops.csv"
+    p.write_text(f"top,measured_mfd_um\nT1,{cell}\n", encoding="utf-8")
+    plain = re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", cell, re.ASCII)
+    if plain and diameter_problem(float(cell)) is None:
+        assert read_top_measurements(p)[0].measured_mfd_um == float(cell)
+    else:
+        with pytest.raises(InputError) as e:
+            read_top_measurements(p)
+        assert e.value.line == 2 and e.value.path == str(p)
+
+
+def test_measurements_file_refuses_underscores_and_non_finite(tmp_path):
+    for cell in ("1_8.5", "nan", "inf", "\u0661\u0668"):
+        p = tmp_path / "tops.csv"
+        p.write_text(f"top,measured_mfd_um,measured_cv_pct\nT1,14.8,{cell}\n", encoding="utf-8")
+        with pytest.raises(InputError, match="not a number") as e:
+            read_top_measurements(p)
+        assert e.value.line == 2
 
 
 # --------------------------------------------------------------------------- fit

@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from fibergrade import __version__
+from fibergrade.adapters.interchange import _FLOAT_RE
 from fibergrade.errors import FibergradeError, InputError
 from fibergrade.measurements import FibreLots, HistogramLots, LotMeta, diameter_problem
 
@@ -384,11 +385,15 @@ def read_top_measurements(path: str | Path) -> list[TopMeasurement]:
             raise InputError(p, line, "empty top", expected="the top's id in the reference set")
         if any(m.top == top for m in out):
             raise InputError(p, line, f"top {top!r} is listed twice", expected="each top once")
-        try:
-            mfd = float(r[1])
-            cv = float(r[2]) if has_cv and r[2].strip() else None
-        except ValueError:
-            raise InputError(p, line, f"{r[1:]!r} is not a number", expected="numbers") from None
+        # the interchange files' decimal numbers: float() alone would also take "1_8.5",
+        # other scripts' digits, "nan" and "inf"
+        cells = [r[1]] + ([r[2]] if has_cv and r[2].strip() else [])
+        if not all(_FLOAT_RE.match(c) for c in cells):
+            raise InputError(
+                p, line, f"{r[1:]!r} is not a number", expected="decimal numbers such as 14.8"
+            )
+        mfd = float(r[1])
+        cv = float(r[2]) if len(cells) == 2 else None
         problem = diameter_problem(mfd)
         if problem:
             raise InputError(p, line, f"measured_mfd_um {mfd!r} {problem}")
