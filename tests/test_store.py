@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 
 from fibergrade import __version__
 from fibergrade.errors import (
+    DataModelError,
     LotConflictError,
     LotNotFoundError,
+    MeasurementError,
     StoreCorruptError,
     StoreError,
     StoreLockedError,
@@ -418,6 +420,38 @@ def test_bad_import_items(tmp_path: Path) -> None:
     assert store.import_segments([]) == []
     assert store.segments() == []
     assert list((tmp_path / "segments").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("diameters", "fibre", "match"),
+    [
+        ([15.0, float("nan"), 16.0], 1, "NaN"),
+        ([15.0, 16.0, -5.0], 2, "<= 0"),
+        ([0.015, 16.0, 15.0], 0, "millimetres"),
+        ([15.0, float("inf"), 15.0], 1, "200"),
+        ([15.0, 16.0, 250.0], 2, "200"),
+    ],
+)
+def test_impossible_diameters_never_enter_the_store(tmp_path, diameters, fibre, match):
+    """Raw data are never rewritten, so the store itself refuses what no fibre can measure
+    (the file readers refuse it first, naming the line; this is the API's guard)."""
+    store = Store.open(tmp_path)
+    ok = PendingSegment(fibres(["OK"], [2]), {}, "ok.csv", sha("ok"))
+    bad = FibreLots(("A", "B"), np.array([0, 1, 4]), np.array([15.0, *diameters], np.float32))
+    with pytest.raises(MeasurementError, match=match) as e:
+        store.import_segments([ok, PendingSegment(bad, {}, "bad.csv", sha("bad"))])
+    assert (e.value.lot_id, e.value.index) == ("B", fibre)
+    assert store.segments() == [] and list((tmp_path / "segments").iterdir()) == []
+
+
+def test_impossible_optional_columns_never_enter_the_store(tmp_path):
+    store = Store.open(tmp_path)
+    d = np.full(3, 15.0, np.float32)
+    for col in ("length_mm", "curvature_deg_mm"):
+        bad = FibreLots(("A",), np.array([0, 3]), d, **{col: np.array([30.0, np.nan, 31.0])})
+        with pytest.raises(DataModelError, match=f"fibre 1: {col} nan"):
+            store.import_fibres(bad, {}, source_name="b.csv", source_digest=sha("b"))
+    assert store.segments() == []
 
 
 # ------------------------------------------------------------------ manifest and integrity

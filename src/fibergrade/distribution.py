@@ -291,18 +291,27 @@ def quantiles_from_fine(fine: np.ndarray, n: np.ndarray, lo: np.ndarray, hi: np.
     return out
 
 
-def summarise_reference(lots: FibreLots, cut_um: float = DEFAULT_CUT_UM) -> LotSummary:
-    """Readable numpy specification of every per-fibre figure, all lots in one call."""
-    cut = _check_cut(cut_um)
+def check_fibres(lots: FibreLots) -> None:
+    """Refuse the first physically impossible measurement of any lot: a diameter that is
+    NaN, infinite, below :data:`~fibergrade.measurements.MM_SUSPECT_BELOW_UM` (millimetres
+    or <= 0) or above :data:`~fibergrade.measurements.DIAMETER_MAX_UM`
+    (:class:`MeasurementError`, naming lot and fibre), or a NaN or negative optional column
+    (:class:`DataModelError`). Nothing is clipped or guessed."""
     d32 = lots.diameter_um
-    bad = ~((d32 >= MM_SUSPECT_BELOW_UM) & (d32 <= DIAMETER_MAX_UM))
+    bad = ~((d32 >= MM_SUSPECT_BELOW_UM) & (d32 <= DIAMETER_MAX_UM))  # True for NaN
     if bad.any():
         _raise_first_bad(lots, bad)
     check_optional_columns(lots)
+
+
+def summarise_reference(lots: FibreLots, cut_um: float = DEFAULT_CUT_UM) -> LotSummary:
+    """Readable numpy specification of every per-fibre figure, all lots in one call."""
+    cut = _check_cut(cut_um)
+    check_fibres(lots)
     n_lots = lots.n_lots
     if n_lots == 0:
         return _empty_summary(cut)
-    d = d32.astype(np.float64)
+    d = lots.diameter_um.astype(np.float64)
     n = np.diff(lots.offsets)
     lot_of = np.repeat(np.arange(n_lots), n)
 

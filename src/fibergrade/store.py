@@ -924,6 +924,12 @@ class Store:
             )
         if item.table.n_lots == 0:
             raise StoreError(f"{item.source_name}: holds no lots; nothing to import")
+        if isinstance(item.table, FibreLots):
+            # raw data are never rewritten: a physically impossible value must not get in
+            # (the file readers refuse them first, naming the line; this guards the API)
+            from fibergrade.distribution import check_fibres
+
+            check_fibres(item.table)
         metas: list[LotMeta] = []
         for lot_id in item.table.lot_ids:
             m = item.meta.get(lot_id)
