@@ -216,3 +216,26 @@ def test_private_key_is_not_accepted_inside_the_store(lab, tmp_path):
     assert r.returncode != 0 and "inside the store" in r.stderr
     key = (d / KEY).stat().st_mode & 0o777
     assert key == 0o600
+
+
+def test_a_certificate_file_appears_only_once_the_store_holds_it(tmp_path):
+    from fibergrade.certificates import publish
+    from fibergrade.errors import StoreError
+    from fibergrade.store import Store
+
+    store = Store.open(tmp_path / "s")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"certificate": {"certificate_number": "FG-X-01"}, "signature": "not checked here"}
+    # the store cannot write certificates (a file where their folder belongs): no file
+    blocker = tmp_path / "s" / "results" / "certificate"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    with pytest.raises(StoreError, match="cannot write result"):
+        publish(store, out, "FG-X-01", env)
+    assert list(out.iterdir()) == []
+    blocker.unlink()
+    path = publish(store, out, "FG-X-01", env)
+    assert path == out / "FG-X-01.json" and json.loads(path.read_text()) == env
+    assert [p for _, p in store.results("certificate")] == [env]
+    assert [p.name for p in out.iterdir()] == ["FG-X-01.json"]

@@ -446,9 +446,7 @@ def certify_lots(
     result = CertifyOutcome()
     for i, (doc, env) in enumerate(zip(docs, envs, strict=True)):
         number = doc["certificate_number"]
-        jpath = out / f"{number}.json"
-        jpath.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        store.put_result("certificate", env)  # the store logs it in the audit log
+        jpath = publish(store, out, number, env)
         ppath = pdf_paths[i] if pdf else None
         result.issued.append(Issued(number, jpath, ppath, env, doc["supersedes"]))
         if progress:
@@ -456,6 +454,27 @@ def certify_lots(
     if docs:
         audit.checkpoint(private_key)
     return result
+
+
+def publish(store: Any, out: Path, number: str, envelope: dict[str, Any]) -> Path:
+    """Store a signed certificate (the store logs it in the audit log) and write its JSON
+    file ``out/NUMBER.json``. The file is written beside its name first and renamed into
+    place only once the store holds the certificate, so a failure leaves no signed file
+    that the store does not know (a batch stopped part-way resumes with the rest)."""
+    path = out / f"{number}.json"
+    tmp = out / f".{number}.json.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(json.dumps(envelope, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CertificateError(f"{path}: cannot write the certificate: {exc}") from exc
+    try:
+        store.put_result("certificate", envelope)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
 
 
 # --- overrides and revocation -------------------------------------------------------------

@@ -19,7 +19,6 @@ certificate vouches for. Verification recomputes that status from the stored rec
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from fibergrade.certificates import (
     Issued,
     VerifyReport,
     next_certificate,
+    publish,
     revocation_entries,
     sign,
 )
@@ -128,9 +128,7 @@ def certify_carcasses(
         if supersedes:
             doc["reissue_reason"] = reissue_reason
         env = sign(doc, private_key)
-        path = out / f"{number}.json"
-        path.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        store.put_result("certificate", env)  # logged in the audit log by the store
+        path = publish(store, out, number, env)
         issued.append(Issued(number, path, None, env, supersedes))
     if issued:
         audit.checkpoint(private_key)
