@@ -258,6 +258,7 @@ def metrics(model: ScreeningModel, ev: EvalSet) -> dict[str, Any]:
         if pct >= 10:
             wool_m |= groups == repr(("contamination", "cashmere", "coarse-wool", pct))
     fa = _rate(flagged[clean])
+    # the targets of issue 5 (its "Targets on held-out lots"), not domain facts
     targets = [
         {
             "target": "adult camel declared baby camel, true MFD >= 2 um above the declared "

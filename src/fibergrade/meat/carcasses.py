@@ -92,9 +92,12 @@ _OPT_NONNEG = ("age_months", "days_off_shears", "hours_off_feed", "hours_in_tran
 _OPT_FLOAT = ("temp_at_ph6_c",)
 OPTIONAL_COLUMNS = (*_OPT_TEXT, *_OPT_BOOL, *_OPT_NONNEG, *_OPT_FLOAT)
 
-#: a sheep has eight permanent incisors (issue 7: "more than 8 incisors" is refused)
+#: a sheep has eight permanent incisors (issue 7: "more than 8 incisors" is refused);
+#: [unsourced here: shared/reference/meat.md counts incisors in wear but gives no total]
 MAX_INCISORS = 8
-#: accepted ultimate pH range, inclusive (issue 7: "pH outside 4.5 to 8.0" is refused)
+#: accepted ultimate pH range, inclusive (issue 7: "pH outside 4.5 to 8.0" is refused);
+#: [unsourced here: meat.md gives the normal 5.4-5.8 and dark cutting >= 6.0, not these
+#: bounds of a plausible reading]
 PH_MIN, PH_MAX = 4.5, 8.0
 #: EU: classify, mark and weigh within 1 h of sticking (meat.md, "EU")
 EU_WEIGH_WITHIN_S = 3600.0
