@@ -106,6 +106,30 @@ def test_other_refusals(tmp_path):
     refused(tmp_path, "weight_mode", weight_mode="fast")
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "ok"),
+    [
+        ("temp_c", -40, True),
+        ("temp_c", 50, True),
+        ("temp_c", 900, False),
+        ("temp_c", -40.5, False),
+        ("temp_at_ph6_c", 21, True),
+        ("temp_at_ph6_c", "", True),
+        ("temp_at_ph6_c", 120, False),
+        ("a_star", -128, True),
+        ("a_star", 127, True),
+        ("a_star", 300, False),
+        ("b_star", -129, False),
+    ],
+)
+def test_impossible_temperatures_and_colours_are_refused(tmp_path, column, value, ok):
+    if ok:
+        got = read(tmp_path, **{column: value})[column]
+        assert got == [None if value == "" else float(value)]
+    else:
+        refused(tmp_path, f"{column} '{value}' is outside", **{column: value})
+
+
 def test_duplicate_ids_in_file_name_both_lines(tmp_path):
     rows = carcass_rows(3)
     rows[2]["carcass_id"] = "C-1"

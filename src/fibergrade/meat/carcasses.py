@@ -99,6 +99,13 @@ MAX_INCISORS = 8
 #: [unsourced here: meat.md gives the normal 5.4-5.8 and dark cutting >= 6.0, not these
 #: bounds of a plausible reading]
 PH_MIN, PH_MAX = 4.5, 8.0
+#: a carcass temperature reading (temp_c, temp_at_ph6_c) outside this range, in C, is
+#: refused as no carcass's [unsourced: plausibility bounds of the project, wide around a
+#: sheep's ~39 C body temperature and blast freezing; meat.md's classes lie well inside]
+TEMP_MIN_C, TEMP_MAX_C = -40.0, 50.0
+#: CIELAB a* and b* outside this range are refused [unsourced: the usual -128..127 range of
+#: an a*/b* encoding; meat colours lie far inside, meat.md's thresholds at a* 9.5-14.5]
+AB_MIN, AB_MAX = -128.0, 127.0
 #: EU: classify, mark and weigh within 1 h of sticking (meat.md, "EU")
 EU_WEIGH_WITHIN_S = 3600.0
 SEXES = {
@@ -223,6 +230,11 @@ def _times(t: _Table, name: str, *, optional: bool) -> tuple[list[str | None], l
     return texts, parsed
 
 
+def _outside(v: np.ndarray, lo: float, hi: float, what: str) -> tuple[np.ndarray, str, str]:
+    """Where ``v`` lies outside ``lo .. hi`` (inclusive), and the words of the refusal."""
+    return (v < lo) | (v > hi), f"is outside {lo:g} to {hi:g}", f"{what} from {lo:g} to {hi:g}"
+
+
 def read_carcass_csv(
     path: PathLike,
     *,
@@ -307,14 +319,18 @@ def read_carcass_csv(
         f"an ultimate pH from {PH_MIN} to {PH_MAX}",
     )
     cols["ph_ultimate"] = ph.tolist()
-    cols["temp_c"] = _numbers(t, "temp_c", optional=False).tolist()
+    temp = _numbers(t, "temp_c", optional=False)
+    _refuse_where(t, "temp_c", *_outside(temp, TEMP_MIN_C, TEMP_MAX_C, "a carcass temperature"))
+    cols["temp_c"] = temp.tolist()
     lstar = _numbers(t, "l_star", optional=False)
     _refuse_where(
         t, "l_star", (lstar < 0) | (lstar > 100), "is outside 0 to 100", "CIELAB L* from 0 to 100"
     )
     cols["l_star"] = lstar.tolist()
-    cols["a_star"] = _numbers(t, "a_star", optional=False).tolist()
-    cols["b_star"] = _numbers(t, "b_star", optional=False).tolist()
+    for name in ("a_star", "b_star"):
+        v = _numbers(t, name, optional=False)
+        _refuse_where(t, name, *_outside(v, AB_MIN, AB_MAX, f"CIELAB {name[0]}*"))
+        cols[name] = v.tolist()
 
     s_text, s_time = _times(t, "slaughtered_at", optional=False)
     w_text, w_time = _times(t, "weighed_at", optional=False)
@@ -361,6 +377,9 @@ def read_carcass_csv(
         v = _numbers(t, name, optional=True)
         if name in _OPT_NONNEG:
             _refuse_where(t, name, v < 0, "is negative", f"{name} >= 0")
+        else:  # a temperature; empty cells (NaN) are "not recorded"
+            bad, why, expected = _outside(v, TEMP_MIN_C, TEMP_MAX_C, "a carcass temperature")
+            _refuse_where(t, name, bad & ~np.isnan(v), why, expected)
         cols[name] = [None if np.isnan(x) else x for x in v.tolist()]
 
     _check_scale_max(t, cols, w, scale_of, default_scale)
