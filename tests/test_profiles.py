@@ -283,6 +283,59 @@ def test_reader_refuses_the_wrong_kind_of_profile(tmp_path):
         read_histogram(load_profile("ofda-export"), INSTRUMENTS / "ofda-export-example.csv")
 
 
+_BAD_CELLS = ["1_6,5", "\u0661\u0666,\u0665", "16.5", "", "x", "1,6e1", "0,5", "250"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["A", "B", "C"]),
+            st.integers(100, 19999),  # diameter in hundredths of a um: 1.00-199.99
+            st.integers(0, 99999),  # curvature in tenths of a deg/mm
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    quoted=st.booleans(),
+    blank_every=st.integers(0, 5),
+    bad=st.none() | st.tuples(st.integers(0, 39), st.sampled_from(_BAD_CELLS)),
+)
+def test_per_fibre_columns_read_as_row_by_row(tmp_path_factory, rows, quoted, blank_every, bad):
+    """The columns checked and converted whole give, for any rows, what reading them one
+    by one gives: the same values, or the first bad cell refused at its line."""
+    rows = sorted(rows, key=lambda r: r[0])  # a lot's rows together
+    lines, line_of = [], []
+    for k, (lot, d, c, m) in enumerate(rows):
+        if blank_every and k % blank_every == 0:
+            lines.append("# a comment" if k % 2 else "")
+        cell = f"{d // 100},{d % 100:02d}"
+        if bad is not None and bad[0] == k:
+            cell = bad[1]
+        if quoted and k % 2:
+            cell = f'"{cell}"'
+        lines.append(f"{lot};{cell};{c // 10},{c % 10};{'J' if m else 'N'}")
+        line_of.append(5 + len(lines))
+    path = tmp_path_factory.mktemp("rows") / "f.csv"
+    path.write_text(HEAD + "\n".join(lines) + "\n", encoding="utf-8")
+    prof = export_profile(path.parent)
+    if bad is not None and bad[0] < len(rows):
+        with pytest.raises(InputError) as ei:
+            read_per_fibre(prof, path)
+        assert ei.value.line == line_of[bad[0]] and ei.value.path == str(path)
+        return
+    got = read_per_fibre(prof, path)
+    lots = [r[0] for r in rows]
+    assert got.lot_ids == tuple(dict.fromkeys(lots))
+    assert got.offsets.tolist() == [lots.index(x) for x in got.lot_ids] + [len(lots)]
+    want_d = [float(np.float32(float(f"{d // 100}.{d % 100:02d}"))) for _, d, _, _ in rows]
+    assert got.diameter_um.tolist() == want_d
+    want_c = [float(np.float32(float(f"{c // 10}.{c % 10}"))) for _, _, c, _ in rows]
+    assert got.curvature_deg_mm is not None and got.curvature_deg_mm.tolist() == want_c
+    assert got.medullated is not None and got.medullated.tolist() == [r[3] for r in rows]
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list('AB;,.\n\r\t 0123456789-"#µ')), max_size=300))
 def test_fuzz_export_readers_raise_only_input_errors(tmp_path_factory, text):
