@@ -15,7 +15,10 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fibergrade.adapters import analyser
 from fibergrade.adapters.analyser import AnalyserReader
@@ -36,6 +39,7 @@ from fibergrade.adapters.simulators import (
     parse_faults,
     serve_forever,
     start_simulator,
+    synthetic_samples,
 )
 from fibergrade.adapters.transport import Transport, open_transport
 from fibergrade.errors import FibergradeError
@@ -353,3 +357,13 @@ def test_profiles_point_at_replaced_settings():
     p = load_profile("mt-sics-scale")
     q = replace(p, scale=replace(p.scale, stability_window_s=0.1))
     assert p.scale.stability_window_s == 1.0 and q.scale.stability_window_s == 0.1
+
+
+@settings(max_examples=30, deadline=None)
+@given(mfd=st.floats(2.5, 150.0), cv=st.floats(0.05, 1.5), seed=st.integers(0, 2**16))
+def test_simulated_samples_stay_in_range_without_piling_on_the_bounds(mfd, cv, seed):
+    """Out-of-range draws are drawn again, never clipped: no value sits on a bound."""
+    for _, d, c in synthetic_samples(n_samples=3, fibres=500, mfd_um=mfd, cv=cv, seed=seed):
+        d_arr, c_arr = np.array(d), np.array(c)
+        assert np.all((d_arr > 2.0) & (d_arr < 199.0))
+        assert np.all((c_arr > 1.0) & (c_arr < 500.0))

@@ -562,9 +562,20 @@ def synthetic_samples(
     k = 0
     while n_samples is None or k < n_samples:
         k += 1
-        d = np.clip(rng.lognormal(mu, sigma, fibres), 2.0, 199.0)
-        c = np.clip(rng.normal(50.0, 12.0, fibres), 1.0, 500.0) if curvature else None
+        d = _within(lambda n: rng.lognormal(mu, sigma, n), fibres, 2.0, 199.0)
+        c = _within(lambda n: rng.normal(50.0, 12.0, n), fibres, 1.0, 500.0) if curvature else None
         yield f"{prefix}{k:04d}", d.tolist(), None if c is None else c.tolist()
+
+
+def _within(draw: Callable[[int], np.ndarray], n: int, lo: float, hi: float) -> np.ndarray:
+    """``n`` values of ``draw`` within ``lo .. hi``: the rare ones outside are drawn again,
+    not clipped (clipping would pile values up on the bounds), as synthetic lots do."""
+    x = draw(n)
+    bad = np.flatnonzero((x < lo) | (x > hi))
+    while bad.size:  # terminates with probability 1
+        x[bad] = draw(bad.size)
+        bad = bad[(x[bad] < lo) | (x[bad] > hi)]
+    return x
 
 
 class AnalyserSimulator(SimulatedDevice):
