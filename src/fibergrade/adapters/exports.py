@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +105,14 @@ def _number_column(
     raise AssertionError("a column refused as a whole has a bad cell")  # pragma: no cover
 
 
-def _first(mask: np.ndarray) -> int | None:
-    """Index of the first True of ``mask``, or None."""
-    hits = np.flatnonzero(mask)
-    return int(hits[0]) if hits.size else None
+def _refuse_first(
+    path: Path, lines: list[int], bad: np.ndarray, problem: Callable[[int], str], expected: str
+) -> None:
+    """Refuse the first row where ``bad`` holds, at its line (``problem(row)`` says why)."""
+    hits = np.flatnonzero(bad)
+    if hits.size:
+        i = int(hits[0])
+        raise InputError(path, lines[i], problem(i), expected=expected)
 
 
 def _rows(path: Path, ex: ExportSettings) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
@@ -257,49 +262,51 @@ def read_per_fibre(profile: Profile, path: str | Path) -> FibreLots:
 
     ids = _lot_ids(path, texts("lot_id"), lines, names["lot_id"])
     v = number_column("diameter") * factor
+
+    def shown(i: int) -> str:
+        text = f"{texts('diameter')[i].strip()} {ex.diameter_unit}"
+        return text + (f" = {v[i]:g} um" if factor != 1 else "")
+
     # diameter_problem's rules, for the whole column (no NaN gets past the number check)
-    i = _first((v < MM_SUSPECT_BELOW_UM) | (v > DIAMETER_MAX_UM))
-    if i is not None:
-        text = texts("diameter")[i].strip()
-        shown = f"{text} {ex.diameter_unit}" + (f" = {v[i]:g} um" if factor != 1 else "")
-        raise InputError(
-            path,
-            lines[i],
-            f"diameter {shown} {diameter_problem(float(v[i]))}",
-            expected=f"0 < diameter <= {DIAMETER_MAX_UM:g} um",
-        )
+    _refuse_first(
+        path,
+        lines,
+        (v < MM_SUSPECT_BELOW_UM) | (v > DIAMETER_MAX_UM),
+        lambda i: f"diameter {shown(i)} {diameter_problem(float(v[i]))}",
+        f"0 < diameter <= {DIAMETER_MAX_UM:g} um",
+    )
     diam = v.astype(np.float32)
     length = curv = med = None
     if "length" in col:
         x = number_column("length")
-        i = _first(~(x > 0))
-        if i is not None:
-            raise InputError(
-                path, lines[i], f"length {x[i]:g} mm is not positive", expected="a length > 0 mm"
-            )
+        _refuse_first(
+            path,
+            lines,
+            ~(x > 0),
+            lambda i: f"length {x[i]:g} mm is not positive",
+            "a length > 0 mm",
+        )
         length = x.astype(np.float32)
     if "curvature" in col:
-        x = number_column("curvature")
-        i = _first(~((x >= 0) & (x <= CURVATURE_MAX_DEG_MM)))
-        if i is not None:
-            raise InputError(
-                path,
-                lines[i],
-                f"curvature {x[i]:g} deg/mm is impossible",
-                expected=f"0 .. {CURVATURE_MAX_DEG_MM:g} deg/mm",
-            )
-        curv = x.astype(np.float32)
+        c = number_column("curvature")
+        _refuse_first(
+            path,
+            lines,
+            ~((c >= 0) & (c <= CURVATURE_MAX_DEG_MM)),
+            lambda i: f"curvature {c[i]:g} deg/mm is impossible",
+            f"0 .. {CURVATURE_MAX_DEG_MM:g} deg/mm",
+        )
+        curv = c.astype(np.float32)
     if "medullated" in col:
         flags = np.array([t.strip().lower() for t in texts("medullated")], dtype=object)
         med = np.isin(flags, ex.true_values)
-        i = _first(~(med | np.isin(flags, ex.false_values)))
-        if i is not None:
-            raise InputError(
-                path,
-                lines[i],
-                f"column {names['medullated']!r}: {flags[i]!r} is not a medullation flag",
-                expected="one of " + ", ".join(ex.true_values + ex.false_values),
-            )
+        _refuse_first(
+            path,
+            lines,
+            ~(med | np.isin(flags, ex.false_values)),
+            lambda i: f"column {names['medullated']!r}: {flags[i]!r} is not a medullation flag",
+            "one of " + ", ".join(ex.true_values + ex.false_values),
+        )
     offsets_ids, offsets = _lot_runs(path, ids, lines)
     return FibreLots(
         offsets_ids, offsets, diam, length_mm=length, curvature_deg_mm=curv, medullated=med
