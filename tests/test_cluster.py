@@ -528,6 +528,36 @@ def test_cli_cluster_errors_are_clear(lab, tmp_path):
     assert r.returncode == 2 and "--workers" in r.stderr
 
 
+def test_a_scheduler_address_where_another_service_listens_is_refused(lab, tmp_path):
+    """A web server (the dashboard's port) says nothing; an SSH server's banner is no Dask
+    greeting: both end with exit 6 and one line, not a hang or a traceback."""
+    import socket
+    import threading
+
+    with contextlib.closing(socket.socket()) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections complete in the backlog; nothing is ever sent
+        r = cli("grade", "--store", str(lab / "store"), "--scheduler",
+                f"tcp://127.0.0.1:{silent.getsockname()[1]}", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 6, r.stderr
+    assert "did not greet as a Dask scheduler" in r.stderr and "Traceback" not in r.stderr
+    with contextlib.closing(socket.socket()) as ssh:
+        ssh.bind(("127.0.0.1", 0))
+        ssh.listen()
+
+        def banner() -> None:
+            conn, _ = ssh.accept()
+            with conn, contextlib.suppress(OSError):  # the client hangs up first
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                conn.recv(100)
+
+        threading.Thread(target=banner, daemon=True).start()
+        r = cli("screen", "--store", str(lab / "store"), "--scheduler",
+                f"tcp://127.0.0.1:{ssh.getsockname()[1]}", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 6, r.stderr
+    assert "does not speak Dask's protocol" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_local_workers_run_with_less_housekeeping_and_glibc_trimming(cluster):
     def settings() -> dict[str, Any]:
         return {

@@ -494,9 +494,20 @@ def _check_versions(client: Any, where: str) -> None:
         )
 
 
+#: how long a Dask scheduler takes at most to greet a new connection (it greets at once)
+GREETING_TIMEOUT_S = 5.0
+#: a Dask greeting is a short message; a first length field above this is another protocol
+#: (an SSH banner read as a length asks for exabytes)
+GREETING_MAX_BYTES = 64 * 1024 * 1024
+
+
 def _probe(address: str, where: str) -> None:
     """Fail at once, with a clear message, when nothing listens at a TCP or TLS address
-    (Dask itself keeps retrying a refused connection until its timeout)."""
+    (Dask itself keeps retrying a refused connection until its timeout), or, over TCP,
+    when what listens is not a Dask scheduler: a scheduler greets every new connection
+    with its handshake, a message that starts with its length in 8 bytes. A web server
+    (the dashboard's port, say) says nothing and would leave Dask waiting for ever; an SSH
+    server's banner, read as a length, would have Dask allocate exabytes."""
     url = urlsplit(address if "://" in address else f"tcp://{address}")
     if url.scheme not in ("tcp", "tls"):
         return  # other transports: let Dask connect
@@ -507,9 +518,31 @@ def _probe(address: str, where: str) -> None:
     if not host or port is None:
         raise ClusterError(f"{where}: not an address of the form tcp://HOST:PORT")
     try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+        conn = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise _unreachable(where, exc) from exc
+    if url.scheme == "tls":
+        conn.close()  # the greeting comes after the TLS handshake: let Dask do both
+        return
+    with conn:
+        conn.settimeout(GREETING_TIMEOUT_S)
+        head = b""
+        try:
+            while len(head) < 8 and (part := conn.recv(8 - len(head))):
+                head += part
+        except OSError:  # timed out, or reset
+            pass
+    if len(head) < 8:
+        raise ClusterError(
+            f"{where}: something listens there but did not greet as a Dask scheduler within "
+            f"{GREETING_TIMEOUT_S:.0f} s. Is it the scheduler's port (8786 unless set), not "
+            "its dashboard's (8787)?"
+        )
+    if int.from_bytes(head, "little") > GREETING_MAX_BYTES:
+        raise ClusterError(
+            f"{where}: the service listening there does not speak Dask's protocol (it "
+            f"began with {head!r}). Give the address of a `dask scheduler`"
+        )
 
 
 def _unreachable(where: str, exc: Exception) -> ClusterError:
@@ -563,7 +596,7 @@ def executor(
             _probe(str(scheduler), where)
             try:
                 client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-            except (OSError, TimeoutError, ValueError) as exc:
+            except Exception as exc:  # distributed raises many kinds on a failed connect
                 raise _unreachable(where, exc) from exc
         try:
             if scheduler is not None:
