@@ -155,6 +155,49 @@ def test_revoked_certificate_fails_against_the_signed_list(lab, tmp_path):
     assert r.returncode == 5 and "signature" in r.stderr
 
 
+def test_with_the_store_a_revoked_or_superseded_certificate_no_longer_stands(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    revoked, reissued, other = certs(d)[:3]
+    r = run("revoke", revoked.stem, "--reason", "sample mix-up", "--key", KEY, *STORE, cwd=d)
+    assert r.returncode == 0, r.stderr
+    # no --revocations file: the store's own records say it
+    r = verify(d, revoked, *STORE)
+    assert r.returncode == 5 and "revoked in the store" in r.stderr and "mix-up" in r.stderr
+    lot = json.loads(reissued.read_text())["certificate"]["lot"]["lot_id"]
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
+            "client name corrected", "--json", cwd=d)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    newer = json.loads(r.stdout)[0]["certificate_number"]
+    r = verify(d, reissued, *STORE)
+    assert r.returncode == 5 and f"superseded by {newer}" in r.stderr
+    assert "client name corrected" in r.stderr
+    assert verify(d, d / CERTS / f"{newer}.json", *STORE).returncode == 0
+    r = verify(d, other, *STORE, "--json")
+    assert r.returncode == 0, r.stderr
+    checks = {c["check"]: c["result"] for c in json.loads(r.stdout)["checks"]}
+    assert checks["standing in the store"] == "neither revoked nor superseded"
+    # offline, without the store, the signature alone still verifies
+    assert verify(d, revoked).returncode == 0
+
+
+def test_only_the_key_that_issued_a_certificate_can_revoke_it(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    r = run("keys", "init", "--dir", "other-lab", cwd=d)
+    assert r.returncode == 0, r.stderr
+    store_dir = d / "demo-out" / "fibergrade-data"
+
+    def contents() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in sorted(store_dir.rglob("*")) if p.is_file()}
+
+    before = contents()
+    cert = certs(d)[0]
+    r = run("revoke", cert.stem, "--reason", "x", "--key", "other-lab/lab.key", *STORE, cwd=d)
+    assert r.returncode != 0 and "not the lab key that issued it" in r.stderr
+    assert contents() == before  # no entry, no list, no audit checkpoint
+    r = run("audit", "verify", "--public-key", PUB, *STORE, cwd=d)
+    assert r.returncode == 0, r.stderr
+
+
 def test_refusals_override_and_reissue(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     graded = json.loads(run("grade", "--json", *STORE, cwd=d).stdout)

@@ -136,3 +136,17 @@ def test_a_carcass_that_failed_inspection_is_never_certified(tmp_path):
     fake.write_text(json.dumps(sign(forged, load_private_key(tmp_path / "keys" / "lab.key"))))
     r = run("verify", str(fake), "--public-key", "keys/lab.pub", "--store", "s", cwd=tmp_path)
     assert r.returncode == 5 and "halal" in r.stderr and "post-mortem" in r.stderr
+
+
+def test_a_carcass_certificate_can_be_revoked_and_then_does_not_verify(plant):
+    r = run("meat", "certify", "--store", "s", "--json", cwd=plant)
+    issued = json.loads(r.stdout)[0]
+    number, path = issued["certificate_number"], plant / issued["json"]
+    r = run("revoke", number, "--reason", "carcass mislabelled", "--key", "keys/lab.key",
+            "--store", "s", cwd=plant)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run("verify", str(path), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
+    assert r.returncode == 5 and "revoked in the store" in r.stderr
+    r = run("verify", str(path), "--public-key", "keys/lab.pub", "--revocations",
+            "s/revocations.json", cwd=plant)  # fmt: skip
+    assert r.returncode == 5 and "carcass mislabelled" in r.stderr

@@ -495,6 +495,12 @@ def record_override(store: Any, lot_id: str, reason: str, actor: str) -> str:
     return store.put_result("override", payload)  # logged by the store
 
 
+def all_certificates(store: Any) -> list[dict[str, Any]]:
+    """Every certificate issued from this store, fibre and carcass (envelopes), oldest
+    first."""
+    return [env for _, env in store.results("certificate")]
+
+
 def revocation_entries(store: Any) -> list[dict[str, Any]]:
     return [p for _, p in store.results("revocation")]
 
@@ -505,11 +511,17 @@ def revoke(
     """Revoke a certificate and write the whole signed revocation list."""
     if not reason.strip():
         raise CertificateError("a revocation needs a reason")
-    found = [
-        e for e in existing_certificates(store) if e["certificate"]["certificate_number"] == number
-    ]
+    found = [e for e in all_certificates(store) if e["certificate"]["certificate_number"] == number]
     if not found:
         raise CertificateError(f"no certificate {number} was issued from this store")
+    signer = str((found[0].get("signature") or {}).get("key_fingerprint"))
+    if fingerprint(private_key) != signer:
+        # the list and the audit checkpoint are signed with this key: another lab's key
+        # would leave every later verification against the lab's public key failing
+        raise CertificateError(
+            f"certificate {number} was signed with key {signer[:16]}...; this key "
+            f"({fingerprint(private_key)[:16]}...) is not the lab key that issued it"
+        )
     if any(e["certificate_number"] == number for e in revocation_entries(store)):
         raise CertificateError(f"certificate {number} is already revoked")
     entry = {
@@ -595,6 +607,8 @@ def verify_certificate(
             rep.checks.append(("revocation list", f"not revoked (list of {rev_doc['issued_at']})"))
     if cert.get("calibration", {}).get("uncalibrated"):
         rep.notes.append("graded WITHOUT a valid calibration (--uncalibrated)")
+    if store is not None:
+        _standing(number, store, rep)
     if store is not None and cert["schema"] == MEAT_SCHEMA:
         verify_meat(cert, store, rep)
     elif store is not None:
@@ -602,6 +616,28 @@ def verify_certificate(
     if rep.problems:
         raise VerificationFailed(number, rep.problems)
     return rep
+
+
+def _standing(number: str, store: Any, rep: VerifyReport) -> None:
+    """Whether the store has revoked the certificate or issued one that supersedes it
+    (either way it no longer stands), whatever revocation list was given, if any."""
+    revoked = [e for e in revocation_entries(store) if e.get("certificate_number") == number]
+    if revoked:
+        e = revoked[0]
+        rep.problems.append(f"revoked in the store on {e['revoked_at']}: {e['reason']}")
+    later = [
+        env["certificate"]
+        for env in all_certificates(store)
+        if env["certificate"].get("supersedes") == number
+    ]
+    if later:
+        doc = later[0]
+        rep.problems.append(
+            f"superseded by {doc['certificate_number']} (issued {doc['issued_at']}: "
+            f"{doc.get('reissue_reason')})"
+        )
+    if not revoked and not later:
+        rep.checks.append(("standing in the store", "neither revoked nor superseded"))
 
 
 def _cached(cache: dict[Any, Any], key: Any, make: Any) -> Any:
