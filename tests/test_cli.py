@@ -248,6 +248,23 @@ def test_unknown_lot_and_missing_store_are_clear_errors(files, tmp_path):
     assert r.returncode == 2 and "us-wpla-cashmere" in r.stderr
 
 
+def test_paths_that_cannot_be_used_are_one_line_errors(files, tmp_path):
+    store = tmp_path / "store"
+    run("import", str(files["fibre"]), store=store)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for args in (
+        ("show", "C-001", "--plot", str(tmp_path / "h.txt")),  # not a PNG name
+        ("keys", "init", "--dir", str(a_file)),
+        ("demo", "--out", str(a_file), "--lots", "3"),
+    ):
+        r = run(*args, store=store if args[0] == "show" else None, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.strip(), args
+    r = run("show", "C-001", "--plot", str(tmp_path / "h.png"), store=store)
+    assert r.returncode == 0 and (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_import_does_not_load_heavy_libraries():
     """`fibergrade --help` stays fast: numba, h5py, scipy and matplotlib load only in commands."""
     code = (

@@ -55,6 +55,12 @@ def test_certify_verify_and_trace(plant):
     r = run("trace", doc["carcass"]["carcass_id"], "--store", "s", "--json", cwd=plant)
     last = json.loads(r.stdout)["chains"][0][-1]
     assert last["link"] == "certificate" and last["id"] == doc["certificate_number"]
+    # the number that link shows traces back to the same chain
+    r = run("trace", doc["certificate_number"], "--store", "s", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    back = json.loads(r.stdout)
+    assert back["matched"] == ["carcass certificate"]
+    assert back["chains"][0][2]["id"] == doc["carcass"]["carcass_id"]
     # nothing left to certify; naming a certified carcass again needs --reissue
     assert json.loads(run("meat", "certify", "--store", "s", "--json", cwd=plant).stdout) == []
     r = run("meat", "certify", doc["carcass"]["carcass_id"], "--store", "s", cwd=plant)

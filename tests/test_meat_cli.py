@@ -78,3 +78,21 @@ def test_bad_files_refused_with_line_and_nothing_stored(tmp_path):
     assert not list(store.rglob("*.json"))
     r = run("meat", "grade", store=store)
     assert r.returncode == 3 and "no carcasses" in flat(r.stderr)
+
+
+def test_missing_file_or_unusable_folder_is_a_one_line_error_and_stores_nothing(tmp_path):
+    r = run("meat", "import", "carcasses.csv", "--scale", "cas-ci", "--store", "s", cwd=tmp_path)
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()  # no empty store left behind
+    for args in (
+        ("meat", "import", str(DATA / "carcasses.csv"), "--scale", "cas-ci", "--store", "s"),
+        ("meat", "import", "--halal", str(DATA / "halal.csv"), "--store", "s"),
+        ("keys", "init"),
+    ):
+        assert run(*args, cwd=tmp_path).returncode == 0
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "s").rglob("*")) if p.is_file()}
+    (tmp_path / "a-file").write_text("not a folder")
+    r = run("meat", "certify", "--store", "s", "--out", "a-file", cwd=tmp_path)
+    assert r.returncode == 5 and "a-file" in r.stderr and "Traceback" not in r.stderr
+    after = {p: p.read_bytes() for p in sorted((tmp_path / "s").rglob("*")) if p.is_file()}
+    assert after == before  # no grading record, no audit entry

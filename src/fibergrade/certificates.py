@@ -393,8 +393,7 @@ def certify_lots(
         )
         for rec, num, sup in plans
     ]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     envs = []
     for doc in docs:
         if reissue_reason and doc["supersedes"]:
@@ -454,6 +453,19 @@ def certify_lots(
     if docs:
         audit.checkpoint(private_key)
     return result
+
+
+def output_folder(out_dir: str | Path) -> Path:
+    """The folder certificates are written to, created if need be; one that cannot be is a
+    :class:`CertificateError` (before anything is stored)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CertificateError(
+            f"{out}: cannot be the certificates' folder: {exc.strerror or exc}"
+        ) from exc
+    return out
 
 
 def publish(store: Any, out: Path, number: str, envelope: dict[str, Any]) -> Path:

@@ -416,6 +416,8 @@ def show_(
     from fibergrade.plots import histogram_png
     from fibergrade.workflow import grade_lots, latest_grades
 
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise typer.BadParameter(f"{plot}: --plot writes a PNG; give a file name ending in .png")
     st = _open_store(store)
     rec = grade_lots(st, [lot], record=False, uncalibrated=True).records[0]
     stored = latest_grades(st).get(lot)
@@ -1458,14 +1460,13 @@ def meat_import_(
 ) -> None:
     """Validate a whole file and store it (all or nothing; re-imports do nothing)."""
     from fibergrade.meat.traceability import import_carcasses, import_halal
+    from fibergrade.workflow import check_grade_inputs
 
+    if halal and scale is not None:
+        raise typer.BadParameter("--scale applies to carcass files, not --halal")
+    check_grade_inputs([file])  # before a store is created for it
     st = _open_store(store, create=True)
-    if halal:
-        if scale is not None:
-            raise typer.BadParameter("--scale applies to carcass files, not --halal")
-        res = import_halal(st, file)
-    else:
-        res = import_carcasses(st, file, scale=scale)
+    res = import_halal(st, file) if halal else import_carcasses(st, file, scale=scale)
     what = "slaughter records" if halal else "carcasses"
     if json_:
         _print_json(
@@ -1909,6 +1910,10 @@ def main() -> None:
     except FibergradeError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise SystemExit(exc.exit_code) from None
+    except OSError as exc:  # a path the user named cannot be read, written or created
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

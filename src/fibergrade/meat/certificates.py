@@ -29,6 +29,7 @@ from fibergrade.certificates import (
     Issued,
     VerifyReport,
     next_certificate,
+    output_folder,
     publish,
     revocation_entries,
     sign,
@@ -73,7 +74,9 @@ def certify_carcasses(
     """
     from fibergrade.meat.traceability import grade_store
 
-    records, result_id = grade_store(store, carcass_ids or None, record=True)
+    out = output_folder(out_dir)
+    # graded here without recording: a refusal below must leave nothing in the store
+    records, _ = grade_store(store, carcass_ids or None, record=False)
     revoked = {e["certificate_number"] for e in revocation_entries(store)}
     previous: dict[str, list[dict[str, Any]]] = {}
     for env in meat_certificates(store):
@@ -104,10 +107,11 @@ def certify_carcasses(
             previous.get(cid, []), revoked, f"FGM-{cid}", f"carcass {cid}", reissue_reason
         )
         plans.append((r, number, supersedes))
+    # every check passed: the grading these certificates cite is recorded (the same
+    # records: grading is deterministic on the same stored data)
+    _, result_id = grade_store(store, carcass_ids or None, record=True)
     audit = AuditLog(store.root)
     pos = audit.position()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     issued = []
     for r, number, supersedes in plans:
         doc: dict[str, Any] = {

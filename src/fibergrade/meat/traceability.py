@@ -365,9 +365,21 @@ def trace(store: Store, ident: str) -> dict[str, Any]:
     if cert_hits:
         matched.append("halal certificate")
         wanted.extend(cert_hits)
+    from fibergrade.meat.certificates import meat_certificates
+
+    ours = [
+        env["certificate"]["carcass"]["carcass_id"]
+        for env in meat_certificates(store)
+        if env["certificate"]["certificate_number"] == ident
+    ]
+    if ours:  # the number the chain's last link shows
+        matched.append("carcass certificate")
+        wanted.extend(ours)
     if not wanted:
         raise TraceNotFoundError(
-            f"{ident!r} is no animal, carcass, lot or certificate in the store {store.root}"
+            f"{ident!r} is no animal, carcass, carcass lot, halal certificate or carcass "
+            f"certificate in the store {store.root} (fibre lots and their FG- certificates: "
+            "see `fibergrade show LOT` and `fibergrade verify`)"
         )
     grades = {}
     for gid, g in store.results(GRADES_KIND):  # latest grade wins
