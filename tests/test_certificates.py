@@ -198,6 +198,33 @@ def test_only_the_key_that_issued_a_certificate_can_revoke_it(lab, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_a_certificate_graded_by_a_labs_own_standard_verifies_with_that_file(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    packaged = Path(__file__).parents[1] / "src/fibergrade/standards/us-wpla-cashmere.toml"
+    own = d / "lab-own.toml"
+    own.write_text(
+        packaged.read_text().replace('id = "us-wpla-cashmere"', 'id = "lab-own"', 1)
+    )
+    doc = json.loads(certs(d)[0].read_text())["certificate"]
+    lot = doc["lot"]["lot_id"]
+    r = run("grade", lot, "--standard", str(own), *STORE, cwd=d)
+    assert r.returncode == 0, r.stderr
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
+            "graded by the lab's own standard", "--json", "--no-pdf", cwd=d)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cert = d / CERTS / f"{json.loads(r.stdout)[0]['certificate_number']}.json"
+    assert json.loads(cert.read_text())["certificate"]["standard"]["id"] == "lab-own"
+    r = verify(d, cert, *STORE)
+    assert r.returncode == 5 and "--standard FILE" in r.stderr
+    r = verify(d, cert, *STORE, "--standard", str(own), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "recomputation" in {c["check"] for c in json.loads(r.stdout)["checks"]}
+    # an edited copy of the file is not the standard the lot was graded by
+    own.write_text(own.read_text().replace("limit = 19.0", "limit = 21.0", 1))
+    r = verify(d, cert, *STORE, "--standard", str(own))
+    assert r.returncode == 5 and "digest" in r.stderr
+
+
 def test_refusals_override_and_reissue(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     graded = json.loads(run("grade", "--json", *STORE, cwd=d).stdout)

@@ -652,6 +652,23 @@ def _standing(number: str, store: Any, rep: VerifyReport) -> None:
         rep.checks.append(("standing in the store", "neither revoked nor superseded"))
 
 
+def given_standards(paths: list[str | Path] | list[Path]) -> dict[Any, Any]:
+    """A verification cache (see :func:`verify_certificate`) that holds the given standard
+    files under their ids, so that certificates graded by a lab's own standard (not a
+    packaged one) can be recomputed; each must still match the certificate's version and
+    digest. Two files with one id are refused."""
+    from fibergrade.grading import load_standard
+
+    cache: dict[Any, Any] = {}
+    for path in paths:
+        std = load_standard(path)
+        key = ("standard", std.id)
+        if key in cache:
+            raise CertificateError(f"{path}: a second standard file with id {std.id!r}")
+        cache[key] = (True, std)
+    return cache
+
+
 def _cached(cache: dict[Any, Any], key: Any, make: Any) -> Any:
     """``make()`` once per key; an exception is remembered and raised again."""
     if key not in cache:
@@ -720,7 +737,9 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
     try:
         std = _cached(cache, ("standard", std_ref["id"]), lambda: load_standard(std_ref["id"]))
     except FibergradeError as exc:
-        rep.problems.append(f"standard: {exc}")
+        rep.problems.append(
+            f"standard: {exc}; a lab's own standard file is given with --standard FILE"
+        )
         return
     if (std.version, std.digest) != (std_ref["version"], std_ref["digest"]):
         rep.problems.append(

@@ -1747,15 +1747,23 @@ def verify_(
     revocations: Annotated[
         Path | None, typer.Option("--revocations", help="Signed revocation list.")
     ] = None,
+    standard: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--standard",
+            help="A lab's own standard file a certificate was graded by (repeatable); "
+            "its digest must match the certificate's.",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Verify certificates offline: signature, revocation, recomputation from raw data."""
-    from fibergrade.certificates import VerificationFailed, verify_certificate
+    from fibergrade.certificates import VerificationFailed, given_standards, verify_certificate
     from fibergrade.keys import load_public_key
 
     st = _open_store(store) if store is not None else None
     key = load_public_key(public_key)
-    cache: dict = {}
+    cache: dict = given_standards(standard or [])
     reports: list[dict] = []
     failures: list[VerificationFailed] = []
     for cert in certs:
