@@ -202,9 +202,7 @@ def test_a_certificate_graded_by_a_labs_own_standard_verifies_with_that_file(lab
     d = fresh_copy(lab, tmp_path)
     packaged = Path(__file__).parents[1] / "src/fibergrade/standards/us-wpla-cashmere.toml"
     own = d / "lab-own.toml"
-    own.write_text(
-        packaged.read_text().replace('id = "us-wpla-cashmere"', 'id = "lab-own"', 1)
-    )
+    own.write_text(packaged.read_text().replace('id = "us-wpla-cashmere"', 'id = "lab-own"', 1))
     doc = json.loads(certs(d)[0].read_text())["certificate"]
     lot = doc["lot"]["lot_id"]
     r = run("grade", lot, "--standard", str(own), *STORE, cwd=d)

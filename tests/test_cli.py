@@ -248,6 +248,25 @@ def test_unknown_lot_and_missing_store_are_clear_errors(files, tmp_path):
     assert r.returncode == 2 and "us-wpla-cashmere" in r.stderr
 
 
+def test_lot_ids_print_whole_in_an_80_column_pipe(tmp_path):
+    from fibergrade.store import Store
+
+    ids = [f"MN-GOVI-ALTAI-2026-{k:04d}" for k in range(3)]
+    lots = FibreLots(tuple(ids), np.array([0, 2, 4, 6]), np.full(6, 16.0, np.float32))
+    Store.open(tmp_path / "s", create=True).import_fibres(
+        lots,
+        {
+            i: LotMeta(i, declared_type="baby-camel", client="Gobi Cashmere Cooperative")
+            for i in ids
+        },
+        source_name="x.csv",
+        source_digest="0" * 64,
+    )
+    r = run("lots", store=tmp_path / "s", env=os.environ | {"COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    assert all(f" {i} " in r.stdout for i in ids) and r.stdout.count("baby-camel") == 3
+
+
 def test_paths_that_cannot_be_used_are_one_line_errors(files, tmp_path):
     store = tmp_path / "store"
     run("import", str(files["fibre"]), store=store)
@@ -256,11 +275,12 @@ def test_paths_that_cannot_be_used_are_one_line_errors(files, tmp_path):
     for args in (
         ("show", "C-001", "--plot", str(tmp_path / "h.txt")),  # not a PNG name
         ("keys", "init", "--dir", str(a_file)),
-        ("demo", "--out", str(a_file), "--lots", "3"),
+        ("demo", "--out", str(a_file), "--lots", "10"),
     ):
         r = run(*args, store=store if args[0] == "show" else None, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.strip(), args
+        assert ".png" in r.stderr if args[0] == "show" else "File exists" in r.stderr, args
     r = run("show", "C-001", "--plot", str(tmp_path / "h.png"), store=store)
     assert r.returncode == 0 and (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 

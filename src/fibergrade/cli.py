@@ -204,7 +204,8 @@ def lots_(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False) -> None:
         return
     from fibergrade.cli_tables import Column, table
 
-    columns = [Column(c) for c in ("lot", "type", "origin", "client", "kind", "n", "segment")]
+    columns = [Column("lot", whole=True), Column("type", whole=True)]
+    columns += [Column(c) for c in ("origin", "client", "kind", "n", "segment")]
     rows = [
         (
             r.lot_id,
@@ -287,7 +288,7 @@ def _why_failed(rec: dict[str, Any]) -> str:
 def _grade_table(records: list[dict[str, Any]], title: str) -> Table | Text:
     from fibergrade.cli_tables import Column, table
 
-    columns = [Column("lot", no_wrap=True), Column("declared", no_wrap=True)]
+    columns = [Column("lot", whole=True), Column("declared", no_wrap=True)]
     columns += [Column(c, "right", no_wrap=True) for c in ("n", "MFD", "CV%", ">30 mass%")]
     columns.append(Column("grade", no_wrap=True))
     rows = [

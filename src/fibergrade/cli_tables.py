@@ -39,6 +39,9 @@ class Column:
     header: str
     justify: Literal["left", "right"] = "left"
     no_wrap: bool = False
+    #: never shortened in a narrow terminal or a pipe (80 columns): an id a user will
+    #: search for or copy; the other columns give way first
+    whole: bool = False
 
 
 def _text(cell: Cell) -> Text:
@@ -60,8 +63,14 @@ def table(
             raise ValueError(f"row {k} has {len(row)} cells for {len(columns)} columns")
     if len(rows) <= (MAX_BOXED_ROWS if max_boxed_rows is None else max_boxed_rows):
         t = Table(title=escape(title))
-        for c in columns:
-            t.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap)
+        for k, c in enumerate(columns):
+            widest = max((_text(row[k]).cell_len for row in rows), default=0)
+            t.add_column(
+                c.header,
+                justify=c.justify,
+                no_wrap=c.no_wrap or c.whole,
+                min_width=max(widest, cell_len(c.header)) if c.whole else None,
+            )
         for row in rows:
             t.add_row(*map(_text, row))
         return t
