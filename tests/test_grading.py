@@ -160,3 +160,8 @@ def test_a_lab_can_add_its_own_standard_file(tmp_path):
 def test_unknown_standard_id_lists_the_packaged_ones():
     with pytest.raises(StandardDefinitionError, match="us-wpla-cashmere"):
         load_standard("no-such-standard")
+
+
+def test_a_standard_file_that_is_not_there_is_named_as_a_missing_file(tmp_path):
+    with pytest.raises(StandardDefinitionError, match=r"missing\.toml: no such standard file"):
+        load_standard(tmp_path / "missing.toml")

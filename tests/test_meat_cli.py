@@ -61,7 +61,7 @@ def test_import_grade_trace(tmp_path):
     r = run("trace", "KZ-LOT-2026-031", store=store)
     assert r.returncode == 0 and "no certificate issued" in r.stdout
     r = run("trace", "unknown-id", store=store)
-    assert r.returncode == 3 and "no animal, carcass, lot or certificate" in flat(r.stderr)
+    assert r.returncode == 3 and "is no animal, carcass, carcass lot" in flat(r.stderr)
 
 
 def test_bad_files_refused_with_line_and_nothing_stored(tmp_path):

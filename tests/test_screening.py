@@ -166,6 +166,7 @@ def test_model_loads_and_screens_obvious_lots(model_dir):
         assert r["model_digest"] == model.digest
         assert 0.0 <= r["probability"] <= 1.0
     assert recs[1]["confirm"].startswith("order a confirmatory test")
+    assert "confirm" not in recs[0]
 
 
 def test_lots_the_model_cannot_judge_are_not_screened(model_dir):
@@ -176,6 +177,8 @@ def test_lots_the_model_cannot_judge_are_not_screened(model_dir):
     assert "not one the model was trained for" in res.reasons[0][0]
     assert "at least 1,000" in res.reasons[1][0]
     assert res.records()[0]["probability"] is None
+    # not flagged: nothing to confirm, the reasons say why the model could not judge
+    assert all("confirm" not in r for r in res.records())
 
 
 def _copy(model_dir: Path, tmp_path: Path) -> Path:

@@ -1430,7 +1430,7 @@ def _print_screening(records: list[dict[str, Any]], show_clean: bool = False) ->
         lines += [f"    {escape(reason)}" for reason in r["reasons"]]
     if lines:  # one print, as _print_reasons
         out.print("\n".join(lines))
-    if any(r["verdict"] != "clean" for r in records):
+    if any("confirm" in r for r in records):  # a flagged lot (not one left unscreened)
         from fibergrade.screening import CONFIRMATORY_TESTS
 
         out.print(f"flagged lots: {escape(CONFIRMATORY_TESTS)}")
@@ -1710,7 +1710,7 @@ def certify_(
     for i in res.issued:
         sup = f" (supersedes {i.supersedes})" if i.supersedes else ""
         out.print(f"{i.number}: {escape(str(i.json_path))}{sup}")
-    out.print(f"{len(res.issued)} certificate(s) issued; audit log checkpoint signed")
+    out.print(_issued_line(len(res.issued), "certificate(s)"))
 
 
 @app.command("revoke")
@@ -1903,7 +1903,14 @@ def meat_certify_(
     for i in issued:
         sup = f" (supersedes {i.supersedes})" if i.supersedes else ""
         out.print(f"{i.number}: {escape(str(i.json_path))}{sup}")
-    out.print(f"{len(issued)} carcass certificate(s) issued; audit log checkpoint signed")
+    out.print(_issued_line(len(issued), "carcass certificate(s)"))
+
+
+def _issued_line(n: int, what: str) -> str:
+    """The closing line of certify: a checkpoint is signed only when something was issued."""
+    if n == 0:
+        return f"no {what.removesuffix('(s)')}s issued: none is eligible that is not issued yet"
+    return f"{n} {what} issued; audit log checkpoint signed"
 
 
 # (insert certificate commands above this line)

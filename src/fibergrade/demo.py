@@ -185,10 +185,11 @@ def _certify_and_verify(out: Path, store: Store, records: list[dict[str, Any]], 
         certify(
             store, todo[DEMO_PDFS:], private, cert_dir, lab_name="fibergrade demo lab", pdf=False
         )
+    pdfs = f", and PDF for the first {min(DEMO_PDFS, len(todo))}" if todo else ""
     step(
         6,
         f"certified {len(todo)} clean graded lots ({len(clean) - len(todo)} already certified) "
-        f"into {cert_dir}: signed JSON, and PDF for the first {min(DEMO_PDFS, len(todo))}",
+        f"into {cert_dir}: signed JSON{pdfs}",
     )
     if not clean:
         return

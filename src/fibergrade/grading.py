@@ -192,7 +192,9 @@ def load_standard(ref: str | Path) -> Standard:
             raise StandardDefinitionError(f"{std.path}: file name and id {std.id!r} differ")
         return std
     p = Path(ref)
-    if p.suffix == ".toml" and p.is_file():
+    if p.suffix == ".toml":
+        if not p.is_file():
+            raise StandardDefinitionError(f"{p}: no such standard file")
         return parse_standard(p.read_bytes(), str(p))
     raise StandardDefinitionError(
         f"unknown standard {key!r}; packaged: {', '.join(sorted(packaged))} "

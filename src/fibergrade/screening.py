@@ -422,7 +422,7 @@ class Screening:
                 "p_contamination": float(p[i, 1]) if screened else None,
                 "p_mislabel": float(p[i, 2]) if screened else None,
             }
-            if v != "clean":
+            if v in VERDICTS[1:]:  # flagged; a lot not screened says why in its reasons
                 rec["confirm"] = CONFIRMATORY_TESTS
             out.append(rec)
         return out

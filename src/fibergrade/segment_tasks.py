@@ -227,10 +227,12 @@ def grade_segment(
             rec["origin"] = origin[j]
             rec["segment"] = task.digest
             if std is None:
+                declared = task.declared[j]
                 rec["note"] = (
-                    f"no grading scheme for declared type {task.declared[j]!r}; "
-                    "pass --standard to grade this lot"
-                )
+                    f"no grading scheme for declared type {declared!r}"
+                    if declared is not None
+                    else "the lot has no declared type (lot manifest), so no grading scheme"
+                ) + "; pass --standard to grade this lot"
             records[j] = rec
     if task.calibration is not None:
         # the MFD does not depend on the cut: any of the summaries has it, in task order
