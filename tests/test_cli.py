@@ -248,6 +248,20 @@ def test_unknown_lot_and_missing_store_are_clear_errors(files, tmp_path):
     assert r.returncode == 2 and "us-wpla-cashmere" in r.stderr
 
 
+def test_a_manifest_given_with_a_file_imported_before_is_said_not_to_apply(files, tmp_path):
+    store = tmp_path / "store"
+    assert run("import", str(files["fibre"]), store=store).returncode == 0  # no manifest
+    r = run("import", str(files["fibre"]), "--lots", str(files["manifest"]), "--json",
+            store=store)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["imports"][0]["already_imported"] is True
+    assert doc["manifest_not_applied"] == ["C-001", "C-002", "B-001", "A-001"]
+    assert "was not applied" in " ".join(r.stderr.split())
+    lots = json.loads(run("lots", "--json", store=store).stdout)
+    assert all(x["declared_type"] is None for x in lots)  # nothing rewritten
+
+
 def test_lot_ids_print_whole_in_an_80_column_pipe(tmp_path):
     from fibergrade.store import Store
 

@@ -152,7 +152,7 @@ def import_(
     json_: JsonOpt = False,
 ) -> None:
     """Import measurement files into the store (all or nothing; re-imports do nothing)."""
-    from fibergrade.workflow import import_files, unmatched_manifest_lots
+    from fibergrade.workflow import import_files, manifest_not_applied, unmatched_manifest_lots
 
     profile = _load_profile(instrument) if instrument is not None else None
     st = _open_store(store, create=True)
@@ -160,6 +160,14 @@ def import_(
     with prog:
         outcomes = import_files(st, files, manifest=lots, progress=update, instrument=profile)
     unmatched = unmatched_manifest_lots(st, lots) if lots else []
+    again = [lot for o in outcomes if o.already_imported for lot in o.lot_ids]
+    not_applied = manifest_not_applied(st, lots, again) if lots and again else []
+    if not_applied:  # on stderr, with --json too: the user expected the manifest to apply
+        err.print(
+            f"[yellow]note:[/] {len(not_applied)} lot(s) of files imported before keep the "
+            f"metadata recorded then (first: {escape(not_applied[0])}); the manifest's differs "
+            "and was not applied, since stored lots are never rewritten"
+        )
     if json_:
         _print_json(
             {
@@ -174,6 +182,7 @@ def import_(
                     for o in outcomes
                 ],
                 "manifest_lots_without_measurements": unmatched,
+                "manifest_not_applied": not_applied,
             }
         )
         return

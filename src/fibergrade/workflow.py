@@ -101,6 +101,20 @@ def import_files(
     return store.import_segments(pending)
 
 
+def manifest_not_applied(store: Store, manifest: str | Path, lot_ids: Sequence[str]) -> list[str]:
+    """Lots among ``lot_ids`` (of files imported before) whose stored metadata differs from
+    the manifest's: a re-import changes nothing, so the manifest was not applied to them
+    (stored lots are never rewritten)."""
+    from fibergrade.adapters.interchange import read_lot_manifest
+
+    metas = read_lot_manifest(manifest)
+    return [
+        lot
+        for lot in lot_ids
+        if lot in metas and store.lot(lot).meta.to_dict() != metas[lot].to_dict()
+    ]
+
+
 def unmatched_manifest_lots(store: Store, manifest: str | Path) -> list[str]:
     """Lots the manifest lists that have no measurements in the store."""
     from fibergrade.adapters.interchange import read_lot_manifest
