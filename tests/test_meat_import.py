@@ -361,3 +361,12 @@ def test_grade_and_trace_link_records(tmp_path):
     assert chain[4] == {"link": "certificate", "status": "no certificate issued", "digest": None}
     assert len(trace(st, "KZ-LOT-2026-031")["chains"]) == 4
     assert len(trace(st, "HC-2025-0881")["chains"]) == 3
+
+
+def test_a_scale_option_that_is_no_scale_profile_is_refused_even_when_unused(tmp_path):
+    from fibergrade.adapters.errors import ProfileError
+
+    st = Store.open(tmp_path / "s", create=True)
+    with pytest.raises(ProfileError):  # every row names its own scale_profile
+        import_carcasses(st, DATA / "carcasses.csv", scale="nosuch")
+    assert list(st.results("carcasses")) == []

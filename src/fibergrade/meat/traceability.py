@@ -125,6 +125,8 @@ def import_carcasses(store: Store, path: str | Path, *, scale: str | None = None
     ``scale_profile`` column value.
     """
     path = Path(path)
+    if scale is not None:
+        scale_limit(scale)  # a --scale that is no scale profile is refused, used or not
     digest = sha256_file(path)
     found = _existing(store, CARCASS_KIND, digest)
     if found:
