@@ -307,3 +307,28 @@ def test_a_certificate_file_appears_only_once_the_store_holds_it(tmp_path):
     assert path == out / "FG-X-01.json" and json.loads(path.read_text()) == env
     assert [p for _, p in store.results("certificate")] == [env]
     assert [p.name for p in out.iterdir()] == ["FG-X-01.json"]
+
+
+def test_the_recording_commands_answer_in_json(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    r = run("keys", "init", "--dir", "k2", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    keys = json.loads(r.stdout)
+    assert len(keys["fingerprint"]) == 64 and keys["encrypted"] is False
+    graded = json.loads(run("grade", "--json", *STORE, cwd=d).stdout)
+    lot = graded[0]["lot_id"]
+    r = run("override", lot, "--reason", "checked", "--actor", "qa", *STORE, "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) | {"record": ""} == {
+        "lot_id": lot,
+        "record": "",
+        "reason": "checked",
+        "actor": "qa",
+    }
+    cert = certs(d)[0]
+    r = run("revoke", cert.stem, "--reason", "x", "--key", KEY, *STORE, "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["entries"] == 1
+    r = run("audit", "checkpoint", "--key", KEY, *STORE, "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["action"] == "checkpoint"

@@ -1622,6 +1622,7 @@ def keys_init(
     ] = Path("keys"),
     passphrase: PassOpt = None,
     store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
 ) -> None:
     """Create the lab's key pair (lab.key 0600, never inside a store; lab.pub to share)."""
     from fibergrade.audit import AuditLog
@@ -1630,6 +1631,16 @@ def keys_init(
     priv, pub, fp = init_keys(directory, passphrase)
     if store.exists():
         AuditLog(store).append("key", fp, {"public_key": pub.read_text()})
+    if json_:
+        _print_json(
+            {
+                "private_key": str(priv),
+                "public_key": str(pub),
+                "fingerprint": fp,
+                "encrypted": bool(passphrase),
+            }
+        )
+        return
     out.print(f"private key: {escape(str(priv))} (mode 0600{', encrypted' if passphrase else ''})")
     out.print(f"public key:  {escape(str(pub))}  (give this to auditors)")
     out.print(f"fingerprint: {fp}")
@@ -1643,12 +1654,17 @@ def override_(
         str | None, typer.Option("--actor", help="Who decides (default: login).")
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
 ) -> None:
     """Record an override that lets a flagged lot be certified (logged)."""
     from fibergrade.audit import default_actor
     from fibergrade.certificates import record_override
 
-    rid = record_override(_open_store(store), lot, reason, actor or default_actor())
+    who = actor or default_actor()
+    rid = record_override(_open_store(store), lot, reason, who)
+    if json_:
+        _print_json({"lot_id": lot, "record": rid, "reason": reason, "actor": who})
+        return
     out.print(f"override for {escape(lot)} recorded as {rid[:16]}")
 
 
@@ -1733,6 +1749,7 @@ def revoke_(
         typer.Option("--out", help="Revocation list file (default STORE/revocations.json)."),
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
 ) -> None:
     """Revoke a certificate; writes the whole signed revocation list."""
     from fibergrade.certificates import revoke
@@ -1741,6 +1758,15 @@ def revoke_(
     st = _open_store(store)
     env = revoke(st, cert, reason, load_private_key(key, passphrase), out_file)
     target = out_file or st.root / "revocations.json"
+    if json_:
+        _print_json(
+            {
+                "certificate_number": cert,
+                "revocation_list": str(target),
+                "entries": len(env["revocations"]["entries"]),
+            }
+        )
+        return
     out.print(
         f"{escape(cert)} revoked; signed revocation list ({len(env['revocations']['entries'])} "
         f"entries) written to {escape(str(target))}"
@@ -1832,13 +1858,19 @@ def audit_verify(
 
 @audit_app.command("checkpoint")
 def audit_checkpoint(
-    key: KeyOpt = Path("keys/lab.key"), passphrase: PassOpt = None, store: StoreOpt = DEFAULT_STORE
+    key: KeyOpt = Path("keys/lab.key"),
+    passphrase: PassOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_: JsonOpt = False,
 ) -> None:
     """Sign the head of the audit log with the lab key."""
     from fibergrade.audit import AuditLog
     from fibergrade.keys import load_private_key
 
     e = AuditLog(_open_store(store).root).checkpoint(load_private_key(key, passphrase))
+    if json_:
+        _print_json(e)
+        return
     out.print(f"checkpoint signed at entry {e['signed_seq']}")
 
 
