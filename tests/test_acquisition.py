@@ -130,6 +130,16 @@ def test_samples_from_a_pty_commit_one_segment_each_and_match_what_was_sent(stor
     assert any(p.readings_per_s > 0 for p in seen)
 
 
+def test_fewer_samples_than_asked_for_is_an_incomplete_run(store):
+    with (
+        start_simulator("analyser", samples=sent_samples(1, 60, seed=5)) as sim,
+        AnalyserReader.open(load_profile(PROFILE), sim.url) as reader,
+    ):
+        run = acquire_samples(store, reader, profile=PROFILE, max_samples=3, idle_timeout_s=1.0)
+    assert run.ended == "idle" and len(run.committed) == 1 and run.planned == 3
+    assert not run.complete and run.to_dict()["complete"] is False
+
+
 def test_a_recorded_session_replayed_is_already_imported(store, tmp_path):
     sent = sent_samples(3, 60, seed=2)
     cap = tmp_path / "session.jsonl"

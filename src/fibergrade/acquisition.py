@@ -259,6 +259,8 @@ class AnalyserAcquisition:
     readings: int = 0
     discarded_lines: int = 0
     elapsed_s: float = 0.0
+    #: the number of samples asked for (``max_samples``), None for an open-ended run
+    planned: int | None = None
 
     @property
     def new_samples(self) -> int:
@@ -268,11 +270,13 @@ class AnalyserAcquisition:
     @property
     def complete(self) -> bool:
         """True when nothing was lost: no bad sample, no partial one, no Ctrl-C, no store
-        error. (An unplug between two samples loses nothing.)"""
+        error, and a planned number of samples all read. (An unplug between two samples of
+        an open-ended run loses nothing.)"""
         return (
             not self.errors
             and self.partial is None
             and self.ended not in ("interrupted", "stopped-on-error", "store-error")
+            and (self.planned is None or len(self.committed) >= self.planned)
         )
 
     @property
@@ -291,6 +295,7 @@ class AnalyserAcquisition:
             "ended": self.ended,
             "detail": self.detail,
             "complete": self.complete,
+            "planned": self.planned,
             "committed": [c.to_dict() for c in self.committed],
             "errors": [e.to_dict() for e in self.errors],
             "partial": None
@@ -464,7 +469,10 @@ def acquire_samples(
     if not reader.keep_raw:
         raise ValueError("acquisition needs the raw lines of each sample (keep_raw=True)")
     summary = AnalyserAcquisition(
-        profile=profile, source=reader.transport.name, instrument_id=instrument_id or profile
+        profile=profile,
+        source=reader.transport.name,
+        instrument_id=instrument_id or profile,
+        planned=max_samples,
     )
     tracker = _Tracker(reader, summary, progress, progress_interval_s)
     previous_hook = reader.on_line

@@ -696,6 +696,12 @@ def _acquire_exit(summary: Any, kept: str) -> None:
         err.print(f"[bold red]{summary.ended}:[/] {escape(summary.detail)}")
     if summary.ended == "store-error":
         raise typer.Exit(3)
+    planned = getattr(summary, "planned", None)
+    if planned is not None and len(summary.committed) < planned:
+        err.print(
+            f"[bold red]incomplete:[/] {len(summary.committed)} of the {planned} sample(s) "
+            f"asked for (ended: {summary.ended})"
+        )
     if not summary.complete:
         raise typer.Exit(4)
 
