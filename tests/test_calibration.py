@@ -267,8 +267,9 @@ def test_qc_suspends_and_a_new_calibration_revalidates(tmp_path):
     assert not bad["passed"]
     st_ = instrument_state(store, "OFDA-1", now=T0 + timedelta(hours=4))
     assert st_.state == "suspended" and "QC check" in st_.reason
-    with pytest.raises(NoValidCalibrationError, match="OFDA-1"):
+    with pytest.raises(NoValidCalibrationError, match="OFDA-1") as e:
         record_qc(store, "OFDA-1", 21.5, 21.35, now=T0 + timedelta(hours=5))
+    assert "--uncalibrated" not in str(e.value)  # a way out for grading only
     # no catch-22: a calibration run can be recorded on a suspended instrument
     cid2, _ = calibrate(store, "OFDA-1", ref, tops(0.1, 1.0), now=T0 + timedelta(hours=6))
     st2 = instrument_state(store, "OFDA-1", now=T0 + timedelta(hours=7))
@@ -293,8 +294,9 @@ def test_bias_correction_rides_on_the_base_calibration(tmp_path):
 
 def test_bias_needs_a_valid_base(tmp_path):
     store = make_store(tmp_path)
-    with pytest.raises(NoValidCalibrationError, match="LS-2"):
+    with pytest.raises(NoValidCalibrationError, match="LS-2") as e:
         calibrate_bias(store, "OFDA-1", "LS-2", 0.16, source="x", now=T0)
+    assert "--uncalibrated" not in str(e.value)
 
 
 # --------------------------------------------------------------------------- applied on read

@@ -110,12 +110,14 @@ class CalibrationRefused(CalibrationError):
 class NoValidCalibrationError(CalibrationError):
     """Grading (or QC) needs a valid calibration that the instrument does not have."""
 
-    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, problems: Sequence[tuple[str, str]], grading: bool = True) -> None:
         self.problems = tuple(problems)
         text = "; ".join(f"instrument {i!r}: {why}" for i, why in self.problems)
+        # --uncalibrated is a way out for grading only: a bias correction or a QC check
+        # is made against a valid calibration or not at all
+        hint = ", or grade with --uncalibrated (recorded on the result)" if grading else ""
         super().__init__(
-            f"no valid calibration: {text}. Calibrate with `fibergrade calibrate`, or grade "
-            "with --uncalibrated (recorded on the result)"
+            f"no valid calibration: {text}. Calibrate with `fibergrade calibrate`{hint}"
         )
 
 
@@ -388,10 +390,11 @@ def read_top_measurements(path: str | Path) -> list[TopMeasurement]:
         # the interchange files' decimal numbers: float() alone would also take "1_8.5",
         # other scripts' digits, "nan" and "inf"
         cells = [r[1]] + ([r[2]] if has_cv and r[2].strip() else [])
-        if not all(_FLOAT_RE.match(c) for c in cells):
-            raise InputError(
-                p, line, f"{r[1:]!r} is not a number", expected="decimal numbers such as 14.8"
-            )
+        for name, cell in zip(cols[1:], cells, strict=False):
+            if not _FLOAT_RE.match(cell):
+                raise InputError(
+                    p, line, f"{name} {cell!r} is not a number", expected="a decimal such as 14.8"
+                )
         mfd = float(r[1])
         cv = float(r[2]) if len(cells) == 2 else None
         problem = diameter_problem(mfd)
@@ -566,7 +569,7 @@ def calibrate_bias(
         )
     base = instrument_state(store, against, now=t)
     if base.state != "valid" or base.record is None:
-        raise NoValidCalibrationError([(against, base.reason)])
+        raise NoValidCalibrationError([(against, base.reason)], grading=False)
     bl = base.record["line"]
     a, b = bl["intercept_um"] - bl["slope"] * bias_um, bl["slope"]
     expires = min(t + timedelta(days=valid_days), _parse_time(base.record["expires_at"]))
@@ -737,7 +740,7 @@ def record_qc(
         raise CalibrationRefused(f"QC tolerance must be a positive number, got {tolerance_um!r}")
     st = instrument_state(store, instrument_id, now=t)
     if st.state != "valid" or st.record is None or st.calibration_id is None:
-        raise NoValidCalibrationError([(instrument_id, st.reason)])
+        raise NoValidCalibrationError([(instrument_id, st.reason)], grading=False)
     line = st.record["line"]
     corrected = line["intercept_um"] + line["slope"] * float(measured_mfd_um)
     deviation = corrected - float(assigned_mfd_um)
