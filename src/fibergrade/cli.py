@@ -121,6 +121,11 @@ def _open_store(path: Path, create: bool = False):  # type: ignore[no-untyped-de
     return Store.open(path, create=create)
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``n`` and the noun, singular for one: "1 lot", "2 lots"."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
@@ -227,7 +232,7 @@ def lots_(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False) -> None:
         )
         for r in recs
     ]
-    out.print(table(f"{len(recs)} lots in {store}", columns, rows))
+    out.print(table(f"{_count(len(recs), 'lot')} in {store}", columns, rows))
 
 
 @app.command("standards")
@@ -404,7 +409,7 @@ def grade_(
     if json_:
         _print_json(run.records)
         return
-    out.print(_grade_table(run.records, f"{len(run.records)} lots graded"))
+    out.print(_grade_table(run.records, f"{_count(len(run.records), 'lot')} graded"))
     _print_calibration_legend(run.records)
     _print_reasons(run.records)
     graded = Counter(r["grade"] for r in run.records)
@@ -1530,7 +1535,11 @@ def meat_grade_(
         return
     from rich import box
 
-    t = Table(title=f"{len(records)} carcasses graded", box=box.SIMPLE_HEAD, padding=(0, 0))
+    t = Table(
+        title=f"{_count(len(records), 'carcass', 'carcasses')} graded",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+    )
     for col in ("carcass", "category", "kg", "fat", "MSA", "EU", "band", "colour", "pH", "halal"):
         t.add_column(col, no_wrap=True)
     for r in records:
