@@ -454,16 +454,6 @@ def test_impossible_optional_columns_never_enter_the_store(tmp_path):
     assert store.segments() == []
 
 
-def test_a_folder_of_other_files_is_not_turned_into_a_store(tmp_path):
-    (tmp_path / "notes.txt").write_text("a lab's own files")
-    with pytest.raises(StoreError, match="holds other files but no fibergrade store"):
-        Store.open(tmp_path, create=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert Store.open(empty, create=True).segments() == []  # an empty folder will do
-
-
 # ------------------------------------------------------------------ manifest and integrity
 
 

@@ -561,12 +561,6 @@ class Store:
                 )
         elif not rootp.is_dir():
             raise StoreError(f"{rootp}: not a directory, so it cannot be a store")
-        elif create and not (rootp / "segments").is_dir() and any(rootp.iterdir()):
-            # a typo in --store must not turn a folder of other files into a store
-            raise StoreError(
-                f"{rootp}: holds other files but no fibergrade store (no segments/ "
-                "directory); give the path of a store, or of a new or empty directory"
-            )
         if create:
             try:
                 (rootp / "segments").mkdir(parents=True, exist_ok=True)
