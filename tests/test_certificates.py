@@ -180,6 +180,33 @@ def test_with_the_store_a_revoked_or_superseded_certificate_no_longer_stands(lab
     assert verify(d, revoked).returncode == 0
 
 
+def test_reissues_supersede_the_newest_and_revoking_one_puts_the_one_before_back(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    first = certs(d)[0]
+    lot = json.loads(first.read_text())["certificate"]["lot"]["lot_id"]
+
+    def reissue(reason: str) -> dict:
+        r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
+                reason, "--json", "--no-pdf", cwd=d)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)[0]
+
+    second = reissue("client name corrected")
+    third = reissue("origin corrected")  # most likely within the same second
+    assert second["supersedes"] == first.stem
+    assert third["supersedes"] == second["certificate_number"]
+    for older in (first, d / CERTS / f"{second['certificate_number']}.json"):
+        r = verify(d, older, *STORE)
+        assert r.returncode == 5 and f"superseded by {third['certificate_number']}" in r.stderr
+    r = run("revoke", third["certificate_number"], "--reason", "wrong lot", "--key", KEY,
+            *STORE, cwd=d)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    # the second stands again, for verifying and for issuing alike
+    assert verify(d, d / CERTS / f"{second['certificate_number']}.json", *STORE).returncode == 0
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, cwd=d)
+    assert r.returncode == 5 and f"already certified as {second['certificate_number']}" in r.stderr
+
+
 def test_only_the_key_that_issued_a_certificate_can_revoke_it(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     r = run("keys", "init", "--dir", "other-lab", cwd=d)

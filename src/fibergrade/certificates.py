@@ -217,10 +217,23 @@ def overrides(store: Any) -> dict[str, dict[str, Any]]:
     return latest
 
 
+def stored_certificates(store: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every certificate of the store, fibre and carcass, as ``(record digest, envelope)``,
+    in the order they were issued: by ``issued_at``, then number (a reissue within the
+    same second has the higher number). The store sorts results by ``created_at``, which
+    a certificate envelope does not have."""
+
+    def issued(item: tuple[str, dict[str, Any]]) -> tuple[str, str]:
+        doc = item[1].get("certificate", {})
+        return (str(doc.get("issued_at", "")), str(doc.get("certificate_number", "")))
+
+    return sorted(store.results("certificate"), key=issued)
+
+
 def existing_certificates(store: Any, lot_id: str | None = None) -> list[dict[str, Any]]:
     """Fibre certificates issued from this store (envelopes), oldest first."""
     out = []
-    for d, env in store.results("certificate"):
+    for d, env in stored_certificates(store):
         cert = env.get("certificate", {})
         if cert.get("schema") != SCHEMA:  # carcass certificates: fibergrade.meat.certificates
             continue
@@ -510,7 +523,7 @@ def record_override(store: Any, lot_id: str, reason: str, actor: str) -> str:
 def all_certificates(store: Any) -> list[dict[str, Any]]:
     """Every certificate issued from this store, fibre and carcass (envelopes), oldest
     first."""
-    return [env for _, env in store.results("certificate")]
+    return [env for _, env in stored_certificates(store)]
 
 
 def revocation_entries(store: Any) -> list[dict[str, Any]]:
@@ -619,37 +632,59 @@ def verify_certificate(
             rep.checks.append(("revocation list", f"not revoked (list of {rev_doc['issued_at']})"))
     if cert.get("calibration", {}).get("uncalibrated"):
         rep.notes.append("graded WITHOUT a valid calibration (--uncalibrated)")
+    if cache is None:
+        cache = {}
     if store is not None:
-        _standing(number, store, rep)
+        _standing(cert, store, rep, cache)
     if store is not None and cert["schema"] == MEAT_SCHEMA:
         verify_meat(cert, store, rep)
     elif store is not None:
-        _recompute(cert, store, rep, {} if cache is None else cache)
+        _recompute(cert, store, rep, cache)
     if rep.problems:
         raise VerificationFailed(number, rep.problems)
     return rep
 
 
-def _standing(number: str, store: Any, rep: VerifyReport) -> None:
-    """Whether the store has revoked the certificate or issued one that supersedes it
-    (either way it no longer stands), whatever revocation list was given, if any."""
-    revoked = [e for e in revocation_entries(store) if e.get("certificate_number") == number]
-    if revoked:
-        e = revoked[0]
+def _standing(
+    cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any]
+) -> None:
+    """Whether the certificate still stands in the store, whatever revocation list was
+    given, if any: not revoked there, and the newest of its lot's (or carcass's)
+    certificates that are not revoked. That is the certificate a reissue would supersede
+    (:func:`next_certificate`): revoking a reissue puts the one before it back."""
+    revoked, newest = _cached(cache, ("standing",), lambda: _store_standing(store))
+    number = str(cert.get("certificate_number"))
+    if number in revoked:
+        e = revoked[number]
         rep.problems.append(f"revoked in the store on {e['revoked_at']}: {e['reason']}")
-    later = [
-        env["certificate"]
-        for env in all_certificates(store)
-        if env["certificate"].get("supersedes") == number
-    ]
-    if later:
-        doc = later[0]
+        return
+    latest = newest.get(_subject(cert))
+    if latest is not None and latest["certificate_number"] != number:
         rep.problems.append(
-            f"superseded by {doc['certificate_number']} (issued {doc['issued_at']}: "
-            f"{doc.get('reissue_reason')})"
+            f"superseded by {latest['certificate_number']} (issued {latest['issued_at']}: "
+            f"{latest.get('reissue_reason')})"
         )
-    if not revoked and not later:
-        rep.checks.append(("standing in the store", "neither revoked nor superseded"))
+        return
+    rep.checks.append(("standing in the store", "neither revoked nor superseded"))
+
+
+def _subject(cert: dict[str, Any]) -> tuple[str, str]:
+    """What a certificate certifies: a fibre lot or a carcass."""
+    if "carcass" in cert:
+        return ("carcass", str(cert["carcass"].get("carcass_id")))
+    return ("lot", str((cert.get("lot") or {}).get("lot_id")))
+
+
+def _store_standing(store: Any) -> tuple[dict[str, dict[str, Any]], dict[Any, dict[str, Any]]]:
+    """The store's revocations by certificate number, and per subject the newest
+    certificate not revoked (read once for a batch of verifications)."""
+    revoked = {e["certificate_number"]: e for e in revocation_entries(store)}
+    newest: dict[Any, dict[str, Any]] = {}
+    for env in all_certificates(store):  # oldest first
+        doc = env["certificate"]
+        if doc.get("certificate_number") not in revoked:
+            newest[_subject(doc)] = doc
+    return revoked, newest
 
 
 def given_standards(paths: list[str | Path] | list[Path]) -> dict[Any, Any]:

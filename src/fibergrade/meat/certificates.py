@@ -33,6 +33,7 @@ from fibergrade.certificates import (
     publish,
     revocation_entries,
     sign,
+    stored_certificates,
 )
 
 MEAT_SCHEMA = "fibergrade-meat-certificate/1"
@@ -53,7 +54,7 @@ def meat_certificates(store: Any) -> list[dict[str, Any]]:
     """Carcass certificates issued from this store (envelopes), oldest first."""
     return [
         env
-        for _, env in store.results("certificate")
+        for _, env in stored_certificates(store)
         if env.get("certificate", {}).get("schema") == MEAT_SCHEMA
     ]
 
