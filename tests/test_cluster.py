@@ -540,7 +540,7 @@ def test_a_scheduler_address_where_another_service_listens_is_refused(lab, tmp_p
         r = cli("grade", "--store", str(lab / "store"), "--scheduler",
                 f"tcp://127.0.0.1:{silent.getsockname()[1]}", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 6, r.stderr
-    assert "did not greet as a Dask scheduler" in r.stderr and "Traceback" not in r.stderr
+    assert "sent no Dask greeting" in r.stderr and "Traceback" not in r.stderr
     with contextlib.closing(socket.socket()) as ssh:
         ssh.bind(("127.0.0.1", 0))
         ssh.listen()

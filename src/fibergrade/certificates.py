@@ -645,9 +645,7 @@ def verify_certificate(
     return rep
 
 
-def _standing(
-    cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any]
-) -> None:
+def _standing(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any]) -> None:
     """Whether the certificate still stands in the store, whatever revocation list was
     given, if any: not revoked there, and the newest of its lot's (or carcass's)
     certificates that are not revoked. That is the certificate a reissue would supersede

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -157,9 +158,15 @@ def import_(
     json_: JsonOpt = False,
 ) -> None:
     """Import measurement files into the store (all or nothing; re-imports do nothing)."""
-    from fibergrade.workflow import import_files, manifest_not_applied, unmatched_manifest_lots
+    from fibergrade.workflow import (
+        check_grade_inputs,
+        import_files,
+        manifest_not_applied,
+        unmatched_manifest_lots,
+    )
 
     profile = _load_profile(instrument) if instrument is not None else None
+    check_grade_inputs([*files, *([lots] if lots else [])])  # before a store is created
     st = _open_store(store, create=True)
     prog, update = _progress("reading files", enabled=not json_)
     with prog:
@@ -1486,6 +1493,10 @@ def meat_import_(
     if halal and scale is not None:
         raise typer.BadParameter("--scale applies to carcass files, not --halal")
     check_grade_inputs([file])  # before a store is created for it
+    if scale is not None:
+        from fibergrade.meat.traceability import scale_limit
+
+        scale_limit(scale)  # likewise: a --scale that is no scale profile
     st = _open_store(store, create=True)
     res = import_halal(st, file) if halal else import_carcasses(st, file, scale=scale)
     what = "slaughter records" if halal else "carcasses"
@@ -1982,6 +1993,9 @@ def main() -> None:
     except FibergradeError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise SystemExit(exc.exit_code) from None
+    except BrokenPipeError:  # the reader went away (`fibergrade lots | head`): quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports it
     except OSError as exc:  # a path the user named cannot be read, written or created
         where = f"{exc.filename}: " if exc.filename else ""
         err.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}")

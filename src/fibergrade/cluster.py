@@ -494,8 +494,9 @@ def _check_versions(client: Any, where: str) -> None:
         )
 
 
-#: how long a Dask scheduler takes at most to greet a new connection (it greets at once)
-GREETING_TIMEOUT_S = 5.0
+#: how long to wait for a scheduler's greeting: it greets at once, but a busy one's event
+#: loop may take a while, so as long as Dask's own connect timeout
+GREETING_TIMEOUT_S = CONNECT_TIMEOUT_S
 #: a Dask greeting is a short message; a first length field above this is another protocol
 #: (an SSH banner read as a length asks for exabytes)
 GREETING_MAX_BYTES = 64 * 1024 * 1024
@@ -534,9 +535,9 @@ def _probe(address: str, where: str) -> None:
             pass
     if len(head) < 8:
         raise ClusterError(
-            f"{where}: something listens there but did not greet as a Dask scheduler within "
-            f"{GREETING_TIMEOUT_S:.0f} s. Is it the scheduler's port (8786 unless set), not "
-            "its dashboard's (8787)?"
+            f"{where}: something listens there but sent no Dask greeting within "
+            f"{GREETING_TIMEOUT_S:.0f} s (a scheduler greets at once unless it is very busy). "
+            "Is it the scheduler's port (8786 unless set), not its dashboard's (8787)?"
         )
     if int.from_bytes(head, "little") > GREETING_MAX_BYTES:
         raise ClusterError(
