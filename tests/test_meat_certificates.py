@@ -46,6 +46,12 @@ def test_certify_verify_and_trace(plant):
     assert doc["schema"] == "fibergrade-meat-certificate/1"
     assert doc["halal"]["status"] == "validated" and len(doc["carcass_record"]) == 64
     assert set(doc["grading"]) >= {"category", "fat_score", "msa_eligible", "eu_category"}
+    # the grading result it cites holds the very record it was made from
+    from fibergrade.store import Store
+
+    cited = Store.open(plant / "s", create=False).get_result("meat-grades", doc["grade_result"])
+    rec = next(c for c in cited["carcasses"] if c["carcass_id"] == doc["carcass"]["carcass_id"])
+    assert {k: rec[k] for k in doc["grading"]} == doc["grading"] and rec["halal"] == doc["halal"]
     r = run(
         "verify", str(first), "--public-key", "keys/lab.pub", "--store", "s", "--json", cwd=plant
     )

@@ -73,11 +73,12 @@ def certify_carcasses(
     Without ``carcass_ids``: every graded carcass with a validated halal record that has no
     certificate yet.
     """
-    from fibergrade.meat.traceability import grade_store
+    from fibergrade.meat.traceability import grade_carcass_records
 
     out = output_folder(out_dir)
-    # graded here without recording: a refusal below must leave nothing in the store
-    records, _ = grade_store(store, carcass_ids or None, record=False)
+    # graded without recording: a refusal below must leave nothing in the store
+    graded = grade_carcass_records(store, carcass_ids or None)
+    records = graded.records
     revoked = {e["certificate_number"] for e in revocation_entries(store)}
     previous: dict[str, list[dict[str, Any]]] = {}
     for env in meat_certificates(store):
@@ -108,9 +109,10 @@ def certify_carcasses(
             previous.get(cid, []), revoked, f"FGM-{cid}", f"carcass {cid}", reissue_reason
         )
         plans.append((r, number, supersedes))
-    # every check passed: the grading these certificates cite is recorded (the same
-    # records: grading is deterministic on the same stored data)
-    _, result_id = grade_store(store, carcass_ids or None, record=True)
+    if not plans:
+        return []
+    # every check passed: the very records these certificates are made from are recorded
+    result_id = graded.record(store)
     audit = AuditLog(store.root)
     pos = audit.position()
     issued = []

@@ -41,7 +41,9 @@ from fibergrade.meat.halal import read_halal_csv
 from fibergrade.store import Store, sha256_file
 
 __all__ = [
+    "CarcassGrading",
     "ImportResult",
+    "grade_carcass_records",
     "grade_store",
     "halal_link",
     "halal_problems",
@@ -297,14 +299,31 @@ def _weighing_link(rec: dict[str, Any], link: tuple[str, dict[str, Any]] | None)
         )
 
 
-def grade_store(
-    store: Store, carcass_ids: Sequence[str] | None = None, *, record: bool = True
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Grade the stored carcasses (all, or ``carcass_ids``) and record the result.
+@dataclass
+class CarcassGrading:
+    """The graded carcasses of one run, not yet recorded (see :func:`grade_carcass_records`)."""
 
-    Returns the per-carcass records (with the carcass, halal and weighing record digests)
-    and the digest of the ``meat-grades`` record (None when ``record`` is false).
-    """
+    records: list[dict[str, Any]]
+    schemes: list[dict[str, Any]]  # the schemes' ids, versions and digests
+    carcass_records: list[str]  # the stored carcass records graded
+
+    def record(self, store: Store) -> str:
+        """Store these exact records as one ``meat-grades`` result; its digest."""
+        return store.put_result(
+            GRADES_KIND,
+            {
+                "kind": "meat-grades",
+                "created_at": _now(),
+                "schemes": self.schemes,
+                "carcass_records": self.carcass_records,
+                "carcasses": self.records,
+            },
+        )
+
+
+def grade_carcass_records(store: Store, carcass_ids: Sequence[str] | None = None) -> CarcassGrading:
+    """Grade the stored carcasses (all, or ``carcass_ids``), recording nothing: the
+    per-carcass records with the carcass, halal and weighing record digests."""
     cols, origin = load_carcasses(store)
     if not origin:
         raise NothingToGradeError(
@@ -327,19 +346,19 @@ def grade_store(
         rec["carcass_record"] = rid
         rec["halal"] = halal_link(halal.get(rec["carcass_id"]))
         _weighing_link(rec, weighings.get(rec["carcass_id"]))
-    result_id = None
-    if record:
-        result_id = store.put_result(
-            GRADES_KIND,
-            {
-                "kind": "meat-grades",
-                "created_at": _now(),
-                "schemes": grades.scheme_refs(),
-                "carcass_records": sorted(set(origin)),
-                "carcasses": records,
-            },
-        )
-    return records, result_id
+    return CarcassGrading(records, grades.scheme_refs(), sorted(set(origin)))
+
+
+def grade_store(
+    store: Store, carcass_ids: Sequence[str] | None = None, *, record: bool = True
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Grade the stored carcasses (all, or ``carcass_ids``) and record the result.
+
+    Returns the per-carcass records (with the carcass, halal and weighing record digests)
+    and the digest of the ``meat-grades`` record (None when ``record`` is false).
+    """
+    graded = grade_carcass_records(store, carcass_ids)
+    return graded.records, graded.record(store) if record else None
 
 
 def _row(cols: dict[str, list[Any]], i: int) -> dict[str, Any]:
