@@ -207,6 +207,22 @@ def test_reissues_supersede_the_newest_and_revoking_one_puts_the_one_before_back
     assert r.returncode == 5 and f"already certified as {second['certificate_number']}" in r.stderr
 
 
+def test_a_batch_stopped_part_way_leaves_only_what_was_issued(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    lots = [json.loads(c.read_text())["certificate"]["lot"]["lot_id"] for c in certs(d)[:2]]
+    (d / CERTS / f"FG-{lots[1]}-02.json").mkdir()  # the second one's file cannot be written
+    r = run("certify", *lots, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
+            "client name corrected", cwd=d)  # fmt: skip
+    assert r.returncode == 5 and "is issued (stored and logged) but its file" in r.stderr
+    assert (d / CERTS / f"FG-{lots[0]}-02.json").is_file()
+    assert (d / CERTS / f"FG-{lots[0]}-02.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not (d / CERTS / f"FG-{lots[1]}-02.pdf").exists()
+    leftovers = [p.name for p in (d / CERTS).iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no staging folder, no half-written file
+    r = run("audit", "verify", "--public-key", PUB, *STORE, cwd=d)
+    assert r.returncode == 0, r.stderr  # the stored certificates are under a checkpoint
+
+
 def test_only_the_key_that_issued_a_certificate_can_revoke_it(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     r = run("keys", "init", "--dir", "other-lab", cwd=d)

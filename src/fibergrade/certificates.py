@@ -451,20 +451,22 @@ def certify_lots(
         if staging is not None:  # PDFs of certificates that are not issued
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    if staging is not None:  # every PDF rendered: into place
-        for src, dst in zip(staged, pdf_paths, strict=True):
-            os.replace(src, dst)
-        staging.rmdir()
     result = CertifyOutcome()
-    for i, (doc, env) in enumerate(zip(docs, envs, strict=True)):
-        number = doc["certificate_number"]
-        jpath = publish(store, out, number, env)
-        ppath = pdf_paths[i] if pdf else None
-        result.issued.append(Issued(number, jpath, ppath, env, doc["supersedes"]))
-        if progress:
-            progress(i + 1, len(docs), "storing certificates")
-    if docs:
-        audit.checkpoint(private_key)
+    try:
+        for i, (doc, env) in enumerate(zip(docs, envs, strict=True)):
+            number = doc["certificate_number"]
+            jpath = publish(store, out, number, env)
+            if staging is not None:  # its PDF into place once the certificate is issued
+                os.replace(staged[i], pdf_paths[i])
+            ppath = pdf_paths[i] if pdf else None
+            result.issued.append(Issued(number, jpath, ppath, env, doc["supersedes"]))
+            if progress:
+                progress(i + 1, len(docs), "storing certificates")
+    finally:
+        if staging is not None:  # what is left: PDFs of certificates not issued
+            shutil.rmtree(staging, ignore_errors=True)
+        if result.issued:  # the certificates stored so far, on a failure too
+            audit.checkpoint(private_key)
     return result
 
 
@@ -498,7 +500,14 @@ def publish(store: Any, out: Path, number: str, envelope: dict[str, Any]) -> Pat
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CertificateError(
+            f"{path}: certificate {number} is issued (stored and logged) but its file cannot "
+            f"be written there: {exc.strerror or exc}"
+        ) from exc
     return path
 
 

@@ -116,29 +116,31 @@ def certify_carcasses(
     audit = AuditLog(store.root)
     pos = audit.position()
     issued = []
-    for r, number, supersedes in plans:
-        doc: dict[str, Any] = {
-            "schema": MEAT_SCHEMA,
-            "certificate_number": number,
-            "issued_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "lab": {"name": lab_name},
-            "carcass": {k: r.get(k) for k in ("carcass_id", "animal_id", "lot_id")},
-            "grading": {k: r.get(k) for k in GRADED_FIELDS},
-            "halal": r["halal"],
-            "carcass_record": r["carcass_record"],
-            "weighing": r.get("weighing"),
-            "grade_result": result_id,
-            "audit_position": pos.to_dict(),
-            "software_version": __version__,
-            "supersedes": supersedes,
-        }
-        if supersedes:
-            doc["reissue_reason"] = reissue_reason
-        env = sign(doc, private_key)
-        path = publish(store, out, number, env)
-        issued.append(Issued(number, path, None, env, supersedes))
-    if issued:
-        audit.checkpoint(private_key)
+    try:
+        for r, number, supersedes in plans:
+            doc: dict[str, Any] = {
+                "schema": MEAT_SCHEMA,
+                "certificate_number": number,
+                "issued_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "lab": {"name": lab_name},
+                "carcass": {k: r.get(k) for k in ("carcass_id", "animal_id", "lot_id")},
+                "grading": {k: r.get(k) for k in GRADED_FIELDS},
+                "halal": r["halal"],
+                "carcass_record": r["carcass_record"],
+                "weighing": r.get("weighing"),
+                "grade_result": result_id,
+                "audit_position": pos.to_dict(),
+                "software_version": __version__,
+                "supersedes": supersedes,
+            }
+            if supersedes:
+                doc["reissue_reason"] = reissue_reason
+            env = sign(doc, private_key)
+            path = publish(store, out, number, env)
+            issued.append(Issued(number, path, None, env, supersedes))
+    finally:
+        if issued:  # the certificates stored so far, on a failure too
+            audit.checkpoint(private_key)
     return issued
 
 
