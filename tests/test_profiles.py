@@ -283,6 +283,16 @@ def test_reader_refuses_the_wrong_kind_of_profile(tmp_path):
         read_histogram(load_profile("ofda-export"), INSTRUMENTS / "ofda-export-example.csv")
 
 
+@pytest.mark.parametrize("length", ["0", "1" + "0" * 39, "1" + "0" * 400])
+def test_a_length_that_is_not_positive_and_finite_is_refused(tmp_path, length):
+    prof = export_profile(tmp_path, columns__length="Length (mm)")
+    head = "pre\npre\npre\npre\nSample;Diameter (µm);Curvature (°/mm);Medullated;Length (mm)\n"
+    path = write(tmp_path, head + f"A;16,5;40,0;N;30\nA;16,5;40,0;N;{length}\n")
+    with pytest.raises(InputError, match="not a positive finite length") as ei:
+        read_per_fibre(prof, path)
+    assert ei.value.line == 7
+
+
 _BAD_CELLS = ["1_6,5", "\u0661\u0666,\u0665", "16.5", "", "x", "1,6e1", "0,5", "250"]
 
 

@@ -367,3 +367,9 @@ def test_simulated_samples_stay_in_range_without_piling_on_the_bounds(mfd, cv, s
         d_arr, c_arr = np.array(d), np.array(c)
         assert np.all((d_arr > 2.0) & (d_arr < 199.0))
         assert np.all((c_arr > 1.0) & (c_arr < 500.0))
+
+
+@pytest.mark.parametrize(("mfd", "cv"), [(1.0, 0.2), (250.0, 0.2), (16.0, 0.0), (16.0, 5.0)])
+def test_simulated_samples_refuse_a_population_they_cannot_draw(mfd, cv):
+    with pytest.raises(ValueError, match="simulated samples need"):
+        next(synthetic_samples(n_samples=1, mfd_um=mfd, cv=cv))

@@ -278,15 +278,16 @@ def read_per_fibre(profile: Profile, path: str | Path) -> FibreLots:
     diam = v.astype(np.float32)
     length = curv = med = None
     if "length" in col:
-        x = number_column("length")
+        with np.errstate(over="ignore"):  # as stored: 1e39 is infinite, refused below
+            x = number_column("length").astype(np.float32)
         _refuse_first(
             path,
             lines,
-            ~(x > 0),
-            lambda i: f"length {x[i]:g} mm is not positive",
+            ~(np.isfinite(x) & (x > 0)),
+            lambda i: f"length {x[i]:g} mm is not a positive finite length",
             "a length > 0 mm",
         )
-        length = x.astype(np.float32)
+        length = x
     if "curvature" in col:
         c = number_column("curvature")
         _refuse_first(

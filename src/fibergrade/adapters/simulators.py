@@ -556,6 +556,10 @@ def synthetic_samples(
 ) -> Iterator[SampleSpec]:
     """Log-normal diameters (fibre.md: sigma_log = sqrt(ln(1 + CV^2))) and curvatures;
     ``n_samples`` None for an endless run."""
+    if not (2.0 < mfd_um < 199.0 and 0.0 < cv <= 2.0):
+        raise ValueError(
+            f"simulated samples need 2 < mfd_um < 199 and 0 < cv <= 2, got {mfd_um!r}, {cv!r}"
+        )
     rng = np.random.default_rng(seed)
     sigma = math.sqrt(math.log(1 + cv * cv))
     mu = math.log(mfd_um) - sigma * sigma / 2
@@ -572,10 +576,16 @@ def _within(draw: Callable[[int], np.ndarray], n: int, lo: float, hi: float) -> 
     not clipped (clipping would pile values up on the bounds), as synthetic lots do."""
     x = draw(n)
     bad = np.flatnonzero((x < lo) | (x > hi))
-    while bad.size:  # terminates with probability 1
+    for _ in range(_MAX_REDRAWS):
+        if not bad.size:
+            return x
         x[bad] = draw(bad.size)
         bad = bad[(x[bad] < lo) | (x[bad] > hi)]
-    return x
+    raise ValueError(f"values keep falling outside {lo:g} .. {hi:g}: a distribution too wide")
+
+
+#: rounds of redrawing before :func:`_within` gives up (a sane distribution needs a few)
+_MAX_REDRAWS = 1000
 
 
 class AnalyserSimulator(SimulatedDevice):
