@@ -209,18 +209,67 @@ def test_reissues_supersede_the_newest_and_revoking_one_puts_the_one_before_back
 
 def test_a_batch_stopped_part_way_leaves_only_what_was_issued(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
-    lots = [json.loads(c.read_text())["certificate"]["lot"]["lot_id"] for c in certs(d)[:2]]
-    (d / CERTS / f"FG-{lots[1]}-02.json").mkdir()  # the second one's file cannot be written
-    r = run("certify", *lots, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
-            "client name corrected", cwd=d)  # fmt: skip
-    assert r.returncode == 5 and "is issued (stored and logged) but its file" in r.stderr
+    lots = [json.loads(c.read_text())["certificate"]["lot"]["lot_id"] for c in certs(d)[:3]]
+
+    def unanchored() -> int:
+        r = run("audit", "verify", "--public-key", PUB, *STORE, "--json", cwd=d)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["entries_after_last_checkpoint"]
+
+    def reissue(*which: str):
+        return run("certify", *which, *STORE, "--key", KEY, "--out", CERTS, "--reissue",
+                   "--reason", "client name corrected", cwd=d)  # fmt: skip
+
+    # the second certificate's JSON cannot be put in place: the first is whole, the second
+    # is issued (stored, logged, its PDF in place) and says so, the third is not issued
+    (d / CERTS / f"FG-{lots[1]}-02.json").mkdir()
+    r = reissue(*lots)
+    assert r.returncode == 5, r.stderr
+    said = " ".join(r.stderr.split())
+    assert f"FG-{lots[1]}-02 is issued (stored and logged), but a file" in said
     assert (d / CERTS / f"FG-{lots[0]}-02.json").is_file()
     assert (d / CERTS / f"FG-{lots[0]}-02.pdf").read_bytes()[:5] == b"%PDF-"
-    assert not (d / CERTS / f"FG-{lots[1]}-02.pdf").exists()
-    leftovers = [p.name for p in (d / CERTS).iterdir() if p.name.startswith(".")]
-    assert leftovers == []  # no staging folder, no half-written file
-    r = run("audit", "verify", "--public-key", PUB, *STORE, cwd=d)
-    assert r.returncode == 0, r.stderr  # the stored certificates are under a checkpoint
+    assert (d / CERTS / f"FG-{lots[1]}-02.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not list((d / CERTS).glob(f"FG-{lots[2]}-02.*"))
+    assert [p.name for p in (d / CERTS).iterdir() if p.name.startswith(".")] == []
+    assert unanchored() == 0  # the certificates stored are under a checkpoint
+    # the very first certificate of a batch failing after it was stored: checkpointed too
+    (d / CERTS / f"FG-{lots[2]}-02.pdf").mkdir()
+    r = reissue(lots[2])
+    assert r.returncode == 5 and "is issued" in r.stderr
+    assert (d / CERTS / f"FG-{lots[2]}-02.json").is_file()
+    assert unanchored() == 0
+
+
+def test_a_subjects_certificates_are_ordered_by_their_own_count(tmp_path):
+    """Past -99, and when the clock stepped back between a certificate and its reissue."""
+    from fibergrade.certificates import stored_certificates
+    from fibergrade.store import Store
+
+    store = Store.open(tmp_path / "s")
+    for number, at in [
+        ("FG-L-100", "2026-05-01T10:00:00+00:00"),
+        ("FG-L-99", "2026-05-01T10:00:00+00:00"),  # the same second
+        ("FG-M-02", "2026-04-30T23:59:00+00:00"),  # the clock stepped back
+        ("FG-M-01", "2026-05-01T00:00:00+00:00"),
+    ]:
+        lot = number.split("-")[1]
+        store.put_result("certificate", {"certificate": {"certificate_number": number,
+                         "issued_at": at, "lot": {"lot_id": lot}}})  # fmt: skip
+    order = [e["certificate"]["certificate_number"] for _, e in stored_certificates(store)]
+    assert order.index("FG-L-99") < order.index("FG-L-100")
+    assert order.index("FG-M-01") < order.index("FG-M-02")
+
+
+def test_a_certificate_the_store_never_issued_does_not_stand_there(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    lot = json.loads(certs(d)[0].read_text())["certificate"]["lot"]["lot_id"]
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
+            "x", "--json", "--no-pdf", cwd=d)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    newer = d / CERTS / f"{json.loads(r.stdout)[0]['certificate_number']}.json"
+    r = verify(lab, newer, *STORE)  # the original lab's store: an older copy
+    assert r.returncode == 5 and "was not issued from this store" in r.stderr
 
 
 def test_only_the_key_that_issued_a_certificate_can_revoke_it(lab, tmp_path):

@@ -37,6 +37,8 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,15 +221,24 @@ def overrides(store: Any) -> dict[str, dict[str, Any]]:
 
 def stored_certificates(store: Any) -> list[tuple[str, dict[str, Any]]]:
     """Every certificate of the store, fibre and carcass, as ``(record digest, envelope)``,
-    in the order they were issued: by ``issued_at``, then number (a reissue within the
-    same second has the higher number). The store sorts results by ``created_at``, which
-    a certificate envelope does not have."""
+    each subject's in the order they were issued: by their own count (``-01``, ``-02``...),
+    then ``issued_at``. The store sorts results by ``created_at``, which a certificate
+    envelope does not have."""
 
-    def issued(item: tuple[str, dict[str, Any]]) -> tuple[str, str]:
+    def issued(item: tuple[str, dict[str, Any]]) -> tuple[int, str, str]:
         doc = item[1].get("certificate", {})
-        return (str(doc.get("issued_at", "")), str(doc.get("certificate_number", "")))
+        number = str(doc.get("certificate_number", ""))
+        return (_sequence(number), str(doc.get("issued_at", "")), number)
 
     return sorted(store.results("certificate"), key=issued)
+
+
+def _sequence(number: str) -> int:
+    """A certificate number's own count, ``NN`` of ``PREFIX-NN``: a subject's certificates
+    are numbered 01, 02, ... as issued (:func:`next_certificate`), whatever the clock said
+    and past 99 too; -1 for a number of another form."""
+    tail = number.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 def existing_certificates(store: Any, lot_id: str | None = None) -> list[dict[str, Any]]:
@@ -453,20 +464,19 @@ def certify_lots(
         raise
     result = CertifyOutcome()
     try:
-        for i, (doc, env) in enumerate(zip(docs, envs, strict=True)):
-            number = doc["certificate_number"]
-            jpath = publish(store, out, number, env)
-            if staging is not None:  # its PDF into place once the certificate is issued
-                os.replace(staged[i], pdf_paths[i])
-            ppath = pdf_paths[i] if pdf else None
-            result.issued.append(Issued(number, jpath, ppath, env, doc["supersedes"]))
-            if progress:
-                progress(i + 1, len(docs), "storing certificates")
+        with checkpointed(audit, private_key):
+            for i, (doc, env) in enumerate(zip(docs, envs, strict=True)):
+                number = doc["certificate_number"]
+                # its PDF goes into place with it, once the certificate is issued
+                staged_pdf = (staged[i], pdf_paths[i]) if staging is not None else None
+                jpath = publish(store, out, number, env, staged_pdf)
+                ppath = pdf_paths[i] if pdf else None
+                result.issued.append(Issued(number, jpath, ppath, env, doc["supersedes"]))
+                if progress:
+                    progress(i + 1, len(docs), "storing certificates")
     finally:
         if staging is not None:  # what is left: PDFs of certificates not issued
             shutil.rmtree(staging, ignore_errors=True)
-        if result.issued:  # the certificates stored so far, on a failure too
-            audit.checkpoint(private_key)
     return result
 
 
@@ -483,11 +493,20 @@ def output_folder(out_dir: str | Path) -> Path:
     return out
 
 
-def publish(store: Any, out: Path, number: str, envelope: dict[str, Any]) -> Path:
+def publish(
+    store: Any,
+    out: Path,
+    number: str,
+    envelope: dict[str, Any],
+    pdf: tuple[Path, Path] | None = None,
+) -> Path:
     """Store a signed certificate (the store logs it in the audit log) and write its JSON
-    file ``out/NUMBER.json``. The file is written beside its name first and renamed into
-    place only once the store holds the certificate, so a failure leaves no signed file
-    that the store does not know (a batch stopped part-way resumes with the rest)."""
+    file ``out/NUMBER.json``, and with ``pdf`` (staged, final) move its rendered PDF into
+    place. The JSON is written beside its name first and renamed, and the PDF moved, only
+    once the store holds the certificate, so a failure leaves no file of a certificate the
+    store does not know (a batch stopped part-way resumes with the rest). A file that
+    cannot be put in place after that is a :class:`CertificateError` saying the
+    certificate is issued."""
     path = out / f"{number}.json"
     tmp = out / f".{number}.json.{uuid.uuid4().hex}.tmp"
     try:
@@ -500,15 +519,38 @@ def publish(store: Any, out: Path, number: str, envelope: dict[str, Any]) -> Pat
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
+    problems = []
+    for src, dst in [(tmp, path), *([pdf] if pdf else [])]:
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            src.unlink(missing_ok=True)
+            problems.append(f"{dst}: {exc.strerror or exc}")
+    if problems:
         raise CertificateError(
-            f"{path}: certificate {number} is issued (stored and logged) but its file cannot "
-            f"be written there: {exc.strerror or exc}"
-        ) from exc
+            f"certificate {number} is issued (stored and logged), but a file of it cannot be "
+            f"written: {'; '.join(problems)}"
+        )
     return path
+
+
+@contextmanager
+def checkpointed(audit: AuditLog, private_key: Any) -> Iterator[None]:
+    """Sign an audit checkpoint over whatever the block logged (certificates stored), on a
+    failure too; a checkpoint that then fails is added as a note to the original error,
+    which is what the user sees."""
+    before = audit.position()
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            if audit.position() != before:
+                audit.checkpoint(private_key)
+        except Exception as again:
+            exc.add_note(f"no audit checkpoint could be signed either: {again}")
+        raise
+    if audit.position() != before:
+        audit.checkpoint(private_key)
 
 
 # --- overrides and revocation -------------------------------------------------------------
@@ -659,8 +701,14 @@ def _standing(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[A
     given, if any: not revoked there, and the newest of its lot's (or carcass's)
     certificates that are not revoked. That is the certificate a reissue would supersede
     (:func:`next_certificate`): revoking a reissue puts the one before it back."""
-    revoked, newest = _cached(cache, ("standing",), lambda: _store_standing(store))
+    revoked, newest, known = _cached(cache, ("standing",), lambda: _store_standing(store))
     number = str(cert.get("certificate_number"))
+    if number not in known:
+        rep.problems.append(
+            f"certificate {number} was not issued from this store (an older copy of the "
+            "store, or another lab's)"
+        )
+        return
     if number in revoked:
         e = revoked[number]
         rep.problems.append(f"revoked in the store on {e['revoked_at']}: {e['reason']}")
@@ -682,16 +730,20 @@ def _subject(cert: dict[str, Any]) -> tuple[str, str]:
     return ("lot", str((cert.get("lot") or {}).get("lot_id")))
 
 
-def _store_standing(store: Any) -> tuple[dict[str, dict[str, Any]], dict[Any, dict[str, Any]]]:
-    """The store's revocations by certificate number, and per subject the newest
-    certificate not revoked (read once for a batch of verifications)."""
+def _store_standing(
+    store: Any,
+) -> tuple[dict[str, dict[str, Any]], dict[Any, dict[str, Any]], set[str]]:
+    """The store's revocations by certificate number, per subject the newest certificate
+    not revoked, and every number the store issued (read once for a batch)."""
     revoked = {e["certificate_number"]: e for e in revocation_entries(store)}
     newest: dict[Any, dict[str, Any]] = {}
-    for env in all_certificates(store):  # oldest first
+    known: set[str] = set()
+    for env in all_certificates(store):  # each subject's oldest first
         doc = env["certificate"]
+        known.add(str(doc.get("certificate_number")))
         if doc.get("certificate_number") not in revoked:
             newest[_subject(doc)] = doc
-    return revoked, newest
+    return revoked, newest, known
 
 
 def given_standards(paths: list[str | Path] | list[Path]) -> dict[Any, Any]:

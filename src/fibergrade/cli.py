@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -1993,9 +1992,6 @@ def main() -> None:
     except FibergradeError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise SystemExit(exc.exit_code) from None
-    except BrokenPipeError:  # the reader went away (`fibergrade lots | head`): quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports it
     except OSError as exc:  # a path the user named cannot be read, written or created
         where = f"{exc.filename}: " if exc.filename else ""
         err.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}")

@@ -28,6 +28,7 @@ from fibergrade.certificates import (
     CertificateRefused,
     Issued,
     VerifyReport,
+    checkpointed,
     next_certificate,
     output_folder,
     publish,
@@ -116,7 +117,7 @@ def certify_carcasses(
     audit = AuditLog(store.root)
     pos = audit.position()
     issued = []
-    try:
+    with checkpointed(audit, private_key):
         for r, number, supersedes in plans:
             doc: dict[str, Any] = {
                 "schema": MEAT_SCHEMA,
@@ -138,9 +139,6 @@ def certify_carcasses(
             env = sign(doc, private_key)
             path = publish(store, out, number, env)
             issued.append(Issued(number, path, None, env, supersedes))
-    finally:
-        if issued:  # the certificates stored so far, on a failure too
-            audit.checkpoint(private_key)
     return issued
 
 
