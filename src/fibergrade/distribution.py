@@ -52,10 +52,10 @@ import numpy as np
 from fibergrade.errors import DataModelError, MeasurementError
 from fibergrade.measurements import (
     DIAMETER_MAX_UM,
-    MM_SUSPECT_BELOW_UM,
     FibreLots,
     HistogramLots,
     diameter_problem,
+    impossible_diameters,
 )
 
 #: default comfort-factor cut, um (fibre.md: "make the cut a parameter, default 30.0")
@@ -297,8 +297,7 @@ def check_fibres(lots: FibreLots) -> None:
     or <= 0) or above :data:`~fibergrade.measurements.DIAMETER_MAX_UM`
     (:class:`MeasurementError`, naming lot and fibre), or a NaN or negative optional column
     (:class:`DataModelError`). Nothing is clipped or guessed."""
-    d32 = lots.diameter_um
-    bad = ~((d32 >= MM_SUSPECT_BELOW_UM) & (d32 <= DIAMETER_MAX_UM))  # True for NaN
+    bad = impossible_diameters(lots.diameter_um)
     if bad.any():
         _raise_first_bad(lots, bad)
     check_optional_columns(lots)

@@ -26,10 +26,8 @@ import numba
 import numpy as np
 
 from fibergrade.distribution import (
-    DIAMETER_MAX_UM,
     FIGURES,
     FINE_PER_REPORT,
-    MM_SUSPECT_BELOW_UM,
     N_FINE,
     QUANTILES,
     LotSummary,
@@ -40,7 +38,7 @@ from fibergrade.distribution import (
     derive,
     histogram_buffer,
 )
-from fibergrade.measurements import FibreLots
+from fibergrade.measurements import DIAMETER_MAX_UM, MM_SUSPECT_BELOW_UM, FibreLots
 
 INV_FINE = 10.0  # 1 / FINE_CLASS_UM, exactly as the reference computes it
 Q5, Q50, Q95 = QUANTILES

@@ -32,6 +32,12 @@ MM_SUSPECT_BELOW_UM = 1.0
 FIBRE_TYPES = ("cashmere", "baby-camel", "adult-camel", "camel-hair", "yak", "wool")
 
 
+def impossible_diameters(values: np.ndarray) -> np.ndarray:
+    """Where an array of diameters (um) holds one :func:`diameter_problem` refuses: the
+    same rule for a whole column at once (True for NaN and infinities too)."""
+    return ~((values >= MM_SUSPECT_BELOW_UM) & (values <= DIAMETER_MAX_UM))
+
+
 def diameter_problem(value: float) -> str | None:
     """Why a single diameter (um) is refused, or None when it is acceptable."""
     if value != value:  # NaN

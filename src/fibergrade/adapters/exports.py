@@ -48,10 +48,10 @@ from fibergrade.adapters.profiles import ExportSettings, Profile
 from fibergrade.errors import InputError
 from fibergrade.measurements import (
     DIAMETER_MAX_UM,
-    MM_SUSPECT_BELOW_UM,
     FibreLots,
     HistogramLots,
     diameter_problem,
+    impossible_diameters,
 )
 
 #: one number as the profile's decimal separator writes it (ASCII digits only: Python's
@@ -267,11 +267,11 @@ def read_per_fibre(profile: Profile, path: str | Path) -> FibreLots:
         text = f"{texts('diameter')[i].strip()} {ex.diameter_unit}"
         return text + (f" = {v[i]:g} um" if factor != 1 else "")
 
-    # diameter_problem's rules, for the whole column (no NaN gets past the number check)
+    # diameter_problem's rules, for the whole column
     _refuse_first(
         path,
         lines,
-        (v < MM_SUSPECT_BELOW_UM) | (v > DIAMETER_MAX_UM),
+        impossible_diameters(v),
         lambda i: f"diameter {shown(i)} {diameter_problem(float(v[i]))}",
         f"0 < diameter <= {DIAMETER_MAX_UM:g} um",
     )

@@ -106,6 +106,7 @@ from fibergrade.measurements import (
     HistogramLots,
     LotMeta,
     diameter_problem,
+    impossible_diameters,
 )
 
 __all__ = [
@@ -433,8 +434,7 @@ def _check_float32(t: _Table, name: str, values: np.ndarray) -> None:
 
 def _diameters(t: _Table) -> np.ndarray:
     d = _float_column(t, "diameter_um")
-    ok = (d >= MM_SUSPECT_BELOW_UM) & (d <= DIAMETER_MAX_UM)  # False for NaN
-    bad = np.flatnonzero(~ok)
+    bad = np.flatnonzero(impossible_diameters(d))
     if bad.size:
         i = int(bad[0])
         value = float(d[i])
