@@ -181,21 +181,20 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
         rep.checks.append(("recomputation", f"{len(GRADED_FIELDS)} graded fields agree"))
 
 
-def certificate_link(store: Any, carcass_id: str) -> dict[str, Any] | None:
-    """The trace link of the carcass's latest certificate, or None."""
-    found = [
-        env
-        for env in meat_certificates(store)
-        if env["certificate"]["carcass"]["carcass_id"] == carcass_id
-    ]
-    if not found:
-        return None
-    doc = found[-1]["certificate"]
-    revoked = {e["certificate_number"] for e in revocation_entries(store)}
+def certificate_links(
+    certificates: list[dict[str, Any]], revoked: set[str]
+) -> dict[str, dict[str, Any]]:
+    """The trace link of each certified carcass's latest certificate, by carcass id, from
+    the store's carcass certificates (:func:`meat_certificates`, each carcass's oldest
+    first) and the revoked numbers."""
+    latest = {e["certificate"]["carcass"]["carcass_id"]: e["certificate"] for e in certificates}
     return {
-        "link": "certificate",
-        "id": doc["certificate_number"],
-        "digest": digest(doc),
-        "issued_at": doc["issued_at"],
-        "revoked": doc["certificate_number"] in revoked,
+        cid: {
+            "link": "certificate",
+            "id": doc["certificate_number"],
+            "digest": digest(doc),
+            "issued_at": doc["issued_at"],
+            "revoked": doc["certificate_number"] in revoked,
+        }
+        for cid, doc in latest.items()
     }

@@ -386,11 +386,13 @@ def trace(store: Store, ident: str) -> dict[str, Any]:
     if cert_hits:
         matched.append("halal certificate")
         wanted.extend(cert_hits)
-    from fibergrade.meat.certificates import meat_certificates
+    from fibergrade.certificates import revocation_entries
+    from fibergrade.meat.certificates import certificate_links, meat_certificates
 
+    certificates = meat_certificates(store)  # read once: for the id and for every chain
     ours = [
         env["certificate"]["carcass"]["carcass_id"]
-        for env in meat_certificates(store)
+        for env in certificates
         if env["certificate"]["certificate_number"] == ident
     ]
     if ours:  # the number the chain's last link shows
@@ -415,10 +417,11 @@ def trace(store: Store, ident: str) -> dict[str, Any]:
         _chain(c, cols, pos, origin, halal, grades, weighings, lot_members)
         for c in dict.fromkeys(wanted)
     ]
-    from fibergrade.meat.certificates import certificate_link
-
+    links = certificate_links(
+        certificates, {e["certificate_number"] for e in revocation_entries(store)}
+    )
     for chain in chains:  # the last link: the carcass's certificate, when one was issued
-        link = certificate_link(store, chain[2]["id"]) if chain[2].get("id") else None
+        link = links.get(chain[2].get("id"))
         if link is not None:
             chain[-1] = link
     return {"id": ident, "matched": matched, "chains": chains}
