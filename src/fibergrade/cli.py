@@ -1760,7 +1760,7 @@ def certify_(
     for i in res.issued:
         sup = f" (supersedes {i.supersedes})" if i.supersedes else ""
         out.print(f"{i.number}: {escape(str(i.json_path))}{sup}")
-    out.print(_issued_line(len(res.issued), "certificate(s)"))
+    out.print(_issued_line(len(res.issued), "certificate"))
 
 
 @app.command("revoke")
@@ -1969,14 +1969,14 @@ def meat_certify_(
     for i in issued:
         sup = f" (supersedes {i.supersedes})" if i.supersedes else ""
         out.print(f"{i.number}: {escape(str(i.json_path))}{sup}")
-    out.print(_issued_line(len(issued), "carcass certificate(s)"))
+    out.print(_issued_line(len(issued), "carcass certificate"))
 
 
-def _issued_line(n: int, what: str) -> str:
+def _issued_line(n: int, noun: str) -> str:
     """The closing line of certify: a checkpoint is signed only when something was issued."""
     if n == 0:
-        return f"no {what.removesuffix('(s)')}s issued: none is eligible that is not issued yet"
-    return f"{n} {what} issued; audit log checkpoint signed"
+        return f"no {noun}s issued: none is eligible that is not issued yet"
+    return f"{n} {noun}(s) issued; audit log checkpoint signed"
 
 
 # (insert certificate commands above this line)
