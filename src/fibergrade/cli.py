@@ -157,6 +157,7 @@ def import_(
     json_: JsonOpt = False,
 ) -> None:
     """Import measurement files into the store (all or nothing; re-imports do nothing)."""
+    from fibergrade.adapters.interchange import read_lot_manifest
     from fibergrade.workflow import (
         check_grade_inputs,
         import_files,
@@ -170,9 +171,10 @@ def import_(
     prog, update = _progress("reading files", enabled=not json_)
     with prog:
         outcomes = import_files(st, files, manifest=lots, progress=update, instrument=profile)
-    unmatched = unmatched_manifest_lots(st, lots) if lots else []
+    metas = read_lot_manifest(lots) if lots else {}  # read and checked by import_files
+    unmatched = unmatched_manifest_lots(st, metas)
     again = [lot for o in outcomes if o.already_imported for lot in o.lot_ids]
-    not_applied = manifest_not_applied(st, lots, again) if lots and again else []
+    not_applied = manifest_not_applied(st, metas, again)
     if not_applied:  # on stderr, with --json too: the user expected the manifest to apply
         err.print(
             f"[yellow]note:[/] {len(not_applied)} lot(s) of files imported before keep the "

@@ -11,7 +11,7 @@ memory held at once is one segment's raw diameters plus small per-lot arrays.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,13 +101,13 @@ def import_files(
     return store.import_segments(pending)
 
 
-def manifest_not_applied(store: Store, manifest: str | Path, lot_ids: Sequence[str]) -> list[str]:
+def manifest_not_applied(
+    store: Store, metas: Mapping[str, LotMeta], lot_ids: Sequence[str]
+) -> list[str]:
     """Lots among ``lot_ids`` (of files imported before) whose stored metadata differs from
-    the manifest's: a re-import changes nothing, so the manifest was not applied to them
-    (stored lots are never rewritten)."""
-    from fibergrade.adapters.interchange import read_lot_manifest
-
-    metas = read_lot_manifest(manifest)
+    the manifest's (``metas``, as read by
+    :func:`fibergrade.adapters.interchange.read_lot_manifest`): a re-import changes
+    nothing, so the manifest was not applied to them (stored lots are never rewritten)."""
     return [
         lot
         for lot in lot_ids
@@ -115,12 +115,10 @@ def manifest_not_applied(store: Store, manifest: str | Path, lot_ids: Sequence[s
     ]
 
 
-def unmatched_manifest_lots(store: Store, manifest: str | Path) -> list[str]:
-    """Lots the manifest lists that have no measurements in the store."""
-    from fibergrade.adapters.interchange import read_lot_manifest
-
+def unmatched_manifest_lots(store: Store, metas: Mapping[str, LotMeta]) -> list[str]:
+    """Lots the manifest (``metas``, as read) lists that have no measurements in the store."""
     known = {r.lot_id for r in store.lots()}
-    return [lot for lot in read_lot_manifest(manifest) if lot not in known]
+    return [lot for lot in metas if lot not in known]
 
 
 # --- grading --------------------------------------------------------------------------------
