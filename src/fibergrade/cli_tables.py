@@ -63,16 +63,17 @@ def table(
             raise ValueError(f"row {k} has {len(row)} cells for {len(columns)} columns")
     if len(rows) <= (MAX_BOXED_ROWS if max_boxed_rows is None else max_boxed_rows):
         t = Table(title=escape(title))
+        cells = [[_text(cell) for cell in row] for row in rows]
         for k, c in enumerate(columns):
-            widest = max((_text(row[k]).cell_len for row in rows), default=0)
-            t.add_column(
-                c.header,
-                justify=c.justify,
-                no_wrap=c.no_wrap or c.whole,
-                min_width=max(widest, cell_len(c.header)) if c.whole else None,
+            # a whole column is at least as wide as its widest cell
+            widest = (
+                max([cell_len(c.header)] + [row[k].cell_len for row in cells]) if c.whole else None
             )
-        for row in rows:
-            t.add_row(*map(_text, row))
+            t.add_column(
+                c.header, justify=c.justify, no_wrap=c.no_wrap or c.whole, min_width=widest
+            )
+        for row in cells:
+            t.add_row(*row)
         return t
     return aligned(title, columns, rows)
 
