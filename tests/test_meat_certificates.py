@@ -46,6 +46,11 @@ def test_certify_verify_and_trace(plant):
     assert doc["schema"] == "fibergrade-meat-certificate/1"
     assert doc["halal"]["status"] == "validated" and len(doc["carcass_record"]) == 64
     assert set(doc["grading"]) >= {"category", "fat_score", "msa_eligible", "eu_category"}
+    # meat.md (EU): report the weight and whether warm or cold; the schemes used by version
+    assert doc["weight"]["basis"] == "hot" and doc["weight"]["hscw_kg"] > 0
+    from fibergrade.meat.grading import schemes_used
+
+    assert doc["schemes"] == {role: s.ref() for role, s in schemes_used().items()}
     # the grading result it cites holds the very record it was made from
     from fibergrade.store import Store
 
@@ -57,7 +62,7 @@ def test_certify_verify_and_trace(plant):
     )
     assert r.returncode == 0, r.stderr
     checks = {c["check"] for c in json.loads(r.stdout)["checks"]}
-    assert {"signature", "carcass record", "halal record", "recomputation"} <= checks
+    assert {"signature", "carcass record", "halal record", "schemes", "recomputation"} <= checks
     r = run("trace", doc["carcass"]["carcass_id"], "--store", "s", "--json", cwd=plant)
     last = json.loads(r.stdout)["chains"][0][-1]
     assert last["link"] == "certificate" and last["id"] == doc["certificate_number"]
@@ -162,3 +167,27 @@ def test_a_carcass_certificate_can_be_revoked_and_then_does_not_verify(plant):
     r = run("verify", str(path), "--public-key", "keys/lab.pub", "--revocations",
             "s/revocations.json", cwd=plant)  # fmt: skip
     assert r.returncode == 5 and "carcass mislabelled" in r.stderr
+
+
+def test_a_certificate_of_another_scheme_version_or_weight_is_reported(plant):
+    """A certificate names each scheme's version and digest: one graded under another
+    version (here an MSA file of version 1) is reported as such, not recomputed under
+    today's rules; an altered weight is caught by recomputation."""
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+
+    r = run("meat", "certify", "--store", "s", "--json", cwd=plant)
+    doc = json.loads((plant / json.loads(r.stdout)[0]["json"]).read_text())["certificate"]
+    key = load_private_key(plant / "keys" / "lab.key")
+    old_msa = dict(doc["schemes"]["msa"], version="1", digest="4af0d9038fff" + "0" * 52)
+    for name, forged, expected in (
+        ("old-scheme", dict(doc, schemes=dict(doc["schemes"], msa=old_msa)), "msa scheme"),
+        ("weight", dict(doc, weight={"hscw_kg": 99.0, "basis": "hot"}), "weight: certificate"),
+    ):
+        fake = plant / f"{name}.json"
+        fake.write_text(json.dumps(sign(forged, key)))
+        r = run("verify", str(fake), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
+        assert r.returncode == 5 and expected in r.stderr, r.stderr
+    assert "version 1 (digest 4af0d9038fff)" in run(
+        "verify", "old-scheme.json", "--public-key", "keys/lab.pub", "--store", "s", cwd=plant
+    ).stderr

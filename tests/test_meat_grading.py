@@ -155,10 +155,20 @@ def test_msa_names_every_failed_condition():
     assert len(rec["msa_reasons"]) == 7
 
 
+def test_msa_needs_gr_of_6_mm_not_only_fat_score_2():
+    """meat.md: "Fat score >= 2 (GR >= 6 mm)". GR 5.5 mm is fat score 2 under
+    gr-fat-score.toml's reading of the whole-mm bands, yet below the MSA's 6 mm."""
+    rec = grade(gr_mm=5.5)[0]
+    assert rec["fat_score"] == 2
+    assert rec["msa_eligible"] is False
+    assert rec["msa_reasons"] == ["fat score >= 2 (GR >= 6 mm): 5.5 (needs gr_mm >= 6)"]
+
+
 @pytest.mark.parametrize(
     ("field", "value", "ok"),
     [
         ("gr_mm", 6, True),
+        ("gr_mm", 5.9, False),
         ("days_off_shears", 14, True),
         ("hours_off_feed", 48, True),
         ("hours_in_transit", 24, True),

@@ -51,6 +51,13 @@ GRADED_FIELDS = (
 )
 
 
+def carcass_weight(record: dict[str, Any]) -> dict[str, Any]:
+    """The weight a carcass certificate reports: meat.md (EU) asks to report the weight and
+    whether it is warm or cold. The carcass record's ``hscw_kg`` is the hot standard carcass
+    weight, so the basis is ``hot``."""
+    return {"hscw_kg": record.get("hscw_kg"), "basis": "hot"}
+
+
 def meat_certificates(store: Any) -> list[dict[str, Any]]:
     """Carcass certificates issued from this store (envelopes), oldest first."""
     return [
@@ -125,7 +132,9 @@ def certify_carcasses(
                 "issued_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "lab": {"name": lab_name},
                 "carcass": {k: r.get(k) for k in ("carcass_id", "animal_id", "lot_id")},
+                "weight": carcass_weight(r),
                 "grading": {k: r.get(k) for k in GRADED_FIELDS},
+                "schemes": graded.schemes,
                 "halal": r["halal"],
                 "carcass_record": r["carcass_record"],
                 "weighing": r.get("weighing"),
@@ -145,7 +154,7 @@ def certify_carcasses(
 def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
     """Check the stored records a carcass certificate names and recompute its grading."""
     from fibergrade.errors import FibergradeError, StoreError
-    from fibergrade.meat.traceability import grade_store
+    from fibergrade.meat.traceability import grade_carcass_records
 
     cid = cert["carcass"]["carcass_id"]
     try:
@@ -159,17 +168,40 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
         rep.problems.append(f"stored record: {exc}")
         return
     try:
-        records, _ = grade_store(store, [cid], record=False)
+        graded = grade_carcass_records(store, [cid])
     except FibergradeError as exc:
         rep.problems.append(f"recomputation: {exc}")
         return
-    again = records[0]
+    if "schemes" in cert:  # certificates issued before schemes were named carry none
+        before = len(rep.problems)
+        for role, used in cert["schemes"].items():  # role -> {id, version, digest}
+            now = graded.schemes.get(role)
+            if now != used:
+                have = (
+                    "does not use it"
+                    if now is None
+                    else f"uses {now['id']} version {now['version']} (digest {now['digest'][:12]})"
+                )
+                rep.problems.append(
+                    f"{role} scheme: the certificate used {used.get('id')} version "
+                    f"{used.get('version')} (digest {str(used.get('digest'))[:12]}); this "
+                    f"software {have}"
+                )
+        if len(rep.problems) > before:
+            return
+        rep.checks.append(("schemes", f"the {len(cert['schemes'])} schemes' versions match"))
+    again = graded.records[0]
     if again["carcass_record"] != cert["carcass_record"]:
         rep.problems.append("the carcass's stored record differs from the one certified")
     if again["halal"] != cert.get("halal"):
         rep.problems.append(
             f"halal: certificate says {cert.get('halal')!r}, the slaughter record gives "
             f"{again['halal']!r}"
+        )
+    if "weight" in cert and carcass_weight(again) != cert["weight"]:
+        rep.problems.append(
+            f"weight: certificate says {cert['weight']!r}, the carcass record gives "
+            f"{carcass_weight(again)!r}"
         )
     for key in GRADED_FIELDS:
         if again.get(key) != cert["grading"].get(key):
