@@ -188,6 +188,9 @@ def test_a_certificate_of_another_scheme_version_or_weight_is_reported(plant):
         fake.write_text(json.dumps(sign(forged, key)))
         r = run("verify", str(fake), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
         assert r.returncode == 5 and expected in r.stderr, r.stderr
-    assert "version 1 (digest 4af0d9038fff)" in run(
-        "verify", "old-scheme.json", "--public-key", "keys/lab.pub", "--store", "s", cwd=plant
-    ).stderr
+    assert (
+        "version 1 (digest 4af0d9038fff)"
+        in run(
+            "verify", "old-scheme.json", "--public-key", "keys/lab.pub", "--store", "s", cwd=plant
+        ).stderr
+    )
