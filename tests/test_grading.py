@@ -82,6 +82,15 @@ def test_camel_scheme_gives_the_best_grade_met():
     ]
 
 
+def test_baby_camel_coarse_hair_limit_is_by_count():
+    """fibre.md: "< 1% coarse hair" with no basis; the house scheme reads it by count (the
+    synthetic populations' reading): 0.8 % of fibres at 35 um is 2.7 % by mass."""
+    std = load_standard("fibergrade-camel")
+    s = summarise(lots_of([16.0] * 992 + [35.0] * 8, [16.0] * 990 + [35.0] * 10))
+    assert s["coarse_mass_pct"][0] > 1.0 and s["coarse_count_pct"][0] < 1.0
+    assert grade(s, std).grade_ids() == ["baby-camel", "adult-camel"]
+
+
 def test_undefined_figures_are_not_evaluable_and_never_pass():
     std = load_standard("us-wpla-cashmere")
     s = summarise(lots_of([], [15.0]))
