@@ -99,6 +99,8 @@ def test_fat_score_edges(gr, score):
         ({"milk_fed": True}, "milk-fed lamb"),
         ({"milk_fed": True, "incisors_erupted": 1, "incisors_in_wear": 1}, "hogget"),
         ({"permanent_molars": False}, "young lamb"),
+        # meat.md: young lamb "0 incisors"; one cut but not in wear is a lamb
+        ({"permanent_molars": False, "incisors_erupted": 1}, "lamb"),
         ({"permanent_molars": True}, "lamb"),
         ({"milk_fed": False, "permanent_molars": None}, "lamb"),
     ],

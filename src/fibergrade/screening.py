@@ -4,7 +4,7 @@ Every lot is screened before a certificate issues. The model sees only what the 
 core computes (:class:`~fibergrade.distribution.LotSummary`, all lots at once) and the
 declared type, and answers one of three verdicts (:data:`VERDICTS`), with the calibrated
 probability and the reasons in a lab technician's words: the lot's figures against the
-range that genuine lots of the declared type show ("12.0% of fibres above 30 um; declared
+range that genuine lots of the declared type show ("12.0% of fibres at or above 30 um; declared
 baby camel lots rarely exceed 0.9%").
 
 What the figures rest on (``shared/reference/fibre.md``, "What diameter alone can and cannot
@@ -117,17 +117,17 @@ REASON_FIGURES: dict[str, tuple[str, float, str]] = {
     "above_25um_pct": (
         "upper",
         0.2,
-        "{v:.1f}% of fibres above 25 um; declared {t} lots rarely exceed {hi:.1f}%",
+        "{v:.1f}% of fibres at or above 25 um; declared {t} lots rarely exceed {hi:.1f}%",
     ),
     "above_30um_pct": (
         "upper",
         0.1,
-        "{v:.1f}% of fibres above 30 um; declared {t} lots rarely exceed {hi:.1f}%",
+        "{v:.1f}% of fibres at or above 30 um; declared {t} lots rarely exceed {hi:.1f}%",
     ),
     "above_40um_pct": (
         "upper",
         0.05,
-        "{v:.2f}% of fibres above 40 um (guard-hair range); declared {t} lots rarely exceed "
+        "{v:.2f}% of fibres at or above 40 um (guard-hair range); declared {t} lots rarely exceed "
         "{hi:.2f}%",
     ),
     "medullated_pct": (

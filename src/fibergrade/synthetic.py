@@ -45,7 +45,7 @@ POPULATIONS: dict[str, Population] = {
             (45.0, 60.0),
             (32.0, 40.0),
             "MFD 15.0-16.8 um (fibre.md, Typical populations); CV: cashmere goats CV < 25 % "
-            "(fibre.md); curvature and length [unsourced]",
+            "(fibre.md), the 19 % floor [unsourced]; curvature and length [unsourced]",
         ),
         Population(
             "chinese-cashmere",
@@ -119,9 +119,9 @@ POPULATIONS: dict[str, Population] = {
             0.0,
             (70.0, 150.0),
             (55.0, 80.0),
-            "wool as fine as cashmere: Super S (IWTO) grades go to 150s <= 16.25 um "
-            "(fibre.md); CV and curvature as merino (fibre.md); used only to measure what the "
-            "screening model cannot see, never for training",
+            "wool as fine as cashmere: Super S (IWTO) grades reach 150s <= 16.25 um "
+            "and 200s <= 13.75 um (fibre.md); CV and curvature as merino (fibre.md); used only "
+            "to measure what the screening model cannot see, never for training",
         ),
         Population(
             "coarse-wool",
@@ -370,7 +370,8 @@ CLEAN_MIX: dict[str, float] = {
 
 #: coarse hair left in a genuine lot after dehairing, upper bound of the share by count
 RESIDUAL_HAIR: dict[str, float] = {
-    "mongolian-cashmere": 0.003,  # fibre.md: "hair content 0.1-0.3% after dehairing"
+    # fibre.md: "hair content 0.1-0.3% after dehairing"; drawn from 0 and by count [unsourced]
+    "mongolian-cashmere": 0.003,
     "chinese-cashmere": 0.003,  # as Mongolian cashmere [unsourced for Chinese]
     "coarse-cashmere": 0.003,  # as Mongolian cashmere [unsourced]
     "baby-camel": 0.01,  # fibre.md: "Mongolian combed baby 15.5 um, < 1% coarse hair"

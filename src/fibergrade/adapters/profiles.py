@@ -376,7 +376,11 @@ def profile_from_dict(
         s = dict(checked["scale"])
         if s["e"] >= s["max"]:
             raise ProfileError(spath, "scale.e", f"e ({s['e']}) must be smaller than max")
-        s.setdefault("min", 20 * s["e"])  # OIML R76 class III: Min = 20 e (scales.md)
+        # OIML R76 class III: Min = 20 e (scales.md, Legal metrology). A scale outside class
+        # III (n = max/e above 10,000: the MT-SICS, A&D and SBI examples) gets the same
+        # default [unsourced for other classes: the reference gives class III's Min only];
+        # a profile states its own min when the scale's certificate says otherwise.
+        s.setdefault("min", 20 * s["e"])
         if s["min"] >= s["max"]:
             raise ProfileError(spath, "scale.min", f"min ({s['min']}) must be below max")
         scale = ScaleSettings(**s)

@@ -28,6 +28,12 @@ scheme (a method without limits in the scheme cannot be validated and is refused
 alive at cut confirmed (``yes``); the cut complete when recorded; slaughterman and checker
 ids and registration numbers present; the certification body's certificate valid on the
 slaughter date (the date of ``slaughtered_at`` as written is on or before the expiry date).
+
+Where this differs from meat.md's list, it is the project's choice [unsourced]: the
+checker's registration number is required as well as the checker id (the reference asks a
+registration of the slaughterman only); ``label`` is optional although the reference lists
+"label and lot" (``lot_id`` is required); and electrical head-only stunning is refused
+until limits are written into the stun scheme, since the reference gives none.
 """
 
 from __future__ import annotations

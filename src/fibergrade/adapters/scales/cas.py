@@ -2,8 +2,10 @@
 
 Host commands are ``dd RW`` (read), ``dd MZ`` (zero), ``dd MT`` (tare) where ``dd`` is the
 two-digit device address (profile ``scale.device_id``); this module sends them as
-``01RW`` + CR LF. Replies: ``!`` cannot execute, ``?`` bad command (each followed by CR LF,
-3 bytes), or a 22-byte data frame::
+``01RW`` + CR LF, with no space between address and command: scales.md writes ``dd RW``
+and does not say whether the space is sent [unsourced: the project's reading]. Replies:
+``!`` cannot execute, ``?`` bad command (each followed by CR LF, 3 bytes), or a 22-byte data
+frame::
 
     offset  0-1  ST | US | OL      stable / unstable / overload
             2    ,
