@@ -845,3 +845,31 @@ def test_summarise_lots_raises_the_error_of_an_unreadable_segment(tmp_path: Path
     broken.write_bytes(b"not an HDF5 file")
     with pytest.raises(StoreCorruptError, match=re.escape(broken.name)):
         summarise_lots(store, lots, 30.0, "fast")
+
+
+def test_a_manifest_that_moves_lots_is_refused_not_read(tmp_path: Path) -> None:
+    """The manifest says at which index a lot lives, but it is an unsigned cache: swapping
+    two lots' entries would grade (and certify) one lot's fibres under the other's id. Every
+    read checks the ids the segment itself holds; removing the manifest rebuilds it."""
+    from fibergrade.cluster import InProcess
+    from fibergrade.workflow import grade_lots
+
+    store = Store.open(tmp_path)
+    table = fibres(["A", "B", "C"], [50, 60, 70], seed=3, optional=False)
+    store.import_fibres(table, {}, source_name="run.csv", source_digest=sha("run"))
+    path = tmp_path / "manifest.json"
+    doc = json.loads(path.read_text())
+    lots = doc["segments"][0]["lots"]
+    lots[0], lots[2] = lots[2], lots[0]
+    path.write_text(json.dumps(doc))
+    swapped = Store.open(tmp_path, create=False)
+    with pytest.raises(StoreCorruptError, match=r"index 0 holds lot 'A'.*says lot 'C'"):
+        swapped.read_lot("C")
+    with pytest.raises(StoreCorruptError, match=r"manifest\.json was altered"):
+        swapped.read_fibres(["C", "B"])
+    with pytest.raises(StoreCorruptError, match=r"manifest\.json was altered"):
+        grade_lots(swapped, ["C"], record=False, uncalibrated=True, executor=InProcess())
+    assert swapped.read_lot("B").n_lots == 1  # a lot left where it was still reads
+    path.unlink()
+    rebuilt = Store.open(tmp_path, create=False)
+    assert_same_fibres(rebuilt.read_fibres(["A", "B", "C"]), table)

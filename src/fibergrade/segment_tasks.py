@@ -29,7 +29,12 @@ from fibergrade.calibration import correct_table
 from fibergrade.distribution import Engine, LotSummary, summarise, summarise_histograms
 from fibergrade.errors import StoreCorruptError
 from fibergrade.measurements import FibreLots, HistogramLots
-from fibergrade.store import read_segment_file, result_json_errors, verify_segment_file
+from fibergrade.store import (
+    check_lot_ids,
+    read_segment_file,
+    result_json_errors,
+    verify_segment_file,
+)
 
 if TYPE_CHECKING:
     from fibergrade.calibration import CalibrationFields, LotCalibrations
@@ -47,6 +52,8 @@ class SegmentTask:
     path: str  # the segment file, absolute; a worker must see the store at this same path
     digest: str  # its SHA-256 (the segment's name in the store)
     positions: tuple[int, ...]  # the lots' indices inside the segment
+    #: the lots' ids, as the manifest gives them; checked against the segment's own
+    lot_ids: tuple[str, ...]
     declared: tuple[str | None, ...]  # declared type of each lot
     #: each lot's calibration line (None: raw diameters); see fibergrade.calibration
     intercept: np.ndarray | None = None
@@ -81,6 +88,7 @@ def plan_tasks(
     """
     by_segment: dict[str, list[int]] = defaultdict(list)
     positions: dict[str, list[int]] = defaultdict(list)
+    ids: dict[str, list[str]] = defaultdict(list)
     declared: dict[str, list[str | None]] = defaultdict(list)
     origin: dict[str, list[str | None]] = defaultdict(list)
     # one object per distinct text, so that a task pickles each once (the manifest gives
@@ -89,6 +97,7 @@ def plan_tasks(
     for i, r in enumerate(lots):  # one pass over the lot records (a store can hold 10^5)
         by_segment[r.segment].append(i)
         positions[r.segment].append(r.index)
+        ids[r.segment].append(r.lot_id)
         t, o = r.meta.declared_type, r.meta.origin
         declared[r.segment].append(same.setdefault(t, t))
         origin[r.segment].append(same.setdefault(o, o))
@@ -100,6 +109,7 @@ def plan_tasks(
                 path=os.path.abspath(store.segment_path(digest)),
                 digest=digest,
                 positions=tuple(positions[digest]),
+                lot_ids=tuple(ids[digest]),
                 declared=tuple(declared[digest]),
                 intercept=None if corrections is None else corrections[0][idxs],
                 slope=None if corrections is None else corrections[1][idxs],
@@ -133,6 +143,7 @@ def read_task_lots(task: SegmentTask) -> FibreLots | HistogramLots:
     table = read_segment_file(path, mapped=True)
     pos = list(task.positions)
     sub = table if pos == list(range(table.n_lots)) else table.select(pos)
+    check_lot_ids(path, pos, sub.lot_ids, task.lot_ids)
     if task.intercept is None or task.slope is None:
         return sub
     return correct_table(sub, task.intercept, task.slope)

@@ -411,6 +411,22 @@ def _check_segment_attrs(f: h5py.File, path: Path) -> str:
     return kind
 
 
+def check_lot_ids(
+    path: Path, positions: Sequence[int], found: Sequence[str], expected: Sequence[str]
+) -> None:
+    """Refuse a read whose lots are not the ones the manifest promised: the lot ids written
+    in the segment file itself (covered by its SHA-256) are the truth, and the manifest,
+    which says at which index a lot lives, is an unsigned cache. A lot read at another
+    lot's index would be graded, and certified, under the wrong id."""
+    if tuple(found) != tuple(expected):
+        i = next(k for k, (a, b) in enumerate(zip(found, expected, strict=True)) if a != b)
+        raise StoreCorruptError(
+            f"{path}: index {positions[i]} holds lot {found[i]!r}, but the store's manifest "
+            f"says lot {expected[i]!r} is there: manifest.json was altered or is corrupt "
+            "(it is rebuilt from the segments if it is removed)"
+        )
+
+
 def read_segment_file(
     path: Path, lot: int | None = None, *, mapped: bool = False
 ) -> FibreLots | HistogramLots:
@@ -1029,7 +1045,10 @@ class Store:
     def read_lot(self, lot_id: str) -> FibreLots | HistogramLots:
         """One lot's rows only (an HDF5 hyperslab read, not the whole segment)."""
         rec = self.lot(lot_id)
-        return read_segment_file(self._segment(rec.segment).path, rec.index)
+        path = self._segment(rec.segment).path
+        table = read_segment_file(path, rec.index)
+        check_lot_ids(path, (rec.index,), table.lot_ids, (lot_id,))
+        return table
 
     def verify_segment(self, digest: str) -> None:
         """Recompute the SHA-256 of a segment file; :class:`StoreCorruptError` on mismatch."""
@@ -1068,8 +1087,10 @@ class Store:
             return [self.read_segment(s.digest) for s in segs], None
         recs = self._resolve(lot_ids, kind)
         wanted: dict[str, list[int]] = {}
+        wanted_ids: dict[str, list[str]] = {}
         for r in recs:
             wanted.setdefault(r.segment, []).append(r.index)
+            wanted_ids.setdefault(r.segment, []).append(r.lot_id)
         parts: list[FibreLots | HistogramLots] = []
         grouped: list[str] = []
         for seg in self._state.segments:
@@ -1079,6 +1100,7 @@ class Store:
             table = self.read_segment(seg.digest)
             if idx != list(range(table.n_lots)):
                 table = table.select(idx)
+            check_lot_ids(seg.path, idx, table.lot_ids, wanted_ids[seg.digest])
             parts.append(table)
             grouped.extend(table.lot_ids)
         order = [r.lot_id for r in recs]
