@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -170,3 +171,56 @@ def test_a_stored_result_is_logged_with_the_digest_that_names_it(tmp_path):
     # the digest passed along by the store is the one the log would compute itself
     assert entries[-1]["payload_digest"] == name == digest(payload)
     assert AuditLog(store.root).append("record", "x", payload)["payload_digest"] == name
+
+
+def test_only_logged_results_count_and_a_deleted_one_is_tampering(tmp_path):
+    """The store's result files are unsigned: the log says which ones a fibergrade step
+    wrote. A file it does not record (a run stopped before logging it, or placed by hand)
+    is read by no command and listed by ``audit verify``; writing the same record again
+    logs it; a logged record that is gone (a deleted revocation) is tampering."""
+    from fibergrade.errors import StoreCorruptError
+    from fibergrade.store import Store
+
+    store = Store.open(tmp_path / "store")
+    kept = store.put_result("revocation", {"kind": "revocation", "certificate_number": "A-01"})
+    stray = {"kind": "revocation", "certificate_number": "B-01"}
+    data = json.dumps(stray, sort_keys=True, separators=(",", ":")).encode()
+    name = hashlib.sha256(data).hexdigest()
+    (store.root / "results" / "revocation" / f"{name}.json").write_bytes(data)
+    assert [d for d, _ in store.results("revocation")] == [kept]
+    assert store.unlogged_results() == [store.root / "results" / "revocation" / f"{name}.json"]
+    with pytest.raises(StoreCorruptError, match="does not record"):
+        store.get_result("revocation", name)
+    log = AuditLog(store.root)
+    assert log.verify().entries == 1
+    # the same record written again by the software is logged, then counts
+    assert store.put_result("revocation", stray) == name
+    assert {d for d, _ in store.results("revocation")} == {kept, name}
+    assert store.unlogged_results() == [] and log.verify().entries == 2
+    (store.root / "results" / "revocation" / f"{kept}.json").unlink()
+    with pytest.raises(StoreCorruptError, match="1 revocation record.*missing"):
+        store.results("revocation")
+    with pytest.raises(AuditTamperError, match="missing from.*deleted after they were logged"):
+        log.verify()
+
+
+def test_a_replayed_checkpoint_covers_nothing_new(tmp_path, keys):
+    """A copy of an old checkpoint appended after a forged entry (and the chain redone)
+    still signs only the old position: the forged entry counts as not anchored."""
+    from fibergrade.audit import entry_hash
+
+    log = filled(tmp_path, keys)  # 6 imports, checkpoint (entry 6), a grade (entry 7)
+    assert log.verify(keys[1]).unanchored == 1
+    log.checkpoint(keys[0])
+    assert log.verify(keys[1]).unanchored == 0
+    entries = log.entries()
+    forged = {k: v for k, v in entries[7].items() if k != "hash"}
+    forged |= {"seq": 9, "prev": entries[8]["hash"], "subject": "lot-666"}
+    forged["hash"] = entry_hash(forged)
+    replay = {k: v for k, v in entries[8].items() if k != "hash"}
+    replay |= {"seq": 10, "prev": forged["hash"]}
+    replay["hash"] = entry_hash(replay)
+    rows = [*lines(log), json.dumps(forged), json.dumps(replay)]
+    write(log, rows)
+    rep = log.verify(keys[1])
+    assert rep.checkpoints == 3 and rep.unanchored == 1

@@ -39,6 +39,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,17 @@ class Position:
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "hash": self.hash}
+
+
+#: what :meth:`AuditLog.logged_results` has read of each log: (inode, bytes read, kinds)
+_LOGGED: dict[str, tuple[int, int, dict[str, set[str]]]] = {}
+#: a result record's entry as canonical JSON writes it (keys sorted, no spaces): subject
+#: ``"<kind> <sha256>"`` and the same SHA-256 as payload digest (an import's subject is a
+#: file name, which could look like a result's but never has its own payload's digest)
+_RESULT_SUBJECT = re.compile(
+    rb'"payload_digest":"([0-9a-f]{64})","prev":"[0-9a-f]{64}","seq":\d+,'
+    rb'"subject":"([A-Za-z0-9][A-Za-z0-9_.-]*) \1"'
+)
 
 
 class AuditLog:
@@ -252,6 +264,31 @@ class AuditLog:
                     raise AuditTamperError(i, None, f"not a JSON entry ({exc})") from exc
         return out
 
+    def logged_results(self) -> dict[str, set[str]]:
+        """Result kind -> the SHA-256 of every result record the log names (the store logs
+        each one it writes, subject ``"<kind> <sha256>"``). Read incrementally: the log only
+        grows, so a second call in one process parses only the entries appended since."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        key = str(self.path)
+        ino, offset, kinds = _LOGGED.get(key, (st.st_ino, 0, {}))
+        if ino != st.st_ino or st.st_size < offset:  # another log under this path
+            offset, kinds = 0, {}
+        if st.st_size > offset:
+            with open(self.path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read(st.st_size - offset)
+            end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+            for line in chunk[:end].splitlines():
+                m = _RESULT_SUBJECT.search(line)
+                if m:
+                    kinds.setdefault(m.group(2).decode(), set()).add(m.group(1).decode())
+            offset += end
+        _LOGGED[key] = (st.st_ino, offset, kinds)
+        return kinds
+
     def verify(self, public_key: Any | None = None) -> VerifyReport:
         """Check the chain, the head and (given the lab's public key) every checkpoint.
 
@@ -280,7 +317,11 @@ class AuditLog:
                 )
             if e.get("action") == "checkpoint":
                 checkpoints += 1
-                last_checkpoint = int(seq)
+                # what a checkpoint covers is the entry it signs, not its own place: a copy
+                # of an old checkpoint appended later covers nothing new
+                signed = e.get("signed_seq")
+                if isinstance(signed, int) and not isinstance(signed, bool) and signed < seq:
+                    last_checkpoint = max(last_checkpoint, signed)
                 if public_key is not None:
                     _check_checkpoint(e, entries, line, public_key)
             prev = e["hash"]
@@ -301,10 +342,23 @@ class AuditLog:
             )
         # a log longer than its head is what a crash between an append and the head update
         # leaves; the entries themselves were checked above
+        results = self.dir.parent / "results"
+        for kind, digests in sorted(self.logged_results().items()):
+            gone = sorted(d for d in digests if not (results / kind / f"{d}.json").exists())
+            if gone:
+                raise AuditTamperError(
+                    None,
+                    None,
+                    f"{len(gone)} {kind} record(s) the log records are missing from "
+                    f"{results / kind} (first: {gone[0]}.json): deleted after they were logged",
+                )
         return VerifyReport(
             entries=n,
             checkpoints=checkpoints,
-            unanchored=(n - 1 - last_checkpoint) if n else 0,
+            # a checkpoint entry is vouched for by its own signature
+            unanchored=sum(
+                1 for e in entries[last_checkpoint + 1 :] if e.get("action") != "checkpoint"
+            ),
             head=Position(n - 1, prev) if n else Position(-1, GENESIS),
             signatures_checked=public_key is not None,
         )
@@ -341,7 +395,7 @@ class AuditLog:
 class VerifyReport:
     entries: int
     checkpoints: int
-    unanchored: int  # entries after the last signed checkpoint
+    unanchored: int  # entries after the last entry a checkpoint signs
     head: Position
     signatures_checked: bool
 

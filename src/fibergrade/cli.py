@@ -1873,14 +1873,25 @@ def audit_verify(
 
     st = _open_store(store)
     rep = AuditLog(st.root).verify(load_public_key(public_key) if public_key else None)
+    unlogged = [str(p) for p in st.unlogged_results()]
     if json_:
-        _print_json(rep.to_dict())
+        _print_json(rep.to_dict() | {"unlogged_results": unlogged})
         return
     out.print(
         f"[bold green]audit log intact[/]: {rep.entries} entries, {rep.checkpoints} signed "
         f"checkpoint(s){' verified' if rep.signatures_checked else ' (signatures not checked)'}, "
         f"{rep.unanchored} entries after the last checkpoint"
     )
+    if unlogged:
+        # not part of the record: every command ignores them; a person should look
+        out.print(
+            f"[yellow]{len(unlogged)} result file(s) the log does not record[/] (a run that "
+            "stopped before logging them, or placed by hand; no command reads them):"
+        )
+        for p in unlogged[:20]:
+            out.print(f"  {escape(p)}")
+        if len(unlogged) > 20:
+            out.print(f"  ... and {len(unlogged) - 20} more (--json lists all)")
 
 
 @audit_app.command("checkpoint")

@@ -1170,6 +1170,10 @@ class Store:
         digest = hashlib.sha256(data).hexdigest()
         path = directory / f"{digest}.json"
         if path.exists():
+            if digest not in self._logged(kind):
+                # written by a run that stopped before logging it: log it now, else it
+                # would stay invisible (results() reads logged records only)
+                self._audit(AUDIT_ACTION.get(kind, "record"), f"{kind} {digest}", payload, digest)
             return digest
         try:
             if not directory.is_dir():
@@ -1209,30 +1213,75 @@ class Store:
             raise StoreCorruptError(f"{path}: a result record must be a JSON object")
         return payload
 
+    def _logged(self, kind: str) -> set[str]:
+        """The SHA-256 of every ``kind`` record the audit log names."""
+        from fibergrade.audit import AuditLog
+
+        return AuditLog(self.root).logged_results().get(kind, set())
+
     def get_result(self, kind: str, digest: str) -> dict[str, Any]:
-        """A stored result record; its bytes are checked against ``digest``."""
+        """A stored result record; its bytes are checked against ``digest``, and the audit
+        log must name it (a record no step logged was not written by this software)."""
         directory = self._result_dir(kind)
         if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
             raise StoreError(f"{digest!r} is not a SHA-256 hex digest")
         path = directory / f"{digest}.json"
         if not path.exists():
             raise StoreError(f"{self.root}: no {kind} result {digest}")
+        if digest not in self._logged(kind):
+            raise StoreCorruptError(
+                f"{path}: the audit log does not record this {kind} result; it was not "
+                "written by a completed fibergrade step (left by a stopped run, or placed "
+                "there by hand)"
+            )
         return self._load_result(path, digest)
 
     def results(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
-        """All ``(digest, payload)`` of a kind, sorted by ``payload["created_at"]`` (missing
-        sorts first) then digest."""
+        """All ``(digest, payload)`` of a kind that the audit log records, sorted by
+        ``payload["created_at"]`` (missing sorts first) then digest.
+
+        A file the log does not name is left out (a run stopped between writing it and
+        logging it, or it was placed by hand; ``fibergrade audit verify`` lists them), and
+        a logged record whose file is gone is :class:`StoreCorruptError`: deleting a
+        revocation or a reissued certificate must not bring the old certificate back."""
         directory = self._result_dir(kind)
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
-            return []
+            names = []
         except OSError as e:
             raise StoreError(f"{directory}: cannot list results: {e}") from e
+        logged = self._logged(kind)
+        present = set()
         out = []
         for name in names:
             m = _RESULT_NAME_RE.fullmatch(name)
-            if m:
+            if m and m.group(1) in logged:
+                present.add(m.group(1))
                 out.append((m.group(1), self._load_result(directory / name, m.group(1))))
+        missing = logged - present
+        if missing:
+            raise StoreCorruptError(
+                f"{directory}: {len(missing)} {kind} record(s) that the audit log records "
+                f"are missing (first: {sorted(missing)[0]}.json); a deleted record would "
+                "change what the store says"
+            )
         out.sort(key=lambda r: (str(r[1].get("created_at") or ""), r[0]))
+        return out
+
+    def unlogged_results(self) -> list[Path]:
+        """Result files the audit log does not record (see :meth:`results`)."""
+        from fibergrade.audit import AuditLog
+
+        logged = AuditLog(self.root).logged_results()
+        out = []
+        base = self.root / "results"
+        for kind in sorted(os.listdir(base)) if base.is_dir() else []:
+            d = base / kind
+            if not d.is_dir():
+                continue
+            for name in sorted(os.listdir(d)):
+                m = _RESULT_NAME_RE.fullmatch(name)
+                if m and m.group(1) not in logged.get(kind, set()):
+                    out.append(d / name)
         return out
