@@ -198,9 +198,9 @@ def test_only_logged_results_count_and_a_deleted_one_is_tampering(tmp_path):
     assert {d for d, _ in store.results("revocation")} == {kept, name}
     assert store.unlogged_results() == [] and log.verify().entries == 2
     (store.root / "results" / "revocation" / f"{kept}.json").unlink()
-    with pytest.raises(StoreCorruptError, match="1 revocation record.*missing"):
+    with pytest.raises(StoreCorruptError, match=r"1 revocation record.*missing"):
         store.results("revocation")
-    with pytest.raises(AuditTamperError, match="missing from.*deleted after they were logged"):
+    with pytest.raises(AuditTamperError, match=r"missing from.*deleted after they were logged"):
         log.verify()
 
 
