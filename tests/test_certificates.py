@@ -424,3 +424,53 @@ def test_the_recording_commands_answer_in_json(lab, tmp_path):
     r = run("audit", "checkpoint", "--key", KEY, *STORE, "--json", cwd=d)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["action"] == "checkpoint"
+
+
+def test_store_files_nobody_signed_or_logged_cannot_change_a_verdict(lab, tmp_path):
+    """Attacks with write access to the store and no key (an adversarial review found each
+    one passing): a deleted revocation, a certificate re-signed under the same number with
+    another key, an edited log entry far from the certificate's own, and a planted grade
+    record that certify would have used."""
+    d = fresh_copy(lab, tmp_path)
+    store = d / "demo-out" / "fibergrade-data"
+    first, second = certs(d)[:2]
+    r = run("revoke", first.stem, "--reason", "sold twice", *STORE, "--key", KEY, cwd=d)
+    assert r.returncode == 0, r.stderr
+    for f in (store / "results" / "revocation").glob("*.json"):
+        f.chmod(0o644)
+        f.unlink()
+    r = verify(d, first, *STORE)
+    assert r.returncode == 5 and "revocation record(s) that the audit log records" in r.stderr
+    r = run("audit", "verify", *STORE, cwd=d)
+    assert r.returncode != 0 and "deleted after they were logged" in r.stderr
+
+    d = fresh_copy(lab, tmp_path / "b")
+    r = run("keys", "init", "--dir", "other", cwd=d)
+    assert r.returncode == 0, r.stderr
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+
+    doc = json.loads(second.read_text())["certificate"]
+    fake = d / "impostor.json"
+    fake.write_text(
+        json.dumps(sign(dict(doc, client="someone"), load_private_key(d / "other" / "lab.key")))
+    )
+    r = run("verify", str(fake), "--public-key", "other/lab.pub", *STORE, cwd=d)
+    assert r.returncode == 5 and "is another document" in r.stderr
+
+    log = d / "demo-out" / "fibergrade-data" / "audit" / "log.jsonl"
+    rows = log.read_text().splitlines()
+    rows[1] = rows[1].replace('"import"', '"grade"', 1)
+    log.write_text("\n".join(rows) + "\n")
+    r = verify(d, second, *STORE)
+    assert r.returncode == 5 and "audit log line 2 (entry 1): entry was edited" in r.stderr
+
+
+def test_a_carcass_certificate_checks_the_audit_log_too(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    fgm = sorted((d / CERTS).glob("FGM-*.json"))[0]
+    log = d / "demo-out" / "fibergrade-data" / "audit" / "log.jsonl"
+    rows = log.read_text().splitlines()
+    log.write_text("\n".join(rows[:5]) + "\n")
+    r = verify(d, fgm, *STORE)
+    assert r.returncode == 5 and "audit log" in r.stderr

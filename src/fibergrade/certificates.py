@@ -45,7 +45,7 @@ from typing import Any
 
 from fibergrade import __version__
 from fibergrade.audit import AuditLog, Position, canonical_json, digest
-from fibergrade.errors import FibergradeError
+from fibergrade.errors import FibergradeError, StoreError
 from fibergrade.keys import fingerprint
 
 SCHEMA = "fibergrade-certificate/1"
@@ -687,6 +687,7 @@ def verify_certificate(
         cache = {}
     if store is not None:
         _standing(cert, store, rep, cache)
+        _audit_position(cert, store, rep, cache)
     if store is not None and cert["schema"] == MEAT_SCHEMA:
         verify_meat(cert, store, rep)
     elif store is not None:
@@ -696,17 +697,53 @@ def verify_certificate(
     return rep
 
 
+def _audit_position(
+    cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any]
+) -> None:
+    """The store's audit log is intact (its whole chain, checked once per batch) and holds
+    the entry the certificate recorded when it was issued (fibre and carcass alike)."""
+    from fibergrade.audit import AuditTamperError
+
+    pos = cert.get("audit_position") or {}
+    try:
+        seq, hsh = int(pos["seq"]), str(pos["hash"])
+    except (KeyError, TypeError, ValueError):
+        rep.problems.append(f"audit log: the certificate records no usable position ({pos!r})")
+        return
+    if seq < 0:  # issued from a store whose log was still empty
+        return
+    log = AuditLog(store.root)
+    try:
+        _cached(cache, ("audit-chain",), log.verify)
+        entries = _cached(cache, ("audit",), log.entries)
+        log.check_position(Position(seq, hsh), entries)
+    except AuditTamperError as exc:
+        rep.problems.append(str(exc))  # "audit log line N (entry M): ..."
+        return
+    rep.checks.append(("audit log", f"intact, and contains entry {seq} as recorded"))
+
+
 def _standing(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any]) -> None:
     """Whether the certificate still stands in the store, whatever revocation list was
     given, if any: not revoked there, and the newest of its lot's (or carcass's)
     certificates that are not revoked. That is the certificate a reissue would supersede
     (:func:`next_certificate`): revoking a reissue puts the one before it back."""
-    revoked, newest, known = _cached(cache, ("standing",), lambda: _store_standing(store))
+    try:
+        revoked, newest, known = _cached(cache, ("standing",), lambda: _store_standing(store))
+    except StoreError as exc:
+        rep.problems.append(f"standing in the store cannot be told: {exc}")
+        return
     number = str(cert.get("certificate_number"))
     if number not in known:
         rep.problems.append(
             f"certificate {number} was not issued from this store (an older copy of the "
             "store, or another lab's)"
+        )
+        return
+    if digest(known[number]) != digest(cert):
+        rep.problems.append(
+            f"the store's certificate {number} is another document: this one differs from "
+            "what the store issued under that number"
         )
         return
     if number in revoked:
@@ -732,15 +769,16 @@ def _subject(cert: dict[str, Any]) -> tuple[str, str]:
 
 def _store_standing(
     store: Any,
-) -> tuple[dict[str, dict[str, Any]], dict[Any, dict[str, Any]], set[str]]:
+) -> tuple[dict[str, dict[str, Any]], dict[Any, dict[str, Any]], dict[str, dict[str, Any]]]:
     """The store's revocations by certificate number, per subject the newest certificate
-    not revoked, and every number the store issued (read once for a batch)."""
+    not revoked, and every certificate the store issued by number (read once for a
+    batch)."""
     revoked = {e["certificate_number"]: e for e in revocation_entries(store)}
     newest: dict[Any, dict[str, Any]] = {}
-    known: set[str] = set()
+    known: dict[str, dict[str, Any]] = {}
     for env in all_certificates(store):  # each subject's oldest first
         doc = env["certificate"]
-        known.add(str(doc.get("certificate_number")))
+        known[str(doc.get("certificate_number"))] = doc
         if doc.get("certificate_number") not in revoked:
             newest[_subject(doc)] = doc
     return revoked, newest, known
@@ -780,22 +818,12 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
     """Recompute the lot's figures and grade from the raw segment and compare."""
     import numpy as np
 
-    from fibergrade.audit import AuditTamperError
     from fibergrade.calibration import correct_table
-    from fibergrade.errors import LotNotFoundError, StoreError
+    from fibergrade.errors import LotNotFoundError
     from fibergrade.grading import grade as grade_summary
     from fibergrade.grading import load_standard
     from fibergrade.segment_tasks import summarise_table
 
-    pos = cert.get("audit_position") or {"seq": -1, "hash": ""}
-    if int(pos["seq"]) >= 0:
-        try:
-            log = AuditLog(store.root)
-            entries = _cached(cache, ("audit",), log.entries)
-            log.check_position(Position(int(pos["seq"]), str(pos["hash"])), entries)
-            rep.checks.append(("audit log", f"contains entry {pos['seq']} as recorded"))
-        except AuditTamperError as exc:
-            rep.problems.append(f"audit log: {exc}")
     lot_id = cert["lot"]["lot_id"]
     seg = cert["raw_segment"]["sha256"]
     try:
