@@ -474,3 +474,24 @@ def test_a_carcass_certificate_checks_the_audit_log_too(lab, tmp_path):
     log.write_text("\n".join(rows[:5]) + "\n")
     r = verify(d, fgm, *STORE)
     assert r.returncode == 5 and "audit log" in r.stderr
+
+
+def test_certify_and_checkpoint_refuse_another_key(lab, tmp_path):
+    """Another key would sign a checkpoint and certificates that every later check against
+    the lab's public key fails, for good (the log is append-only)."""
+    d = fresh_copy(lab, tmp_path)
+    assert run("keys", "init", "--dir", "other", cwd=d).returncode == 0
+    store_dir = d / "demo-out" / "fibergrade-data"
+    before = {str(p): p.read_bytes() for p in sorted(store_dir.rglob("*")) if p.is_file()}
+    lot = json.loads(certs(d)[0].read_text())["certificate"]["lot"]["lot_id"]
+    for args in (
+        ("certify", lot, "--reissue", "--reason", "x", "--no-pdf", "--out", "o"),
+        ("meat", "certify", "--out", "o"),
+        ("audit", "checkpoint"),
+    ):
+        r = run(*args, *STORE, "--key", "other/lab.key", cwd=d)
+        assert r.returncode == 3 and "is not that lab key" in r.stderr, (args, r.stderr)
+    after = {str(p): p.read_bytes() for p in sorted(store_dir.rglob("*")) if p.is_file()}
+    assert after == before
+    r = run("audit", "verify", "--public-key", PUB, *STORE, cwd=d)
+    assert r.returncode == 0, r.stderr

@@ -225,8 +225,30 @@ class AuditLog:
             os.fsync(fh.fileno())
         os.replace(tmp, self.head_path)
 
+    def signing_key(self) -> str | None:
+        """Fingerprint of the key that signed the log's last checkpoint (None: none yet)."""
+        for e in reversed(self.entries()):
+            if isinstance(e, dict) and e.get("action") == "checkpoint":
+                return str(e.get("key_fingerprint"))
+        return None
+
+    def check_lab_key(self, private_key: Any) -> None:
+        """Refuse a key other than the one the log's checkpoints are signed with: whatever
+        it signed (a checkpoint, a certificate) would leave every later check against the
+        lab's public key failing, and the log cannot be undone. Key rotation is not
+        supported."""
+        from fibergrade.keys import fingerprint
+
+        mine, lab = fingerprint(private_key.public_key()), self.signing_key()
+        if lab is not None and mine != lab:
+            raise AuditError(
+                f"this store's audit log is signed with key {lab[:16]}...; the key given "
+                f"({mine[:16]}...) is not that lab key, so it signs nothing here"
+            )
+
     def checkpoint(self, private_key: Any, *, actor: str | None = None) -> dict[str, Any]:
         """Sign the current head with the lab key and append the signature."""
+        self.check_lab_key(private_key)
         seq, head = self._last()
         if seq < 0:
             raise AuditError("the audit log is empty: nothing to checkpoint")

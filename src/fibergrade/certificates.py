@@ -385,6 +385,7 @@ def certify_lots(
     """
     from fibergrade.workflow import latest_grades
 
+    AuditLog(store.root).check_lab_key(private_key)
     graded = latest_grades(store)
     missing = [lot for lot in lot_ids if lot not in graded]
     if missing:

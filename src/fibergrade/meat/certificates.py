@@ -83,6 +83,7 @@ def certify_carcasses(
     """
     from fibergrade.meat.traceability import grade_carcass_records
 
+    AuditLog(store.root).check_lab_key(private_key)
     out = output_folder(out_dir)
     # graded without recording: a refusal below must leave nothing in the store
     graded = grade_carcass_records(store, carcass_ids or None)
