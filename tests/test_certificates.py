@@ -495,3 +495,22 @@ def test_certify_and_checkpoint_refuse_another_key(lab, tmp_path):
     assert after == before
     r = run("audit", "verify", "--public-key", PUB, *STORE, cwd=d)
     assert r.returncode == 0, r.stderr
+
+
+def test_two_certify_runs_at_once_never_issue_one_number_twice(lab, tmp_path):
+    """Each run reads the lot's certificates, numbers the next and stores it; two at once
+    issued the same number twice before they took the store's issuing lock."""
+    d = fresh_copy(lab, tmp_path)
+    lot = json.loads(certs(d)[0].read_text())["certificate"]["lot"]["lot_id"]
+    cmd = [EXE, "certify", lot, *STORE, "--key", KEY, "--reissue", "--reason", "x",
+           "--no-pdf", "--json"]  # fmt: skip
+    procs = [
+        subprocess.Popen([*cmd, "--out", f"out{k}"], cwd=d, stdout=subprocess.PIPE, text=True)
+        for k in range(3)
+    ]
+    numbers = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=300)
+        assert p.returncode == 0
+        numbers += [c["certificate_number"] for c in json.loads(stdout)]
+    assert sorted(numbers) == [f"FG-{lot}-0{k}" for k in (2, 3, 4)]

@@ -194,3 +194,16 @@ def test_a_certificate_of_another_scheme_version_or_weight_is_reported(plant):
             "verify", "old-scheme.json", "--public-key", "keys/lab.pub", "--store", "s", cwd=plant
         ).stderr
     )
+
+
+def test_two_imports_of_one_file_at_once_store_it_once(tmp_path):
+    """The import checks whether the file (and its ids) are stored, then stores it: two at
+    once stored it twice, doubling every carcass, before they took the issuing lock."""
+    cmd = [EXE, "meat", "import", str(DATA / "carcasses.csv"), "--store", "s", "--json"]
+    assert run("meat", "import", "--halal", str(DATA / "halal.csv"), "--store", "s",
+               cwd=tmp_path).returncode == 0  # fmt: skip
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(o["already_imported"] for o in outs) == [False, True]
+    assert len(list((tmp_path / "s" / "results" / "carcasses").glob("*.json"))) == 1

@@ -568,7 +568,8 @@ def test_concurrent_writer_gets_store_locked(tmp_path: Path) -> None:
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "locked"
-        with pytest.raises(StoreLockedError, match="another process"):
+        store.lock_wait_s = 0.3  # a writer waits this long for the other to finish
+        with pytest.raises(StoreLockedError, match=r"another process .* held for over 0\.3 s"):
             store.import_fibres(fibres(["B"], [2]), {}, source_name="b", source_digest=sha("b"))
         assert files_under(tmp_path) == before
         # readers do not need the lock
@@ -581,6 +582,7 @@ def test_concurrent_writer_gets_store_locked(tmp_path: Path) -> None:
 
 def test_lock_is_per_open_file_even_in_one_process(tmp_path: Path) -> None:
     store = Store.open(tmp_path)
+    store.lock_wait_s = 0.1
     with open(tmp_path / ".lock", "a") as fd:
         fcntl.flock(fd, fcntl.LOCK_EX)
         with pytest.raises(StoreLockedError):
@@ -873,3 +875,29 @@ def test_a_manifest_that_moves_lots_is_refused_not_read(tmp_path: Path) -> None:
     path.unlink()
     rebuilt = Store.open(tmp_path, create=False)
     assert_same_fibres(rebuilt.read_fibres(["A", "B", "C"]), table)
+
+
+def test_a_writer_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> None:
+    """A segment commit holds the lock for milliseconds: a live acquisition or a second
+    import waits for it (a review saw an acquisition abort on another process's import)."""
+    store = Store.open(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        import threading
+
+        def let_go() -> None:
+            assert child.stdin is not None
+            child.stdin.write("\n")
+            child.stdin.flush()
+
+        threading.Timer(0.3, let_go).start()
+        store.import_fibres(fibres(["W"], [2]), {}, source_name="w", source_digest=sha("w"))
+    finally:
+        child.communicate(timeout=10)
+    assert [r.lot_id for r in store.lots()] == ["W"]

@@ -47,6 +47,7 @@ from fibergrade import __version__
 from fibergrade.audit import AuditLog, Position, canonical_json, digest
 from fibergrade.errors import FibergradeError, StoreError
 from fibergrade.keys import fingerprint
+from fibergrade.store import under_issue_lock
 
 SCHEMA = "fibergrade-certificate/1"
 REVOCATION_SCHEMA = "fibergrade-revocations/1"
@@ -364,6 +365,7 @@ def next_certificate(
     return f"{prefix}-{len(prior) + 1:02d}", supersedes
 
 
+@under_issue_lock
 def certify_lots(
     store: Any,
     lot_ids: list[str],
@@ -582,6 +584,7 @@ def revocation_entries(store: Any) -> list[dict[str, Any]]:
     return [p for _, p in store.results("revocation")]
 
 
+@under_issue_lock
 def revoke(
     store: Any, number: str, reason: str, private_key: Any, out_file: str | Path | None = None
 ) -> dict[str, Any]:

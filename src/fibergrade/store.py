@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import mmap
@@ -53,11 +54,11 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import h5py
 import numpy as np
@@ -95,6 +96,43 @@ _TMP_PREFIX = ".tmp-"
 _MANIFEST_NAME = "manifest.json"
 _MANIFEST_TMP_PREFIX = _MANIFEST_NAME + ".tmp-"
 _LOCK_NAME = ".lock"
+#: the lock of commands that number or deduplicate what they store (see Store.issuing)
+_ISSUE_LOCK_NAME = ".issue.lock"
+#: how long a writer waits for another process's lock before giving up (seconds); a
+#: segment commit holds the store lock for milliseconds [unsourced: the project's choice]
+LOCK_WAIT_S = 30.0
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def under_issue_lock(fn: Callable[Concatenate[Any, _P], _R]) -> Callable[Concatenate[Any, _P], _R]:
+    """Run ``fn(store, ...)`` holding ``store.issuing()`` (see :meth:`Store.issuing`)."""
+
+    @functools.wraps(fn)
+    def locked(store: Any, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with store.issuing():
+            return fn(store, *args, **kwargs)
+
+    return locked
+
+
+def _flock_waiting(fd: int, wait_s: float) -> bool:
+    """Take ``flock(LOCK_EX)`` on ``fd``, waiting up to ``wait_s``; False if still held."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _SEGMENT_NAME_RE = re.compile(r"([0-9a-f]{64})\.h5")
 _RESULT_NAME_RE = re.compile(r"([0-9a-f]{64})\.json")
@@ -551,10 +589,13 @@ class Store:
     root: Path
     orphans_removed: int
     segments_recovered: int
+    #: seconds a writer waits for another process's lock (:data:`LOCK_WAIT_S`)
+    lock_wait_s: float
 
     def __init__(self, root: Path) -> None:
         """Use :meth:`Store.open`; this assumes the directory layout exists."""
         self.root = root
+        self.lock_wait_s = LOCK_WAIT_S
         self.orphans_removed = 0
         self.segments_recovered = 0
         self._state = self._load_state()
@@ -769,33 +810,51 @@ class Store:
     # ------------------------------------------------------------------ locking
 
     @contextlib.contextmanager
-    def _write_lock(self) -> Iterator[_State]:
-        """Hold ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``.lock``; delete orphans, reload the
-        state (another process may have committed since open) and persist a reconciled
-        manifest before yielding it."""
-        lock_path = self.root / _LOCK_NAME
+    def _locked_file(self, name: str, what: str) -> Iterator[None]:
+        """Hold ``flock(LOCK_EX)`` on ``root/name``, waiting up to :attr:`lock_wait_s` for
+        another process to let go (:class:`StoreLockedError` after that)."""
+        lock_path = self.root / name
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise StoreError(f"{lock_path}: cannot open the store lock: {e}") from e
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                got = _flock_waiting(fd, self.lock_wait_s)
             except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise StoreLockedError(
-                        f"{self.root}: another process is writing to this store "
-                        f"(lock {lock_path} is held); try again when it has finished"
-                    ) from e
                 raise StoreError(f"{lock_path}: cannot lock the store: {e}") from e
+            if not got:
+                raise StoreLockedError(
+                    f"{self.root}: another process is {what} (lock {lock_path} held for "
+                    f"over {self.lock_wait_s:g} s); try again when it has finished"
+                )
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    @contextlib.contextmanager
+    def issuing(self) -> Iterator[None]:
+        """One process at a time numbers and stores certificates or revocations, or checks
+        and stores carcass and halal records: each reads what is stored, decides (the next
+        certificate number; whether a file or an id is new) and stores, and two processes
+        doing that at once issued one number twice and imported one file twice. Waits up
+        to :attr:`lock_wait_s` for another such command (a batch of PDFs can take minutes:
+        then the second command is refused and can be run again)."""
+        with self._locked_file(_ISSUE_LOCK_NAME, "issuing certificates or importing records"):
+            yield
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[_State]:
+        """Hold ``fcntl.flock(LOCK_EX)`` on ``.lock`` (waiting up to :attr:`lock_wait_s`);
+        delete orphans, reload the state (another process may have committed since open)
+        and persist a reconciled manifest before yielding it."""
+        with self._locked_file(_LOCK_NAME, "writing to this store"):
             self.orphans_removed += self._remove_orphans()
             state = self._load_state(reuse=self._state)
             self._state = state
             if not state.manifest_current:
                 self._write_manifest(state)
             yield state
-        finally:
-            os.close(fd)  # releases the flock
 
     def _remove_orphans(self) -> int:
         """Delete temporary files of interrupted writes; only call with the lock held."""

@@ -36,6 +36,7 @@ from fibergrade.certificates import (
     sign,
     stored_certificates,
 )
+from fibergrade.store import under_issue_lock
 
 MEAT_SCHEMA = "fibergrade-meat-certificate/1"
 #: the graded fields a carcass certificate carries (and verification recomputes)
@@ -67,6 +68,7 @@ def meat_certificates(store: Any) -> list[dict[str, Any]]:
     ]
 
 
+@under_issue_lock
 def certify_carcasses(
     store: Any,
     carcass_ids: list[str] | None,

@@ -38,7 +38,7 @@ from fibergrade.meat.carcasses import CarcassBatch, ScaleLimit, read_carcass_csv
 from fibergrade.meat.errors import NothingToGradeError, TraceNotFoundError
 from fibergrade.meat.grading import grade_carcasses
 from fibergrade.meat.halal import read_halal_csv
-from fibergrade.store import Store, sha256_file
+from fibergrade.store import Store, sha256_file, under_issue_lock
 
 __all__ = [
     "CarcassGrading",
@@ -120,6 +120,7 @@ def _stored_ids(store: Store) -> tuple[dict[str, str], dict[str, str], dict[str,
     return carcass, animal, pairs
 
 
+@under_issue_lock
 def import_carcasses(store: Store, path: str | Path, *, scale: str | None = None) -> ImportResult:
     """Validate a whole carcass CSV and store it as one ``carcasses`` record (or nothing).
 
@@ -177,6 +178,7 @@ def _check_against_store(store: Store, batch: CarcassBatch) -> None:
             )
 
 
+@under_issue_lock
 def import_halal(store: Store, path: str | Path) -> ImportResult:
     """Validate every slaughter record of a file and store them as one ``halal`` record."""
     path = Path(path)
