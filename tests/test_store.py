@@ -901,3 +901,19 @@ def test_a_writer_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> N
     finally:
         child.communicate(timeout=10)
     assert [r.lot_id for r in store.lots()] == ["W"]
+
+
+def test_the_latest_grade_is_the_last_run_even_within_one_second(tmp_path: Path) -> None:
+    """Results are ordered by ``created_at``: to the second, two runs in one second were
+    ordered by digest, and certify could use the older grade."""
+    from fibergrade.workflow import grade_lots, latest_grades
+
+    store = Store.open(tmp_path)
+    store.import_fibres(
+        fibres(["G"], [300], seed=4, optional=False), {}, source_name="g", source_digest=sha("g")
+    )
+    for _ in range(3):
+        for std in ("us-wpla-cashmere", "gb18267-cashmere"):
+            run = grade_lots(store, ["G"], std, uncalibrated=True, screen=False)
+            assert latest_grades(store)["G"]["standard"]["id"] == std
+            assert latest_grades(store)["G"]["result_id"] == run.result_id

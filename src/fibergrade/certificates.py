@@ -569,7 +569,7 @@ def record_override(store: Any, lot_id: str, reason: str, actor: str) -> str:
         "lot_id": lot_id,
         "reason": reason,
         "actor": actor,
-        "created_at": _now(),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
     }
     return store.put_result("override", payload)  # logged by the store
 

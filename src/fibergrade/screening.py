@@ -618,7 +618,7 @@ def screen_stored_lots(
             "screening",
             {
                 "kind": "screening",
-                "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
                 "software_version": __version__,
                 "model_id": model.model_id,
                 "model_digest": model.digest,

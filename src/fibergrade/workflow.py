@@ -59,7 +59,9 @@ GRADE_KEYS = (
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    """A result's ``created_at``: to the microsecond, since the newest result of a kind is
+    the one that counts (two grade runs in one second were otherwise told apart by digest)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
 # --- import ---------------------------------------------------------------------------------
