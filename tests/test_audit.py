@@ -224,3 +224,28 @@ def test_a_replayed_checkpoint_covers_nothing_new(tmp_path, keys):
     write(log, rows)
     rep = log.verify(keys[1])
     assert rep.checkpoints == 3 and rep.unanchored == 1
+
+
+def test_a_nan_entry_or_a_numeric_signature_is_named_not_a_crash(tmp_path, keys):
+    from fibergrade.audit import entry_hash
+
+    log = filled(tmp_path, keys)
+    rows = lines(log)
+    rows[2] = rows[2].replace('"actor":"tech"', '"actor":NaN')
+    write(log, rows)
+    with pytest.raises(AuditTamperError, match=r"line 3: not a JSON entry.*NaN"):
+        log.verify(keys[1])
+    log = filled(tmp_path / "b", keys)
+    rows = lines(log)
+    cp = json.loads(rows[6])
+    cp["signature"] = 12
+    cp["hash"] = entry_hash(cp)
+    rows[6] = json.dumps(cp)
+    nxt = json.loads(rows[7])
+    nxt["prev"] = cp["hash"]
+    nxt["hash"] = entry_hash(nxt)
+    rows[7] = json.dumps(nxt)
+    write(log, rows)
+    log.head_path.write_text(json.dumps({"seq": 7, "hash": nxt["hash"]}))
+    with pytest.raises(AuditTamperError, match="checkpoint signature does not verify"):
+        log.verify(keys[1])

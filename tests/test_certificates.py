@@ -514,3 +514,44 @@ def test_two_certify_runs_at_once_never_issue_one_number_twice(lab, tmp_path):
         assert p.returncode == 0
         numbers += [c["certificate_number"] for c in json.loads(stdout)]
     assert sorted(numbers) == [f"FG-{lot}-0{k}" for k in (2, 3, 4)]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda t: t.replace('"certificate": {', '"certificate": {"x": 1}, "certificate": {', 1),
+         "key 'certificate' appears twice"),
+        (lambda t: t.replace('"algorithm": "Ed25519"', '"algorithm": "RSA"'), "algorithm 'RSA'"),
+        (lambda t: t.replace('"value": "', '"value": " ', 1), "signature does not verify"),
+        (lambda t: __import__("re").sub(r'"value": "[^"]*"', '"value": 12', t),
+         "a base64 text value"),
+        (lambda t: t.replace('"mfd_um": ', '"mfd_um": NaN, "x": ', 1), "NaN is not a JSON"),
+    ],
+)  # fmt: skip
+def test_loose_certificate_files_are_refused_with_a_reason(lab, tmp_path, edit, expected):
+    text = certs(lab)[0].read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(edit(text))
+    assert bad.read_text() != text
+    r = verify(lab, bad)
+    assert r.returncode == 5 and expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_revocation_list_in_the_wrong_place_is_named(lab, tmp_path):
+    d = fresh_copy(lab, tmp_path)
+    cert = certs(d)[0]
+    r = run("revoke", cert.stem, "--reason", "x", *STORE, "--key", KEY, cwd=d)
+    assert r.returncode == 0, r.stderr
+    rev = d / "demo-out" / "fibergrade-data" / "revocations.json"
+    r = verify(d, rev)
+    assert r.returncode == 5 and "a revocation list, not a certificate" in r.stderr
+    assert run("keys", "init", "--dir", "other", cwd=d).returncode == 0
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+
+    doc = json.loads(rev.read_text())["revocations"]
+    forged = d / "forged-list.json"
+    forged.write_text(json.dumps(sign(doc, load_private_key(d / "other" / "lab.key"))))
+    r = verify(d, certs(d)[1], "--revocations", str(forged))
+    assert r.returncode == 5 and "forged-list.json: the revocation list fails its own check: " \
+        "signed with key" in r.stderr, r.stderr  # fmt: skip

@@ -125,6 +125,10 @@ class Position:
         return {"seq": self.seq, "hash": self.hash}
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (canonical JSON never writes it)")
+
+
 #: what :meth:`AuditLog.logged_results` has read of each log: (inode, bytes read, kinds)
 _LOGGED: dict[str, tuple[int, int, dict[str, set[str]]]] = {}
 #: a result record's entry as canonical JSON writes it (keys sorted, no spaces): subject
@@ -281,7 +285,7 @@ class AuditLog:
         with open(self.path, "rb") as fh:
             for i, raw in enumerate(fh, start=1):
                 try:
-                    out.append(json.loads(raw))
+                    out.append(json.loads(raw, parse_constant=_no_constant))
                 except ValueError as exc:
                     raise AuditTamperError(i, None, f"not a JSON entry ({exc})") from exc
         return out
@@ -449,8 +453,8 @@ def _check_checkpoint(
         raise AuditTamperError(line, seq, "checkpoint was signed with another key")
     try:
         key.verify(
-            base64.b64decode(e.get("signature", "")),
+            base64.b64decode(e.get("signature", ""), validate=True),
             checkpoint_message(signed_seq, e["signed_hash"]),
         )
-    except (InvalidSignature, ValueError) as exc:
+    except (InvalidSignature, ValueError, TypeError) as exc:
         raise AuditTamperError(line, seq, "checkpoint signature does not verify") from exc

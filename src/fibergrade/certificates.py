@@ -159,6 +159,14 @@ def check_signature(envelope: dict[str, Any], public_key: Any, what: str) -> dic
     sig = envelope.get("signature") or {}
     if not isinstance(doc, dict) or not isinstance(sig, dict) or "value" not in sig:
         raise CertificateError(f"{what}: not a signed fibergrade document")
+    if sig.get("algorithm") != "Ed25519" or not isinstance(sig["value"], str):
+        raise VerificationFailed(
+            str(doc.get("certificate_number", what)),
+            [
+                f"signature: algorithm {sig.get('algorithm')!r} and a base64 text value "
+                "expected; fibergrade signs with 'Ed25519'"
+            ],
+        )
     if sig.get("key_fingerprint") != fingerprint(public_key):
         raise VerificationFailed(
             str(doc.get("certificate_number", what)),
@@ -168,8 +176,8 @@ def check_signature(envelope: dict[str, Any], public_key: Any, what: str) -> dic
             ],
         )
     try:
-        public_key.verify(base64.b64decode(sig["value"]), canonical_json(doc))
-    except (InvalidSignature, ValueError) as exc:
+        public_key.verify(base64.b64decode(sig["value"], validate=True), canonical_json(doc))
+    except (InvalidSignature, ValueError) as exc:  # binascii.Error is a ValueError
         raise VerificationFailed(
             str(doc.get("certificate_number", what)),
             ["signature does not verify: the document was altered after signing"],
@@ -177,10 +185,27 @@ def check_signature(envelope: dict[str, Any], public_key: Any, what: str) -> dic
     return doc
 
 
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object without repeated keys: with two ``"certificate"`` keys, this reader
+    would take the last and another reader might show the first."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_envelope(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        env = json.loads(p.read_bytes())
+        env = json.loads(
+            p.read_bytes(), object_pairs_hook=_strict_object, parse_constant=_no_constant
+        )
     except FileNotFoundError as exc:
         raise CertificateError(f"{p}: no such file") from exc
     except (ValueError, UnicodeDecodeError) as exc:
@@ -666,6 +691,10 @@ def verify_certificate(
     standards between certificates of one batch, so each segment is hashed once.
     """
     env = read_envelope(path)
+    if "revocations" in env:
+        raise CertificateError(
+            f"{path}: a revocation list, not a certificate (it is given with --revocations)"
+        )
     cert = check_signature(env, public_key, str(path))
     number = str(cert.get("certificate_number"))
     rep = VerifyReport(number)
@@ -677,7 +706,13 @@ def verify_certificate(
         ("signature", f"valid Ed25519 signature by key {fingerprint(public_key)[:16]}...")
     )
     if revocations is not None:
-        rev_doc = check_signature(read_envelope(revocations), public_key, str(revocations))
+        try:
+            rev_doc = check_signature(read_envelope(revocations), public_key, str(revocations))
+        except VerificationFailed as exc:
+            raise CertificateError(
+                f"{revocations}: the revocation list fails its own check: "
+                + "; ".join(exc.problems)
+            ) from None
         if rev_doc.get("schema") != REVOCATION_SCHEMA:
             raise CertificateError(f"{revocations}: not a fibergrade revocation list")
         hit = [e for e in rev_doc.get("entries", []) if e.get("certificate_number") == number]
@@ -777,11 +812,18 @@ def _store_standing(
     """The store's revocations by certificate number, per subject the newest certificate
     not revoked, and every certificate the store issued by number (read once for a
     batch)."""
-    revoked = {e["certificate_number"]: e for e in revocation_entries(store)}
+    from fibergrade.errors import StoreCorruptError
+
+    entries = revocation_entries(store)
+    if not all(isinstance(e.get("certificate_number"), str) for e in entries):
+        raise StoreCorruptError(f"{store.root}: a stored revocation names no certificate")
+    revoked = {e["certificate_number"]: e for e in entries}
     newest: dict[Any, dict[str, Any]] = {}
     known: dict[str, dict[str, Any]] = {}
     for env in all_certificates(store):  # each subject's oldest first
-        doc = env["certificate"]
+        doc = env.get("certificate")
+        if not isinstance(doc, dict):
+            raise StoreCorruptError(f"{store.root}: a stored certificate record holds none")
         known[str(doc.get("certificate_number"))] = doc
         if doc.get("certificate_number") not in revoked:
             newest[_subject(doc)] = doc
