@@ -207,3 +207,28 @@ def test_two_imports_of_one_file_at_once_store_it_once(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert sorted(o["already_imported"] for o in outs) == [False, True]
     assert len(list((tmp_path / "s" / "results" / "carcasses").glob("*.json"))) == 1
+
+
+def test_trace_shows_the_certificate_that_stands(plant):
+    """A revoked reissue puts the one before it back (as verify --store judges it): trace
+    shows that one; with every certificate revoked it shows the newest, marked REVOKED."""
+    r = run("meat", "certify", "--store", "s", "--json", cwd=plant)
+    cid = json.loads((plant / json.loads(r.stdout)[0]["json"]).read_text())["certificate"][
+        "carcass"
+    ]["carcass_id"]
+    r = run("meat", "certify", cid, "--reissue", "--reason", "typo", "--store", "s", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    r = run("revoke", f"FGM-{cid}-02", "--reason", "wrong", "--store", "s", cwd=plant)
+    assert r.returncode == 0, r.stderr
+
+    def last() -> dict:
+        return json.loads(run("trace", cid, "--store", "s", "--json", cwd=plant).stdout)["chains"][
+            0
+        ][-1]
+
+    assert last()["id"] == f"FGM-{cid}-01" and last()["revoked"] is False
+    r = run("revoke", f"FGM-{cid}-01", "--reason", "wrong", "--store", "s", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    assert last()["id"] == f"FGM-{cid}-02" and last()["revoked"] is True
+    text = run("trace", cid, "--store", "s", cwd=plant).stdout
+    assert "REVOKED" in text

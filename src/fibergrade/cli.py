@@ -1612,6 +1612,8 @@ def trace_(
                 extra = f"  {link['hscw_kg']:g} kg, weighing record {w[:12] if w else '—'}"
             elif name == "lot" and link.get("digest"):
                 extra = f"  {link['carcasses']} carcass(es)"
+            elif name == "certificate" and link.get("revoked"):
+                extra = "  REVOKED: no certificate of this carcass stands"
             out.print(f"  {name:<11} {escape(str(label)):<28} {digest}{escape(extra)}")
 
 

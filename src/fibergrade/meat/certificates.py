@@ -219,10 +219,19 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
 def certificate_links(
     certificates: list[dict[str, Any]], revoked: set[str]
 ) -> dict[str, dict[str, Any]]:
-    """The trace link of each certified carcass's latest certificate, by carcass id, from
-    the store's carcass certificates (:func:`meat_certificates`, each carcass's oldest
-    first) and the revoked numbers."""
-    latest = {e["certificate"]["carcass"]["carcass_id"]: e["certificate"] for e in certificates}
+    """The trace link of each certified carcass's certificate, by carcass id, from the
+    store's carcass certificates (:func:`meat_certificates`, each carcass's oldest first)
+    and the revoked numbers: the newest not revoked (the one that stands, as ``verify
+    --store`` judges it), else the newest, marked revoked."""
+    latest: dict[str, dict[str, Any]] = {}
+    for e in certificates:
+        doc = e["certificate"]
+        cid = doc["carcass"]["carcass_id"]
+        held = latest.get(cid)
+        if held is None or held["certificate_number"] in revoked:
+            latest[cid] = doc  # nothing stands yet: the newest so far
+        elif doc["certificate_number"] not in revoked:
+            latest[cid] = doc  # a newer one that stands
     return {
         cid: {
             "link": "certificate",
