@@ -555,3 +555,27 @@ def test_a_revocation_list_in_the_wrong_place_is_named(lab, tmp_path):
     r = verify(d, certs(d)[1], "--revocations", str(forged))
     assert r.returncode == 5 and "forged-list.json: the revocation list fails its own check: " \
         "signed with key" in r.stderr, r.stderr  # fmt: skip
+
+
+def test_a_calibration_record_of_another_instrument_is_refused(lab, tmp_path):
+    """A certificate (re-signed with the lab key, as an insider could) naming another
+    instrument's calibration record: the record is intact, but not this lot's."""
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+    from fibergrade.store import Store
+
+    d = fresh_copy(lab, tmp_path)
+    store = Store.open(d / "demo-out" / "fibergrade-data", create=False)
+    cals = {p["instrument_id"]: dg for dg, p in store.results("calibration")}
+    assert len(cals) >= 2, "the demo calibrates two analysers"
+    for cert in certs(d):
+        doc = json.loads(cert.read_text())["certificate"]
+        mine = doc["calibration"]["record"]
+        other = next((dg for dg in cals.values() if dg != mine), None)
+        if mine and other:
+            break
+    forged = dict(doc, calibration=dict(doc["calibration"], record=other))
+    fake = d / "other-cal.json"
+    fake.write_text(json.dumps(sign(forged, load_private_key(d / KEY))))
+    r = verify(d, fake, *STORE)
+    assert r.returncode == 5 and "is of instrument" in r.stderr, r.stderr

@@ -899,8 +899,16 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
         except StoreError as exc:
             rep.problems.append(f"calibration record: {exc}")
             return
+        if cal.get("instrument_id") != lot.meta.instrument_id:
+            rep.problems.append(
+                f"calibration record {cal_id[:12]} is of instrument {cal.get('instrument_id')!r}"
+                f"; lot {lot_id} was measured on {lot.meta.instrument_id!r}"
+            )
+            return
         a[0], b[0] = cal["line"]["intercept_um"], cal["line"]["slope"]
-        rep.checks.append(("calibration record", f"{cal_id[:16]}... intact"))
+        rep.checks.append(
+            ("calibration record", f"{cal_id[:16]}... intact, of instrument {cal['instrument_id']}")
+        )
     std_ref = cert["standard"]
     try:
         std = _cached(cache, ("standard", std_ref["id"]), lambda: load_standard(std_ref["id"]))
