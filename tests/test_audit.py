@@ -249,3 +249,21 @@ def test_a_nan_entry_or_a_numeric_signature_is_named_not_a_crash(tmp_path, keys)
     log.head_path.write_text(json.dumps({"seq": 7, "hash": nxt["hash"]}))
     with pytest.raises(AuditTamperError, match="checkpoint signature does not verify"):
         log.verify(keys[1])
+
+
+def test_a_torn_last_line_is_cut_off_and_the_cut_logged(tmp_path, keys):
+    """An append cut short (power loss) leaves a last line without its line break, after
+    which no entry could be appended; the next write removes it and logs that it did."""
+    log = filled(tmp_path, keys)
+    intact = log.path.read_bytes()
+    with open(log.path, "ab") as fh:
+        fh.write(b'{"seq":8,"time":"2026')
+    with pytest.raises(AuditTamperError, match="line 9: not a JSON entry"):
+        log.verify(keys[1])
+    log.append("grade", "lot-3", {"grade": None}, actor="tech")
+    assert log.path.read_bytes().startswith(intact)
+    e = log.entries()
+    assert [x["action"] for x in e[-2:]] == ["repair", "grade"]
+    assert e[-2]["subject"] == "torn last line removed (21 bytes)"
+    assert e[-2]["payload_digest"] == hashlib.sha256(b'{"seq":8,"time":"2026').hexdigest()
+    assert log.verify(keys[1]).entries == 10

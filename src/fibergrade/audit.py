@@ -61,6 +61,7 @@ ACTIONS = (
     "key",
     "checkpoint",
     "record",
+    "repair",
 )
 
 
@@ -198,6 +199,7 @@ class AuditLog:
         if payload_digest is None and payload is not None:
             payload_digest = digest(payload)  # before taking the lock: it can take a while
         with self._locked():
+            self._repair_torn_tail()
             seq, prev = self._last()
             entry: dict[str, Any] = {
                 "seq": seq + 1,
@@ -211,15 +213,57 @@ class AuditLog:
             if extra:
                 entry.update(extra)
             entry["hash"] = entry_hash(entry)
-            line = canonical_json(entry) + b"\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._write_head(Position(entry["seq"], entry["hash"]))
+            self._write_line(entry)
         return entry
+
+    def _repair_torn_tail(self) -> None:
+        """Remove a torn last line (lock held). Every entry is written with its line break
+        in one ``write``; a last line without one is an append cut short (power loss,
+        full disk), which no later append could follow. It is cut off and the cut is
+        logged (action ``repair``, the removed bytes' SHA-256) right after: nothing is
+        removed without a trace, and a completed entry is never touched."""
+        try:
+            size = os.path.getsize(self.path)
+        except FileNotFoundError:
+            return
+        if size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+            if tail.endswith(b"\n"):
+                return
+            cut = tail.rfind(b"\n")
+            if cut < 0 and size > len(tail):
+                raise AuditError(f"{self.path}: the last line is torn and over 64 KiB long")
+            keep = size - len(tail) + cut + 1
+            removed = tail[cut + 1 :]
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+        seq, prev = self._last()
+        entry: dict[str, Any] = {
+            "seq": seq + 1,
+            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
+            "actor": default_actor(),
+            "action": "repair",
+            "subject": f"torn last line removed ({len(removed)} bytes)",
+            "payload_digest": hashlib.sha256(removed).hexdigest(),
+            "prev": prev,
+        }
+        entry["hash"] = entry_hash(entry)
+        self._write_line(entry)
+
+    def _write_line(self, entry: dict[str, Any]) -> None:
+        """Append one entry's line (lock held) and move the head to it."""
+        line = canonical_json(entry) + b"\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._write_head(Position(entry["seq"], entry["hash"]))
 
     def _write_head(self, pos: Position) -> None:
         tmp = self.dir / f".head.tmp-{os.getpid()}"
@@ -252,6 +296,8 @@ class AuditLog:
 
     def checkpoint(self, private_key: Any, *, actor: str | None = None) -> dict[str, Any]:
         """Sign the current head with the lab key and append the signature."""
+        with self._locked():
+            self._repair_torn_tail()
         self.check_lab_key(private_key)
         seq, head = self._last()
         if seq < 0:
@@ -272,7 +318,9 @@ class AuditLog:
         )
 
     def position(self) -> Position:
-        seq, h = self._last()
+        with self._locked():
+            self._repair_torn_tail()
+            seq, h = self._last()
         return Position(seq, h)
 
     # -- reading and verifying ------------------------------------------------------------
