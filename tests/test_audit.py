@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,23 @@ def test_a_torn_last_line_is_cut_off_and_the_cut_logged(tmp_path, keys):
     assert e[-2]["subject"] == "torn last line removed (21 bytes)"
     assert e[-2]["payload_digest"] == hashlib.sha256(b'{"seq":8,"time":"2026').hexdigest()
     assert log.verify(keys[1]).entries == 10
+
+
+def test_a_segment_committed_but_not_logged_is_listed_and_logged_on_reimport(tmp_path):
+    """A kill between a segment's commit and its audit entry left it unlogged for good
+    ("already imported" logged nothing); a segment placed by hand is indexed the same way."""
+    import numpy as np
+
+    from fibergrade.measurements import FibreLots
+    from fibergrade.store import PendingSegment, Store
+
+    root = tmp_path / "store"
+    table = FibreLots(("L1",), np.array([0, 3]), np.array([15.0, 16.0, 17.0], np.float32))
+    item = PendingSegment(table, {}, "day1.csv", "ab" * 32)
+    Store.open(root).import_segments([item])
+    shutil.rmtree(root / "audit")  # as if the import had never been logged
+    store = Store.open(root)
+    assert [s.source_name for s in store.unlogged_segments()] == ["day1.csv"]
+    assert store.import_segments([item])[0].already_imported
+    assert store.unlogged_segments() == []
+    assert [e["action"] for e in AuditLog(root).entries()] == ["import"]

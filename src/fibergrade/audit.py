@@ -130,8 +130,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (canonical JSON never writes it)")
 
 
-#: what :meth:`AuditLog.logged_results` has read of each log: (inode, bytes read, kinds)
-_LOGGED: dict[str, tuple[int, int, dict[str, set[str]]]] = {}
+#: what :meth:`AuditLog.logged_results` has read of each log: (inode, bytes read, kinds,
+#: payload digests)
+_LOGGED: dict[str, tuple[int, int, dict[str, set[str]], set[str]]] = {}
+_PAYLOAD = re.compile(rb'"payload_digest":"([0-9a-f]{64})"')
 #: a result record's entry as canonical JSON writes it (keys sorted, no spaces): subject
 #: ``"<kind> <sha256>"`` and the same SHA-256 as payload digest (an import's subject is a
 #: file name, which could look like a result's but never has its own payload's digest)
@@ -342,14 +344,22 @@ class AuditLog:
         """Result kind -> the SHA-256 of every result record the log names (the store logs
         each one it writes, subject ``"<kind> <sha256>"``). Read incrementally: the log only
         grows, so a second call in one process parses only the entries appended since."""
+        return self._scan()[0]
+
+    def logged_payloads(self) -> set[str]:
+        """The payload digest of every entry (read incrementally, as
+        :meth:`logged_results`): an import's entry names its segment this way."""
+        return self._scan()[1]
+
+    def _scan(self) -> tuple[dict[str, set[str]], set[str]]:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return {}
+            return {}, set()
         key = str(self.path)
-        ino, offset, kinds = _LOGGED.get(key, (st.st_ino, 0, {}))
+        ino, offset, kinds, payloads = _LOGGED.get(key, (st.st_ino, 0, {}, set()))
         if ino != st.st_ino or st.st_size < offset:  # another log under this path
-            offset, kinds = 0, {}
+            offset, kinds, payloads = 0, {}, set()
         if st.st_size > offset:
             with open(self.path, "rb") as fh:
                 fh.seek(offset)
@@ -359,9 +369,12 @@ class AuditLog:
                 m = _RESULT_SUBJECT.search(line)
                 if m:
                     kinds.setdefault(m.group(2).decode(), set()).add(m.group(1).decode())
+                p = _PAYLOAD.search(line)
+                if p:
+                    payloads.add(p.group(1).decode())
             offset += end
-        _LOGGED[key] = (st.st_ino, offset, kinds)
-        return kinds
+        _LOGGED[key] = (st.st_ino, offset, kinds, payloads)
+        return kinds, payloads
 
     def verify(self, public_key: Any | None = None) -> VerifyReport:
         """Check the chain, the head and (given the lab's public key) every checkpoint.

@@ -1876,8 +1876,9 @@ def audit_verify(
     st = _open_store(store)
     rep = AuditLog(st.root).verify(load_public_key(public_key) if public_key else None)
     unlogged = [str(p) for p in st.unlogged_results()]
+    unlogged += [f"{s.path} ({s.source_name})" for s in st.unlogged_segments()]
     if json_:
-        _print_json(rep.to_dict() | {"unlogged_results": unlogged})
+        _print_json(rep.to_dict() | {"unlogged_files": unlogged})
         return
     out.print(
         f"[bold green]audit log intact[/]: {rep.entries} entries, {rep.checkpoints} signed "
@@ -1887,8 +1888,9 @@ def audit_verify(
     if unlogged:
         # not part of the record: every command ignores them; a person should look
         out.print(
-            f"[yellow]{len(unlogged)} result file(s) the log does not record[/] (a run that "
-            "stopped before logging them, or placed by hand; no command reads them):"
+            f"[yellow]{len(unlogged)} file(s) the log does not record[/] (a run that stopped "
+            "before logging them, or placed by hand; no command reads such results, and "
+            "importing such a segment's file again logs it):"
         )
         for p in unlogged[:20]:
             out.print(f"  {escape(p)}")

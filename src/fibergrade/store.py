@@ -118,6 +118,11 @@ def under_issue_lock(fn: Callable[Concatenate[Any, _P], _R]) -> Callable[Concate
     return locked
 
 
+def _import_payload(seg: SegmentRecord) -> dict[str, Any]:
+    """What an import's audit entry digests: the segment, its lots and the source file."""
+    return {"segment": seg.digest, "lots": list(seg.lot_ids), "source": seg.source_digest}
+
+
 def _flock_waiting(fd: int, wait_s: float) -> bool:
     """Take ``flock(LOCK_EX)`` on ``fd``, waiting up to ``wait_s``; False if still held."""
     deadline = time.monotonic() + wait_s
@@ -968,20 +973,15 @@ class Store:
                     existing = state.by_source[item.source_digest]  # repeated in this batch
                 if existing is not None:
                     seg = state.by_digest[existing]
+                    if not self._import_logged(seg):
+                        # committed by a run that stopped before logging it: log it now
+                        self._audit("import", seg.source_name, _import_payload(seg))
                     outcomes.append(
                         ImportOutcome(seg.digest, seg.source_name, seg.lot_ids, seg.n_rows, True)
                     )
                     continue
                 seg = self._commit(state, item, kind, metas)
-                self._audit(
-                    "import",
-                    seg.source_name,
-                    {
-                        "segment": seg.digest,
-                        "lots": list(seg.lot_ids),
-                        "source": item.source_digest,
-                    },
-                )
+                self._audit("import", seg.source_name, _import_payload(seg))
                 outcomes.append(
                     ImportOutcome(seg.digest, seg.source_name, seg.lot_ids, seg.n_rows, False)
                 )
@@ -1271,6 +1271,18 @@ class Store:
         if not isinstance(payload, dict):
             raise StoreCorruptError(f"{path}: a result record must be a JSON object")
         return payload
+
+    def _import_logged(self, seg: SegmentRecord) -> bool:
+        from fibergrade.audit import AuditLog, digest
+
+        return digest(_import_payload(seg)) in AuditLog(self.root).logged_payloads()
+
+    def unlogged_segments(self) -> list[SegmentRecord]:
+        """Committed segments whose import the audit log does not record: one committed by
+        a run that stopped before logging it (importing the file again logs it), or a
+        file placed in ``segments/`` by hand (the store indexes any valid segment it
+        finds there)."""
+        return [s for s in self._state.segments if not self._import_logged(s)]
 
     def _logged(self, kind: str) -> set[str]:
         """The SHA-256 of every ``kind`` record the audit log names."""
