@@ -579,3 +579,26 @@ def test_a_calibration_record_of_another_instrument_is_refused(lab, tmp_path):
     fake.write_text(json.dumps(sign(forged, load_private_key(d / KEY))))
     r = verify(d, fake, *STORE)
     assert r.returncode == 5 and "is of instrument" in r.stderr, r.stderr
+
+
+def test_export_writes_an_issued_certificate_again_and_stale_files_go(lab, tmp_path):
+    """A run killed after storing a certificate and before renaming its file into place
+    leaves the lot certified with no file for it (and temporary files): --export writes
+    the stored, signed certificate again, and the next certify clears the leftovers."""
+    d = fresh_copy(lab, tmp_path)
+    cert = certs(d)[0]
+    lot = json.loads(cert.read_text())["certificate"]["lot"]["lot_id"]
+    original = cert.read_bytes()
+    cert.unlink()
+    (d / CERTS / f".{cert.name}.0123.tmp").write_text("{")
+    (d / CERTS / ".pending-0123").mkdir()
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, cwd=d)
+    assert r.returncode == 5 and "pass --export" in r.stderr
+    r = run("certify", lot, "--export", *STORE, "--out", CERTS, "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    written = json.loads(r.stdout)
+    assert [w["certificate_number"] for w in written] == [cert.stem]
+    assert json.loads(cert.read_bytes()) == json.loads(original)
+    assert Path(d / written[0]["pdf"]).read_bytes().startswith(b"%PDF")
+    assert not list((d / CERTS).glob(".*"))  # the killed run's leftovers are gone
+    assert verify(d, cert, *STORE).returncode == 0

@@ -31,6 +31,7 @@ reporting each difference.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -385,7 +386,8 @@ def next_certificate(
     if supersedes and not reissue_reason:
         raise CertificateRefused(
             f"{subject} is already certified as {supersedes}; to issue a corrected "
-            "certificate that supersedes it, pass --reissue --reason ..."
+            "certificate that supersedes it, pass --reissue --reason ...; to write the "
+            "issued one's file again (a run stopped before writing it), pass --export"
         )
     return f"{prefix}-{len(prior) + 1:02d}", supersedes
 
@@ -446,6 +448,7 @@ def certify_lots(
         for rec, num, sup in plans
     ]
     out = output_folder(out_dir)
+    clear_stale_files(out)
     envs = []
     for doc in docs:
         if reissue_reason and doc["supersedes"]:
@@ -506,6 +509,76 @@ def certify_lots(
         if staging is not None:  # what is left: PDFs of certificates not issued
             shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def clear_stale_files(out: Path) -> int:
+    """Remove what a certify run that was killed left in its output folder: its PDF
+    staging folders (``.pending-*``) and half-written JSON (``.NUMBER.json.*.tmp``). Only
+    called holding the store's issuing lock, so no other run of this store is writing
+    there; returns how many were removed."""
+    removed = 0
+    for p in out.glob(".pending-*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+    for p in out.glob(".*.json.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed += 1
+    return removed
+
+
+@under_issue_lock
+def export_certificates(
+    store: Any, lot_ids: list[str], out_dir: str | Path, *, pdf: bool = True
+) -> list[Issued]:
+    """Write again the files of the lots' certificates that stand (the newest not
+    revoked), from the store's signed copies: for a run stopped after storing a
+    certificate and before writing its file, or a lost file. Issues and signs nothing."""
+    from fibergrade.certificate_pdf import render_pdf
+
+    out = output_folder(out_dir)
+    clear_stale_files(out)
+    revoked = {e["certificate_number"] for e in revocation_entries(store)}
+    done = []
+    for lot in dict.fromkeys(lot_ids):
+        standing = [
+            e
+            for e in existing_certificates(store, lot)
+            if e["certificate"]["certificate_number"] not in revoked
+        ]
+        if not standing:
+            raise CertificateError(f"lot {lot} has no certificate that stands in this store")
+        env = {k: v for k, v in standing[-1].items() if k != "_record"}
+        doc = env["certificate"]
+        number = doc["certificate_number"]
+        path = _write_whole(out / f"{number}.json", json.dumps(env, indent=2, ensure_ascii=False))
+        pdf_path = None
+        if pdf:
+            grades = store.get_result("grade", doc["grade_result"])
+            rec = next(r for r in grades["lots"] if r["lot_id"] == lot)
+            tmp = out / f".{number}.pdf.{uuid.uuid4().hex}.tmp"
+            try:
+                render_pdf(env, rec, tmp)
+                os.replace(tmp, out / f"{number}.pdf")
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise CertificateError(f"{out}: cannot write {number}.pdf: {exc}") from exc
+            pdf_path = out / f"{number}.pdf"
+        done.append(Issued(number, path, pdf_path, env, doc.get("supersedes")))
+    return done
+
+
+def _write_whole(path: Path, text: str) -> Path:
+    """Write ``text`` beside ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CertificateError(f"{path}: cannot write: {exc}") from exc
+    return path
 
 
 def output_folder(out_dir: str | Path) -> Path:

@@ -1710,19 +1710,51 @@ def certify_(
     reissue: ReissueOpt = False,
     reason: ReissueReasonOpt = None,
     pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also render PDFs.")] = True,
+    export: Annotated[
+        bool,
+        typer.Option(
+            "--export",
+            help="Issue nothing: write the named lots' issued certificates (the ones that "
+            "stand) to --out again, e.g. after a run stopped before writing their files.",
+        ),
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Issue signed certificates (JSON + PDF) for graded lots."""
-    from fibergrade.certificates import CertificateError, certify_lots, existing_certificates
+    from fibergrade.certificates import (
+        CertificateError,
+        certify_lots,
+        existing_certificates,
+        export_certificates,
+    )
     from fibergrade.keys import load_private_key
     from fibergrade.workflow import latest_grades
 
     if reissue and not reason:
         raise CertificateError("--reissue needs --reason")
     st = _open_store(store)
+    if export:
+        if not lots or reissue:
+            raise CertificateError("--export needs lot ids, and issues nothing (no --reissue)")
+        written = export_certificates(st, lots, out_dir, pdf=pdf)
+        if json_:
+            _print_json(
+                [
+                    {
+                        "certificate_number": i.number,
+                        "json": str(i.json_path),
+                        "pdf": str(i.pdf_path) if i.pdf_path else None,
+                    }
+                    for i in written
+                ]
+            )
+            return
+        for i in written:
+            out.print(f"{i.number}: {escape(str(i.json_path))} (written again)")
+        return
     if not lots:  # every clean graded lot that has no certificate yet
         done = {e["certificate"]["lot"]["lot_id"] for e in existing_certificates(st)}
         lots = [

@@ -29,6 +29,7 @@ from fibergrade.certificates import (
     Issued,
     VerifyReport,
     checkpointed,
+    clear_stale_files,
     next_certificate,
     output_folder,
     publish,
@@ -87,6 +88,7 @@ def certify_carcasses(
 
     AuditLog(store.root).check_lab_key(private_key)
     out = output_folder(out_dir)
+    clear_stale_files(out)
     # graded without recording: a refusal below must leave nothing in the store
     graded = grade_carcass_records(store, carcass_ids or None)
     records = graded.records
