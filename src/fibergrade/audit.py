@@ -259,12 +259,19 @@ class AuditLog:
     def _write_line(self, entry: dict[str, Any]) -> None:
         """Append one entry's line (lock held) and move the head to it."""
         line = canonical_json(entry) + b"\n"
+        new = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
+        if new:  # a new file's name is durable once its folder is synced
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
         self._write_head(Position(entry["seq"], entry["hash"]))
 
     def _write_head(self, pos: Position) -> None:
@@ -273,6 +280,8 @@ class AuditLog:
             fh.write(canonical_json(pos.to_dict()))
             fh.flush()
             os.fsync(fh.fileno())
+        # not followed by a sync of the folder: a head.json that lags after a power loss
+        # reads as a log longer than its head, which verify takes for the crash it is
         os.replace(tmp, self.head_path)
 
     def signing_key(self) -> str | None:
@@ -334,6 +343,8 @@ class AuditLog:
         out = []
         with open(self.path, "rb") as fh:
             for i, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    raise AuditTamperError(i, None, "an empty line (no entry is ever blank)")
                 try:
                     out.append(json.loads(raw, parse_constant=_no_constant))
                 except ValueError as exc:

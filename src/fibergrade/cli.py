@@ -156,7 +156,7 @@ def import_(
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
 ) -> None:
-    """Import measurement files into the store (all or nothing; re-imports do nothing)."""
+    """Import measurement files into the store (a bad file stores nothing; re-imports skip)."""
     from fibergrade.adapters.interchange import read_lot_manifest
     from fibergrade.workflow import (
         check_grade_inputs,
