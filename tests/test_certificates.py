@@ -602,3 +602,17 @@ def test_export_writes_an_issued_certificate_again_and_stale_files_go(lab, tmp_p
     assert Path(d / written[0]["pdf"]).read_bytes().startswith(b"%PDF")
     assert not list((d / CERTS).glob(".*"))  # the killed run's leftovers are gone
     assert verify(d, cert, *STORE).returncode == 0
+
+
+def test_a_missing_file_fails_alone_and_the_batch_goes_on(lab, tmp_path):
+    """verify --json over a batch in which one file is missing: every file is reported,
+    the missing one as failed, and the exit code says something failed."""
+    good = certs(lab)[:2]
+    missing = tmp_path / "FG-NONE-01.json"
+    r = verify(lab, good[0], str(missing), good[1], *STORE, "--json")
+    assert r.returncode == 5, r.stderr
+    reports = json.loads(r.stdout)
+    assert [x["ok"] for x in reports] == [True, False, True]
+    assert reports[1]["file"] == str(missing) and "no such file" in reports[1]["problems"][0]
+    r = verify(lab, good[0], str(missing), *STORE)
+    assert r.returncode == 5 and "verifies" in r.stdout and "no such file" in r.stderr

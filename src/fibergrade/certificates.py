@@ -104,6 +104,11 @@ class CertificateError(FibergradeError):
     exit_code = 5
 
 
+class CertificateFileError(CertificateError):
+    """A file given as a certificate is not one (missing, not JSON, not signed, a
+    revocation list): that file fails, the others of a batch are still verified."""
+
+
 class CertificateRefused(CertificateError):
     """The lot may not be certified (not graded, flagged, ...); the message says why."""
 
@@ -159,7 +164,7 @@ def check_signature(envelope: dict[str, Any], public_key: Any, what: str) -> dic
     doc = envelope.get(key)
     sig = envelope.get("signature") or {}
     if not isinstance(doc, dict) or not isinstance(sig, dict) or "value" not in sig:
-        raise CertificateError(f"{what}: not a signed fibergrade document")
+        raise CertificateFileError(f"{what}: not a signed fibergrade document")
     if sig.get("algorithm") != "Ed25519" or not isinstance(sig["value"], str):
         raise VerificationFailed(
             str(doc.get("certificate_number", what)),
@@ -208,11 +213,13 @@ def read_envelope(path: str | Path) -> dict[str, Any]:
             p.read_bytes(), object_pairs_hook=_strict_object, parse_constant=_no_constant
         )
     except FileNotFoundError as exc:
-        raise CertificateError(f"{p}: no such file") from exc
+        raise CertificateFileError(f"{p}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise CertificateFileError(f"{p}: a folder, not a certificate file") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CertificateError(f"{p}: not a JSON certificate ({exc})") from exc
+        raise CertificateFileError(f"{p}: not a JSON certificate ({exc})") from exc
     if not isinstance(env, dict):
-        raise CertificateError(f"{p}: not a signed fibergrade document")
+        raise CertificateFileError(f"{p}: not a signed fibergrade document")
     return env
 
 
@@ -765,7 +772,7 @@ def verify_certificate(
     """
     env = read_envelope(path)
     if "revocations" in env:
-        raise CertificateError(
+        raise CertificateFileError(
             f"{path}: a revocation list, not a certificate (it is given with --revocations)"
         )
     cert = check_signature(env, public_key, str(path))
@@ -786,6 +793,8 @@ def verify_certificate(
                 f"{revocations}: the revocation list fails its own check: "
                 + "; ".join(exc.problems)
             ) from None
+        except CertificateFileError as exc:  # the list's problem, not this certificate's
+            raise CertificateError(str(exc)) from None
         if rev_doc.get("schema") != REVOCATION_SCHEMA:
             raise CertificateError(f"{revocations}: not a fibergrade revocation list")
         hit = [e for e in rev_doc.get("entries", []) if e.get("certificate_number") == number]

@@ -1855,22 +1855,37 @@ def verify_(
     json_: JsonOpt = False,
 ) -> None:
     """Verify certificates offline: signature, revocation, recomputation from raw data."""
-    from fibergrade.certificates import VerificationFailed, given_standards, verify_certificate
+    from fibergrade.certificates import (
+        CertificateFileError,
+        VerificationFailed,
+        given_standards,
+        verify_certificate,
+    )
     from fibergrade.keys import load_public_key
 
     st = _open_store(store) if store is not None else None
     key = load_public_key(public_key)
     cache: dict = given_standards(standard or [])
     reports: list[dict] = []
-    failures: list[VerificationFailed] = []
-    for cert in certs:
+    failures: list[CertificateFileError | VerificationFailed] = []
+    for cert in certs:  # a file that fails does not stop the batch
         try:
             rep = verify_certificate(cert, key, store=st, revocations=revocations, cache=cache)
-            reports.append(rep.to_dict())
+            reports.append({"file": str(cert)} | rep.to_dict())
         except VerificationFailed as exc:
             failures.append(exc)
             reports.append(
-                {"certificate_number": exc.number, "ok": False, "problems": exc.problems}
+                {
+                    "file": str(cert),
+                    "certificate_number": exc.number,
+                    "ok": False,
+                    "problems": exc.problems,
+                }
+            )
+        except CertificateFileError as exc:
+            failures.append(exc)
+            reports.append(
+                {"file": str(cert), "certificate_number": None, "ok": False, "problems": [str(exc)]}
             )
     if json_:
         _print_json(reports[0] if len(certs) == 1 else reports)
