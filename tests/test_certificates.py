@@ -616,3 +616,33 @@ def test_a_missing_file_fails_alone_and_the_batch_goes_on(lab, tmp_path):
     assert reports[1]["file"] == str(missing) and "no such file" in reports[1]["problems"][0]
     r = verify(lab, good[0], str(missing), *STORE)
     assert r.returncode == 5 and "verifies" in r.stdout and "no such file" in r.stderr
+
+
+def test_a_segment_file_placed_by_hand_is_never_certified(lab, tmp_path):
+    """The store indexes any valid segment file it finds in segments/ (that is how it
+    recovers from a crash), so one placed by hand can be graded; but no certificate is
+    issued on raw data whose import the audit log does not record."""
+    import numpy as np
+
+    from fibergrade.measurements import FibreLots, LotMeta
+    from fibergrade.store import Store
+
+    d = fresh_copy(lab, tmp_path)
+    rng = np.random.default_rng(11)
+    fibres = rng.lognormal(np.log(15.3), 0.19, 3000).astype(np.float32)
+    other = Store.open(tmp_path / "elsewhere")
+    meta = {"PLANTED-1": LotMeta("PLANTED-1", declared_type="cashmere")}
+    out = other.import_fibres(
+        FibreLots(("PLANTED-1",), np.array([0, 3000]), fibres), meta,
+        source_name="planted.csv", source_digest="cd" * 32,
+    )  # fmt: skip
+    shutil.copy(other.segment_path(out.segment), d / "demo-out" / "fibergrade-data" / "segments")
+    r = run("grade", "PLANTED-1", *STORE, "--uncalibrated", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    r = run("override", "PLANTED-1", "--reason", "test", *STORE, cwd=d)  # in case it is flagged
+    assert r.returncode == 0, r.stderr
+    r = run("certify", "PLANTED-1", *STORE, "--key", KEY, "--out", "o", "--no-pdf", cwd=d)
+    assert r.returncode == 5 and "is not recorded as imported in the audit log" in r.stderr
+    assert not (d / "o").exists() or not list((d / "o").glob("FG-*"))
+    r = run("audit", "verify", *STORE, cwd=d)
+    assert r.returncode == 0 and "planted.csv" in r.stdout

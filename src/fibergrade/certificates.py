@@ -475,6 +475,15 @@ def certify_lots(
     by_segment: dict[str, list[int]] = {}
     for i, doc in enumerate(docs):
         by_segment.setdefault(doc["raw_segment"]["sha256"], []).append(i)
+    unlogged = {seg.digest: seg for seg in store.unlogged_segments()}
+    for seg, idxs in by_segment.items():
+        if seg in unlogged:
+            raise CertificateRefused(
+                f"lot {docs[idxs[0]]['lot']['lot_id']}: its raw data, segment {seg[:12]} "
+                f"({unlogged[seg].source_name}), is not recorded as imported in the audit "
+                "log (a run stopped before logging it: import the file again; or the file "
+                "was placed by hand); no certificate is issued on it"
+            )
     from fibergrade.cluster import InProcess
     from fibergrade.segment_tasks import CertifyTask, certify_segment
 
@@ -959,7 +968,13 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
     except StoreError as exc:
         rep.problems.append(f"raw data: {exc}")
         return
-    rep.checks.append(("raw segment", f"SHA-256 {seg[:16]}... matches"))
+    unlogged = _cached(cache, ("unlogged",), lambda: {s.digest for s in store.unlogged_segments()})
+    if seg in unlogged:
+        rep.problems.append(
+            f"raw data: segment {seg[:16]}... is not recorded as imported in the store's audit log"
+        )
+        return
+    rep.checks.append(("raw segment", f"SHA-256 {seg[:16]}... matches, import logged"))
     try:
         lot = store.lot(lot_id)
     except LotNotFoundError:
