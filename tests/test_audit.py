@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fibergrade.audit import AuditError, AuditLog, AuditTamperError, Position
+from fibergrade.audit import AuditError, AuditLog, AuditTamperError, Position, canonical_json
 from fibergrade.keys import init_keys, load_private_key, load_public_key
 
 
@@ -63,7 +63,7 @@ def test_edited_entry_with_recomputed_hash_breaks_the_chain(tmp_path, keys):
     e = json.loads(rows[2])
     e["subject"] = "forged.csv"
     e["hash"] = entry_hash(e)
-    rows[2] = json.dumps(e)
+    rows[2] = canonical_json(e).decode()
     write(log, rows)
     with pytest.raises(AuditTamperError, match=r"entry 3\).*chain broken"):
         log.verify(keys[1])
@@ -221,7 +221,7 @@ def test_a_replayed_checkpoint_covers_nothing_new(tmp_path, keys):
     replay = {k: v for k, v in entries[8].items() if k != "hash"}
     replay |= {"seq": 10, "prev": forged["hash"]}
     replay["hash"] = entry_hash(replay)
-    rows = [*lines(log), json.dumps(forged), json.dumps(replay)]
+    rows = [*lines(log), canonical_json(forged).decode(), canonical_json(replay).decode()]
     write(log, rows)
     rep = log.verify(keys[1])
     assert rep.checkpoints == 3 and rep.unanchored == 1
@@ -241,11 +241,11 @@ def test_a_nan_entry_or_a_numeric_signature_is_named_not_a_crash(tmp_path, keys)
     cp = json.loads(rows[6])
     cp["signature"] = 12
     cp["hash"] = entry_hash(cp)
-    rows[6] = json.dumps(cp)
+    rows[6] = canonical_json(cp).decode()
     nxt = json.loads(rows[7])
     nxt["prev"] = cp["hash"]
     nxt["hash"] = entry_hash(nxt)
-    rows[7] = json.dumps(nxt)
+    rows[7] = canonical_json(nxt).decode()
     write(log, rows)
     log.head_path.write_text(json.dumps({"seq": 7, "hash": nxt["hash"]}))
     with pytest.raises(AuditTamperError, match="checkpoint signature does not verify"):
@@ -288,3 +288,32 @@ def test_a_segment_committed_but_not_logged_is_listed_and_logged_on_reimport(tmp
     assert store.import_segments([item])[0].already_imported
     assert store.unlogged_segments() == []
     assert [e["action"] for e in AuditLog(root).entries()] == ["import"]
+
+
+def test_a_line_with_repeated_keys_or_another_form_is_not_an_entry(tmp_path, keys):
+    """Keys repeated in an old line (the parser keeps the last, so hash, chain and
+    signatures still held) made a planted record count as logged; a line must be the
+    canonical JSON the log writes, byte for byte."""
+    from fibergrade.store import Store
+
+    store = Store.open(tmp_path / "store")
+    log = AuditLog(store.root)
+    store.put_result("grade", {"kind": "grade", "lots": []})
+    log.checkpoint(keys[0])
+    planted = {"kind": "revocation", "certificate_number": "FG-X-01"}
+    data = canonical_json(planted)
+    name = hashlib.sha256(data).hexdigest()
+    (store.root / "results" / "revocation").mkdir(parents=True)
+    (store.root / "results" / "revocation" / f"{name}.json").write_bytes(data)
+    rows = lines(log)
+    inject = f'"payload_digest":"{name}","prev":"{"0" * 64}","seq":0,"subject":"revocation {name}",'
+    rows[1] = "{" + inject + rows[1][1:]
+    write(log, rows)
+    assert json.loads(rows[1])["action"] == "checkpoint"  # what a lenient reader sees
+    assert store.results("revocation") == []
+    with pytest.raises(AuditTamperError, match=r"line 2: not a JSON entry \(key 'payload_digest'"):
+        log.verify(keys[1])
+    rows[1] = json.dumps(json.loads(rows[1][:1] + rows[1][1 + len(inject) :]))  # spaced
+    write(log, rows)
+    with pytest.raises(AuditTamperError, match=r"line 2: not a JSON entry.*canonical form"):
+        log.verify(keys[1])

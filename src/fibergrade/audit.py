@@ -130,17 +130,34 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (canonical JSON never writes it)")
 
 
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def parse_entry(raw: bytes) -> dict[str, Any]:
+    """One log line as the log writes it, or ``ValueError``: a JSON object, each key once,
+    in canonical form byte for byte (the entry's hash covers the parsed entry, so a line
+    written any other way, say with a second ``"subject"`` that a reader could take, is
+    not an entry this software wrote)."""
+    entry = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_no_repeats)
+    if not isinstance(entry, dict):
+        raise ValueError("not a JSON object")
+    if canonical_json(entry) != raw.rstrip(b"\n"):
+        raise ValueError("not in the canonical form the log writes (reformatted or edited)")
+    return entry
+
+
 #: what :meth:`AuditLog.logged_results` has read of each log: (inode, bytes read, kinds,
 #: payload digests)
 _LOGGED: dict[str, tuple[int, int, dict[str, set[str]], set[str]]] = {}
-_PAYLOAD = re.compile(rb'"payload_digest":"([0-9a-f]{64})"')
-#: a result record's entry as canonical JSON writes it (keys sorted, no spaces): subject
-#: ``"<kind> <sha256>"`` and the same SHA-256 as payload digest (an import's subject is a
-#: file name, which could look like a result's but never has its own payload's digest)
-_RESULT_SUBJECT = re.compile(
-    rb'"payload_digest":"([0-9a-f]{64})","prev":"[0-9a-f]{64}","seq":\d+,'
-    rb'"subject":"([A-Za-z0-9][A-Za-z0-9_.-]*) \1"'
-)
+#: a result kind's name (see fibergrade.store); an import's subject is a file name, which
+#: could look like "<kind> <sha256>" but never ends in its own payload's digest
+_KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class AuditLog:
@@ -346,7 +363,7 @@ class AuditLog:
                 if not raw.strip():
                     raise AuditTamperError(i, None, "an empty line (no entry is ever blank)")
                 try:
-                    out.append(json.loads(raw, parse_constant=_no_constant))
+                    out.append(parse_entry(raw))
                 except ValueError as exc:
                     raise AuditTamperError(i, None, f"not a JSON entry ({exc})") from exc
         return out
@@ -377,12 +394,19 @@ class AuditLog:
                 chunk = fh.read(st.st_size - offset)
             end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
             for line in chunk[:end].splitlines():
-                m = _RESULT_SUBJECT.search(line)
-                if m:
-                    kinds.setdefault(m.group(2).decode(), set()).add(m.group(1).decode())
-                p = _PAYLOAD.search(line)
-                if p:
-                    payloads.add(p.group(1).decode())
+                try:
+                    e = parse_entry(line)
+                except ValueError:
+                    continue  # not an entry: counts for nothing (audit verify names it)
+                pd, subject = e.get("payload_digest"), e.get("subject")
+                if not isinstance(pd, str):
+                    continue
+                payloads.add(pd)
+                if isinstance(subject, str):
+                    kind, _, named = subject.partition(" ")
+                    # a result record's entry: subject "<kind> <sha256>", payload the same
+                    if named == pd and _KIND.fullmatch(kind):
+                        kinds.setdefault(kind, set()).add(pd)
             offset += end
         _LOGGED[key] = (st.st_ino, offset, kinds, payloads)
         return kinds, payloads
