@@ -317,3 +317,36 @@ def test_a_line_with_repeated_keys_or_another_form_is_not_an_entry(tmp_path, key
     write(log, rows)
     with pytest.raises(AuditTamperError, match=r"line 2: not a JSON entry.*canonical form"):
         log.verify(keys[1])
+
+
+def test_a_whole_last_entry_without_its_line_break_is_kept(tmp_path, keys):
+    """Only a torn entry is cut: a complete one that lost its line break gets it back."""
+    log = filled(tmp_path, keys)
+    whole = log.path.read_bytes()
+    log.path.write_bytes(whole.rstrip(b"\n"))
+    log.append("grade", "lot-4", {"grade": None}, actor="tech")
+    assert log.path.read_bytes().startswith(whole)
+    assert [e["action"] for e in log.entries()[-2:]] == ["grade", "grade"]
+
+
+def test_a_fake_checkpoint_does_not_lock_the_lab_key_out(tmp_path, keys):
+    """check_lab_key goes by signatures: a checkpoint naming another fingerprint, with a
+    signature that does not verify, neither blocks the lab key nor admits another key."""
+    from fibergrade.audit import entry_hash
+    from fibergrade.keys import init_keys
+
+    other_priv, _, other_fp = init_keys(tmp_path / "other")
+    other = load_private_key(other_priv)
+    log = filled(tmp_path, keys)
+    last = log.entries()[-1]
+    fake = {
+        "action": "checkpoint", "actor": "x", "key_fingerprint": other_fp,
+        "payload_digest": None, "prev": last["hash"], "seq": last["seq"] + 1,
+        "signature": "AAAA", "signed_hash": last["hash"], "signed_seq": last["seq"],
+        "subject": "x", "time": "2026-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    fake["hash"] = entry_hash(fake)
+    write(log, [*lines(log), canonical_json(fake).decode()])
+    log.check_lab_key(keys[0])  # the lab key signed a real checkpoint
+    with pytest.raises(AuditError, match="no checkpoint in it is signed by the key given"):
+        log.check_lab_key(other)

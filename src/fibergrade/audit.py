@@ -257,6 +257,17 @@ class AuditLog:
                 raise AuditError(f"{self.path}: the last line is torn and over 64 KiB long")
             keep = size - len(tail) + cut + 1
             removed = tail[cut + 1 :]
+            try:
+                whole = parse_entry(removed)
+                complete = entry_hash(whole) == whole.get("hash")
+            except ValueError:
+                complete = False
+            if complete:  # a whole entry that lost only its line break: give it back
+                fh.seek(0, os.SEEK_END)
+                fh.write(b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                return
             fh.truncate(keep)
             fh.flush()
             os.fsync(fh.fileno())
@@ -301,25 +312,40 @@ class AuditLog:
         # reads as a log longer than its head, which verify takes for the crash it is
         os.replace(tmp, self.head_path)
 
-    def signing_key(self) -> str | None:
-        """Fingerprint of the key that signed the log's last checkpoint (None: none yet)."""
-        for e in reversed(self.entries()):
-            if isinstance(e, dict) and e.get("action") == "checkpoint":
-                return str(e.get("key_fingerprint"))
-        return None
-
     def check_lab_key(self, private_key: Any) -> None:
-        """Refuse a key other than the one the log's checkpoints are signed with: whatever
-        it signed (a checkpoint, a certificate) would leave every later check against the
-        lab's public key failing, and the log cannot be undone. Key rotation is not
-        supported."""
+        """Refuse a key that signed none of the log's checkpoints (when it has any): what
+        another key signed (a checkpoint, a certificate) would leave every later check
+        against the lab's public key failing, and the log cannot be undone. A checkpoint
+        counts only by its signature: its fingerprint field is text anyone could write.
+        Key rotation is not supported."""
+        from cryptography.exceptions import InvalidSignature
+
         from fibergrade.keys import fingerprint
 
-        mine, lab = fingerprint(private_key.public_key()), self.signing_key()
-        if lab is not None and mine != lab:
+        public = private_key.public_key()
+        mine = fingerprint(public)
+        entries = self.entries()
+        checkpoints = [e for e in entries if e.get("action") == "checkpoint"]
+        for e in checkpoints:  # a checkpoint this key really signed: the lab's key
+            if e.get("key_fingerprint") != mine:
+                continue
+            try:
+                signed = int(e["signed_seq"])
+                if not 0 <= signed < len(entries) or entries[signed]["hash"] != e["signed_hash"]:
+                    continue
+                public.verify(
+                    base64.b64decode(e["signature"], validate=True),
+                    checkpoint_message(signed, e["signed_hash"]),
+                )
+                return
+            except (InvalidSignature, KeyError, TypeError, ValueError):
+                continue  # a fingerprint anyone could write; only a signature counts
+        if checkpoints:
+            lab = str(checkpoints[-1].get("key_fingerprint"))
             raise AuditError(
-                f"this store's audit log is signed with key {lab[:16]}...; the key given "
-                f"({mine[:16]}...) is not that lab key, so it signs nothing here"
+                f"this store's audit log is signed with key {lab[:16]}..., and no checkpoint "
+                f"in it is signed by the key given ({mine[:16]}...): it is not the lab key, "
+                "so it signs nothing here"
             )
 
     def checkpoint(self, private_key: Any, *, actor: str | None = None) -> dict[str, Any]:
