@@ -646,3 +646,30 @@ def test_a_segment_file_placed_by_hand_is_never_certified(lab, tmp_path):
     assert not (d / "o").exists() or not list((d / "o").glob("FG-*"))
     r = run("audit", "verify", *STORE, cwd=d)
     assert r.returncode == 0 and "planted.csv" in r.stdout
+
+
+def test_verify_store_checks_the_checkpoint_signatures_with_the_lab_key(lab, tmp_path):
+    """Deleting entries and redoing the chain after them leaves a consistent chain whose
+    checkpoints no longer verify: verify --store, which holds the lab's public key, checks
+    them (it checked the chain only)."""
+    from fibergrade.audit import canonical_json, entry_hash
+
+    d = fresh_copy(lab, tmp_path)
+    log = d / "demo-out" / "fibergrade-data" / "audit" / "log.jsonl"
+    entries = [json.loads(x) for x in log.read_text().splitlines()]
+    cut = next(i for i, e in enumerate(entries) if e["action"] == "grade")
+    del entries[cut]  # an entry before the certificates' positions
+    prev = entries[cut - 1]["hash"]
+    for seq, e in enumerate(entries[cut:], start=cut):
+        e.update(seq=seq, prev=prev)
+        if e["action"] == "checkpoint" and e["signed_seq"] >= cut:
+            e["signed_seq"] -= 1
+            e["signed_hash"] = entries[e["signed_seq"]]["hash"]
+        e["hash"] = prev = entry_hash(e)
+    log.write_text("".join(canonical_json(e).decode() + "\n" for e in entries))
+    head = log.with_name("head.json")
+    head.write_text(json.dumps({"seq": len(entries) - 1, "hash": prev}))
+    r = run("audit", "verify", *STORE, cwd=d)  # without the key the chain looks whole
+    assert r.returncode == 0, r.stderr
+    r = verify(d, certs(d)[0], *STORE)
+    assert r.returncode == 5 and "checkpoint signature does not verify" in r.stderr, r.stderr

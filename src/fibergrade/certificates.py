@@ -817,7 +817,7 @@ def verify_certificate(
         cache = {}
     if store is not None:
         _standing(cert, store, rep, cache)
-        _audit_position(cert, store, rep, cache)
+        _audit_position(cert, store, rep, cache, public_key)
     if store is not None and cert["schema"] == MEAT_SCHEMA:
         verify_meat(cert, store, rep)
     elif store is not None:
@@ -828,10 +828,11 @@ def verify_certificate(
 
 
 def _audit_position(
-    cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any]
+    cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any], public_key: Any
 ) -> None:
-    """The store's audit log is intact (its whole chain, checked once per batch) and holds
-    the entry the certificate recorded when it was issued (fibre and carcass alike)."""
+    """The store's audit log is intact (its whole chain and its checkpoints' signatures by
+    the lab key, checked once per batch) and holds the entry the certificate recorded when
+    it was issued (fibre and carcass alike)."""
     from fibergrade.audit import AuditTamperError
 
     pos = cert.get("audit_position") or {}
@@ -844,7 +845,7 @@ def _audit_position(
         return
     log = AuditLog(store.root)
     try:
-        _cached(cache, ("audit-chain",), log.verify)
+        _cached(cache, ("audit-chain",), lambda: log.verify(public_key))
         entries = _cached(cache, ("audit",), log.entries)
         log.check_position(Position(seq, hsh), entries)
     except AuditTamperError as exc:
