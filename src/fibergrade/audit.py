@@ -239,8 +239,9 @@ class AuditLog:
         """Remove a torn last line (lock held). Every entry is written with its line break
         in one ``write``; a last line without one is an append cut short (power loss,
         full disk), which no later append could follow. It is cut off and the cut is
-        logged (action ``repair``, the removed bytes' SHA-256) right after: nothing is
-        removed without a trace, and a completed entry is never touched."""
+        logged (action ``repair``, the removed bytes' SHA-256) right after. A whole entry
+        that follows its predecessor and lost only its line break is kept and given it
+        back; only bytes that never were an entry are removed."""
         try:
             size = os.path.getsize(self.path)
         except FileNotFoundError:
@@ -259,8 +260,17 @@ class AuditLog:
             removed = tail[cut + 1 :]
             try:
                 whole = parse_entry(removed)
-                complete = entry_hash(whole) == whole.get("hash")
-            except ValueError:
+                before = None
+                if keep > 0:  # the whole line before it (its end is at keep - 1)
+                    fh.seek(max(0, keep - 1 - 65536))
+                    before = parse_entry(fh.read(keep - 1 - fh.tell()).rsplit(b"\n", 1)[-1])
+                complete = entry_hash(whole) == whole.get("hash") and (
+                    (whole.get("seq"), whole.get("prev")) == (0, GENESIS)
+                    if before is None
+                    else (whole.get("seq"), whole.get("prev"))
+                    == (before.get("seq", -2) + 1, before.get("hash"))
+                )
+            except (ValueError, TypeError):
                 complete = False
             if complete:  # a whole entry that lost only its line break: give it back
                 fh.seek(0, os.SEEK_END)
@@ -290,7 +300,9 @@ class AuditLog:
         new = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
+            done = 0
+            while done < len(line):  # a short write (full disk) raises or goes on
+                done += os.write(fd, line[done:])
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -322,6 +334,8 @@ class AuditLog:
 
         from fibergrade.keys import fingerprint
 
+        with self._locked():
+            self._repair_torn_tail()  # a torn last line would make the log unreadable
         public = private_key.public_key()
         mine = fingerprint(public)
         entries = self.entries()

@@ -31,12 +31,12 @@ reporting each difference.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -216,6 +216,8 @@ def read_envelope(path: str | Path) -> dict[str, Any]:
         raise CertificateFileError(f"{p}: no such file") from exc
     except IsADirectoryError as exc:
         raise CertificateFileError(f"{p}: a folder, not a certificate file") from exc
+    except OSError as exc:
+        raise CertificateFileError(f"{p}: cannot be read: {exc.strerror or exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise CertificateFileError(f"{p}: not a JSON certificate ({exc})") from exc
     if not isinstance(env, dict):
@@ -384,6 +386,7 @@ def next_certificate(
     prefix: str,
     subject: str,
     reissue_reason: str | None,
+    export_hint: bool = True,
 ) -> tuple[str, str | None]:
     """The number of a new certificate for a subject whose earlier certificates are
     ``prior`` (oldest first), and the number it supersedes: the newest one not revoked, or
@@ -393,8 +396,13 @@ def next_certificate(
     if supersedes and not reissue_reason:
         raise CertificateRefused(
             f"{subject} is already certified as {supersedes}; to issue a corrected "
-            "certificate that supersedes it, pass --reissue --reason ...; to write the "
-            "issued one's file again (a run stopped before writing it), pass --export"
+            "certificate that supersedes it, pass --reissue --reason ..."
+            + (
+                "; to write the issued one's file again (a run stopped before writing "
+                "it), pass --export"
+                if export_hint
+                else ""
+            )
         )
     return f"{prefix}-{len(prior) + 1:02d}", supersedes
 
@@ -402,7 +410,7 @@ def next_certificate(
 @under_issue_lock
 def certify_lots(
     store: Any,
-    lot_ids: list[str],
+    lot_ids: list[str] | None,
     private_key: Any,
     out_dir: str | Path,
     *,
@@ -412,7 +420,8 @@ def certify_lots(
     progress: Any = None,
     executor: Any = None,
 ) -> CertifyOutcome:
-    """Issue one certificate per lot (all refusals are found before anything is issued).
+    """Issue one certificate per lot (all refusals are found before anything is issued);
+    ``lot_ids`` None: every clean graded lot that has no certificate yet.
 
     Every raw segment the certificates cite is hashed and the PDFs are rendered first, one
     task per segment on ``executor`` (default: this process; :mod:`fibergrade.cluster`);
@@ -423,6 +432,15 @@ def certify_lots(
 
     AuditLog(store.root).check_lab_key(private_key)
     graded = latest_grades(store)
+    if lot_ids is None:  # chosen here, under the issuing lock, like the numbers
+        done = {e["certificate"]["lot"]["lot_id"] for e in existing_certificates(store)}
+        lot_ids = [
+            lot
+            for lot, rec in graded.items()
+            if (rec.get("screening") or {}).get("verdict") == "clean"
+            and rec.get("grade")
+            and lot not in done
+        ]
     missing = [lot for lot in lot_ids if lot not in graded]
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
@@ -468,10 +486,6 @@ def certify_lots(
     # succeeded. On a failure the folder is removed: a task still running elsewhere then
     # cannot write into it (a PDF is written beside its final name and renamed), so no PDF
     # of a certificate that was not issued is left in `out`.
-    staging = out / f".pending-{uuid.uuid4().hex}" if pdf and docs else None
-    if staging is not None:
-        staging.mkdir()
-    staged = [staging / p.name for p in pdf_paths] if staging is not None else []
     by_segment: dict[str, list[int]] = {}
     for i, doc in enumerate(docs):
         by_segment.setdefault(doc["raw_segment"]["sha256"], []).append(i)
@@ -484,6 +498,10 @@ def certify_lots(
                 "log (a run stopped before logging it: import the file again; or the file "
                 "was placed by hand); no certificate is issued on it"
             )
+    staging = out / f"{STAGING_PREFIX}{uuid.uuid4().hex}" if pdf and docs else None
+    if staging is not None:
+        staging.mkdir()
+    staged = [staging / p.name for p in pdf_paths] if staging is not None else []
     from fibergrade.cluster import InProcess
     from fibergrade.segment_tasks import CertifyTask, certify_segment
 
@@ -527,20 +545,35 @@ def certify_lots(
     return result
 
 
+#: a certify run's PDF staging folder inside its output folder
+STAGING_PREFIX = ".fibergrade-pending-"
+#: leftovers younger than this are not touched: another store's run may be writing them
+#: into a shared output folder [unsourced: the project's choice]
+STALE_AFTER_S = 3600.0
+
+
 def clear_stale_files(out: Path) -> int:
-    """Remove what a certify run that was killed left in its output folder: its PDF
-    staging folders (``.pending-*``) and half-written JSON (``.NUMBER.json.*.tmp``). Only
-    called holding the store's issuing lock, so no other run of this store is writing
-    there; returns how many were removed."""
+    """Remove what a killed certify run left in its output folder: PDF staging folders
+    (``.fibergrade-pending-*``) and half-written files (``.FG-...json.*.tmp``,
+    ``.FGM-...``), once they are an hour old. Another run of this store cannot be writing
+    them (the issuing lock), but a run of another store may share the folder, and a run's
+    files are never that old. Returns how many were removed."""
     removed = 0
-    for p in out.glob(".pending-*"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+    now = time.time()
+    candidates = [*out.glob(f"{STAGING_PREFIX}*"), *out.glob(".FG*.*.tmp")]
+    for p in candidates:
+        try:
+            if now - p.stat().st_mtime < STALE_AFTER_S:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
             removed += 1
-    for p in out.glob(".*.json.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError:
+            continue  # not ours to insist on: it is only cleanup
     return removed
 
 
@@ -556,13 +589,14 @@ def export_certificates(
     out = output_folder(out_dir)
     clear_stale_files(out)
     revoked = {e["certificate_number"] for e in revocation_entries(store)}
+    by_lot: dict[str, list[dict[str, Any]]] = {}
+    for e in existing_certificates(store):  # read once, oldest first
+        if e["certificate"]["certificate_number"] not in revoked:
+            by_lot.setdefault(e["certificate"]["lot"]["lot_id"], []).append(e)
+    grade_results: dict[str, dict[str, Any]] = {}
     done = []
     for lot in dict.fromkeys(lot_ids):
-        standing = [
-            e
-            for e in existing_certificates(store, lot)
-            if e["certificate"]["certificate_number"] not in revoked
-        ]
+        standing = by_lot.get(lot, [])
         if not standing:
             raise CertificateError(f"lot {lot} has no certificate that stands in this store")
         env = {k: v for k, v in standing[-1].items() if k != "_record"}
@@ -571,8 +605,12 @@ def export_certificates(
         path = _write_whole(out / f"{number}.json", json.dumps(env, indent=2, ensure_ascii=False))
         pdf_path = None
         if pdf:
-            grades = store.get_result("grade", doc["grade_result"])
-            rec = next(r for r in grades["lots"] if r["lot_id"] == lot)
+            gid = doc["grade_result"]
+            if gid not in grade_results:
+                grade_results[gid] = {
+                    r["lot_id"]: r for r in store.get_result("grade", gid)["lots"]
+                }
+            rec = grade_results[gid][lot]
             tmp = out / f".{number}.pdf.{uuid.uuid4().hex}.tmp"
             try:
                 render_pdf(env, rec, tmp)

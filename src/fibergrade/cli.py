@@ -1727,11 +1727,9 @@ def certify_(
     from fibergrade.certificates import (
         CertificateError,
         certify_lots,
-        existing_certificates,
         export_certificates,
     )
     from fibergrade.keys import load_private_key
-    from fibergrade.workflow import latest_grades
 
     if reissue and not reason:
         raise CertificateError("--reissue needs --reason")
@@ -1755,15 +1753,6 @@ def certify_(
         for i in written:
             out.print(f"{i.number}: {escape(str(i.json_path))} (written again)")
         return
-    if not lots:  # every clean graded lot that has no certificate yet
-        done = {e["certificate"]["lot"]["lot_id"] for e in existing_certificates(st)}
-        lots = [
-            lot
-            for lot, rec in latest_grades(st).items()
-            if (rec.get("screening") or {}).get("verdict") == "clean"
-            and rec.get("grade")
-            and lot not in done
-        ]
     private = load_private_key(key, passphrase)
     # certify's tasks hash segments and render PDFs: no model or kernel to warm up
     with _executor(workers, scheduler, quiet=json_, warm=False) as ex:
@@ -1771,7 +1760,7 @@ def certify_(
         with prog:
             res = certify_lots(
                 st,
-                lots,
+                lots or None,  # None: every clean graded lot not yet certified
                 private,
                 out_dir,
                 lab_name=lab,

@@ -1316,13 +1316,16 @@ class Store:
         a logged record whose file is gone is :class:`StoreCorruptError`: deleting a
         revocation or a reissued certificate must not bring the old certificate back."""
         directory = self._result_dir(kind)
+        # the log first: a record is written before it is logged, so whatever the log names
+        # now is on disk for the listing (in the other order, a record written and logged
+        # in between would look deleted)
+        logged = set(self._logged(kind))
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
             names = []
         except OSError as e:
             raise StoreError(f"{directory}: cannot list results: {e}") from e
-        logged = self._logged(kind)
         present = set()
         out = []
         for name in names:

@@ -119,7 +119,12 @@ def certify_carcasses(
     for r in records:
         cid = r["carcass_id"]
         number, supersedes = next_certificate(
-            previous.get(cid, []), revoked, f"FGM-{cid}", f"carcass {cid}", reissue_reason
+            previous.get(cid, []),
+            revoked,
+            f"FGM-{cid}",
+            f"carcass {cid}",
+            reissue_reason,
+            export_hint=False,
         )
         plans.append((r, number, supersedes))
     if not plans:
