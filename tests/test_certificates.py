@@ -680,3 +680,27 @@ def test_verify_store_checks_the_checkpoint_signatures_with_the_lab_key(lab, tmp
     assert r.returncode == 0, r.stderr
     r = verify(d, certs(d)[0], *STORE)
     assert r.returncode == 5 and "checkpoint signature does not verify" in r.stderr, r.stderr
+
+
+def test_lot_metadata_edited_in_the_manifest_is_found(lab, tmp_path):
+    """manifest.json is an unsigned index: an instrument or declared type edited there
+    changed which calibration and standard graded a lot, and what its certificate said.
+    The segments' own metadata (under their SHA-256) is what counts."""
+    d = fresh_copy(lab, tmp_path)
+    cert = certs(d)[0]
+    lot = json.loads(cert.read_text())["certificate"]["lot"]["lot_id"]
+    path = d / "demo-out" / "fibergrade-data" / "manifest.json"
+    doc = json.loads(path.read_text())
+    meta = next(x["meta"] for s in doc["segments"] for x in s["lots"] if x["meta"]["lot_id"] == lot)
+    was = meta["declared_type"]
+    meta["declared_type"] = now = "cashmere" if was != "cashmere" else "baby-camel"
+    path.write_text(json.dumps(doc))
+    r = verify(d, cert, *STORE)
+    assert r.returncode == 5 and f"declared_type {now!r} (segment: {was!r})" in r.stderr
+    r = run("certify", lot, *STORE, "--key", KEY, "--reissue", "--reason", "x", "--out", "o",
+            cwd=d)  # fmt: skip
+    assert r.returncode == 3 and "the manifest was altered" in r.stderr, r.stderr
+    r = run("audit", "verify", *STORE, cwd=d)
+    assert r.returncode == 3 and f"lot {lot} differs from its segment" in r.stderr
+    path.unlink()  # rebuilt from the segments
+    assert verify(d, cert, *STORE).returncode == 0

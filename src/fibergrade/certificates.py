@@ -489,6 +489,8 @@ def certify_lots(
     by_segment: dict[str, list[int]] = {}
     for i, doc in enumerate(docs):
         by_segment.setdefault(doc["raw_segment"]["sha256"], []).append(i)
+    # the metadata the grade records and these certificates state is the segments' own
+    store.check_manifest(by_segment)
     unlogged = {seg.digest: seg for seg in store.unlogged_segments()}
     for seg, idxs in by_segment.items():
         if seg in unlogged:
@@ -1006,6 +1008,11 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
         _cached(cache, ("segment", seg), lambda: store.verify_segment(seg))
     except StoreError as exc:
         rep.problems.append(f"raw data: {exc}")
+        return
+    try:
+        _cached(cache, ("manifest", seg), lambda: store.check_manifest([seg]))
+    except StoreError as exc:
+        rep.problems.append(f"lot metadata: {exc}")
         return
     unlogged = _cached(cache, ("unlogged",), lambda: {s.digest for s in store.unlogged_segments()})
     if seg in unlogged:

@@ -1911,6 +1911,7 @@ def audit_verify(
 
     st = _open_store(store)
     rep = AuditLog(st.root).verify(load_public_key(public_key) if public_key else None)
+    st.check_manifest()  # lot metadata as the segments hold it (StoreCorruptError: exit 3)
     unlogged = [str(p) for p in st.unlogged_results()]
     unlogged += [f"{s.path} ({s.source_name})" for s in st.unlogged_segments()]
     if json_:

@@ -54,7 +54,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1088,6 +1088,43 @@ class Store:
     def segment_path(self, digest: str) -> Path:
         """Path of a committed segment (a distributed engine reads segments by path)."""
         return self._segment(digest).path
+
+    def check_manifest(self, digests: Iterable[str] | None = None) -> None:
+        """Compare what ``manifest.json`` says of the given segments (all: None) with the
+        segment files themselves: the lots, their order and row counts, and every lot's
+        metadata (declared type, instrument, origin...), which the segment's SHA-256
+        covers and the manifest, an unsigned index, does not. Grading takes a lot's
+        standard and calibration from that metadata and a certificate states it, so an
+        edited manifest would change both without a trace. :class:`StoreCorruptError`
+        names the first difference."""
+        for digest in self._state.by_digest if digests is None else dict.fromkeys(digests):
+            seg = self._segment(digest)
+            true_seg, true_lots = _index_segment_file(seg.path, digest)
+            if true_seg.lot_ids != seg.lot_ids or true_seg.n_rows != seg.n_rows:
+                raise StoreCorruptError(
+                    f"{self._manifest_path}: segment {digest[:12]} holds lots "
+                    f"{list(true_seg.lot_ids)[:5]}..., the manifest lists "
+                    f"{list(seg.lot_ids)[:5]}...: the manifest was altered"
+                )
+            for true in true_lots:
+                listed = self._state.lots.get(true.lot_id)
+                if listed != true:
+                    got = listed.meta.to_dict() if listed else None
+                    want = true.meta.to_dict()
+                    what = (
+                        ", ".join(
+                            f"{k} {got.get(k)!r} (segment: {want.get(k)!r})"
+                            for k in sorted(set(got) | set(want))
+                            if got.get(k) != want.get(k)
+                        )
+                        if got
+                        else "missing"
+                    ) or "its place or size"
+                    raise StoreCorruptError(
+                        f"{self._manifest_path}: lot {true.lot_id} differs from its segment "
+                        f"{digest[:12]}: {what}; the manifest was altered (it is rebuilt "
+                        "from the segments if removed)"
+                    )
 
     def _segment(self, digest: str) -> SegmentRecord:
         seg = self._state.by_digest.get(digest)
