@@ -601,7 +601,7 @@ def test_export_writes_an_issued_certificate_again_and_stale_files_go(lab, tmp_p
         os.utime(p, (time.time() - 7200, time.time() - 7200))
     r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, cwd=d)
     assert r.returncode == 5 and "pass --export" in r.stderr
-    r = run("certify", lot, "--export", *STORE, "--out", CERTS, "--json", cwd=d)
+    r = run("certify", lot, "--export", *STORE, "--key", KEY, "--out", CERTS, "--json", cwd=d)
     assert r.returncode == 0, r.stderr
     written = json.loads(r.stdout)
     assert [w["certificate_number"] for w in written] == [cert.stem]
@@ -704,3 +704,35 @@ def test_lot_metadata_edited_in_the_manifest_is_found(lab, tmp_path):
     assert r.returncode == 3 and f"lot {lot} differs from its segment" in r.stderr
     path.unlink()  # rebuilt from the segments
     assert verify(d, cert, *STORE).returncode == 0
+
+
+def test_store_records_not_signed_by_the_lab_cannot_decide_standing(lab, tmp_path):
+    """Revocations are signed in the store as well, and a newer certificate must verify
+    with the lab key before it counts as superseding: records placed by hand (even with
+    forged log entries for them) are named as tampering, never taken as the lab's word."""
+    from fibergrade.audit import AuditLog
+    from fibergrade.store import Store
+
+    d = fresh_copy(lab, tmp_path)
+    first, second = certs(d)[:2]
+    st = Store.open(d / "demo-out" / "fibergrade-data", create=False)
+    forged_rev = {
+        "kind": "revocation", "certificate_number": first.stem, "certificate_sha256": "x",
+        "reason": "forged", "revoked_at": "2026-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    st.put_result("revocation", forged_rev)  # through the store: logged like a real one
+    r = verify(d, first, *STORE)
+    assert r.returncode == 5 and "is not signed by the lab key" in r.stderr, r.stderr
+    d = fresh_copy(lab, tmp_path / "b")
+    second = certs(d)[1]
+    st = Store.open(d / "demo-out" / "fibergrade-data", create=False)
+    env = json.loads(second.read_text())
+    doc = dict(env["certificate"], certificate_number=second.stem[:-2] + "02", client="M")
+    st.put_result("certificate", {"certificate": doc, "signature": env["signature"]})
+    assert AuditLog(st.root).verify().entries > 0
+    r = verify(d, second, *STORE)
+    assert "newer certificate" in r.stderr and "not signed by the lab key" in r.stderr
+    lot = env["certificate"]["lot"]["lot_id"]
+    r = run("certify", lot, "--export", *STORE, "--key", KEY, "--out", "o", cwd=d)
+    assert r.returncode == 5 and "does not verify with the lab key" in r.stderr, r.stderr
+    assert not (d / "o").exists() or not list((d / "o").glob("FG-*"))

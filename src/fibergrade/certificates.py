@@ -581,16 +581,18 @@ def clear_stale_files(out: Path) -> int:
 
 @under_issue_lock
 def export_certificates(
-    store: Any, lot_ids: list[str], out_dir: str | Path, *, pdf: bool = True
+    store: Any, lot_ids: list[str], out_dir: str | Path, public_key: Any, *, pdf: bool = True
 ) -> list[Issued]:
     """Write again the files of the lots' certificates that stand (the newest not
     revoked), from the store's signed copies: for a run stopped after storing a
-    certificate and before writing its file, or a lost file. Issues and signs nothing."""
+    certificate and before writing its file, or a lost file. Issues and signs nothing; a
+    stored copy whose signature does not verify with the lab's ``public_key`` is refused
+    (it was not issued by this lab)."""
     from fibergrade.certificate_pdf import render_pdf
 
     out = output_folder(out_dir)
     clear_stale_files(out)
-    revoked = {e["certificate_number"] for e in revocation_entries(store)}
+    revoked = {e["certificate_number"] for e in revocation_entries(store, public_key)}
     by_lot: dict[str, list[dict[str, Any]]] = {}
     for e in existing_certificates(store):  # read once, oldest first
         if e["certificate"]["certificate_number"] not in revoked:
@@ -604,6 +606,13 @@ def export_certificates(
         env = {k: v for k, v in standing[-1].items() if k != "_record"}
         doc = env["certificate"]
         number = doc["certificate_number"]
+        try:
+            check_signature(env, public_key, number)
+        except CertificateError as exc:
+            raise CertificateError(
+                f"the store's certificate {number} does not verify with the lab key ({exc}); "
+                "it is not exported"
+            ) from None
         path = _write_whole(out / f"{number}.json", json.dumps(env, indent=2, ensure_ascii=False))
         pdf_path = None
         if pdf:
@@ -734,8 +743,27 @@ def all_certificates(store: Any) -> list[dict[str, Any]]:
     return [env for _, env in stored_certificates(store)]
 
 
-def revocation_entries(store: Any) -> list[dict[str, Any]]:
-    return [p for _, p in store.results("revocation")]
+def revocation_entries(store: Any, public_key: Any = None) -> list[dict[str, Any]]:
+    """The store's revocation records, oldest first. With the lab's ``public_key`` each
+    must carry a signature by it (``revoke`` signs every record it stores): a record
+    that does not is :class:`~fibergrade.errors.StoreCorruptError`, since it can only have
+    been placed by hand, and a revocation decides whether a certificate stands."""
+    entries = [p for _, p in store.results("revocation")]
+    if public_key is not None:
+        from fibergrade.errors import StoreCorruptError
+
+        for e in entries:
+            body = {k: v for k, v in e.items() if k != "signature"}
+            try:
+                check_signature(
+                    {"certificate": body, "signature": e.get("signature")}, public_key, "record"
+                )
+            except CertificateError:
+                raise StoreCorruptError(
+                    f"{store.root}: the revocation record of {e.get('certificate_number')} "
+                    "is not signed by the lab key: it was not written by revoke"
+                ) from None
+    return entries
 
 
 @under_issue_lock
@@ -758,13 +786,15 @@ def revoke(
         )
     if any(e["certificate_number"] == number for e in revocation_entries(store)):
         raise CertificateError(f"certificate {number} is already revoked")
-    entry = {
+    entry: dict[str, Any] = {
         "kind": "revocation",
         "certificate_number": number,
         "certificate_sha256": digest(found[0]["certificate"]),
         "reason": reason,
         "revoked_at": _now(),
     }
+    # signed in the store too: standing is judged from these records
+    entry["signature"] = sign(entry, private_key)["signature"]
     store.put_result("revocation", entry)  # logged by the store
     AuditLog(store.root).checkpoint(private_key)
     env = revocation_list(store, private_key)
@@ -780,7 +810,7 @@ def revocation_list(store: Any, private_key: Any) -> dict[str, Any]:
         "issued_at": _now(),
         "entries": [
             {k: e[k] for k in ("certificate_number", "certificate_sha256", "reason", "revoked_at")}
-            for e in revocation_entries(store)
+            for e in revocation_entries(store, private_key.public_key())
         ],
     }
     return sign(doc, private_key)
@@ -856,7 +886,7 @@ def verify_certificate(
     if cache is None:
         cache = {}
     if store is not None:
-        _standing(cert, store, rep, cache)
+        _standing(cert, store, rep, cache, public_key)
         _audit_position(cert, store, rep, cache, public_key)
     if store is not None and cert["schema"] == MEAT_SCHEMA:
         verify_meat(cert, store, rep)
@@ -894,13 +924,17 @@ def _audit_position(
     rep.checks.append(("audit log", f"intact, and contains entry {seq} as recorded"))
 
 
-def _standing(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any]) -> None:
+def _standing(
+    cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any], public_key: Any
+) -> None:
     """Whether the certificate still stands in the store, whatever revocation list was
     given, if any: not revoked there, and the newest of its lot's (or carcass's)
     certificates that are not revoked. That is the certificate a reissue would supersede
     (:func:`next_certificate`): revoking a reissue puts the one before it back."""
     try:
-        revoked, newest, known = _cached(cache, ("standing",), lambda: _store_standing(store))
+        revoked, newest, known, newest_envelopes = _cached(
+            cache, ("standing",), lambda: _store_standing(store, public_key)
+        )
     except StoreError as exc:
         rep.problems.append(f"standing in the store cannot be told: {exc}")
         return
@@ -923,6 +957,15 @@ def _standing(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[A
         return
     latest = newest.get(_subject(cert))
     if latest is not None and latest["certificate_number"] != number:
+        env = newest_envelopes[latest["certificate_number"]]
+        try:
+            check_signature(env, public_key, latest["certificate_number"])
+        except CertificateError:
+            rep.problems.append(
+                f"the store's newer certificate {latest['certificate_number']} is not signed by "
+                "the lab key: it was not issued by this lab (the store was tampered with)"
+            )
+            return
         rep.problems.append(
             f"superseded by {latest['certificate_number']} (issued {latest['issued_at']}: "
             f"{latest.get('reissue_reason')})"
@@ -940,26 +983,34 @@ def _subject(cert: dict[str, Any]) -> tuple[str, str]:
 
 def _store_standing(
     store: Any,
-) -> tuple[dict[str, dict[str, Any]], dict[Any, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The store's revocations by certificate number, per subject the newest certificate
-    not revoked, and every certificate the store issued by number (read once for a
-    batch)."""
+    public_key: Any,
+) -> tuple[
+    dict[str, dict[str, Any]],
+    dict[Any, dict[str, Any]],
+    dict[str, dict[str, Any]],
+    dict[str, dict[str, Any]],
+]:
+    """The store's revocations by certificate number (each signed by the lab key), per
+    subject the newest certificate not revoked, every certificate the store issued by
+    number, and the envelopes by number (read once for a batch)."""
     from fibergrade.errors import StoreCorruptError
 
-    entries = revocation_entries(store)
+    entries = revocation_entries(store, public_key)
     if not all(isinstance(e.get("certificate_number"), str) for e in entries):
         raise StoreCorruptError(f"{store.root}: a stored revocation names no certificate")
     revoked = {e["certificate_number"]: e for e in entries}
     newest: dict[Any, dict[str, Any]] = {}
     known: dict[str, dict[str, Any]] = {}
+    envelopes: dict[str, dict[str, Any]] = {}
     for env in all_certificates(store):  # each subject's oldest first
         doc = env.get("certificate")
         if not isinstance(doc, dict):
             raise StoreCorruptError(f"{store.root}: a stored certificate record holds none")
         known[str(doc.get("certificate_number"))] = doc
+        envelopes[str(doc.get("certificate_number"))] = env
         if doc.get("certificate_number") not in revoked:
             newest[_subject(doc)] = doc
-    return revoked, newest, known
+    return revoked, newest, known, envelopes
 
 
 def given_standards(paths: list[str | Path] | list[Path]) -> dict[Any, Any]:

@@ -1737,7 +1737,8 @@ def certify_(
     if export:
         if not lots or reissue:
             raise CertificateError("--export needs lot ids, and issues nothing (no --reissue)")
-        written = export_certificates(st, lots, out_dir, pdf=pdf)
+        lab_key = load_private_key(key, passphrase).public_key()  # checks the stored copies
+        written = export_certificates(st, lots, out_dir, lab_key, pdf=pdf)
         if json_:
             _print_json(
                 [
