@@ -736,3 +736,29 @@ def test_store_records_not_signed_by_the_lab_cannot_decide_standing(lab, tmp_pat
     r = run("certify", lot, "--export", *STORE, "--key", KEY, "--out", "o", cwd=d)
     assert r.returncode == 5 and "does not verify with the lab key" in r.stderr, r.stderr
     assert not (d / "o").exists() or not list((d / "o").glob("FG-*"))
+
+
+def test_certify_recomputes_the_grade_record_it_signs(lab, tmp_path):
+    """A grade record is an unsigned file: one that calls a flagged lot clean (written
+    through the store, so logged like a real one) is caught by certify's recomputation
+    from the raw data before the lab's key signs it."""
+    from fibergrade.store import Store
+    from fibergrade.workflow import latest_grades
+
+    d = fresh_copy(lab, tmp_path)
+    st = Store.open(d / "demo-out" / "fibergrade-data", create=False)
+    flagged = next(
+        rec
+        for rec in latest_grades(st).values()
+        if rec["grade"] and (rec.get("screening") or {}).get("verdict") != "clean"
+    )
+    forged = {k: v for k, v in flagged.items() if k != "result_id"}
+    forged["screening"] = dict(forged["screening"], verdict="clean", reasons=[])
+    st.put_result(
+        "grade", {"kind": "grade", "created_at": "2099-01-01T00:00:00+00:00", "lots": [forged]}
+    )
+    lot = forged["lot_id"]
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", "o", "--no-pdf", cwd=d)
+    assert r.returncode == 5 and "differs from a recomputation" in r.stderr, r.stderr
+    assert "screening verdict" in r.stderr
+    assert not (d / "o").exists() or not list((d / "o").glob("FG-*"))

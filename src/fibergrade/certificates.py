@@ -489,8 +489,10 @@ def certify_lots(
     by_segment: dict[str, list[int]] = {}
     for i, doc in enumerate(docs):
         by_segment.setdefault(doc["raw_segment"]["sha256"], []).append(i)
-    # the metadata the grade records and these certificates state is the segments' own
+    # the metadata the grade records and these certificates state is the segments' own,
+    # and the records say what the raw data give
     store.check_manifest(by_segment)
+    check_against_raw_data(store, {lot: graded[lot] for lot in lot_ids}, executor)
     unlogged = {seg.digest: seg for seg in store.unlogged_segments()}
     for seg, idxs in by_segment.items():
         if seg in unlogged:
@@ -577,6 +579,50 @@ def clear_stale_files(out: Path) -> int:
         except OSError:
             continue  # not ours to insist on: it is only cleanup
     return removed
+
+
+#: what certify recomputes of each grade record before signing it
+_RECOMPUTED = ("grade", "standard", "calibration", "uncalibrated")
+
+
+def check_against_raw_data(
+    store: Any, records: dict[str, dict[str, Any]], executor: Any = None
+) -> None:
+    """Grade and screen the lots again from their raw data and refuse any whose stored
+    grade record differs: figures at certificate precision, grade, standard, calibration
+    and the screening verdict and model. A grade record is an unsigned file; before the
+    lab's key signs what it says, the software checks it says what the raw data give.
+    Lots graded by a lab's own standard file (not packaged, so not at hand here) have
+    their figures and screening checked, not their grade."""
+    from fibergrade.grading import list_standards
+    from fibergrade.workflow import grade_lots
+
+    packaged = {s.id for s in list_standards()}
+    groups: dict[str | None, list[str]] = {}
+    for lot, rec in records.items():
+        std = (rec.get("standard") or {}).get("id")
+        groups.setdefault(std if std in packaged else None, []).append(lot)
+    for std_id, lots in groups.items():
+        again = grade_lots(
+            store, lots, std_id, record=False, uncalibrated=True, executor=executor
+        ).records
+        for lot, new in zip(lots, again, strict=True):
+            old = records[lot]
+            diffs = [k for k, v in report_figures(new).items() if v != report_figures(old).get(k)]
+            if std_id is not None:
+                diffs += [k for k in _RECOMPUTED if new.get(k) != old.get(k)]
+            s_new, s_old = new.get("screening") or {}, old.get("screening") or {}
+            diffs += [
+                f"screening {k}"
+                for k in ("verdict", "model_digest")
+                if s_new.get(k) != s_old.get(k)
+            ]
+            if diffs:
+                raise CertificateRefused(
+                    f"lot {lot}: its stored grade record differs from a recomputation from "
+                    f"the raw data ({', '.join(diffs)}); grade it again (fibergrade grade) "
+                    "before certifying"
+                )
 
 
 @under_issue_lock
