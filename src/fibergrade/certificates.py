@@ -489,10 +489,6 @@ def certify_lots(
     by_segment: dict[str, list[int]] = {}
     for i, doc in enumerate(docs):
         by_segment.setdefault(doc["raw_segment"]["sha256"], []).append(i)
-    # the metadata the grade records and these certificates state is the segments' own,
-    # and the records say what the raw data give
-    store.check_manifest(by_segment)
-    check_against_raw_data(store, {lot: graded[lot] for lot in lot_ids}, executor)
     unlogged = {seg.digest: seg for seg in store.unlogged_segments()}
     for seg, idxs in by_segment.items():
         if seg in unlogged:
@@ -527,6 +523,11 @@ def certify_lots(
             label="certify",
             progress=(lambda k, n: progress(k, n, stage)) if progress else None,
         )
+        # the segments are intact (the tasks hashed them): the metadata the grade records
+        # and these certificates state must be the segments' own, and the records must
+        # say what the raw data give
+        store.check_manifest(by_segment)
+        check_against_raw_data(store, {lot: graded[lot] for lot in lot_ids}, executor)
     except BaseException:
         if staging is not None:  # PDFs of certificates that are not issued
             shutil.rmtree(staging, ignore_errors=True)

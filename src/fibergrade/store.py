@@ -1100,6 +1100,10 @@ class Store:
         for digest in self._state.by_digest if digests is None else dict.fromkeys(digests):
             seg = self._segment(digest)
             true_seg, true_lots = _index_segment_file(seg.path, digest)
+            listed = [self._state.lots.get(x.lot_id) for x in true_lots]
+            if (true_seg.lot_ids, true_seg.n_rows, true_lots) != (seg.lot_ids, seg.n_rows, listed):
+                # which of the two changed: the segment file, or the manifest?
+                verify_segment_file(seg.path, digest)
             if true_seg.lot_ids != seg.lot_ids or true_seg.n_rows != seg.n_rows:
                 raise StoreCorruptError(
                     f"{self._manifest_path}: segment {digest[:12]} holds lots "
