@@ -738,10 +738,10 @@ def test_store_records_not_signed_by_the_lab_cannot_decide_standing(lab, tmp_pat
     assert not (d / "o").exists() or not list((d / "o").glob("FG-*"))
 
 
-def test_certify_recomputes_the_grade_record_it_signs(lab, tmp_path):
-    """A grade record is an unsigned file: one that calls a flagged lot clean (written
-    through the store, so logged like a real one) is caught by certify's recomputation
-    from the raw data before the lab's key signs it."""
+def test_verify_recomputes_the_screening_verdict(lab, tmp_path):
+    """A grade record is an unsigned file: one calling a flagged lot clean (written through
+    the store, so logged like a real one) lets certify sign without an override; verify
+    --store screens the lot again and names the difference."""
     from fibergrade.store import Store
     from fibergrade.workflow import latest_grades
 
@@ -750,15 +750,39 @@ def test_certify_recomputes_the_grade_record_it_signs(lab, tmp_path):
     flagged = next(
         rec
         for rec in latest_grades(st).values()
-        if rec["grade"] and (rec.get("screening") or {}).get("verdict") != "clean"
+        if rec["grade"] and (rec.get("screening") or {}).get("verdict") not in ("clean", None)
     )
+    was = flagged["screening"]["verdict"]
     forged = {k: v for k, v in flagged.items() if k != "result_id"}
     forged["screening"] = dict(forged["screening"], verdict="clean", reasons=[])
     st.put_result(
         "grade", {"kind": "grade", "created_at": "2099-01-01T00:00:00+00:00", "lots": [forged]}
     )
     lot = forged["lot_id"]
-    r = run("certify", lot, *STORE, "--key", KEY, "--out", "o", "--no-pdf", cwd=d)
-    assert r.returncode == 5 and "differs from a recomputation" in r.stderr, r.stderr
-    assert "screening verdict" in r.stderr
-    assert not (d / "o").exists() or not list((d / "o").glob("FG-*"))
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", "o", "--no-pdf", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    cert = d / json.loads(r.stdout)[0]["json"]
+    r = verify(d, cert, *STORE)
+    assert r.returncode == 5 and f"screening: certificate says clean, the raw data give {was}" \
+        in r.stderr, r.stderr  # fmt: skip
+    r = verify(d, certs(d)[0], *STORE, "--json")
+    assert r.returncode == 0 and "screening" in {c["check"] for c in json.loads(r.stdout)["checks"]}
+
+
+def test_a_signed_certificate_is_not_a_signed_revocation_record(lab, tmp_path):
+    """Revocation records carry their own schema: a certificate document with its own
+    (valid) signature, stored as a revocation record, revokes nothing and is named."""
+    from fibergrade.store import Store
+
+    d = fresh_copy(lab, tmp_path)
+    st = Store.open(d / "demo-out" / "fibergrade-data", create=False)
+    env = json.loads(certs(d)[2].read_text())
+    st.put_result("revocation", {**env["certificate"], "certificate_sha256": "x", "reason": "r",
+                                 "revoked_at": "2026", "signature": env["signature"]})  # fmt: skip
+    r = verify(d, certs(d)[2], *STORE)
+    assert r.returncode == 5 and "is not signed by the lab key" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    before = sorted(p.name for p in (st.root / "results" / "revocation").iterdir())
+    r = run("revoke", certs(d)[3].stem, "--reason", "x", *STORE, "--key", KEY, cwd=d)
+    assert r.returncode == 3 and "not signed by the lab key" in r.stderr, r.stderr
+    assert sorted(p.name for p in (st.root / "results" / "revocation").iterdir()) == before

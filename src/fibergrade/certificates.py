@@ -46,6 +46,7 @@ from typing import Any
 
 from fibergrade import __version__
 from fibergrade.audit import AuditLog, Position, canonical_json, digest
+from fibergrade.distribution import DEFAULT_CUT_UM
 from fibergrade.errors import FibergradeError, StoreError
 from fibergrade.keys import fingerprint
 from fibergrade.store import under_issue_lock
@@ -445,7 +446,7 @@ def certify_lots(
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise CertificateRefused(f"lot(s) not graded yet: {shown}; run fibergrade grade first")
-    revoked = {e["certificate_number"] for e in revocation_entries(store)}
+    revoked = {e["certificate_number"] for e in revocation_entries(store, private_key.public_key())}
     previous: dict[str, list[dict[str, Any]]] = {}
     for env in existing_certificates(store):
         previous.setdefault(env["certificate"]["lot"]["lot_id"], []).append(env)
@@ -524,10 +525,8 @@ def certify_lots(
             progress=(lambda k, n: progress(k, n, stage)) if progress else None,
         )
         # the segments are intact (the tasks hashed them): the metadata the grade records
-        # and these certificates state must be the segments' own, and the records must
-        # say what the raw data give
+        # and these certificates state must be the segments' own
         store.check_manifest(by_segment)
-        check_against_raw_data(store, {lot: graded[lot] for lot in lot_ids}, executor)
     except BaseException:
         if staging is not None:  # PDFs of certificates that are not issued
             shutil.rmtree(staging, ignore_errors=True)
@@ -580,50 +579,6 @@ def clear_stale_files(out: Path) -> int:
         except OSError:
             continue  # not ours to insist on: it is only cleanup
     return removed
-
-
-#: what certify recomputes of each grade record before signing it
-_RECOMPUTED = ("grade", "standard", "calibration", "uncalibrated")
-
-
-def check_against_raw_data(
-    store: Any, records: dict[str, dict[str, Any]], executor: Any = None
-) -> None:
-    """Grade and screen the lots again from their raw data and refuse any whose stored
-    grade record differs: figures at certificate precision, grade, standard, calibration
-    and the screening verdict and model. A grade record is an unsigned file; before the
-    lab's key signs what it says, the software checks it says what the raw data give.
-    Lots graded by a lab's own standard file (not packaged, so not at hand here) have
-    their figures and screening checked, not their grade."""
-    from fibergrade.grading import list_standards
-    from fibergrade.workflow import grade_lots
-
-    packaged = {s.id for s in list_standards()}
-    groups: dict[str | None, list[str]] = {}
-    for lot, rec in records.items():
-        std = (rec.get("standard") or {}).get("id")
-        groups.setdefault(std if std in packaged else None, []).append(lot)
-    for std_id, lots in groups.items():
-        again = grade_lots(
-            store, lots, std_id, record=False, uncalibrated=True, executor=executor
-        ).records
-        for lot, new in zip(lots, again, strict=True):
-            old = records[lot]
-            diffs = [k for k, v in report_figures(new).items() if v != report_figures(old).get(k)]
-            if std_id is not None:
-                diffs += [k for k in _RECOMPUTED if new.get(k) != old.get(k)]
-            s_new, s_old = new.get("screening") or {}, old.get("screening") or {}
-            diffs += [
-                f"screening {k}"
-                for k in ("verdict", "model_digest")
-                if s_new.get(k) != s_old.get(k)
-            ]
-            if diffs:
-                raise CertificateRefused(
-                    f"lot {lot}: its stored grade record differs from a recomputation from "
-                    f"the raw data ({', '.join(diffs)}); grade it again (fibergrade grade) "
-                    "before certifying"
-                )
 
 
 @under_issue_lock
@@ -795,22 +750,36 @@ def revocation_entries(store: Any, public_key: Any = None) -> list[dict[str, Any
     must carry a signature by it (``revoke`` signs every record it stores): a record
     that does not is :class:`~fibergrade.errors.StoreCorruptError`, since it can only have
     been placed by hand, and a revocation decides whether a certificate stands."""
-    entries = [p for _, p in store.results("revocation")]
-    if public_key is not None:
-        from fibergrade.errors import StoreCorruptError
+    from fibergrade.errors import StoreCorruptError
 
+    entries = [p for _, p in store.results("revocation")]
+    for e in entries:
+        if not all(isinstance(e.get(k), str) for k in _REVOCATION_FIELDS):
+            raise StoreCorruptError(
+                f"{store.root}: a revocation record lacks "
+                f"{', '.join(k for k in _REVOCATION_FIELDS if not isinstance(e.get(k), str))}"
+            )
+    if public_key is not None:
         for e in entries:
             body = {k: v for k, v in e.items() if k != "signature"}
             try:
+                if body.get("schema") != REVOCATION_RECORD_SCHEMA:
+                    raise CertificateError("not a signed revocation record")
                 check_signature(
                     {"certificate": body, "signature": e.get("signature")}, public_key, "record"
                 )
             except CertificateError:
                 raise StoreCorruptError(
                     f"{store.root}: the revocation record of {e.get('certificate_number')} "
-                    "is not signed by the lab key: it was not written by revoke"
+                    "is not signed by the lab key (placed by hand, or written by a fibergrade "
+                    "from before revocation records were signed)"
                 ) from None
     return entries
+
+
+#: a revocation record as ``revoke`` stores it (signed; see :func:`revocation_entries`)
+REVOCATION_RECORD_SCHEMA = "fibergrade-revocation-record/1"
+_REVOCATION_FIELDS = ("certificate_number", "certificate_sha256", "reason", "revoked_at")
 
 
 @under_issue_lock
@@ -831,9 +800,15 @@ def revoke(
             f"certificate {number} was signed with key {signer[:16]}...; this key "
             f"({fingerprint(private_key)[:16]}...) is not the lab key that issued it"
         )
-    if any(e["certificate_number"] == number for e in revocation_entries(store)):
+    # read (and checked) before anything is written: a store whose records this key cannot
+    # vouch for is refused here, not after the record and its checkpoint are stored
+    if any(
+        e["certificate_number"] == number
+        for e in revocation_entries(store, private_key.public_key())
+    ):
         raise CertificateError(f"certificate {number} is already revoked")
     entry: dict[str, Any] = {
+        "schema": REVOCATION_RECORD_SCHEMA,
         "kind": "revocation",
         "certificate_number": number,
         "certificate_sha256": digest(found[0]["certificate"]),
@@ -1165,8 +1140,8 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
             f"(digest {std_ref['digest'][:12]})"
         )
         return
-    table = store.read_lot(lot_id)  # this lot's rows only
-    summary = summarise_table(correct_table(table, a, b), std.cut_um, "fast")
+    table = correct_table(store.read_lot(lot_id), a, b)  # this lot's rows only
+    summary = summarise_table(table, std.cut_um, "fast")
     rec = summary.to_records()[0] | grade_summary(summary, std).records()[0]
     again = report_figures(rec)
     for key, value in cert["figures"].items():
@@ -1178,3 +1153,43 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
         )
     if not rep.problems:
         rep.checks.append(("recomputation", f"{len(again)} figures and grade {rec['grade']} agree"))
+    _rescreen(cert, table, summary if std.cut_um == DEFAULT_CUT_UM else None, lot, rep, cache)
+
+
+def _rescreen(
+    cert: dict[str, Any],
+    table: Any,
+    summary: Any,
+    lot: Any,
+    rep: VerifyReport,
+    cache: dict[Any, Any],
+) -> None:
+    """Screen the lot again with the model the certificate names (the shipped one, by its
+    digest) and compare the verdict: the grade record certify read it from is a file, and
+    the verdict decided whether the lot could be certified without an override."""
+    from fibergrade.screening import load_model, screening_entries
+    from fibergrade.segment_tasks import summarise_table
+
+    stated = cert.get("screening") or {}
+    if stated.get("verdict") is None:
+        return
+    try:
+        model = _cached(cache, ("model",), load_model)
+    except FibergradeError as exc:
+        rep.problems.append(f"screening: the model cannot be loaded to recompute it ({exc})")
+        return
+    if model.digest != stated.get("model_digest"):
+        rep.problems.append(
+            f"screening model: the certificate used {str(stated.get('model_digest'))[:12]}, "
+            f"this software has {model.digest[:12]}; the verdict is not recomputed"
+        )
+        return
+    if summary is None:
+        summary = summarise_table(table, DEFAULT_CUT_UM, "fast")
+    verdict = screening_entries(model, summary, [lot.meta.declared_type])[0]["verdict"]
+    if verdict != stated["verdict"]:
+        rep.problems.append(
+            f"screening: certificate says {stated['verdict']}, the raw data give {verdict}"
+        )
+        return
+    rep.checks.append(("screening", f"verdict {verdict} recomputed with model {model.digest[:12]}"))

@@ -1737,8 +1737,12 @@ def certify_(
     if export:
         if not lots or reissue:
             raise CertificateError("--export needs lot ids, and issues nothing (no --reissue)")
-        lab_key = load_private_key(key, passphrase).public_key()  # checks the stored copies
-        written = export_certificates(st, lots, out_dir, lab_key, pdf=pdf)
+        from fibergrade.audit import AuditLog
+
+        private = load_private_key(key, passphrase)
+        AuditLog(st.root).check_lab_key(private)  # another lab's key: said so, exit 3
+        # the stored copies are checked with the lab's public key
+        written = export_certificates(st, lots, out_dir, private.public_key(), pdf=pdf)
         if json_:
             _print_json(
                 [

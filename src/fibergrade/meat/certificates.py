@@ -92,7 +92,7 @@ def certify_carcasses(
     # graded without recording: a refusal below must leave nothing in the store
     graded = grade_carcass_records(store, carcass_ids or None)
     records = graded.records
-    revoked = {e["certificate_number"] for e in revocation_entries(store)}
+    revoked = {e["certificate_number"] for e in revocation_entries(store, private_key.public_key())}
     previous: dict[str, list[dict[str, Any]]] = {}
     for env in meat_certificates(store):
         previous.setdefault(env["certificate"]["carcass"]["carcass_id"], []).append(env)
