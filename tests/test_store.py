@@ -556,18 +556,24 @@ sys.stdin.readline()
 """
 
 
-def test_concurrent_writer_gets_store_locked(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.import_fibres(fibres(["A"], [2]), {}, source_name="a", source_digest=sha("a"))
-    before = files_under(tmp_path)
+def lock_holder(lock: Path) -> subprocess.Popen:
+    """Another process holding ``flock`` on ``lock`` until a line arrives on its stdin."""
     child = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")],
+        [sys.executable, "-c", _HOLD_LOCK, str(lock)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+    return child
+
+
+def test_concurrent_writer_gets_store_locked(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.import_fibres(fibres(["A"], [2]), {}, source_name="a", source_digest=sha("a"))
+    before = files_under(tmp_path)
+    child = lock_holder(tmp_path / ".lock")
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
         store.lock_wait_s = 0.3  # a writer waits this long for the other to finish
         with pytest.raises(StoreLockedError, match=r"another process .* held for over 0\.3 s"):
             store.import_fibres(fibres(["B"], [2]), {}, source_name="b", source_digest=sha("b"))
@@ -881,14 +887,8 @@ def test_a_writer_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> N
     """A segment commit holds the lock for milliseconds: a live acquisition or a second
     import waits for it (a review saw an acquisition abort on another process's import)."""
     store = Store.open(tmp_path)
-    child = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / ".lock")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child = lock_holder(tmp_path / ".lock")
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
         import threading
 
         def let_go() -> None:

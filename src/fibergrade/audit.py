@@ -139,12 +139,19 @@ def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def strict_loads(data: bytes | str) -> Any:
+    """JSON as this software writes it: each key once per object (with two
+    ``"certificate"`` or ``"subject"`` keys this reader would take the last, another the
+    first) and no NaN or Infinity. ``ValueError`` otherwise."""
+    return json.loads(data, parse_constant=_no_constant, object_pairs_hook=_no_repeats)
+
+
 def parse_entry(raw: bytes) -> dict[str, Any]:
     """One log line as the log writes it, or ``ValueError``: a JSON object, each key once,
     in canonical form byte for byte (the entry's hash covers the parsed entry, so a line
     written any other way, say with a second ``"subject"`` that a reader could take, is
     not an entry this software wrote)."""
-    entry = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_no_repeats)
+    entry = strict_loads(raw)
     if not isinstance(entry, dict):
         raise ValueError("not a JSON object")
     if canonical_json(entry) != raw.rstrip(b"\n"):

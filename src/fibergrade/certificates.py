@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from fibergrade import __version__
-from fibergrade.audit import AuditLog, Position, canonical_json, digest
+from fibergrade.audit import AuditLog, Position, canonical_json, digest, strict_loads
 from fibergrade.distribution import DEFAULT_CUT_UM
 from fibergrade.errors import FibergradeError, StoreError
 from fibergrade.keys import fingerprint
@@ -192,27 +192,10 @@ def check_signature(envelope: dict[str, Any], public_key: Any, what: str) -> dic
     return doc
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object without repeated keys: with two ``"certificate"`` keys, this reader
-    would take the last and another reader might show the first."""
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"key {k!r} appears twice in one object")
-        out[k] = v
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def read_envelope(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        env = json.loads(
-            p.read_bytes(), object_pairs_hook=_strict_object, parse_constant=_no_constant
-        )
+        env = strict_loads(p.read_bytes())
     except FileNotFoundError as exc:
         raise CertificateFileError(f"{p}: no such file") from exc
     except IsADirectoryError as exc:
