@@ -1853,7 +1853,7 @@ def verify_(
         CertificateFileError,
         VerificationFailed,
         given_standards,
-        verify_certificate,
+        verify_certificates,
     )
     from fibergrade.keys import load_public_key
 
@@ -1862,25 +1862,30 @@ def verify_(
     cache: dict = given_standards(standard or [])
     reports: list[dict] = []
     failures: list[CertificateFileError | VerificationFailed] = []
-    for cert in certs:  # a file that fails does not stop the batch
-        try:
-            rep = verify_certificate(cert, key, store=st, revocations=revocations, cache=cache)
-            reports.append({"file": str(cert)} | rep.to_dict())
-        except VerificationFailed as exc:
-            failures.append(exc)
+    outcomes = verify_certificates(certs, key, store=st, revocations=revocations, cache=cache)
+    for cert, outcome in zip(certs, outcomes, strict=True):  # a file that fails fails alone
+        if isinstance(outcome, VerificationFailed):
+            failures.append(outcome)
             reports.append(
                 {
                     "file": str(cert),
-                    "certificate_number": exc.number,
+                    "certificate_number": outcome.number,
                     "ok": False,
-                    "problems": exc.problems,
+                    "problems": outcome.problems,
                 }
             )
-        except CertificateFileError as exc:
-            failures.append(exc)
+        elif isinstance(outcome, CertificateFileError):
+            failures.append(outcome)
             reports.append(
-                {"file": str(cert), "certificate_number": None, "ok": False, "problems": [str(exc)]}
+                {
+                    "file": str(cert),
+                    "certificate_number": None,
+                    "ok": False,
+                    "problems": [str(outcome)],
+                }
             )
+        else:
+            reports.append({"file": str(cert)} | outcome.to_dict())
     if json_:
         _print_json(reports[0] if len(certs) == 1 else reports)
     else:
