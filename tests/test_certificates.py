@@ -767,6 +767,17 @@ def test_verify_recomputes_the_screening_verdict(lab, tmp_path):
         in r.stderr, r.stderr  # fmt: skip
     r = verify(d, certs(d)[0], *STORE, "--json")
     assert r.returncode == 0 and "screening" in {c["check"] for c in json.loads(r.stdout)["checks"]}
+    # one certificate through the library (screened at once, not batched), and a batch
+    from fibergrade.certificates import VerificationFailed, verify_certificate, verify_certificates
+    from fibergrade.keys import load_public_key
+
+    pub = load_public_key(d / PUB)
+    expected = f"certificate says clean, the raw data give {was}"
+    with pytest.raises(VerificationFailed, match=expected):
+        verify_certificate(cert, pub, store=st)
+    good = certs(d)[0]
+    out = verify_certificates([good, cert, good], pub, store=st)
+    assert [type(o).__name__ for o in out] == ["VerifyReport", "VerificationFailed", "VerifyReport"]
 
 
 def test_a_signed_certificate_is_not_a_signed_revocation_record(lab, tmp_path):
