@@ -473,6 +473,10 @@ def certify_lots(
     by_segment: dict[str, list[int]] = {}
     for i, doc in enumerate(docs):
         by_segment.setdefault(doc["raw_segment"]["sha256"], []).append(i)
+    # the metadata the grade records and these certificates state must be the segments'
+    # own (checked before any PDF is rendered; a mismatch hashes the segment to tell an
+    # altered segment from an altered manifest)
+    store.check_manifest(by_segment)
     unlogged = {seg.digest: seg for seg in store.unlogged_segments()}
     for seg, idxs in by_segment.items():
         if seg in unlogged:
@@ -507,9 +511,6 @@ def certify_lots(
             label="certify",
             progress=(lambda k, n: progress(k, n, stage)) if progress else None,
         )
-        # the segments are intact (the tasks hashed them): the metadata the grade records
-        # and these certificates state must be the segments' own
-        store.check_manifest(by_segment)
     except BaseException:
         if staging is not None:  # PDFs of certificates that are not issued
             shutil.rmtree(staging, ignore_errors=True)
