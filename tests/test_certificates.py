@@ -646,6 +646,7 @@ def test_a_segment_file_placed_by_hand_is_never_certified(lab, tmp_path):
     shutil.copy(other.segment_path(out.segment), d / "demo-out" / "fibergrade-data" / "segments")
     r = run("grade", "PLANTED-1", *STORE, "--uncalibrated", "--json", cwd=d)
     assert r.returncode == 0, r.stderr
+    assert "1 lot (PLANTED-1) comes from segments whose import" in r.stderr
     r = run("override", "PLANTED-1", "--reason", "test", *STORE, cwd=d)  # in case it is flagged
     assert r.returncode == 0, r.stderr
     r = run("certify", "PLANTED-1", *STORE, "--key", KEY, "--out", "o", cwd=d)

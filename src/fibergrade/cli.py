@@ -414,6 +414,16 @@ def grade_(
             run = grade_lots(
                 st, lots, standard, progress=update, uncalibrated=uncalibrated, executor=ex
             )
+    unlogged = {s.digest for s in st.unlogged_segments()}
+    suspect = [r["lot_id"] for r in run.records if r.get("segment") in unlogged]
+    if suspect:  # on stderr, with --json too: such lots are never certified
+        err.print(
+            f"[yellow]note:[/] {_count(len(suspect), 'lot')} ({escape(', '.join(suspect[:3]))}"
+            f"{' ...' if len(suspect) > 3 else ''}) {'comes' if len(suspect) == 1 else 'come'} "
+            "from segments whose import the audit log does not record: no certificate is "
+            "issued on them; import their files again to log them, or see `fibergrade audit "
+            "verify`"
+        )
     if json_:
         _print_json(run.records)
         return
