@@ -226,21 +226,7 @@ class AuditLog:
             payload_digest = digest(payload)  # before taking the lock: it can take a while
         with self._locked():
             self._repair_torn_tail()
-            seq, prev = self._last()
-            entry: dict[str, Any] = {
-                "seq": seq + 1,
-                "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
-                "actor": actor or default_actor(),
-                "action": action,
-                "subject": subject,
-                "payload_digest": payload_digest,
-                "prev": prev,
-            }
-            if extra:
-                entry.update(extra)
-            entry["hash"] = entry_hash(entry)
-            self._write_line(entry)
-        return entry
+            return self._write_entry(action, subject, payload_digest, actor, extra)
 
     def _repair_torn_tail(self) -> None:
         """Remove a torn last line (lock held). Every entry is written with its line break
@@ -288,21 +274,35 @@ class AuditLog:
             fh.truncate(keep)
             fh.flush()
             os.fsync(fh.fileno())
+        self._write_entry(
+            "repair",
+            f"torn last line removed ({len(removed)} bytes)",
+            hashlib.sha256(removed).hexdigest(),
+        )
+
+    def _write_entry(
+        self,
+        action: str,
+        subject: str,
+        payload_digest: str | None,
+        actor: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Chain one entry after the last, append its line and move the head to it (lock
+        held); the entry is returned."""
         seq, prev = self._last()
         entry: dict[str, Any] = {
             "seq": seq + 1,
             "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
-            "actor": default_actor(),
-            "action": "repair",
-            "subject": f"torn last line removed ({len(removed)} bytes)",
-            "payload_digest": hashlib.sha256(removed).hexdigest(),
+            "actor": actor or default_actor(),
+            "action": action,
+            "subject": subject,
+            "payload_digest": payload_digest,
             "prev": prev,
         }
+        if extra:
+            entry.update(extra)
         entry["hash"] = entry_hash(entry)
-        self._write_line(entry)
-
-    def _write_line(self, entry: dict[str, Any]) -> None:
-        """Append one entry's line (lock held) and move the head to it."""
         line = canonical_json(entry) + b"\n"
         new = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -320,6 +320,7 @@ class AuditLog:
             finally:
                 os.close(dfd)
         self._write_head(Position(entry["seq"], entry["hash"]))
+        return entry
 
     def _write_head(self, pos: Position) -> None:
         tmp = self.dir / f".head.tmp-{os.getpid()}"
@@ -331,35 +332,24 @@ class AuditLog:
         # reads as a log longer than its head, which verify takes for the crash it is
         os.replace(tmp, self.head_path)
 
-    def check_lab_key(self, private_key: Any) -> None:
+    def check_lab_key(self, public_key: Any) -> None:
         """Refuse a key that signed none of the log's checkpoints (when it has any): what
         another key signed (a checkpoint, a certificate) would leave every later check
         against the lab's public key failing, and the log cannot be undone. A checkpoint
         counts only by its signature: its fingerprint field is text anyone could write.
         Key rotation is not supported."""
-        from cryptography.exceptions import InvalidSignature
-
         from fibergrade.keys import fingerprint
 
         with self._locked():
             self._repair_torn_tail()  # a torn last line would make the log unreadable
-        public = private_key.public_key()
-        mine = fingerprint(public)
+        mine = fingerprint(public_key)
         entries = self.entries()
         checkpoints = [e for e in entries if e.get("action") == "checkpoint"]
         for e in checkpoints:  # a checkpoint this key really signed: the lab's key
-            if e.get("key_fingerprint") != mine:
-                continue
             try:
-                signed = int(e["signed_seq"])
-                if not 0 <= signed < len(entries) or entries[signed]["hash"] != e["signed_hash"]:
-                    continue
-                public.verify(
-                    base64.b64decode(e["signature"], validate=True),
-                    checkpoint_message(signed, e["signed_hash"]),
-                )
+                _check_checkpoint(e, entries, 0, public_key)  # (line: for messages only)
                 return
-            except (InvalidSignature, KeyError, TypeError, ValueError):
+            except (AuditTamperError, KeyError, TypeError, IndexError):
                 continue  # a fingerprint anyone could write; only a signature counts
         if checkpoints:
             lab = str(checkpoints[-1].get("key_fingerprint"))
@@ -371,9 +361,7 @@ class AuditLog:
 
     def checkpoint(self, private_key: Any, *, actor: str | None = None) -> dict[str, Any]:
         """Sign the current head with the lab key and append the signature."""
-        with self._locked():
-            self._repair_torn_tail()
-        self.check_lab_key(private_key)
+        self.check_lab_key(private_key.public_key())  # repairs a torn last line first
         seq, head = self._last()
         if seq < 0:
             raise AuditError("the audit log is empty: nothing to checkpoint")
