@@ -1101,19 +1101,19 @@ class Store:
             seg = self._segment(digest)
             true_seg, true_lots = _index_segment_file(seg.path, digest)
             listed = [self._state.lots.get(x.lot_id) for x in true_lots]
-            if (true_seg.lot_ids, true_seg.n_rows, true_lots) != (seg.lot_ids, seg.n_rows, listed):
-                # which of the two changed: the segment file, or the manifest?
-                verify_segment_file(seg.path, digest)
+            if (true_seg.lot_ids, true_seg.n_rows, true_lots) == (seg.lot_ids, seg.n_rows, listed):
+                continue
+            # which of the two changed: the segment file, or the manifest?
+            verify_segment_file(seg.path, digest)
             if true_seg.lot_ids != seg.lot_ids or true_seg.n_rows != seg.n_rows:
                 raise StoreCorruptError(
                     f"{self._manifest_path}: segment {digest[:12]} holds lots "
                     f"{list(true_seg.lot_ids)[:5]}..., the manifest lists "
                     f"{list(seg.lot_ids)[:5]}...: the manifest was altered"
                 )
-            for true in true_lots:
-                listed = self._state.lots.get(true.lot_id)
-                if listed != true:
-                    got = listed.meta.to_dict() if listed else None
+            for true, rec in zip(true_lots, listed, strict=True):
+                if rec != true:
+                    got = rec.meta.to_dict() if rec else None
                     want = true.meta.to_dict()
                     what = (
                         ", ".join(
