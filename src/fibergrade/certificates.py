@@ -414,7 +414,7 @@ def certify_lots(
     """
     from fibergrade.workflow import latest_grades
 
-    AuditLog(store.root).check_lab_key(private_key)
+    AuditLog(store.root).check_lab_key(private_key.public_key())
     graded = latest_grades(store)
     if lot_ids is None:  # chosen here, under the issuing lock, like the numbers
         done = {e["certificate"]["lot"]["lot_id"] for e in existing_certificates(store)}
@@ -576,6 +576,7 @@ def export_certificates(
     (it was not issued by this lab)."""
     from fibergrade.certificate_pdf import render_pdf
 
+    AuditLog(store.root).check_lab_key(public_key)  # another lab's key: said so, exit 3
     out = output_folder(out_dir)
     clear_stale_files(out)
     revoked = {e["certificate_number"] for e in revocation_entries(store, public_key)}
@@ -599,7 +600,13 @@ def export_certificates(
                 f"the store's certificate {number} does not verify with the lab key ({exc}); "
                 "it is not exported"
             ) from None
-        path = _write_whole(out / f"{number}.json", json.dumps(env, indent=2, ensure_ascii=False))
+        path = out / f"{number}.json"
+        tmp = _write_beside(path, env)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CertificateError(f"{path}: cannot write: {exc}") from exc
         pdf_path = None
         if pdf:
             gid = doc["grade_result"]
@@ -607,29 +614,26 @@ def export_certificates(
                 grade_results[gid] = {
                     r["lot_id"]: r for r in store.get_result("grade", gid)["lots"]
                 }
-            rec = grade_results[gid][lot]
-            tmp = out / f".{number}.pdf.{uuid.uuid4().hex}.tmp"
-            try:
-                render_pdf(env, rec, tmp)
-                os.replace(tmp, out / f"{number}.pdf")
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise CertificateError(f"{out}: cannot write {number}.pdf: {exc}") from exc
             pdf_path = out / f"{number}.pdf"
+            try:  # render_pdf writes beside the name and renames
+                render_pdf(env, grade_results[gid][lot], pdf_path)
+            except OSError as exc:
+                raise CertificateError(f"{pdf_path}: cannot write: {exc}") from exc
         done.append(Issued(number, path, pdf_path, env, doc.get("supersedes")))
     return done
 
 
-def _write_whole(path: Path, text: str) -> Path:
-    """Write ``text`` beside ``path`` and rename it into place."""
+def _write_beside(path: Path, envelope: dict[str, Any]) -> Path:
+    """Write a certificate's JSON file beside ``path`` (a hidden temporary name, which
+    :func:`clear_stale_files` knows) and return that name, for the caller to rename into
+    place when it may."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        tmp.write_text(json.dumps(envelope, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise CertificateError(f"{path}: cannot write: {exc}") from exc
-    return path
+        raise CertificateError(f"{path}: cannot write the certificate: {exc}") from exc
+    return tmp
 
 
 def output_folder(out_dir: str | Path) -> Path:
@@ -660,12 +664,7 @@ def publish(
     cannot be put in place after that is a :class:`CertificateError` saying the
     certificate is issued."""
     path = out / f"{number}.json"
-    tmp = out / f".{number}.json.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_text(json.dumps(envelope, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CertificateError(f"{path}: cannot write the certificate: {exc}") from exc
+    tmp = _write_beside(path, envelope)
     try:
         store.put_result("certificate", envelope)
     except BaseException:
@@ -815,7 +814,7 @@ def revocation_list(store: Any, private_key: Any) -> dict[str, Any]:
         "schema": REVOCATION_SCHEMA,
         "issued_at": _now(),
         "entries": [
-            {k: e[k] for k in ("certificate_number", "certificate_sha256", "reason", "revoked_at")}
+            {k: e[k] for k in _REVOCATION_FIELDS}
             for e in revocation_entries(store, private_key.public_key())
         ],
     }
@@ -1001,10 +1000,7 @@ def _store_standing(
     number, and the envelopes by number (read once for a batch)."""
     from fibergrade.errors import StoreCorruptError
 
-    entries = revocation_entries(store, public_key)
-    if not all(isinstance(e.get("certificate_number"), str) for e in entries):
-        raise StoreCorruptError(f"{store.root}: a stored revocation names no certificate")
-    revoked = {e["certificate_number"]: e for e in entries}
+    revoked = {e["certificate_number"]: e for e in revocation_entries(store, public_key)}
     newest: dict[Any, dict[str, Any]] = {}
     known: dict[str, dict[str, Any]] = {}
     envelopes: dict[str, dict[str, Any]] = {}

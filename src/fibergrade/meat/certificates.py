@@ -86,7 +86,7 @@ def certify_carcasses(
     """
     from fibergrade.meat.traceability import grade_carcass_records
 
-    AuditLog(store.root).check_lab_key(private_key)
+    AuditLog(store.root).check_lab_key(private_key.public_key())
     out = output_folder(out_dir)
     clear_stale_files(out)
     # graded without recording: a refusal below must leave nothing in the store
