@@ -232,3 +232,34 @@ def test_trace_shows_the_certificate_that_stands(plant):
     assert last()["id"] == f"FGM-{cid}-02" and last()["revoked"] is True
     text = run("trace", cid, "--store", "s", cwd=plant).stdout
     assert "REVOKED" in text
+
+
+def test_export_writes_an_issued_carcass_certificate_again(plant):
+    """A carcass certificate whose file was lost (a run stopped after storing it) is
+    written again from the store's signed copy by meat certify --export; certifying it
+    again is refused with that advice, and a revoked one is not exported."""
+    issued = json.loads(run("meat", "certify", "--store", "s", "--json", cwd=plant).stdout)
+    first, second = issued[0], issued[1]
+    path = plant / first["json"]
+    original = path.read_bytes()
+    cid = json.loads(original)["certificate"]["carcass"]["carcass_id"]
+    path.unlink()
+    r = run("meat", "certify", cid, "--store", "s", cwd=plant)
+    assert r.returncode == 5 and "pass --export" in r.stderr
+    r = run("meat", "certify", cid, "--export", "--store", "s", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    written = json.loads(r.stdout)
+    assert [(w["certificate_number"], w["pdf"]) for w in written] == [(path.stem, None)]
+    assert json.loads(path.read_bytes()) == json.loads(original)
+    r = run("verify", str(path), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    # a lot id, an unknown carcass and a revoked certificate's carcass are each refused
+    other = json.loads((plant / second["json"]).read_text())["certificate"]["carcass"]
+    r = run("revoke", second["certificate_number"], "--reason", "mislabelled",
+            "--key", "keys/lab.key", "--store", "s", cwd=plant)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for ident in (other["carcass_id"], "NO-SUCH-CARCASS"):
+        r = run("meat", "certify", ident, "--export", "--store", "s", cwd=plant)
+        assert r.returncode != 0 and "has no certificate that stands" in r.stderr, r.stderr
+    r = run("meat", "certify", "--export", "--store", "s", cwd=plant)
+    assert r.returncode != 0 and "--export needs carcass ids" in r.stderr

@@ -370,7 +370,6 @@ def next_certificate(
     prefix: str,
     subject: str,
     reissue_reason: str | None,
-    export_hint: bool = True,
 ) -> tuple[str, str | None]:
     """The number of a new certificate for a subject whose earlier certificates are
     ``prior`` (oldest first), and the number it supersedes: the newest one not revoked, or
@@ -380,13 +379,8 @@ def next_certificate(
     if supersedes and not reissue_reason:
         raise CertificateRefused(
             f"{subject} is already certified as {supersedes}; to issue a corrected "
-            "certificate that supersedes it, pass --reissue --reason ..."
-            + (
-                "; to write the issued one's file again (a run stopped before writing "
-                "it), pass --export"
-                if export_hint
-                else ""
-            )
+            "certificate that supersedes it, pass --reissue --reason ...; to write the "
+            "issued one's file again (a run stopped before writing it), pass --export"
         )
     return f"{prefix}-{len(prior) + 1:02d}", supersedes
 
@@ -567,30 +561,42 @@ def clear_stale_files(out: Path) -> int:
 
 @under_issue_lock
 def export_certificates(
-    store: Any, lot_ids: list[str], out_dir: str | Path, public_key: Any, *, pdf: bool = True
+    store: Any,
+    subject_ids: list[str],
+    out_dir: str | Path,
+    public_key: Any,
+    *,
+    pdf: bool = True,
+    kind: str = "lot",
 ) -> list[Issued]:
-    """Write again the files of the lots' certificates that stand (the newest not
-    revoked), from the store's signed copies: for a run stopped after storing a
-    certificate and before writing its file, or a lost file. Issues and signs nothing; a
-    stored copy whose signature does not verify with the lab's ``public_key`` is refused
-    (it was not issued by this lab)."""
+    """Write again the files of the certificates that stand (the newest not revoked) of
+    the named subjects, from the store's signed copies: ``kind`` ``"lot"`` for fibre lots
+    (JSON, and with ``pdf`` the PDF), ``"carcass"`` for carcasses (JSON; carcass
+    certificates have no PDF). For a run stopped after storing a certificate and before
+    writing its file, or a lost file. Issues and signs nothing; a stored copy whose
+    signature does not verify with the lab's ``public_key`` is refused (it was not issued
+    by this lab)."""
     from fibergrade.certificate_pdf import render_pdf
 
+    if kind not in ("lot", "carcass"):
+        raise ValueError(f"kind must be 'lot' or 'carcass', got {kind!r}")
     AuditLog(store.root).check_lab_key(public_key)  # another lab's key: said so, exit 3
     out = output_folder(out_dir)
     clear_stale_files(out)
     revoked = {e["certificate_number"] for e in revocation_entries(store, public_key)}
-    by_lot: dict[str, list[dict[str, Any]]] = {}
-    for e in existing_certificates(store):  # read once, oldest first
-        if e["certificate"]["certificate_number"] not in revoked:
-            by_lot.setdefault(e["certificate"]["lot"]["lot_id"], []).append(e)
+    by_subject: dict[str, list[dict[str, Any]]] = {}
+    for env in all_certificates(store):  # read once, each subject's oldest first
+        doc = env.get("certificate", {})
+        of_kind, ident = _subject(doc)
+        if of_kind == kind and doc.get("certificate_number") not in revoked:
+            by_subject.setdefault(ident, []).append(env)
     grade_results: dict[str, dict[str, Any]] = {}
     done = []
-    for lot in dict.fromkeys(lot_ids):
-        standing = by_lot.get(lot, [])
+    for ident in dict.fromkeys(subject_ids):
+        standing = by_subject.get(ident, [])
         if not standing:
-            raise CertificateError(f"lot {lot} has no certificate that stands in this store")
-        env = {k: v for k, v in standing[-1].items() if k != "_record"}
+            raise CertificateError(f"{kind} {ident} has no certificate that stands in this store")
+        env = standing[-1]
         doc = env["certificate"]
         number = doc["certificate_number"]
         try:
@@ -608,7 +614,7 @@ def export_certificates(
             tmp.unlink(missing_ok=True)
             raise CertificateError(f"{path}: cannot write: {exc}") from exc
         pdf_path = None
-        if pdf:
+        if pdf and kind == "lot":
             gid = doc["grade_result"]
             if gid not in grade_results:
                 grade_results[gid] = {
@@ -616,7 +622,7 @@ def export_certificates(
                 }
             pdf_path = out / f"{number}.pdf"
             try:  # render_pdf writes beside the name and renames
-                render_pdf(env, grade_results[gid][lot], pdf_path)
+                render_pdf(env, grade_results[gid][ident], pdf_path)
             except OSError as exc:
                 raise CertificateError(f"{pdf_path}: cannot write: {exc}") from exc
         done.append(Issued(number, path, pdf_path, env, doc.get("supersedes")))

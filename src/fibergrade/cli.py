@@ -1707,6 +1707,54 @@ def override_(
     out.print(f"override for {escape(lot)} recorded as {rid[:16]}")
 
 
+ExportOpt = Annotated[
+    bool,
+    typer.Option(
+        "--export",
+        help="Issue nothing: write the named subjects' issued certificates (the ones that "
+        "stand) to --out again, e.g. after a run stopped before writing their files.",
+    ),
+]
+
+
+def _export(
+    st: Any,
+    subjects: list[str] | None,
+    kind: str,
+    out_dir: Path,
+    key: Path,
+    passphrase: str | None,
+    reissue: bool,
+    json_: bool,
+    *,
+    pdf: bool = False,
+) -> None:
+    """``certify --export`` and ``meat certify --export``: write standing certificates'
+    files again from the store's signed copies."""
+    from fibergrade.certificates import CertificateError, export_certificates
+    from fibergrade.keys import load_private_key
+
+    if not subjects or reissue:
+        raise CertificateError(f"--export needs {kind} ids, and issues nothing (no --reissue)")
+    # the key is checked as the lab's, and the stored copies with its public half
+    lab_key = load_private_key(key, passphrase).public_key()
+    written = export_certificates(st, subjects, out_dir, lab_key, pdf=pdf, kind=kind)
+    if json_:
+        _print_json(
+            [
+                {
+                    "certificate_number": i.number,
+                    "json": str(i.json_path),
+                    "pdf": str(i.pdf_path) if i.pdf_path else None,
+                }
+                for i in written
+            ]
+        )
+        return
+    for i in written:
+        out.print(f"{i.number}: {escape(str(i.json_path))} (written again)")
+
+
 @app.command("certify")
 def certify_(
     lots: Annotated[
@@ -1720,50 +1768,21 @@ def certify_(
     reissue: ReissueOpt = False,
     reason: ReissueReasonOpt = None,
     pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also render PDFs.")] = True,
-    export: Annotated[
-        bool,
-        typer.Option(
-            "--export",
-            help="Issue nothing: write the named lots' issued certificates (the ones that "
-            "stand) to --out again, e.g. after a run stopped before writing their files.",
-        ),
-    ] = False,
+    export: ExportOpt = False,
     store: StoreOpt = DEFAULT_STORE,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Issue signed certificates (JSON + PDF) for graded lots."""
-    from fibergrade.certificates import (
-        CertificateError,
-        certify_lots,
-        export_certificates,
-    )
+    from fibergrade.certificates import CertificateError, certify_lots
     from fibergrade.keys import load_private_key
 
     if reissue and not reason:
         raise CertificateError("--reissue needs --reason")
     st = _open_store(store)
     if export:
-        if not lots or reissue:
-            raise CertificateError("--export needs lot ids, and issues nothing (no --reissue)")
-        # the key is checked as the lab's, and the stored copies with its public half
-        lab_key = load_private_key(key, passphrase).public_key()
-        written = export_certificates(st, lots, out_dir, lab_key, pdf=pdf)
-        if json_:
-            _print_json(
-                [
-                    {
-                        "certificate_number": i.number,
-                        "json": str(i.json_path),
-                        "pdf": str(i.pdf_path) if i.pdf_path else None,
-                    }
-                    for i in written
-                ]
-            )
-            return
-        for i in written:
-            out.print(f"{i.number}: {escape(str(i.json_path))} (written again)")
+        _export(st, lots, "lot", out_dir, key, passphrase, reissue, json_, pdf=pdf)
         return
     private = load_private_key(key, passphrase)
     # certify's tasks hash segments and render PDFs: no model or kernel to warm up
@@ -1997,6 +2016,7 @@ def meat_certify_(
     lab: LabOpt = "fibergrade laboratory",
     reissue: ReissueOpt = False,
     reason: ReissueReasonOpt = None,
+    export: ExportOpt = False,
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
 ) -> None:
@@ -2007,8 +2027,12 @@ def meat_certify_(
 
     if reissue and not reason:
         raise CertificateError("--reissue needs --reason")
+    st = _open_store(store, create=False)
+    if export:
+        _export(st, carcasses, "carcass", out_dir, key, passphrase, reissue, json_)
+        return
     issued = certify_carcasses(
-        _open_store(store, create=False),
+        st,
         carcasses,
         load_private_key(key, passphrase),
         out_dir,

@@ -124,7 +124,6 @@ def certify_carcasses(
             f"FGM-{cid}",
             f"carcass {cid}",
             reissue_reason,
-            export_hint=False,
         )
         plans.append((r, number, supersedes))
     if not plans:
