@@ -253,7 +253,7 @@ def test_export_writes_an_issued_carcass_certificate_again(plant):
     assert json.loads(path.read_bytes()) == json.loads(original)
     r = run("verify", str(path), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
     assert r.returncode == 0, r.stderr
-    # a lot id, an unknown carcass and a revoked certificate's carcass are each refused
+    # an unknown carcass and a revoked certificate's carcass are refused, as is no id
     other = json.loads((plant / second["json"]).read_text())["certificate"]["carcass"]
     r = run("revoke", second["certificate_number"], "--reason", "mislabelled",
             "--key", "keys/lab.key", "--store", "s", cwd=plant)  # fmt: skip
@@ -263,3 +263,36 @@ def test_export_writes_an_issued_carcass_certificate_again(plant):
         assert r.returncode != 0 and "has no certificate that stands" in r.stderr, r.stderr
     r = run("meat", "certify", "--export", "--store", "s", cwd=plant)
     assert r.returncode != 0 and "--export needs carcass ids" in r.stderr
+
+
+def test_trace_with_the_lab_key_refuses_a_revocation_the_lab_did_not_sign(plant):
+    """Someone who can write the store (and append to its unkeyed log) records an unsigned
+    revocation: trace without a key reads it as stored and says so; with --public-key the
+    record is refused, naming it, and a forged certificate too."""
+    from fibergrade.certificates import digest
+    from fibergrade.store import Store
+
+    r = run("meat", "certify", "--store", "s", "--json", cwd=plant)
+    env = json.loads((plant / json.loads(r.stdout)[0]["json"]).read_text())
+    number, cid = (
+        env["certificate"]["certificate_number"],
+        env["certificate"]["carcass"]["carcass_id"],
+    )
+    trace = ("trace", cid, "--store", "s")
+    r = run(*trace, "--public-key", "keys/lab.pub", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["signatures_checked"] and result["chains"][0][-1]["revoked"] is False
+    assert "pass --public-key" in run(*trace, cwd=plant).stdout
+    st = Store.open(plant / "s", create=False)
+    st.put_result("revocation", {
+        "certificate_number": number, "certificate_sha256": digest(env["certificate"]),
+        "reason": "planted", "revoked_at": "2026-11-23T00:00:00+00:00",
+    })  # fmt: skip
+    assert json.loads(run(*trace, "--json", cwd=plant).stdout)["chains"][0][-1]["revoked"]
+    r = run(*trace, "--public-key", "keys/lab.pub", cwd=plant)
+    assert r.returncode == 3 and f"revocation record of {number}" in r.stderr, r.stderr
+    forged = {**env, "certificate": {**env["certificate"], "certificate_number": f"FGM-{cid}-02"}}
+    st.put_result("certificate", forged)
+    r = run(*trace, "--public-key", "keys/lab.pub", cwd=plant)
+    assert r.returncode == 3 and f"certificate FGM-{cid}-02 does not verify" in r.stderr

@@ -1590,14 +1590,23 @@ def meat_grade_(
 @app.command("trace")
 def trace_(
     ident: Annotated[str, typer.Argument(help="Animal, carcass, lot or certificate id.")],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="The lab's lab.pub: check that the store's carcass certificates and the "
+            "revocations deciding which one stands are signed by it.",
+        ),
+    ] = None,
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
 ) -> None:
     """The chain animal -> slaughter -> carcass -> lot -> certificate, with digests."""
+    from fibergrade.keys import load_public_key
     from fibergrade.meat.traceability import trace
 
     st = _open_store(store, create=False)
-    result = trace(st, ident)
+    result = trace(st, ident, load_public_key(public_key) if public_key else None)
     if json_:
         _print_json(result)
         return
@@ -1625,6 +1634,11 @@ def trace_(
             elif name == "certificate" and link.get("revoked"):
                 extra = "  REVOKED: no certificate of this carcass stands"
             out.print(f"  {name:<11} {escape(str(label)):<28} {digest}{escape(extra)}")
+    if not result["signatures_checked"] and any(c[-1].get("digest") for c in result["chains"]):
+        out.print(
+            "\ncertificates and revocations read as stored; pass --public-key to check "
+            "that the lab signed them"
+        )
 
 
 # (insert meat commands above this line)

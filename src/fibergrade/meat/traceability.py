@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fibergrade.errors import InputError
+from fibergrade.errors import InputError, StoreCorruptError
 from fibergrade.meat.carcasses import CarcassBatch, ScaleLimit, read_carcass_csv
 from fibergrade.meat.errors import NothingToGradeError, TraceNotFoundError
 from fibergrade.meat.grading import grade_carcasses
@@ -367,11 +367,16 @@ def _row(cols: dict[str, list[Any]], i: int) -> dict[str, Any]:
     return {k: v[i] for k, v in cols.items()}
 
 
-def trace(store: Store, ident: str) -> dict[str, Any]:
+def trace(store: Store, ident: str, public_key: Any = None) -> dict[str, Any]:
     """The chains animal -> slaughter -> carcass -> lot -> certificate for an id.
 
     ``ident`` may be an animal id, a carcass id, a lot id or a certificate number (of the
     certification body); ``matched`` says which. One chain per carcass involved.
+
+    With the lab's ``public_key`` the revocations that decide which certificate a chain
+    ends in must each be signed by it, and so must every carcass certificate of the
+    store (a record that is not is :class:`~fibergrade.errors.StoreCorruptError`);
+    ``signatures_checked`` says whether they were. Without it they are read as stored.
     """
     cols, origin = load_carcasses(store)
     halal = _halal_index(store)
@@ -392,6 +397,8 @@ def trace(store: Store, ident: str) -> dict[str, Any]:
     from fibergrade.meat.certificates import certificate_links, meat_certificates
 
     certificates = meat_certificates(store)  # read once: for the id and for every chain
+    if public_key is not None:
+        _check_certificates(store, certificates, public_key)
     ours = [
         env["certificate"]["carcass"]["carcass_id"]
         for env in certificates
@@ -420,13 +427,34 @@ def trace(store: Store, ident: str) -> dict[str, Any]:
         for c in dict.fromkeys(wanted)
     ]
     links = certificate_links(
-        certificates, {e["certificate_number"] for e in revocation_entries(store)}
+        certificates, {e["certificate_number"] for e in revocation_entries(store, public_key)}
     )
     for chain in chains:  # the last link: the carcass's certificate, when one was issued
         link = links.get(chain[2].get("id"))
         if link is not None:
             chain[-1] = link
-    return {"id": ident, "matched": matched, "chains": chains}
+    return {
+        "id": ident,
+        "matched": matched,
+        "chains": chains,
+        "signatures_checked": public_key is not None,
+    }
+
+
+def _check_certificates(store: Store, certificates: list[dict[str, Any]], public_key: Any) -> None:
+    """Every stored carcass certificate must verify with the lab's ``public_key``: one that
+    does not was not issued by this lab, and would decide what a chain ends in."""
+    from fibergrade.certificates import CertificateError, check_signature
+
+    for env in certificates:
+        number = env["certificate"].get("certificate_number")
+        try:
+            check_signature(env, public_key, str(number))
+        except CertificateError as exc:
+            raise StoreCorruptError(
+                f"{store.root}: the stored carcass certificate {number} does not verify with "
+                f"the lab key ({exc})"
+            ) from None
 
 
 def _chain(
