@@ -339,6 +339,7 @@ def test_record_a_scale_session_and_replay_it(protocol, tmp_path):
         load_profile(meta["profile"]), Transport.replay(path), scale_id=meta["scale_id"]
     )
     assert run_scale_script(scale, meta["script"]) == meta["script"]
+    scale.transport.check_replayed()
 
 
 @pytest.mark.integration

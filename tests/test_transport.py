@@ -224,6 +224,36 @@ def test_replay_timing_reproduces_a_live_timeout():
     assert tr.clock() == pytest.approx(5.0)
 
 
+def test_replay_is_strict_about_unread_replies_and_leftover_traffic():
+    events = [
+        CaptureEvent(0.0, "tx", b"SI\r\n"),
+        CaptureEvent(0.01, "rx", b"S S     1.00 g\r\n"),
+        CaptureEvent(0.1, "tx", b"Z\r\n"),
+        CaptureEvent(0.11, "rx", b"Z A\r\n"),
+    ]
+    # a reply the live session read before its next command, left unread: a divergence
+    tr = Transport(ReplayPort(events))
+    tr.write(b"SI\r\n")
+    with pytest.raises(ReplayMismatch, match=r"still holds a reply.*S S     1\.00 g"):
+        tr.write(b"Z\r\n")
+    # stopping early leaves captured traffic over: the end-of-session check refuses it
+    tr = Transport(ReplayPort(events))
+    tr.write(b"SI\r\n")
+    assert tr.read_line(1.0) == b"S S     1.00 g"
+    with pytest.raises(ReplayMismatch, match=r"2 captured event\(s\) not replayed.*tx b'Z"):
+        tr.check_replayed()
+    tr.write(b"Z\r\n")
+    assert tr.read_line(1.0) == b"Z A"
+    tr.check_replayed()  # the whole session replayed
+    # bytes received but consumed by no frame are leftover traffic too
+    tr = Transport(ReplayPort.from_bytes(b"Z A\r\nextra"))
+    assert tr.read_line(1.0) == b"Z A"
+    with pytest.raises(ReplayMismatch, match="no frame consumed: b'extra'"):
+        tr.check_replayed()
+    assert tr.take_buffered(b"extra") and not tr.take_buffered(b"x")
+    tr.check_replayed()
+
+
 def test_bad_capture_files(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text('{"not": "a capture"}\n')

@@ -302,6 +302,12 @@ class ReplayPort:
     as they did live while the replay runs at full speed. A read whose next captured bytes
     arrived later than its deadline times out, as it did live. At the end of the capture,
     reads time out; a captured ``disconnected`` event raises :class:`Disconnected`.
+
+    The replay is strict, as PyMeasure's ``expected_protocol`` is (scales.md, "Well-regarded
+    patterns"): a write while the capture still holds bytes the live session read before
+    that write is a :class:`ReplayMismatch` (the recorder logs only bytes a read returned,
+    so a driver that leaves them unread diverges from the session), and
+    :meth:`check_exhausted` refuses a replay that ends with captured traffic left over.
     """
 
     def __init__(self, events: list[CaptureEvent], *, name: str = "replay") -> None:
@@ -347,11 +353,30 @@ class ReplayPort:
         self._now += max(0.0, timeout_s)
         return b""
 
+    def _describe(self, i: int) -> str:
+        ev = self._events[i]
+        what = repr(ev.data) if ev.kind in ("rx", "tx") else repr(ev.detail)
+        return f"{ev.kind} {what} (event {i + 1}, t = {ev.t:g} s)"
+
+    def check_exhausted(self) -> None:
+        """Raise :class:`ReplayMismatch` unless every captured event has been replayed:
+        traffic left over means the driver sent or read less than the live session did."""
+        if self._i < len(self._events):
+            left = len(self._events) - self._i
+            raise ReplayMismatch(
+                f"{left} captured event(s) not replayed, the first: {self._describe(self._i)}",
+                source=self.name,
+            )
+
     def write(self, data: bytes) -> None:
-        # captured bytes that the live session read but this replay did not are skipped,
-        # as a discard of the input would have dropped them
-        while self._i < len(self._events) and self._events[self._i].kind == "rx":
-            self._i += 1
+        if self._i < len(self._events) and self._events[self._i].kind == "rx":
+            # the live session read these bytes before it wrote again: a driver that
+            # writes without reading them has diverged from the capture
+            raise ReplayMismatch(
+                f"wrote {data!r} while the capture still holds a reply the live session "
+                f"read first: {self._describe(self._i)}",
+                source=self.name,
+            )
         if self._i >= len(self._events) or self._events[self._i].kind != "tx":
             raise ReplayMismatch(
                 f"wrote {data!r} but the capture holds no further command", source=self.name
@@ -553,6 +578,29 @@ class Transport:
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
+
+    def take_buffered(self, prefix: bytes) -> bool:
+        """Remove ``prefix`` if the bytes already received start with it, without waiting
+        for more (an optional trailer such as the CR LF some devices send after an ACK)."""
+        if prefix and self._buf.startswith(prefix):
+            del self._buf[: len(prefix)]
+            return True
+        return False
+
+    def check_replayed(self) -> None:
+        """End of a replayed session: raise :class:`ReplayMismatch` when captured traffic
+        was left over, i.e. events the driver never replayed
+        (:meth:`ReplayPort.check_exhausted`) or received bytes no frame consumed."""
+        check = getattr(self.port, "check_exhausted", None)
+        if check is None:
+            raise TypeError(f"{self.name} is not a replay")
+        check()
+        if self._buf:
+            raise ReplayMismatch(
+                f"{len(self._buf)} received byte(s) that no frame consumed: "
+                f"{bytes(self._buf[:64])!r}",
+                source=self.name,
+            )
 
     def lines(self, timeout_s: float) -> Iterator[bytes]:
         """Lines until one does not arrive within ``timeout_s`` (which raises)."""

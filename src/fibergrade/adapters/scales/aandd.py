@@ -140,8 +140,12 @@ class AndScale(ScaleBackend):
 
     def _reply(self, command: bytes) -> bytes:
         line = self._command_line(command, immediate=ACK)
-        while line == b"":  # the CR LF after an earlier ACK
+        while line == b"":  # the CR LF after an earlier ACK that arrived late
             line = self.transport.read_line(self.settings.reply_timeout_s, immediate=ACK)
+        if line == ACK:
+            # the ACK's optional CR LF (this module's reading: scales.md gives only "ACK is
+            # 0x06" [unsourced]) is part of the reply: consume it when it came with the ACK
+            self.transport.take_buffered(EOL)
         return line
 
     def read_immediate(self) -> Reading:
