@@ -103,6 +103,7 @@ MT_READ = [
     (b"S S     1O0.00 g\r\n", FrameError),
     (b"S S     100.00\r\n", FrameError),
     (b"\x00\xffS S 1.0 g\r\n", FrameError),
+    (b"S S     100.00 g\n", FrameError),  # LF without CR: scales.md says lines end CR LF
 ]
 
 
@@ -167,6 +168,7 @@ SBI_READ = [
     (b"+   12x.45 g  \r\n", FrameError),
     (b"+   123.45 kg \r\n", Reading(123.45, "kg", True)),
     (b"    123.45 g  \r\n", Reading(123.45, "g", True)),  # blank sign is positive
+    (b"+   123.45 g  \n", FrameError),  # LF without CR (scales.md: "3 unit characters, CR LF")
 ]
 
 
@@ -227,6 +229,7 @@ AND_READ = [
     (b"ST,+00123.45\r\n", FrameError),  # no unit
     (b"XX,+00123.45  g\r\n", FrameError),
     (b"\x06\r\n", FrameError),  # an ACK is no reading
+    (b"ST,+00123.45  g\n", FrameError),  # LF without CR (scales.md: "... g` CR LF")
 ]
 
 

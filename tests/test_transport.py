@@ -167,6 +167,17 @@ def test_long_line_is_garbage_and_the_stream_recovers():
     assert tr.read_line(1.0) == b"ok"
 
 
+def test_read_line_can_require_cr_lf():
+    tr = Transport(ReplayPort.from_bytes(b"S S 1.00 g\r\nS S 2.00 g\nS S 3.00 g\r\n", chunk=5))
+    assert tr.read_line(1.0, require_cr=True) == b"S S 1.00 g"
+    with pytest.raises(FrameError, match="without the CR") as ei:
+        tr.read_line(1.0, require_cr=True)
+    assert ei.value.frame == b"S S 2.00 g\n" and "CR b'\\n'" in str(ei.value)
+    assert tr.read_line(1.0, require_cr=True) == b"S S 3.00 g"  # the bad line was consumed
+    lenient = Transport(ReplayPort.from_bytes(b"M,1\nE,2\r\n"))
+    assert lenient.read_line(1.0) == b"M,1" and lenient.read_line(1.0) == b"E,2"
+
+
 def test_immediate_bytes_and_read_exact():
     tr = Transport(ReplayPort.from_bytes(b"\x06\r\nST,+1\r\n" + bytes(range(22))))
     assert tr.read_line(1.0, immediate=b"\x06") == b"\x06"

@@ -508,16 +508,22 @@ class Transport:
         *,
         eol: bytes = b"\n",
         immediate: bytes = b"",
+        require_cr: bool = False,
     ) -> bytes:
         """The next line, without ``eol`` and without one CR before it.
 
         ``immediate`` lists single bytes that form a frame on their own when they start a
         line (A&D's ACK 0x06): such a byte is returned at once, without waiting for ``eol``.
 
+        ``require_cr``: the protocol's lines end in CR LF (scales.md gives CR LF for MT-SICS,
+        SBI and A&D, and says "check the terminator yourself"), so a line ended by ``eol``
+        without the CR before it is a :class:`FrameError` (the line is consumed). Without
+        it a lone ``eol`` ends a line too (the analyser line protocol accepts a lone LF).
+
         Raises :class:`InstrumentTimeout` when no complete line arrives within ``timeout_s``
         (the incomplete bytes stay buffered and are reported in ``partial``),
         :class:`FrameError` for a line longer than ``max_line`` (the rest of that line is
-        then skipped), :class:`Disconnected` when the adapter goes away.
+        then skipped) or without its CR, :class:`Disconnected` when the adapter goes away.
         """
         deadline = self.port.clock() + timeout_s
         while True:
@@ -539,6 +545,13 @@ class Transport:
                     del self._buf[: i + len(eol)]
                     if line.endswith(b"\r"):
                         line = line[:-1]
+                    elif require_cr:
+                        raise FrameError(
+                            f"line ends in {eol!r} without the CR before it",
+                            source=self.name,
+                            frame=line[:64] + eol,
+                            expected=f"a line ending in CR {eol!r} (scales.md)",
+                        )
                     return line
                 if i > self.max_line or len(self._buf) > self.max_line:
                     junk = bytes(self._buf[: self.max_line])

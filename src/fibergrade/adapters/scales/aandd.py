@@ -141,7 +141,9 @@ class AndScale(ScaleBackend):
     def _reply(self, command: bytes) -> bytes:
         line = self._command_line(command, immediate=ACK)
         while line == b"":  # the CR LF after an earlier ACK that arrived late
-            line = self.transport.read_line(self.settings.reply_timeout_s, immediate=ACK)
+            line = self.transport.read_line(
+                self.settings.reply_timeout_s, immediate=ACK, require_cr=self.crlf
+            )
         if line == ACK:
             # the ACK's optional CR LF (this module's reading: scales.md gives only "ACK is
             # 0x06" [unsourced]) is part of the reply: consume it when it came with the ACK

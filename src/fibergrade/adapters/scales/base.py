@@ -124,6 +124,11 @@ class ScaleBackend(ABC):
 
     #: protocol name as in profiles (``mt-sics``, ``sbi``, ``and``, ``cas``)
     protocol: ClassVar[str] = ""
+    #: reply lines end in CR LF: scales.md gives "CR LF" for MT-SICS, SBI ("3 unit
+    #: characters, CR LF") and A&D ("`ST,+00123.45  g` CR LF") and says to "check the
+    #: terminator yourself"; a line ended by a lone LF is then a FrameError
+    #: (:meth:`Transport.read_line`). CAS frames are read as fixed 22-byte frames instead.
+    crlf: ClassVar[bool] = True
 
     def __init__(
         self, transport: Transport, settings: ScaleSettings, *, scale_id: str | None = None
@@ -154,7 +159,9 @@ class ScaleBackend(ABC):
         """Discard stale input, send ``command``, return the reply line."""
         self.transport.discard_input()
         self.transport.write(command)
-        return self.transport.read_line(self.settings.reply_timeout_s, immediate=immediate)
+        return self.transport.read_line(
+            self.settings.reply_timeout_s, immediate=immediate, require_cr=self.crlf
+        )
 
     def _check(self, reading: Reading) -> None:
         s = self.settings
