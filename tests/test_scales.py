@@ -230,6 +230,13 @@ AND_READ = [
     (b"XX,+00123.45  g\r\n", FrameError),
     (b"\x06\r\n", FrameError),  # an ACK is no reading
     (b"ST,+00123.45  g\n", FrameError),  # LF without CR (scales.md: "... g` CR LF")
+    # scales.md: "9-character data with sign and point", zero-padded in its examples
+    (b"ST,+001 3.45  g\r\n", FrameError),  # a space inside the number is not 13.45
+    (b"ST,+00001234  g\r\n", FrameError),  # no point: not 1234.0
+    (b"ST,+  123.45  g\r\n", FrameError),  # space padding, not the reference's zeros
+    (b"ST,00123.45+  g\r\n", FrameError),  # sign out of place
+    (b"OL,+99 999.9\r\n", FrameError),  # garbage under an OL header is not an overload
+    (b"OL,+999999.9  g\r\n", Overload),
 ]
 
 
@@ -289,6 +296,11 @@ CAS_READ = [
     (cas_frame(head=b"ST", lamp=0x04), FrameError),  # ST without the stability lamp
     (cas_frame(dev=2), FrameError),
     (cas_frame(data=b"   9O.00"), FrameError),
+    (cas_frame(data=b"  1 0.00"), FrameError),  # a space inside the number is not 10.0
+    (cas_frame(data=b"90.00   "), FrameError),  # spaces only lead (right-aligned)
+    (cas_frame(data=b"   90.  "), FrameError),
+    (cas_frame(head=b"OL", data=b"xxxxxxxx"), FrameError),  # garbage, not an overload
+    (cas_frame(head=b"OL", data=b"      OL", unit=b"  "), FrameError),  # no unit
     (b"!\r\n", NotExecutable),
     (b"?\r\n", CommandNotUnderstood),
     (cas_frame()[:15], InstrumentTimeout),  # truncated: the 22 bytes never arrive
@@ -619,6 +631,46 @@ def test_fuzz_frame_parsers_raise_only_typed_errors(frame):
         except InstrumentError:
             continue
         assert isinstance(r, Reading) and isinstance(r.value, float)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.decimals(min_value=-9999, max_value=99999, places=2, allow_nan=False),
+    at=st.integers(0, 7),
+    head=st.sampled_from(["ST", "US", "OL"]),
+)
+def test_fuzz_a_space_inside_an_and_number_is_garbage(value, at, head):
+    """A&D data is a sign, zero-padded digits and a point (scales.md): a valid frame with
+    one of its 8 characters after the sign turned into a space never parses."""
+    frame = aandd.format_reading(head, float(value), "g", 2)[:-2]
+    assert frame[3:4] in (b"+", b"-") and len(frame) == 15
+    if head != "OL":
+        assert aandd.parse_reading(frame).value == float(value)
+    broken = frame[: 4 + at] + b" " + frame[5 + at :]
+    with pytest.raises(FrameError):
+        aandd.parse_reading(broken)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.decimals(min_value=-999, max_value=9999, places=2, allow_nan=False),
+    at=st.integers(0, 7),
+    head=st.sampled_from(["ST", "US", "OL"]),
+)
+def test_fuzz_a_space_after_a_cas_digit_is_garbage(value, at, head):
+    """CAS data is right-aligned (spaces only lead): a space put in place of a character
+    that follows the first non-space one never parses, and no OL frame is read from it."""
+    lamp = 0x44 if head == "ST" else 0x04
+    frame = cas_frame(head=head.encode(), lamp=lamp, data=f"{float(value):>8.2f}".encode())
+    if head == "OL":
+        frame = cas_frame(head=b"OL", lamp=0, data=b"      OL")
+    data = frame[9:17]
+    first = len(data) - len(data.lstrip(b" "))
+    if at <= first:
+        return  # a space in the padding or in place of the first character is still valid
+    broken = frame[: 9 + at] + b" " + frame[10 + at :]
+    with pytest.raises(FrameError):
+        cas.parse_frame(broken, device_id=1)
 
 
 @settings(max_examples=150, deadline=None)

@@ -30,7 +30,7 @@ from fibergrade.adapters.errors import (
     SampleError,
 )
 from fibergrade.adapters.profiles import load_profile
-from fibergrade.adapters.scales import make_scale, open_scale
+from fibergrade.adapters.scales import aandd, make_scale, open_scale
 from fibergrade.adapters.simulators import (
     AnalyserSimulator,
     FaultInjector,
@@ -102,6 +102,17 @@ def test_unknown_kind_or_protocol():
         start_simulator("oven", None)
     with pytest.raises(ProfileError):
         start_simulator("scale", "sbi", profile="mt-sics-scale")
+
+
+def test_an_and_simulator_needs_a_point_in_its_readings():
+    # scales.md: A&D data is "9-character data with sign and point"; a display in whole
+    # units (e >= 1) would send '+0000620', which the driver refuses as garbage
+    p = load_profile("and-scale")
+    whole = replace(p, scale=replace(p.scale, e=1.0, max=3100.0))
+    with pytest.raises(ProfileError, match=r"scale\.e.*sign and point"):
+        start_simulator("scale", "and", profile=whole)
+    with pytest.raises(ValueError, match="point"):
+        aandd.format_reading("ST", 620.0, "g", 0)
 
 
 # --------------------------------------------------------------------------- endpoints

@@ -990,6 +990,14 @@ def start_simulator(
                 f"is {prof.protocol!r}, the simulator speaks {protocol!r}",
             )
         balance = SimulatedBalance(prof.scale, load=load, settle_s=settle_s, faults=f)
+        if protocol == aandd.PROTOCOL and balance.decimals < 1:
+            raise ProfileError(
+                str(prof.path),
+                "scale.e",
+                f"is {prof.scale.e:g}: an A&D reading carries a point (scales.md: "
+                "'9-character data with sign and point'), which a display in whole units "
+                "does not show, so the simulator cannot speak for this scale",
+            )
         device: SimulatedDevice = SCALE_SIMULATORS[protocol](
             balance, device_id=prof.scale.device_id
         )

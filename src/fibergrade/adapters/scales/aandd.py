@@ -38,8 +38,16 @@ CMD_STABLE = b"S" + EOL
 CMD_ZERO = b"Z" + EOL
 CMD_TARE = b"T" + EOL
 
-_READING_RE = re.compile(r"^(?P<hdr>ST|US|QT|OL),(?P<data>[+-][0-9. ]{8})(?P<unit>.{3})?$")
-_NUMBER_RE = re.compile(r"^[+-]\d*\.?\d*$")
+_READING_RE = re.compile(r"^(?P<hdr>ST|US|QT|OL),(?P<data>.{9})(?P<unit>.{3})?$")
+#: the data field: scales.md, "9-character data with sign and point" (``+00123.45``,
+#: ``OL,+999999.9``): a sign, digits zero-padded on the left (the reference's examples pad
+#: with zeros, never spaces), one point. The length (9) is fixed by _READING_RE.
+_NUMBER_RE = re.compile(r"^[+-]\d+\.\d+$", re.ASCII)
+#: the data field in counting mode (QT): a count, which has no point [unsourced: scales.md
+#: names QT "count" and gives no example; it is refused as not a weight anyway]
+_COUNT_RE = re.compile(r"^[+-]\d{8}$", re.ASCII)
+#: scales.md: "3-character unit", right-aligned in its example (``  g``)
+_UNIT_RE = re.compile(r"^ {0,2}[^ ]+$")
 _EC_RE = re.compile(r"^EC,E(?P<code>\d)$")
 #: EC codes -> (error class, meaning) as listed in scales.md
 EC_CODES: dict[str, tuple[type[ScaleError], str]] = {
@@ -79,7 +87,24 @@ def parse_reading(
     m = _READING_RE.match(text)
     if not m:
         raise FrameError("not an A&D reading", source=source, frame=frame, expected=EXPECTED)
-    hdr, data, unit = m["hdr"], m["data"], (m["unit"] or "").strip()
+    hdr, data, unit = m["hdr"], m["data"], m["unit"]
+    # the whole frame is checked before it is classified: garbage under an OL or QT header
+    # is garbage, not an overload or a counting mode
+    if not (_COUNT_RE if hdr == "QT" else _NUMBER_RE).match(data):
+        raise FrameError(
+            f"bad data field {data!r}",
+            source=source,
+            frame=frame,
+            expected="9-character data with sign and point, such as '+00123.45' (scales.md)",
+        )
+    # scales.md's overload example ``OL,+999999.9`` carries no unit; every other reply does
+    if (unit is None and hdr != "OL") or (unit is not None and not _UNIT_RE.match(unit)):
+        raise FrameError(
+            "bad or missing unit field",
+            source=source,
+            frame=frame,
+            expected="a 3-character unit, right-aligned, such as '  g' (scales.md)",
+        )
     if hdr == "OL":
         if data.startswith("-"):
             raise Underload("out of range, negative (OL,-)", scale_id=scale_id, source=source)
@@ -88,22 +113,18 @@ def parse_reading(
         raise UnitMismatch(
             "the balance is in counting mode (QT), not weighing", scale_id=scale_id, source=source
         )
-    compact = data.replace(" ", "")
-    if (
-        not _NUMBER_RE.match(compact)
-        or not any(c.isdigit() for c in compact)
-        or m["unit"] is None
-        or not unit
-    ):
-        raise FrameError("bad data field", source=source, frame=frame, expected=EXPECTED)
-    return Reading(float(compact), unit, hdr == "ST", raw=frame)
+    return Reading(float(data), (unit or "").strip(), hdr == "ST", raw=frame)
 
 
 # ----------------------------------------------------------------- device side (simulator)
 
 
 def format_reading(header: str, value: float, unit: str, decimals: int) -> bytes:
-    """``ST,+00123.45  g\\r\\n``: sign and 8 characters zero-padded, unit right-aligned."""
+    """``ST,+00123.45  g\\r\\n``: sign and 8 characters zero-padded, unit right-aligned.
+
+    ``decimals`` must be >= 1: the data field carries a point (scales.md)."""
+    if decimals < 1:
+        raise ValueError("an A&D data field carries a point: decimals must be >= 1")
     sign = "-" if value < 0 else "+"
     num = f"{abs(value):0{8}.{decimals}f}"
     if len(num) > 8:

@@ -50,7 +50,13 @@ LAMP_GROSS = 1 << 2
 LAMP_TARE = 1 << 1
 LAMP_ZERO = 1 << 0
 
-_NUMBER_RE = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+#: the 8 data bytes of a reading. scales.md gives only "8 data bytes"; right-aligned with
+#: leading spaces, an optional sign before the digits and an optional point is this module's
+#: reading [unsourced]. Spaces only lead: ``  1 0.00`` is garbage, not 10.0.
+_NUMBER_RE = re.compile(r"^ *[+-]?\d+(?:\.\d+)?$", re.ASCII)
+#: the 8 data bytes of an ``OL`` frame as this module writes them (``      OL``, ``-OL`` for
+#: under range) [unsourced: scales.md names the OL header, not its data field]
+_OL_DATA_RE = re.compile(r"^ *(?P<sign>-?)OL$", re.ASCII)
 EXPECTED = "a 22-byte CAS frame 'ST,GS,<id><lamp>,<8 data> kg' CR LF (scales.md)"
 
 
@@ -90,9 +96,22 @@ def parse_frame(
         raise FrameError(
             "non-printable data or unit", source=source, frame=frame, expected=EXPECTED
         )
-    data = data_b.decode("ascii").replace(" ", "")
+    data = data_b.decode("ascii")
+    unit = unit_b.decode("ascii").strip()
+    # the whole frame is checked before it is classified: garbage under an OL header is
+    # garbage, not an overload
+    if not unit:
+        raise FrameError("blank unit field", source=source, frame=frame, expected=EXPECTED)
     if head == b"OL":
-        if data.startswith("-"):
+        m = _OL_DATA_RE.match(data)
+        if not m:
+            raise FrameError(
+                f"bad data field {data!r} in an OL frame",
+                source=source,
+                frame=frame,
+                expected="OL data '      OL' or '     -OL'",
+            )
+        if m["sign"]:
             raise Underload("out of range, negative (OL)", scale_id=scale_id, source=source)
         raise Overload("overload (OL)", scale_id=scale_id, source=source)
     lamp = frame[7]
@@ -104,9 +123,8 @@ def parse_frame(
             frame=frame,
             expected="ST with lamp bit 6 set, US with it clear",
         )
-    unit = unit_b.decode("ascii").strip()
-    if not _NUMBER_RE.match(data) or not unit:
-        raise FrameError("bad data or unit field", source=source, frame=frame, expected=EXPECTED)
+    if not _NUMBER_RE.match(data):
+        raise FrameError(f"bad data field {data!r}", source=source, frame=frame, expected=EXPECTED)
     return Reading(float(data), unit, stable, raw=frame, gross=gn == b"GS")
 
 
