@@ -334,6 +334,30 @@ def test_cas_zero_and_tare_commands():
         scale.tare()
 
 
+@pytest.mark.parametrize(
+    ("op", "reply", "ok"),
+    [
+        # zero: the reply must show the zero lamp (scales.md lamp bit 0) and 0
+        ("MZ", cas_frame(lamp=0x45, data=b"    0.00"), True),
+        ("MZ", cas_frame(lamp=0x44, data=b"   90.00"), False),  # any frame is no zero
+        ("MZ", cas_frame(lamp=0x44, data=b"    0.00"), False),  # zero lamp clear
+        ("MZ", cas_frame(lamp=0x45, data=b"    0.30"), False),  # lamp set, value not 0
+        # tare: a net frame (NT) with the tare lamp (bit 1)
+        ("MT", cas_frame(gn=b"NT", lamp=0x42, data=b"    0.00"), True),
+        ("MT", cas_frame(gn=b"GS", lamp=0x44, data=b"   90.00"), False),  # still gross
+        ("MT", cas_frame(gn=b"NT", lamp=0x40, data=b"    0.00"), False),  # tare lamp clear
+    ],
+)
+def test_cas_zero_and_tare_are_confirmed_by_the_reply_frame(op, reply, ok):
+    scale = scripted("cas", [(f"01{op}\r\n".encode(), reply)], KILOS)
+    call = scale.zero if op == "MZ" else scale.tare
+    if ok:
+        assert call() is None
+    else:
+        with pytest.raises(NotExecutable, match="not confirmed"):
+            call()
+
+
 def test_protocol_modules_format_what_they_parse():
     assert mtsics.command("SI") == b"SI\r\n"
     assert mtsics.format_weight("S", "S", 100.0, "g", 2) == b"S S     100.00 g\r\n"

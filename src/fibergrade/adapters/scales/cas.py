@@ -22,7 +22,9 @@ frame::
 The frame carries binary bytes (id and lamp may be any value, even LF), so it is read as a
 fixed 22-byte frame, not as a line. The device's stability flag is ``ST`` together with
 lamp bit 6; a frame where they disagree is refused as garbage. This module's reading of
-scales.md: the indicator answers ``MZ``/``MT`` with a data frame after executing them.
+scales.md: the indicator answers ``MZ``/``MT`` with a data frame after executing them
+[unsourced]; the driver accepts a zero only when that frame shows the zero lamp (and 0), a
+tare only when it is a net frame with the tare lamp (scales.md gives the lamp bits).
 """
 
 from __future__ import annotations
@@ -201,10 +203,40 @@ class CasScale(ScaleBackend):
         """``dd RW``: the current reading (``ST`` + lamp bit 6 means stable)."""
         return self._frame("RW")
 
+    def _lamp(self, r: Reading) -> int:
+        return r.raw[7]  # parse_frame checked the 22-byte layout
+
     def zero(self) -> None:
-        """``dd MZ``: zero."""
-        self._frame("MZ")
+        """``dd MZ``: zero, confirmed by the reply frame, else :class:`NotExecutable`.
+
+        The reply must show the zero lamp (scales.md: "Lamp bits: ... 0 zero") and the value
+        0 (a zeroed display reads 0: [unsourced], the reference gives the lamp only). That
+        the indicator answers MZ with a data frame at all is this module's reading of
+        scales.md [unsourced]; ``!`` (cannot execute) and ``?`` raise as for any command.
+        """
+        r = self._frame("MZ")
+        if not self._lamp(r) & LAMP_ZERO or r.value != 0:
+            raise NotExecutable(
+                f"zero not confirmed: the reply to MZ shows {r.value:g} {r.unit} with the "
+                f"zero lamp (bit 0) {'set' if self._lamp(r) & LAMP_ZERO else 'clear'}; "
+                "expected 0 with the zero lamp set",
+                **self._ctx,
+            )
 
     def tare(self) -> None:
-        """``dd MT``: tare (the reply frame shows the net weight, not the tare)."""
-        self._frame("MT")
+        """``dd MT``: tare, confirmed by the reply frame, else :class:`NotExecutable`.
+
+        The reply must be a net frame (``NT``) with the tare lamp set (scales.md: "`GS|NT`",
+        "Lamp bits: ... 2 gross, 1 tare"); it shows the net weight, not the tare weight, so
+        nothing is returned. As for :meth:`zero`, the reply being a data frame is this
+        module's reading [unsourced].
+        """
+        r = self._frame("MT")
+        if r.gross or not self._lamp(r) & LAMP_TARE:
+            raise NotExecutable(
+                f"tare not confirmed: the reply to MT is a {'gross (GS)' if r.gross else 'net'}"
+                f" frame with the tare lamp (bit 1) "
+                f"{'set' if self._lamp(r) & LAMP_TARE else 'clear'}; expected a net (NT) frame "
+                "with the tare lamp set",
+                **self._ctx,
+            )

@@ -152,7 +152,11 @@ class SbiScale(ScaleBackend):
 
     def _confirmed(self, command: bytes, what: str) -> None:
         """Send a command SBI does not acknowledge, then poll until the scale shows a stable
-        zero (|value| <= e/2), or raise :class:`NotExecutable` after the stability timeout."""
+        zero (|value| <= e/2), or raise :class:`NotExecutable` after the stability timeout.
+
+        [unsourced] scales.md lists ESC T/U/V but says nothing of how to confirm them; a
+        stable reading within half a verification interval of 0 is the project's rule (a
+        display rounded to e shows 0 for it)."""
         s = self.settings
         self.transport.discard_input()
         self.transport.write(command)
@@ -161,6 +165,7 @@ class SbiScale(ScaleBackend):
         while True:
             self.transport.sleep(s.poll_interval_s)
             r = self.read_immediate()
+            # [unsourced] the e/2 tolerance is the project's rule (see the docstring)
             if r.device_stable and abs(r.value) <= s.e / 2 * (1 + 1e-6):
                 return
             if clock() >= deadline:
