@@ -373,6 +373,22 @@ def test_a_drifting_weight_is_a_stability_timeout_for_that_weighing(store):
     assert run.ended == "stopped-on-error" and store.results("weighing") == []
 
 
+def test_an_sbi_reading_without_its_unit_is_never_stored(store):
+    # SBI leaves the unit blank while the load moves (scales.md): an immediate weighing of
+    # it is refused for that weighing, not stored in the profile's unit
+    profile = fast_scale("sartorius-sbi")
+    with (
+        start_simulator("scale", "sbi", profile=profile, faults="drift") as sim,
+        open_scale(profile, sim.url) as scale,
+    ):
+        run = acquire_weights(
+            store, scale, profile=profile.name, count=2, immediate=True, error_pause_s=0.0
+        )
+    assert [e.error for e in run.errors] == ["Unstable", "Unstable"]
+    assert "no unit" in run.errors[0].message
+    assert run.stored == [] and store.results("weighing") == []
+
+
 def test_an_unplugged_scale_ends_the_run_and_keeps_the_stored_weights(store):
     profile = fast_scale("mt-sics-scale")
     with (

@@ -31,11 +31,12 @@ from fibergrade.adapters.errors import (
     StabilityTimeout,
     Underload,
     UnitMismatch,
+    Unstable,
     WeightOutOfRange,
 )
 from fibergrade.adapters.profiles import ScaleSettings, load_profile
 from fibergrade.adapters.scales import DRIVERS, aandd, cas, make_scale, mtsics, open_scale, sbi
-from fibergrade.adapters.scales.base import Reading, decimals_for
+from fibergrade.adapters.scales.base import Reading, Weighing, decimals_for
 from fibergrade.adapters.simulators import Faults, start_simulator
 from fibergrade.adapters.transport import CaptureEvent, ReplayPort, Transport
 from fibergrade.errors import FibergradeError
@@ -157,7 +158,7 @@ def test_mt_sics_command_table(command, reply, call, expected):
 
 SBI_READ = [
     (b"+   123.45 g  \r\n", Reading(123.45, "g", True)),
-    (b"+   123.41    \r\n", Reading(123.41, "g", False)),  # blank unit: not stable
+    (b"+   123.41    \r\n", Reading(123.41, None, False)),  # blank unit: not stable, no unit
     (b"-    12.30 g  \r\n", Reading(-12.3, "g", True)),
     (b" +   12.30 g  \r\n", FrameError),  # sign out of place
     (b"+     0.00 g \r\n", FrameError),  # 15 characters
@@ -454,6 +455,25 @@ def test_weights_outside_min_max_are_refused_not_clipped(value, unit, error):
         assert ei.value.value == value and ei.value.maximum == 620.0
 
 
+def test_sbi_reading_without_a_unit_is_not_guessed_nor_recorded():
+    # scales.md: "Unstable readings leave the unit blank on many models": the profile's
+    # unit is not filled in, so no weight in grams is made of it
+    scale = scripted("sbi", [(b"\x1bP", b"+   123.41    \r\n")])
+    with pytest.raises(Unstable, match="carries no unit") as ei:
+        scale.immediate_weight()
+    assert "T1" in str(ei.value)
+    # the unit check still works on what the device does send
+    scale = scripted("sbi", [(b"\x1bP", b"+     0.12 kg \r\n")])
+    with pytest.raises(UnitMismatch):
+        scale.immediate_weight()
+    # a moving load during the stable procedure is simply not stable yet
+    moving = [(b"\x1bP", b"+   123.41    \r\n")] * 6 + [(b"\x1bP", b"+   123.45 g  \r\n")] * 11
+    w = scripted("sbi", moving, dt=0.1).stable_weight(poll_s=0.1)
+    assert (w.value, w.unit, w.readings) == (123.45, "g", 17)
+    with pytest.raises(UnitMismatch, match="without a unit"):
+        Weighing(1.0, None, "immediate", False, "T1", "sbi")
+
+
 def test_immediate_weight_records_mode_and_device_flag():
     w = scripted("mt-sics", mt_series([12.5], flag="D")).immediate_weight()
     assert (w.mode, w.stable, w.device_stable, w.value) == ("immediate", False, False, 12.5)
@@ -597,7 +617,9 @@ def test_sbi_unstable_reading_has_blank_unit_on_the_wire():
         open_scale(profile, sim.url) as scale,
     ):
         r = scale.read_immediate()
-        assert not r.device_stable and r.raw[-3:] == b"   " and r.unit == "g"
+        assert not r.device_stable and r.raw[-3:] == b"   " and r.unit is None
+        with pytest.raises(Unstable, match="no unit"):
+            scale.immediate_weight()  # a weight without its unit is not recorded
 
 
 # --------------------------------------------------------------------------- captured sessions
@@ -642,7 +664,7 @@ def test_replay_of_the_shipped_capture(protocol):
 def test_fuzz_frame_parsers_raise_only_typed_errors(frame):
     parsers = [
         lambda f: mtsics.weight_from_reply(mtsics.parse_reply(f)),
-        lambda f: sbi.parse_reading(f, default_unit="g"),
+        sbi.parse_reading,
         aandd.parse_reading,
         lambda f: cas.parse_frame(f, device_id=1),
         lambda f: cas.parse_frame(

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 from fibergrade.adapters.errors import (
     StabilityTimeout,
     UnitMismatch,
+    Unstable,
     WeightOutOfRange,
 )
 from fibergrade.adapters.profiles import ScaleSettings
@@ -39,13 +40,16 @@ _SPAN_SLACK = 1e-6
 class Reading:
     """One weight reply as the device sent it (no range check applied).
 
-    ``unit`` is the device's unit (for SBI dynamic readings, which leave the unit blank, the
-    profile's unit). ``gross`` is True / False when the device says gross / net (CAS
+    ``unit`` is the unit the device sent, or None when it sent none: SBI leaves the unit
+    blank on unstable readings (scales.md: "Unstable readings leave the unit blank on many
+    models"), and the unit is not guessed from the profile. Such a reading can show that the
+    load is moving but is never recorded as a weight (:meth:`ScaleBackend._check` raises
+    :class:`Unstable`). ``gross`` is True / False when the device says gross / net (CAS
     ``GS``/``NT``), else None.
     """
 
     value: float
-    unit: str
+    unit: str | None
     device_stable: bool
     raw: bytes = b""
     gross: bool | None = None
@@ -72,6 +76,14 @@ class Weighing:
     readings: int = 1
     span: float | None = None
     raw: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.unit, str) or not self.unit.strip():
+            raise UnitMismatch(
+                f"a weighing needs the unit the device reported, got {self.unit!r}; "
+                "a weight without a unit is not recorded",
+                scale_id=self.scale_id,
+            )
 
     @property
     def stable(self) -> bool:
@@ -165,6 +177,13 @@ class ScaleBackend(ABC):
 
     def _check(self, reading: Reading) -> None:
         s = self.settings
+        if reading.unit is None:
+            raise Unstable(
+                f"the reading ({reading.value:g}) carries no unit: the device leaves it blank "
+                "while the weight is not stable (SBI, scales.md), and a weight without its "
+                "unit is not recorded; wait for a stable weight",
+                **self._ctx,
+            )
         if reading.unit != s.unit:
             raise UnitMismatch(
                 f"device reports unit {reading.unit!r}, the profile declares {s.unit!r}; "
@@ -212,12 +231,10 @@ class ScaleBackend(ABC):
         deadline = clock() + timeout
         win: deque[tuple[float, Reading]] = deque()
         total = 0
-        last: Reading | None = None
         while True:
             r = self.read_immediate()
             t = clock()
             total += 1
-            last = r
             if not r.device_stable:
                 win.clear()
             else:
@@ -249,7 +266,7 @@ class ScaleBackend(ABC):
                     if spread > s.e * (1 + _SPAN_SLACK):
                         why = (
                             f"the device reports stable but readings span {spread:g} "
-                            f"{last.unit}, more than e = {s.e:g}"
+                            f"{win[-1][1].unit}, more than e = {s.e:g}"
                         )
                     else:
                         why = f"stable readings did not yet cover the {window:g} s window"

@@ -52,12 +52,12 @@ EXPECTED = (
 def parse_reading(
     frame: bytes,
     *,
-    default_unit: str,
     scale_id: str | None = None,
     source: str | None = None,
 ) -> Reading:
-    """Parse a print reply (without CR LF). ``default_unit`` is the profile's unit, used
-    for dynamic readings that leave the unit blank."""
+    """Parse a print reply (without CR LF). A blank unit means not stable (scales.md:
+    "Unstable readings leave the unit blank on many models"); the reading then has unit
+    None: the unit is not guessed, and such a reading is never recorded as a weight."""
     if any(b < 0x20 or b > 0x7E for b in frame):
         raise FrameError(
             "non-printable bytes in reply", source=source, frame=frame, expected=EXPECTED
@@ -97,7 +97,7 @@ def parse_reading(
         gross = False
     elif ident[:1] == "G":
         gross = True
-    return Reading(number, unit_s or default_unit, stable, raw=frame, gross=gross)
+    return Reading(number, unit_s or None, stable, raw=frame, gross=gross)
 
 
 # ----------------------------------------------------------------- device side (simulator)
@@ -148,7 +148,7 @@ class SbiScale(ScaleBackend):
     def read_immediate(self) -> Reading:
         """``ESC P``: one reading; a blank unit means not stable."""
         line = self._command_line(CMD_PRINT)
-        return parse_reading(line, default_unit=self.settings.unit, **self._ctx)
+        return parse_reading(line, **self._ctx)
 
     def _confirmed(self, command: bytes, what: str) -> None:
         """Send a command SBI does not acknowledge, then poll until the scale shows a stable
@@ -169,8 +169,9 @@ class SbiScale(ScaleBackend):
             if r.device_stable and abs(r.value) <= s.e / 2 * (1 + 1e-6):
                 return
             if clock() >= deadline:
+                shown = f"{r.value:g} {r.unit}" if r.unit else f"{r.value:g}"
                 raise NotExecutable(
-                    f"{what} not confirmed: the scale shows {r.value:g} {r.unit}"
+                    f"{what} not confirmed: the scale shows {shown}"
                     f"{'' if r.device_stable else ' (not stable)'} "
                     f"{s.stability_timeout_s:g} s after the command",
                     **self._ctx,
