@@ -373,6 +373,36 @@ def test_a_drifting_weight_is_a_stability_timeout_for_that_weighing(store):
     assert run.ended == "stopped-on-error" and store.results("weighing") == []
 
 
+def test_gross_and_net_weights_are_stored_apart(store):
+    # CAS frames say GS or NT (scales.md); a tared net weight must not be stored like a
+    # gross one
+    profile = fast_scale("cas-ci")
+    with (
+        start_simulator("scale", "cas", profile=profile, load=40.0, settle_s=0.0) as sim,
+        open_scale(profile, sim.url) as scale,
+    ):
+        first = acquire_weights(store, scale, profile=profile.name, subjects=["hook"])
+        scale.tare()  # the empty hook's 40 kg becomes the tare
+        sim.balance.set_load(40.0 + 25.5)
+        second = acquire_weights(store, scale, profile=profile.name, subjects=["CARC-7"])
+    gross, net = first.stored[0].record, second.stored[0].record
+    assert (gross["value"], gross["gross"]) == (40.0, True)
+    assert (net["value"], net["gross"]) == (25.5, False)
+    stored = dict(store.results("weighing"))
+    assert [stored[s.result_id]["gross"] for s in (*first.stored, *second.stored)] == [
+        True,
+        False,
+    ]
+    # MT-SICS replies carry no gross/net flag: null, not a guess
+    mt = fast_scale("mt-sics-scale")
+    with (
+        start_simulator("scale", "mt-sics", profile=mt, load=50.0, settle_s=0.0) as sim,
+        open_scale(mt, sim.url) as scale,
+    ):
+        run = acquire_weights(store, scale, profile=mt.name, count=1, immediate=True)
+    assert run.stored[0].record["gross"] is None
+
+
 def test_an_sbi_reading_without_its_unit_is_never_stored(store):
     # SBI leaves the unit blank while the load moves (scales.md): an immediate weighing of
     # it is refused for that weighing, not stored in the profile's unit
@@ -414,6 +444,9 @@ def test_weighing_record_and_subjects_file(tmp_path):
     rec = weighing_record(w, profile="cas-ci", subject="K-1", created_at="2026-01-01T00:00:00Z")
     assert list(rec) == list(WEIGHING_KEYS)
     assert rec["timestamp"] == w.timestamp.isoformat()
+    assert rec["gross"] is None  # the protocol did not say
+    net = replace(w, gross=False)
+    assert weighing_record(net, profile="cas-ci", subject="K-1")["gross"] is False
     f = tmp_path / "subjects.txt"
     f.write_text("\ufeff# carcasses of lot 7\nK-1\n\n  K-2  \n#K-3\n")
     assert read_subjects(f) == ["K-1", "K-2"]

@@ -474,6 +474,25 @@ def test_sbi_reading_without_a_unit_is_not_guessed_nor_recorded():
         Weighing(1.0, None, "immediate", False, "T1", "sbi")
 
 
+def test_weighings_keep_the_gross_net_flag():
+    gross = scripted("cas", [(b"01RW\r\n", cas_frame())] * 11, KILOS, dt=0.1)
+    w = gross.stable_weight(poll_s=0.1)
+    assert (w.value, w.gross, w.to_dict()["gross"]) == (90.0, True, True)
+    net = cas_frame(gn=b"NT", lamp=0x42, data=b"   25.50")
+    w = scripted("cas", [(b"01RW\r\n", net)], KILOS).immediate_weight()
+    assert (w.value, w.gross) == (25.5, False)
+    w = scripted("sbi", [(b"\x1bP", b"N     +   123.45 g  \r\n")]).immediate_weight()
+    assert w.gross is False  # 22-character header N: the project's reading (unsourced)
+    assert scripted("mt-sics", mt_series([12.5])).immediate_weight().gross is None
+    # GS then NT readings (a tare in between) are not one weight, even with equal values:
+    # the window starts again at the first NT reading
+    flip = [(b"01RW\r\n", cas_frame(data=b"   50.00"))] * 6 + [
+        (b"01RW\r\n", cas_frame(gn=b"NT", lamp=0x42, data=b"   50.00"))
+    ] * 11
+    w = scripted("cas", flip, KILOS, dt=0.1).stable_weight(poll_s=0.1)
+    assert w.gross is False and w.readings == 17
+
+
 def test_immediate_weight_records_mode_and_device_flag():
     w = scripted("mt-sics", mt_series([12.5], flag="D")).immediate_weight()
     assert (w.mode, w.stable, w.device_stable, w.value) == ("immediate", False, False, 12.5)

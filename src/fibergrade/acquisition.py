@@ -53,13 +53,20 @@ exactly these keys (:func:`weighing_record`; the meat workflow reads them)::
     {"kind": "weighing", "created_at": ISO-8601 UTC (when stored),
      "scale_id": str, "profile": str, "protocol": str,
      "value": float, "unit": str, "mode": "stable" | "immediate", "device_stable": bool,
+     "gross": bool | None,
      "timestamp": ISO-8601 (when the scale gave the weight), "subject": str | None}
 
-``subject`` is the id of what was weighed (a carcass id, a lot id) or None. Overload,
-underload, an unstable weight, a stability timeout, a weight outside [Min, Max], a unit
-mismatch, garbage and a reply timeout are typed errors *for that weighing*: reported
-(:class:`WeighingFailure`), nothing stored for it, and the next weighing follows (next
-subject). A disconnection or Ctrl-C ends the run; stored weights stay.
+``gross`` is true for a gross weight, false for a net (tared) weight, and null when the
+reply does not say: CAS frames say it (``GS``/``NT``, scales.md); MT-SICS and A&D replies
+and SBI's 16-character format do not; SBI's 22-character ID header ``N``/``G`` is read as
+net/gross [unsourced: scales.md shows ``N     `` without its meaning]. A tared net weight
+and a gross weight are never stored alike. ``unit`` is always the unit the device sent (a
+reading without one, such as an unstable SBI reading, is never stored). ``subject`` is the
+id of what was weighed (a carcass id, a lot id) or None. Overload, underload, an unstable
+weight, a stability timeout, a weight outside [Min, Max], a unit mismatch, garbage and a
+reply timeout are typed errors *for that weighing*: reported (:class:`WeighingFailure`),
+nothing stored for it, and the next weighing follows (next subject). A disconnection or
+Ctrl-C ends the run; stored weights stay.
 """
 
 from __future__ import annotations
@@ -113,6 +120,7 @@ WEIGHING_KEYS = (
     "unit",
     "mode",
     "device_stable",
+    "gross",
     "timestamp",
     "subject",
 )
@@ -647,6 +655,7 @@ def weighing_record(
         "unit": weighing.unit,
         "mode": weighing.mode,
         "device_stable": bool(weighing.device_stable),
+        "gross": None if weighing.gross is None else bool(weighing.gross),
         "timestamp": weighing.timestamp.isoformat(),
         "subject": subject,
     }

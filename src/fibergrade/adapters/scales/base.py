@@ -63,7 +63,9 @@ class Weighing:
     one-second span rule both held) and ``"immediate"`` for
     :meth:`ScaleBackend.immediate_weight` (one reading; ``device_stable`` tells what the
     device said about it). ``span`` is the spread of the readings in the stability window
-    and ``readings`` how many were taken.
+    and ``readings`` how many were taken. ``gross`` is the reading's gross/net flag: True
+    for a gross weight, False for a net (tared) weight, None when the protocol does not say
+    (MT-SICS and A&D replies carry no such flag).
     """
 
     value: float
@@ -76,6 +78,7 @@ class Weighing:
     readings: int = 1
     span: float | None = None
     raw: bytes = b""
+    gross: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.unit, str) or not self.unit.strip():
@@ -98,6 +101,7 @@ class Weighing:
             "mode": self.mode,
             "stable": self.stable,
             "device_stable": self.device_stable,
+            "gross": self.gross,
             "scale_id": self.scale_id,
             "protocol": self.protocol,
             "timestamp": self.timestamp.isoformat(),
@@ -206,6 +210,7 @@ class ScaleBackend(ABC):
             scale_id=self.scale_id,
             protocol=self.protocol,
             raw=r.raw,
+            gross=r.gross,
         )
 
     def stable_weight(
@@ -245,7 +250,10 @@ class ScaleBackend(ABC):
                 if len(win) >= 2 and t - win[0][0] >= window:
                     values = [x.value for _, x in win]
                     span = max(values) - min(values)
-                    if span <= s.e * (1 + _SPAN_SLACK) and len({x.unit for _, x in win}) == 1:
+                    # one unit and one gross/net state over the window: a tare or a unit
+                    # switch inside it means the readings are not of one weight
+                    same = len({(x.unit, x.gross) for _, x in win}) == 1
+                    if span <= s.e * (1 + _SPAN_SLACK) and same:
                         self._check(r)
                         return Weighing(
                             value=r.value,
@@ -257,6 +265,7 @@ class ScaleBackend(ABC):
                             readings=total,
                             span=span,
                             raw=r.raw,
+                            gross=r.gross,
                         )
             if clock() >= deadline:
                 spread: float | None = None

@@ -92,6 +92,9 @@ def parse_reading(
     if sign == "-":
         number = -number
     stable = bool(unit_s)
+    # [unsourced] scales.md shows the 22-character ID header only as ``N     `` and does not
+    # say what it means: N as net and G as gross is the project's reading, not the
+    # reference's; the 16-character format says neither (None)
     gross = None
     if ident[:1] == "N":
         gross = False
