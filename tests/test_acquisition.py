@@ -339,7 +339,17 @@ def test_immediate_weights_record_the_mode_and_the_device_flag(store):
         run = acquire_weights(store, scale, profile=profile.name, count=2, immediate=True)
     assert [s.record["mode"] for s in run.stored] == ["immediate", "immediate"]
     assert all(s.record["subject"] is None and s.record["value"] == 250.0 for s in run.stored)
+    assert [s.record["device_stable"] for s in run.stored] == [True, True]  # A&D 'ST'
     assert run.stored[0].record["scale_id"] == run.scale_id  # default: the port
+    # a moving load: the immediate reading is stored with the device's 'US' flag, false
+    with (
+        start_simulator("scale", "and", profile=profile, load=250.0, faults="drift") as sim,
+        open_scale(profile, sim.url) as scale,
+    ):
+        moving = acquire_weights(store, scale, profile=profile.name, count=1, immediate=True)
+    rec = moving.stored[0].record
+    assert (rec["mode"], rec["device_stable"]) == ("immediate", False)
+    assert dict(store.results("weighing"))[moving.stored[0].result_id]["device_stable"] is False
 
 
 @pytest.mark.parametrize("protocol", ["mt-sics", "cas"])

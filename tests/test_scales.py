@@ -291,7 +291,11 @@ CAS_READ = [
     (cas_frame(), Reading(90.0, "kg", True)),
     (cas_frame(head=b"US", lamp=0x04, data=b"   89.90"), Reading(89.9, "kg", False)),
     (cas_frame(gn=b"NT", lamp=0x42, data=b"   -1.20"), Reading(-1.2, "kg", True)),
-    (cas_frame(dev=1, lamp=0x4A), Reading(90.0, "kg", True)),  # lamp byte 0x0A (LF) is data
+    (cas_frame(dev=1, lamp=0x4A), Reading(90.0, "kg", True)),  # lamp 0x4A: stable, printer, tare
+    # lamp byte 0x0A is LF (printer and tare lamps, not stable): data, not a line end
+    (cas_frame(head=b"US", gn=b"NT", lamp=0x0A, data=b"   89.90"), Reading(89.9, "kg", False)),
+    # lamp byte 0x0D is CR (printer, gross, zero lamps, not stable)
+    (cas_frame(head=b"US", lamp=0x0D, data=b"    0.00"), Reading(0.0, "kg", False)),
     (cas_frame(head=b"OL", data=b"      OL"), Overload),
     (cas_frame(head=b"OL", data=b"     -OL"), Underload),
     (cas_frame(head=b"ST", lamp=0x04), FrameError),  # ST without the stability lamp
@@ -322,6 +326,18 @@ def test_cas_frame_table(reply, expected):
     else:
         with pytest.raises(expected):
             scale.read_immediate()
+
+
+def test_cas_frame_from_device_10_carries_an_lf_as_its_id_byte():
+    # device id 10 is byte 0x0A (LF) in offset 6: the frame is read as 22 bytes, not a line
+    frame = cas_frame(dev=10, lamp=0x4A)
+    assert frame[6:7] == b"\n" and frame[7:8] == b"J" and len(frame) == 22
+    scale = scripted("cas", [(b"10RW\r\n", frame)], replace(KILOS, device_id=10))
+    r = scale.read_immediate()
+    assert (r.value, r.unit, r.device_stable, r.gross) == (90.0, "kg", True, True)
+    both = cas_frame(dev=10, head=b"US", lamp=0x0A, data=b"   12.30")  # LF twice
+    scale = scripted("cas", [(b"10RW\r\n", both)], replace(KILOS, device_id=10))
+    assert scale.read_immediate().value == 12.3
 
 
 def test_cas_zero_and_tare_commands():

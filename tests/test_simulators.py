@@ -41,7 +41,7 @@ from fibergrade.adapters.simulators import (
     start_simulator,
     synthetic_samples,
 )
-from fibergrade.adapters.transport import Transport, open_transport
+from fibergrade.adapters.transport import CaptureEvent, ReplayPort, Transport, open_transport
 from fibergrade.errors import FibergradeError
 
 pytestmark = pytest.mark.timeout(60)
@@ -364,11 +364,22 @@ def test_record_an_analyser_session_and_replay_it(tmp_path):
     assert replayed == meta["results"]
 
 
-def test_profiles_point_at_replaced_settings():
-    # dataclasses.replace keeps profiles immutable for tests that shorten timings
+def test_a_driver_takes_its_stability_window_from_the_profile_it_was_made_with():
+    # the tests shorten timings with dataclasses.replace: make_scale must use the given
+    # profile's settings (not the file's), and the loaded profile must stay as it was
     p = load_profile("mt-sics-scale")
-    q = replace(p, scale=replace(p.scale, stability_window_s=0.1))
-    assert p.scale.stability_window_s == 1.0 and q.scale.stability_window_s == 0.1
+    q = replace(p, scale=replace(p.scale, stability_window_s=0.3))
+    events = []
+    for i in range(4):  # a stable reading every 0.1 s: a 0.3 s window holds at the 4th
+        events += [
+            CaptureEvent(i * 0.1, "tx", b"SI\r\n"),
+            CaptureEvent(i * 0.1 + 0.01, "rx", b"S S     100.00 g\r\n"),
+        ]
+    transport = Transport(ReplayPort(events))
+    w = make_scale(q, transport).stable_weight(poll_s=0.1)
+    assert (w.value, w.readings) == (100.0, 4)
+    transport.check_replayed()
+    assert p.scale.stability_window_s == 1.0
 
 
 @settings(max_examples=30, deadline=None)
