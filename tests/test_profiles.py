@@ -181,6 +181,8 @@ HEAD = "pre\npre\npre\npre\nSample;Diameter (µm);Curvature (°/mm);Medullated\n
         ("A;-3;40,0;N\n", 6, "<= 0"),
         ("A;;40,0;N\n", 6, "not a number"),
         ("A;1,2e1;40,0;N\n", 6, "not a number"),
+        ("A;16,;40,0;N\n", 6, "'16,' is not a number"),  # a dangling separator: truncated
+        ("A;16,5;40,;N\n", 6, "'40,' is not a number"),
         ("A;16,5;40,0\n", 6, "3 fields"),
         ("A;16,5;-4;N\n", 6, "curvature"),
         ("A;16,5;40,0;maybe\n", 6, "medullation flag"),
@@ -196,6 +198,24 @@ def test_per_fibre_errors_name_file_line_and_expectation(tmp_path, rows, line, w
         read_per_fibre(export_profile(tmp_path), path)
     assert ei.value.path == str(path) and ei.value.line == line
     assert words in str(ei.value)
+
+
+def test_a_dangling_decimal_separator_is_a_truncated_cell_not_a_whole_number(tmp_path):
+    ofda = load_profile("ofda-export")
+    head = INSTRUMENTS.joinpath("ofda-export-example.csv").read_text(encoding="utf-8")
+    head = "".join(head.splitlines(keepends=True)[:5])  # preamble and header row
+    path = write(tmp_path, head + "A;1;16,41;41,2;1;N\nA;2;16,;41,2;1;N\n")
+    with pytest.raises(InputError, match="'16,' is not a number") as ei:
+        read_export(ofda, path)
+    assert (ei.value.path, ei.value.line) == (str(path), 7)
+    point = export_profile(tmp_path, file__decimal=".")
+    with pytest.raises(InputError, match=r"'16\.' is not a number") as ei:
+        read_per_fibre(point, write(tmp_path, HEAD + "A;16.5;40;N\nA;16.;40;N\n"))
+    assert ei.value.line == 7
+    hist = write(tmp_path, "#\nx\nSpecimen,Class (um),Count\nX,10.,5\n", name="h.csv")
+    with pytest.raises(InputError, match=r"'10\.' is not a number") as ei:
+        read_histogram(histogram_profile(tmp_path), hist)
+    assert ei.value.line == 4
 
 
 def test_missing_column_and_short_file(tmp_path):
@@ -293,7 +313,7 @@ def test_a_length_that_is_not_positive_and_finite_is_refused(tmp_path, length):
     assert ei.value.line == 7
 
 
-_BAD_CELLS = ["1_6,5", "\u0661\u0666,\u0665", "16.5", "", "x", "1,6e1", "0,5", "250"]
+_BAD_CELLS = ["1_6,5", "\u0661\u0666,\u0665", "16.5", "", "x", "1,6e1", "0,5", "250", "16,"]
 
 
 @settings(max_examples=120, deadline=None)

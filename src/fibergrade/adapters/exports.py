@@ -21,8 +21,8 @@ Rules (each violation is an :class:`fibergrade.errors.InputError` naming the fil
 * a data row has as many fields as the header; a field may be quoted, but a row may not
   span lines;
 * numbers use the profile's decimal separator and ASCII digits and nothing else: ``16.5``
-  in a decimal-comma file is refused (no guessing), as are thousands separators, exponents
-  and other scripts' digits;
+  in a decimal-comma file is refused (no guessing), as are thousands separators, exponents,
+  other scripts' digits and a separator with no digit after it (``16,``: a truncated cell);
 * columns are checked and converted whole (numpy), not fibre by fibre; the first bad cell
   of a column is the one refused, at its line;
 * diameters (converted from mm when the profile says so) must pass
@@ -55,10 +55,13 @@ from fibergrade.measurements import (
 )
 
 #: one number as the profile's decimal separator writes it (ASCII digits only: Python's
-#: float() would also take other scripts' digits)
+#: float() would also take other scripts' digits). A separator needs a digit after it:
+#: ``16,`` is a cell cut short (``16,5`` truncated?), refused rather than read as 16.0
+#: [unsourced: no vendor export format is public (fibre.md, "Instruments"); the project's
+#: rule, after DESIGN.md "bad frames become errors, never guesses"]
 _NUM_TEXT = {
-    ".": r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)",
-    ",": r"[+-]?(?:\d+(?:,\d*)?|,\d+)",
+    ".": r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)",
+    ",": r"[+-]?(?:\d+(?:,\d+)?|,\d+)",
 }
 _NUM = {d: re.compile(rf"^{t}$", re.ASCII) for d, t in _NUM_TEXT.items()}
 #: a whole column of numbers, one a line (the stripped cells joined by line breaks)
