@@ -372,6 +372,49 @@ def test_histogram_touching_classes_and_gaps_accepted(tmp_path: Path) -> None:
     assert h.lower_um.tolist() == [10, 15, 16] and h.counts.tolist() == [2, 0, 1]
 
 
+def test_histogram_class_below_1_um_with_fibres_looks_like_millimetres(tmp_path: Path) -> None:
+    err = hist_error(tmp_path, "A,14,15,3\nA,0.015,0.016,40\n")
+    assert err.line == 3 and err.path == str(tmp_path / "in.csv")
+    problem = diameter_problem(0.016)
+    assert problem is not None and problem in err.message and "holds 40" in err.message
+    assert hist_error(tmp_path, "A,0,1,7\nA,1,2,5\n").line == 2
+    h = read_histogram_csv(
+        write(tmp_path, "lot_id,lower_um,upper_um,count\nA,0,1,0\nA,1,2,4\nB,0.5,1.5,2\n")
+    )
+    assert h.counts.tolist() == [0, 4, 2]  # empty, or straddling 1 um: kept
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    classes=st.lists(
+        st.tuples(st.integers(0, 4), st.integers(1, 8), st.integers(0, 3)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_histogram_reader_never_grades_fibres_below_1_um(
+    tmp_path_factory: pytest.TempPathFactory, classes: list[tuple[int, int, int]]
+) -> None:
+    """Any histogram is refused exactly when one of its non-empty classes lies wholly
+    below 1 um (bounds in quarters of a um), at that class's line; else read as written."""
+    rows, bounds, upper = [], [], 0
+    for gap, width, count in classes:
+        lo, hi = upper + gap, upper + gap + width
+        upper = hi
+        rows.append(f"A,{lo / 4:g},{hi / 4:g},{count}")
+        bounds.append((hi / 4, count))
+    path = tmp_path_factory.mktemp("h") / "h.csv"
+    path.write_text("lot_id,lower_um,upper_um,count\n" + "\n".join(rows) + "\n")
+    bad = [k for k, (hi, count) in enumerate(bounds) if count > 0 and hi <= 1.0]
+    if bad:
+        with pytest.raises(InputError, match="millimetres") as info:
+            read_histogram_csv(path)
+        assert info.value.line == bad[0] + 2
+    else:
+        h = read_histogram_csv(path)
+        assert h.counts.tolist() == [c for _, c in bounds]
+
+
 @pytest.mark.parametrize(
     "row", ["A,15,15,1", "A,16,15,1", "A,-1,15,1", "A,199,201,1", "A,nan,15,1", "A,14,x,1"]
 )
@@ -553,7 +596,9 @@ def histogram_tables(draw: st.DrawFn) -> list[tuple[str, float, float, int]]:
         edges.sort()
         for lo, hi in itertools.pairwise(edges):
             if draw(st.booleans()) or len(rows) == 0:  # gaps are allowed
-                rows.append((name, lo / 2, hi / 2, draw(st.integers(0, 10**12))))
+                # a class wholly below 1 um may only be empty (measurements.impossible_classes)
+                count = 0 if hi / 2 <= 1.0 else draw(st.integers(0, 10**12))
+                rows.append((name, lo / 2, hi / 2, count))
     return draw(st.permutations(rows))
 
 

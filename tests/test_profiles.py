@@ -288,6 +288,36 @@ def test_histogram_errors(tmp_path, rows, line, words):
     assert ei.value.line == line and words in str(ei.value)
 
 
+def test_histogram_classes_below_1_um_with_fibres_are_refused_as_millimetres(tmp_path):
+    # the per-fibre rule (diameter_problem: below 1 um "looks like millimetres") for classes
+    laserscan = load_profile("laserscan-histogram")  # 1-um classes from the lower bound
+    head = (
+        "# Laserscan histogram export\nInstrument,LS-1,Date,2024-05-14\nSpecimen,Class (um),Count\n"
+    )
+    path = write(tmp_path, head + "X,0,7\nX,1,5\n")
+    with pytest.raises(InputError, match="millimetres") as ei:
+        read_export(laserscan, path)
+    assert (ei.value.path, ei.value.line) == (str(path), 4)
+    assert "class [0, 1) um holds 7 fibre(s)" in str(ei.value)
+    ok = read_export(laserscan, write(tmp_path, head + "X,0,0\nX,1,5\n", name="ok.csv"))
+    assert ok.counts.tolist() == [0, 5]  # an empty class below 1 um is harmless
+    prof = histogram_profile(tmp_path, columns__upper="To", histogram=_DELETE)
+    rows = "#\nx\nSpecimen,Class (um),To,Count\nX,0.015,0.016,40\nX,14,15,3\n"
+    with pytest.raises(InputError, match="lies wholly below 1 um") as ei:
+        read_histogram(prof, write(tmp_path, rows, name="mm.csv"))
+    assert ei.value.line == 4
+    straddling = "#\nx\nSpecimen,Class (um),To,Count\nX,0.5,1.5,3\n"
+    assert read_histogram(prof, write(tmp_path, straddling, name="s.csv")).counts.tolist() == [3]
+    # the same figures declared as millimetres are 15-16 um classes
+    in_mm = histogram_profile(
+        tmp_path, columns__upper="To", histogram=_DELETE, units__diameter="mm"
+    )
+    h = read_histogram(
+        in_mm, write(tmp_path, "#\nx\nSpecimen,Class (um),To,Count\nX,0.015,0.016,40\n")
+    )
+    assert h.lower_um.tolist() == pytest.approx([15.0]) and h.counts.tolist() == [40]
+
+
 def test_histogram_with_upper_column(tmp_path):
     prof = histogram_profile(tmp_path, columns__upper="To", histogram=_DELETE)
     h = read_histogram(

@@ -9,7 +9,10 @@ Physical limits enforced here (and by every reader): a diameter must satisfy
 ``MM_SUSPECT_BELOW_UM`` is refused as "looks like millimetres": the finest animal fibres
 graded here are above 10 um (``shared/reference/fibre.md``, typical populations), so a value
 such as 0.016 is a millimetre figure in the wrong column, not a fibre. The 1 um threshold is
-the project's own choice, not taken from a standard.
+the project's own choice, not taken from a standard [unsourced]. Histogram readers apply the
+same rule to classes (:func:`impossible_classes`): a class lying wholly below the threshold
+may not hold fibres, or a Laserscan-style row ``X,0.015,0.016,40`` would grade as an MFD of
+0.02 um.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ def impossible_diameters(values: np.ndarray) -> np.ndarray:
     return ~((values >= MM_SUSPECT_BELOW_UM) & (values <= DIAMETER_MAX_UM))
 
 
+#: why a diameter below MM_SUSPECT_BELOW_UM is refused (one wording for fibres and classes)
+_LOOKS_LIKE_MM = (
+    "looks like millimetres; diameters are expected in micrometres "
+    f"(a value below {MM_SUSPECT_BELOW_UM:g} um is not an animal fibre)"
+)
+
+
 def diameter_problem(value: float) -> str | None:
     """Why a single diameter (um) is refused, or None when it is acceptable."""
     if value != value:  # NaN
@@ -47,9 +57,25 @@ def diameter_problem(value: float) -> str | None:
     if value > DIAMETER_MAX_UM:
         return f"is above {DIAMETER_MAX_UM:g} um, beyond any animal fibre"
     if value < MM_SUSPECT_BELOW_UM:
+        return _LOOKS_LIKE_MM
+    return None
+
+
+def impossible_classes(upper_um: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Where a histogram class holds fibres that :func:`diameter_problem` would refuse
+    one by one: a non-empty class lying wholly below ``MM_SUSPECT_BELOW_UM`` (its upper
+    bound at or below it, so every fibre in ``[lower, upper)`` is below it). The per-fibre
+    and the histogram readers apply the same rule; an empty class there is harmless, and a
+    class straddling the threshold may hold acceptable fibres, so both are kept."""
+    return (np.asarray(counts) > 0) & (np.asarray(upper_um) <= MM_SUSPECT_BELOW_UM)
+
+
+def class_problem(lower_um: float, upper_um: float, count: int) -> str | None:
+    """Why one histogram class is refused by :func:`impossible_classes`, or None."""
+    if count > 0 and upper_um <= MM_SUSPECT_BELOW_UM:
         return (
-            "looks like millimetres; diameters are expected in micrometres "
-            f"(a value below {MM_SUSPECT_BELOW_UM:g} um is not an animal fibre)"
+            f"class [{lower_um:g}, {upper_um:g}) um holds {count} fibre(s) and lies wholly "
+            f"below {MM_SUSPECT_BELOW_UM:g} um: it {_LOOKS_LIKE_MM}"
         )
     return None
 

@@ -28,7 +28,8 @@ Rules (each violation is an :class:`fibergrade.errors.InputError` naming the fil
 * diameters (converted from mm when the profile says so) must pass
   :func:`fibergrade.measurements.diameter_problem`; curvature must be 0..9999.999 deg/mm;
   lengths > 0 mm; counts whole numbers >= 0; histogram classes within 0..200 um, sorted and
-  not overlapping within a lot;
+  not overlapping within a lot, and a class holding fibres may not lie wholly below 1 um
+  (:func:`fibergrade.measurements.impossible_classes`, the per-fibre millimetre rule);
 * the rows of a lot are contiguous: a lot id that reappears after another lot is refused.
 """
 
@@ -48,8 +49,10 @@ from fibergrade.adapters.profiles import ExportSettings, Profile
 from fibergrade.errors import InputError
 from fibergrade.measurements import (
     DIAMETER_MAX_UM,
+    MM_SUSPECT_BELOW_UM,
     FibreLots,
     HistogramLots,
+    class_problem,
     diameter_problem,
     impossible_diameters,
 )
@@ -364,7 +367,19 @@ def read_histogram(profile: Profile, path: str | Path) -> HistogramLots:
                 f"column {names['count']!r}: {ct!r} is not a count",
                 expected="a whole number >= 0",
             )
-        lo[i], hi[i], counts[i] = a, b, int(ct)
+        count = int(ct)
+        # the per-fibre rule (diameter_problem) for a class: fibres wholly below 1 um are
+        # refused as millimetres here too (measurements.impossible_classes)
+        problem = class_problem(a, b, count)
+        if problem is not None:
+            raise InputError(
+                path,
+                no,
+                problem,
+                expected=f"classes of fibres at or above {MM_SUSPECT_BELOW_UM:g} um "
+                f"(diameters in micrometres, profile units.diameter = {ex.diameter_unit!r})",
+            )
+        lo[i], hi[i], counts[i] = a, b, count
     ids, offsets = _lot_runs(path, [lot for _, lot in lots], [no for no, _ in lots])
     return HistogramLots(ids, offsets, lo, hi, counts)
 

@@ -55,7 +55,9 @@ Histogram CSV (counts per diameter class, for instruments that report only histo
 Columns ``lot_id,lower_um,upper_um,count`` (``x_`` columns ignored, others refused). A class
 is ``[lower_um, upper_um)`` with ``0 <= lower_um < upper_um <= 200``; ``count`` is a whole
 number >= 0 written without a decimal point. The classes of a lot may come in any order
-(they are sorted by ``lower_um``) but must not overlap; gaps between classes are allowed.
+(they are sorted by ``lower_um``) but must not overlap; gaps between classes are allowed. A
+class with fibres in it may not lie wholly below 1 um (``upper_um <= 1``): the per-fibre
+rule refuses such diameters as millimetres, and so does the histogram reader.
 
 Example::
 
@@ -105,7 +107,9 @@ from fibergrade.measurements import (
     FibreLots,
     HistogramLots,
     LotMeta,
+    class_problem,
     diameter_problem,
+    impossible_classes,
     impossible_diameters,
 )
 
@@ -635,6 +639,17 @@ def read_histogram_csv(path: PathLike) -> HistogramLots:
         i = int(bad[0])
         raise t.error(
             i, f"count {int(counts[i])} is negative", expected="a whole number >= 0, such as 212"
+        )
+    # the per-fibre millimetre rule (diameter_problem) for classes: impossible_classes
+    bad = np.flatnonzero(impossible_classes(upper, counts))
+    if bad.size:
+        i = int(bad[0])
+        problem = class_problem(float(lower[i]), float(upper[i]), int(counts[i]))
+        raise t.error(
+            i,
+            problem or "class holds fibres below the physical limit",
+            expected=f"classes of fibres at or above {MM_SUSPECT_BELOW_UM:g} um "
+            "(diameters in micrometres)",
         )
 
     lot_ids, perm, offsets = _group(lots)
