@@ -554,8 +554,9 @@ def synthetic_samples(
     seed: int = 0,
     prefix: str = "S",
 ) -> Iterator[SampleSpec]:
-    """Log-normal diameters (fibre.md: sigma_log = sqrt(ln(1 + CV^2))) and curvatures;
-    ``n_samples`` None for an endless run."""
+    """Log-normal diameters (fibre.md: sigma_log = sqrt(ln(1 + CV^2))) and synthetic
+    curvatures (normal 50 +- 12 deg/mm [unsourced], see below); ``n_samples`` None for an
+    endless run."""
     if not (2.0 < mfd_um < 199.0 and 0.0 < cv <= 2.0):
         raise ValueError(
             f"simulated samples need 2 < mfd_um < 199 and 0 < cv <= 2, got {mfd_um!r}, {cv!r}"
@@ -567,6 +568,9 @@ def synthetic_samples(
     while n_samples is None or k < n_samples:
         k += 1
         d = _within(lambda n: rng.lognormal(mu, sigma, n), fibres, 2.0, 199.0)
+        # [unsourced] synthetic curvature, normal(50, 12) deg/mm: a test stream, not a fibre
+        # population. fibre.md gives wool "typically 70-150 deg/mm" and the IH tops 39-84
+        # deg/mm, nothing for cashmere or camel; do not read these values as typical.
         c = _within(lambda n: rng.normal(50.0, 12.0, n), fibres, 1.0, 500.0) if curvature else None
         yield f"{prefix}{k:04d}", d.tolist(), None if c is None else c.tolist()
 
