@@ -370,3 +370,46 @@ def test_a_scale_option_that_is_no_scale_profile_is_refused_even_when_unused(tmp
     with pytest.raises(ProfileError):  # every row names its own scale_profile
         import_carcasses(st, DATA / "carcasses.csv", scale="nosuch")
     assert list(st.results("carcasses")) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "flag"),
+    [
+        ({}, None),
+        ({"value": 21.5}, "hscw_kg 21.4 differs from weighing record"),
+        ({"value": 21400.0, "unit": "g"}, None),
+        ({"unit": "lb"}, "has no weight in kg or g to compare"),
+        ({"mode": "immediate", "device_stable": False}, "immediate reading (not stable on"),
+        ({"mode": "immediate", "device_stable": True}, "immediate reading (stable on the"),
+    ],
+)
+def test_the_weighing_record_a_carcass_weight_links_to_is_checked(tmp_path, fields, flag):
+    """The linked weighing record must give the carcass's hscw_kg, in kg or g, from a
+    stable weighing (scales.md: record whether it came from a stable or an immediate
+    command); otherwise the graded carcass carries a flag naming the record."""
+    st = Store.open(tmp_path / "s", create=True)
+    import_carcasses(st, DATA / "carcasses.csv")
+    weigh = st.put_result(
+        "weighing",
+        {
+            "kind": "weighing",
+            "created_at": "2026-03-02T03:40:00Z",
+            "scale_id": "CAS-L1",
+            "profile": "cas-ci",
+            "protocol": "cas",
+            "value": 21.4,
+            "unit": "kg",
+            "mode": "stable",
+            "device_stable": True,
+            "gross": True,
+            "timestamp": "2026-03-02T03:40:00Z",
+            "subject": "KZ-C-0001",
+        }
+        | fields,
+    )
+    rec = next(r for r in grade_store(st)[0] if r["carcass_id"] == "KZ-C-0001")
+    about = [f for f in rec["flags"] if "weighing record" in f]
+    if flag is None:
+        assert about == []
+    else:
+        assert len(about) == 1 and flag in about[0] and weigh[:12] in about[0]

@@ -299,6 +299,15 @@ def _weighing_link(rec: dict[str, Any], link: tuple[str, dict[str, Any]] | None)
             f"hscw_kg {rec['hscw_kg']:g} differs from weighing record {rid[:12]} "
             f"({value * factor:g} kg)"
         )
+    # scales.md: "Record whether a stored weight came from a stable or an immediate
+    # command"; a carcass weight backed by an immediate reading is flagged, as the carcass
+    # file's own mode is (grading._flags)
+    if w.get("mode") != "stable":
+        steady = "stable" if w.get("device_stable") is True else "not stable"
+        rec["flags"].append(
+            f"weighing record {rid[:12]} is an immediate reading ({steady} on the device), "
+            "not a stable weighing"
+        )
 
 
 @dataclass
