@@ -798,3 +798,36 @@ def test_a_signed_certificate_is_not_a_signed_revocation_record(lab, tmp_path):
     r = run("revoke", certs(d)[3].stem, "--reason", "x", *STORE, "--key", KEY, cwd=d)
     assert r.returncode == 3 and "not signed by the lab key" in r.stderr, r.stderr
     assert sorted(p.name for p in (st.root / "results" / "revocation").iterdir()) == before
+
+
+def test_a_revocation_list_that_cannot_be_written_revokes_nothing_and_can_be_written_again(
+    lab, tmp_path
+):
+    """revoke reserves the list's file before storing anything: a folder or an unwritable
+    place as --out refuses the revocation (nothing logged). --list-only writes the signed
+    list again, revoking nothing; usage mistakes are usage errors (exit 2)."""
+    d = fresh_copy(lab, tmp_path)
+    cert = certs(d)[0]
+    log = d / "demo-out" / "fibergrade-data" / "audit" / "log.jsonl"
+    before = log.read_bytes()
+    (d / "adir.json").mkdir()
+    for target in ("adir.json", "/proc/no-such/rev.json"):
+        r = run("revoke", cert.stem, "--reason", "x", *STORE, "--key", KEY, "--out", target, cwd=d)
+        assert r.returncode == 5 and "revocation list" in r.stderr, r.stderr
+        assert log.read_bytes() == before  # nothing recorded, no checkpoint
+    assert verify(d, cert, *STORE).returncode == 0  # it still stands
+    assert list(d.glob(".*.tmp")) == []
+    r = run("revoke", cert.stem, "--reason", "x", *STORE, "--key", KEY, "--out", "l1.json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    r = run("revoke", "--list-only", *STORE, "--key", KEY, "--out", "l2.json", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert (
+        json.loads(r.stdout)["entries"] == 1 and json.loads(r.stdout)["certificate_number"] is None
+    )
+    first, again = (json.loads((d / f).read_text()) for f in ("l1.json", "l2.json"))
+    assert first["revocations"]["entries"] == again["revocations"]["entries"]
+    r = verify(d, cert, "--revocations", "l2.json")
+    assert r.returncode == 5 and "revoked" in r.stderr
+    for args in (("--list-only", "--reason", "x"), (cert.stem,), ("--reason", "x")):
+        r = run("revoke", *args, *STORE, "--key", KEY, cwd=d)
+        assert r.returncode == 2 and "--list-only" in r.stderr, (args, r.stderr)

@@ -774,8 +774,14 @@ _REVOCATION_FIELDS = ("certificate_number", "certificate_sha256", "reason", "rev
 @under_issue_lock
 def revoke(
     store: Any, number: str, reason: str, private_key: Any, out_file: str | Path | None = None
-) -> dict[str, Any]:
-    """Revoke a certificate and write the whole signed revocation list."""
+) -> tuple[dict[str, Any], Path]:
+    """Revoke a certificate and write the whole signed revocation list (``out_file``,
+    default ``STORE/revocations.json``); the list and the path it was written to.
+
+    The list's file is reserved before anything is stored, so a target that cannot be
+    written refuses the revocation. Should the write still fail after the revocation is
+    stored (a full disk), the error says so and how to write the list again
+    (:func:`write_revocation_list`)."""
     if not reason.strip():
         raise CertificateError("a revocation needs a reason")
     found = [e for e in all_certificates(store) if e["certificate"]["certificate_number"] == number]
@@ -796,6 +802,8 @@ def revoke(
         for e in revocation_entries(store, private_key.public_key())
     ):
         raise CertificateError(f"certificate {number} is already revoked")
+    target = _list_target(store, out_file)
+    tmp = _reserve_beside(target)  # before anything is stored
     entry: dict[str, Any] = {
         "schema": REVOCATION_RECORD_SCHEMA,
         "kind": "revocation",
@@ -806,13 +814,67 @@ def revoke(
     }
     # signed in the store too: standing is judged from these records
     entry["signature"] = sign(entry, private_key)["signature"]
-    store.put_result("revocation", entry)  # logged by the store
-    AuditLog(store.root).checkpoint(private_key)
-    env = revocation_list(store, private_key)
-    target = Path(out_file) if out_file else Path(store.root) / "revocations.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return env
+    try:
+        store.put_result("revocation", entry)  # logged by the store
+        AuditLog(store.root).checkpoint(private_key)
+        env = revocation_list(store, private_key)
+        _write_list(tmp, target, env)
+    except CertificateError as exc:
+        raise CertificateError(
+            f"certificate {number} is revoked (recorded in the store and the audit log), "
+            f"but {exc}; write the list again with: fibergrade revoke --list-only --out FILE"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return env, target
+
+
+@under_issue_lock
+def write_revocation_list(
+    store: Any, private_key: Any, out_file: str | Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """Write the store's whole signed revocation list again, revoking nothing (after a
+    ``revoke`` whose list could not be written, or for a copy elsewhere); the list and the
+    path written. The key must be the lab's (it signs the list)."""
+    AuditLog(store.root).check_lab_key(private_key.public_key())
+    target = _list_target(store, out_file)
+    tmp = _reserve_beside(target)
+    try:
+        env = revocation_list(store, private_key)
+        _write_list(tmp, target, env)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return env, target
+
+
+def _list_target(store: Any, out_file: str | Path | None) -> Path:
+    return Path(out_file) if out_file else Path(store.root) / "revocations.json"
+
+
+def _reserve_beside(target: Path) -> Path:
+    """A new empty file beside ``target`` to write it through, created now so that a
+    target that cannot be written is a :class:`CertificateError` before anything else."""
+    if target.is_dir():
+        raise CertificateError(f"{target}: is a folder; the revocation list needs a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp.open("x").close()
+    except OSError as exc:
+        raise CertificateError(
+            f"{target}: the revocation list cannot be written there: {exc.strerror or exc}"
+        ) from None
+    return tmp
+
+
+def _write_list(tmp: Path, target: Path, env: dict[str, Any]) -> None:
+    try:
+        tmp.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise CertificateError(
+            f"the revocation list cannot be written to {target}: {exc.strerror or exc}"
+        ) from None
 
 
 def revocation_list(store: Any, private_key: Any) -> dict[str, Any]:

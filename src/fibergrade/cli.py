@@ -1835,37 +1835,48 @@ def certify_(
 
 @app.command("revoke")
 def revoke_(
-    cert: Annotated[str, typer.Argument(help="Certificate number, e.g. FG-LOT-01.")],
-    reason: Annotated[str, typer.Option("--reason", help="Why it is revoked.")],
+    cert: Annotated[
+        str | None, typer.Argument(help="Certificate number, e.g. FG-LOT-01.", show_default=False)
+    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why it is revoked.")] = None,
     key: KeyOpt = Path("keys/lab.key"),
     passphrase: PassOpt = None,
     out_file: Annotated[
         Path | None,
         typer.Option("--out", help="Revocation list file (default STORE/revocations.json)."),
     ] = None,
+    list_only: Annotated[
+        bool,
+        typer.Option(
+            "--list-only",
+            help="Revoke nothing: write the store's signed revocation list again (to --out).",
+        ),
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
 ) -> None:
     """Revoke a certificate; writes the whole signed revocation list."""
-    from fibergrade.certificates import revoke
+    from fibergrade.certificates import revoke, write_revocation_list
     from fibergrade.keys import load_private_key
 
+    if list_only and (cert or reason):
+        raise typer.BadParameter("--list-only revokes nothing: give no certificate or --reason")
+    if not list_only and not (cert and reason):
+        raise typer.BadParameter("give the certificate number and --reason (or --list-only)")
     st = _open_store(store)
-    env = revoke(st, cert, reason, load_private_key(key, passphrase), out_file)
-    target = out_file or st.root / "revocations.json"
+    private = load_private_key(key, passphrase)
+    if list_only:
+        env, target = write_revocation_list(st, private, out_file)
+    else:
+        env, target = revoke(st, str(cert), str(reason), private, out_file)
+    entries = len(env["revocations"]["entries"])
     if json_:
         _print_json(
-            {
-                "certificate_number": cert,
-                "revocation_list": str(target),
-                "entries": len(env["revocations"]["entries"]),
-            }
+            {"certificate_number": cert, "revocation_list": str(target), "entries": entries}
         )
         return
-    out.print(
-        f"{escape(cert)} revoked; signed revocation list ({len(env['revocations']['entries'])} "
-        f"entries) written to {escape(str(target))}"
-    )
+    done = f"{escape(cert)} revoked; " if cert else ""
+    out.print(f"{done}signed revocation list ({entries} entries) written to {escape(str(target))}")
 
 
 @app.command("verify")
