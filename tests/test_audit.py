@@ -149,6 +149,21 @@ def test_private_key_is_0600_refuses_overwrite_and_stores(tmp_path):
         init_keys(tmp_path / "store" / "keys")
 
 
+def test_a_passphrase_for_a_key_without_one(tmp_path, monkeypatch):
+    """A passphrase given for a key that has none is named as such (it was reported as
+    the key needing one); one in the environment, meant for other keys, is not needed."""
+    from fibergrade.keys import PASSPHRASE_ENV, KeyFileError
+
+    plain, _pub, _fp = init_keys(tmp_path / "plain")
+    locked, _pub, _fp = init_keys(tmp_path / "locked", passphrase="s3cret")
+    with pytest.raises(KeyFileError, match="not passphrase-protected; give no --passphrase"):
+        load_private_key(plain, "x")
+    monkeypatch.setenv(PASSPHRASE_ENV, "s3cret")
+    assert load_private_key(plain) and load_private_key(locked)
+    with pytest.raises(KeyFileError, match="cannot load the private key"):
+        load_private_key(locked, "wrong")
+
+
 def test_a_log_longer_than_its_head_is_a_crash_not_tampering(tmp_path, keys):
     log = filled(tmp_path, keys)
     before = log.head_path.read_bytes()

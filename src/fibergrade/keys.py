@@ -87,13 +87,26 @@ def load_private_key(path: str | Path, passphrase: str | None = None) -> Ed25519
         raise KeyFileError(f"{p}: no private key file (create one with: fibergrade keys init)")
     pw = passphrase if passphrase is not None else os.environ.get(PASSPHRASE_ENV)
     try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{p}: cannot read the private key ({exc.strerror or exc})") from None
+    try:
         key: Any = serialization.load_pem_private_key(
-            p.read_bytes(), password=pw.encode("utf-8") if pw else None
+            data, password=pw.encode("utf-8") if pw else None
         )
     except TypeError as exc:
-        raise KeyFileError(
-            f"{p}: the key is passphrase-protected; give --passphrase or set {PASSPHRASE_ENV}"
-        ) from exc
+        # cryptography raises TypeError both ways: no password for an encrypted key, or a
+        # password for a key that is not encrypted
+        if not pw:
+            raise KeyFileError(
+                f"{p}: the key is passphrase-protected; give --passphrase or set {PASSPHRASE_ENV}"
+            ) from exc
+        if passphrase is not None:
+            raise KeyFileError(
+                f"{p}: the key is not passphrase-protected; give no --passphrase"
+            ) from exc
+        # a passphrase in the environment, meant for other keys: this one needs none
+        return load_private_key(p, "")
     except ValueError as exc:
         raise KeyFileError(f"{p}: cannot load the private key ({exc})") from exc
     if not isinstance(key, Ed25519PrivateKey):
