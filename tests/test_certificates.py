@@ -831,3 +831,27 @@ def test_a_revocation_list_that_cannot_be_written_revokes_nothing_and_can_be_wri
     for args in (("--list-only", "--reason", "x"), (cert.stem,), ("--reason", "x")):
         r = run("revoke", *args, *STORE, "--key", KEY, cwd=d)
         assert r.returncode == 2 and "--list-only" in r.stderr, (args, r.stderr)
+
+
+def test_certify_names_a_lot_the_store_does_not_hold(lab, tmp_path):
+    """An unknown lot id is said to be not in the store, as grade and show say it (it was
+    'not graded yet; run fibergrade grade first', which cannot help)."""
+    d = fresh_copy(lab, tmp_path)
+    r = run("certify", "NOPE-1", *STORE, "--key", KEY, "--out", "o", "--no-pdf", cwd=d)
+    assert r.returncode == 3 and "not in the store: 'NOPE-1'" in r.stderr, r.stderr
+    assert "not graded" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("cal", "text"),
+    [
+        ({"uncalibrated": True}, "NONE: graded uncalibrated"),
+        ({"record": "ab" * 32, "range_flag": None}, "ab" * 16),
+        ({"record": "ab" * 32, "range_flag": "below"}, "MFD below the calibrated range"),
+        ({"record": "ab" * 32, "range_flag": "above"}, "MFD above the calibrated range"),
+    ],
+)
+def test_the_pdf_states_an_mfd_outside_the_calibrated_range(cal, text):
+    from fibergrade.certificate_pdf import _calibration_text
+
+    assert text in _calibration_text({"uncalibrated": False} | cal)

@@ -68,12 +68,7 @@ def render_pdf(envelope: dict[str, Any], record: dict[str, Any], path: str | Pat
         ),
         ("Geographical indication claimed", _fmt(origin.get("geographical_indication"))),
         ("Instrument", _fmt(cert["instrument"].get("id"))),
-        (
-            "Calibration",
-            "NONE: graded uncalibrated"
-            if cal.get("uncalibrated")
-            else _fmt(cal.get("record"))[:32],
-        ),
+        ("Calibration", _calibration_text(cal)),
         ("Standard", f"{cert['standard']['id']} v{cert['standard']['version']}"),
     ]
     _table(pdf, rows, 62)
@@ -149,3 +144,15 @@ def _table(pdf: Any, rows: list[tuple[str, str]], key_w: float, width: float = 0
         pdf.cell(key_w, 5, key, border=1)
         pdf.set_font("DejaVu", "", 8.5)
         pdf.cell(total - key_w, 5, str(value), border=1, new_x="LMARGIN", new_y="NEXT")
+
+
+def _calibration_text(cal: dict[str, Any]) -> str:
+    """The calibration row: the record, and the lot's MFD outside the calibrated range
+    (the certificate's ``range_flag``) when it is, as the tables mark it ``<cal``/``>cal``."""
+    if cal.get("uncalibrated"):
+        return "NONE: graded uncalibrated"
+    text = _fmt(cal.get("record"))[:32]
+    flag = cal.get("range_flag")
+    if flag in ("below", "above"):
+        text += f" (MFD {flag} the calibrated range)"
+    return text

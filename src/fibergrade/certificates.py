@@ -47,7 +47,7 @@ from typing import Any
 from fibergrade import __version__
 from fibergrade.audit import AuditLog, Position, canonical_json, digest, strict_loads
 from fibergrade.distribution import DEFAULT_CUT_UM
-from fibergrade.errors import FibergradeError, StoreError
+from fibergrade.errors import FibergradeError, LotNotFoundError, StoreError
 from fibergrade.keys import fingerprint
 from fibergrade.store import under_issue_lock
 
@@ -419,6 +419,9 @@ def certify_lots(
             and rec.get("grade")
             and lot not in done
         ]
+    unknown = [lot for lot in lot_ids if lot not in graded and not _in_store(store, lot)]
+    if unknown:  # grading them first would not help: said as grade and show say it
+        raise LotNotFoundError(unknown)
     missing = [lot for lot in lot_ids if lot not in graded]
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
@@ -557,6 +560,14 @@ def clear_stale_files(out: Path) -> int:
         except OSError:
             continue  # not ours to insist on: it is only cleanup
     return removed
+
+
+def _in_store(store: Any, lot_id: str) -> bool:
+    try:
+        store.lot(lot_id)
+    except LotNotFoundError:
+        return False
+    return True
 
 
 @under_issue_lock
@@ -1118,7 +1129,6 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
     import numpy as np
 
     from fibergrade.calibration import correct_table
-    from fibergrade.errors import LotNotFoundError
     from fibergrade.grading import grade as grade_summary
     from fibergrade.grading import load_standard
     from fibergrade.segment_tasks import summarise_table
@@ -1200,7 +1210,14 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
             f"grade: certificate says {cert['grade']['id']}, raw data give {rec['grade']}"
         )
     if not rep.problems:
-        rep.checks.append(("recomputation", f"{len(again)} figures and grade {rec['grade']} agree"))
+        rep.checks.append(
+            (
+                "recomputation",
+                f"{len(again)} figures and "
+                + (f"grade {rec['grade']}" if rec["grade"] else "'meets no grade'")
+                + " agree",
+            )
+        )
     _rescreen(cert, table, summary if std.cut_um == DEFAULT_CUT_UM else None, lot, rep, cache)
 
 
