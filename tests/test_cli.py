@@ -237,6 +237,24 @@ def test_bad_input_names_file_and_line_and_stores_nothing(files, tmp_path, case)
     assert segs == []
 
 
+@pytest.mark.parametrize("row", ["H2,10.5,11.5,5", "H2,10,12,5", "H2,16.5,17.5,0"])
+def test_a_histogram_class_wider_than_a_1_um_class_is_refused_at_import(files, tmp_path, row):
+    """It used to be stored, and then every grade without lot ids failed for good (raw data
+    are never removed): now the import refuses it, names file and line, stores nothing."""
+    bad = tmp_path / "offgrid.csv"
+    bad.write_text(f"lot_id,lower_um,upper_um,count\nH2,15,16,3\n{row}\n")
+    store = tmp_path / "store"
+    r = run("import", str(files["hist"]), str(bad), store=store)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "offgrid.csv:3" in r.stderr and "spans more than one 1-um class" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list((store / "segments").glob("*.h5"))
+    assert run("import", str(files["hist"]), store=store).returncode == 0
+    r = run("grade", "--standard", "us-wpla-cashmere", "--json", store=store)
+    assert r.returncode == 0, r.stderr
+    assert [x["lot_id"] for x in json.loads(r.stdout)] == ["W-001"]
+
+
 def test_unknown_lot_and_missing_store_are_clear_errors(files, tmp_path):
     store = tmp_path / "store"
     run("import", str(files["fibre"]), store=store)
@@ -321,6 +339,11 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path):
     pngs = list((out / "plots").glob("*.png"))
     assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert "grades by declared type" in r.stdout
+    # the table's legend counts the table's lots (it counted every lot of the day)
+    table = r.stdout.split("lots that meet no grade", 1)[1].split("grades by declared type")[0]
+    rows, _, legend = table.partition("<cal/>cal:")
+    marked = rows.count("<cal") + rows.count(">cal")
+    assert int(legend.split(" lot(s)", 1)[0] or 0) == marked
     r2 = run("demo", "--lots", "40", cwd=tmp_path)
     assert r2.returncode == 0 and "already in the store" in r2.stdout
     # part of the day streams live from a simulated analyser on a pty (issue 3)

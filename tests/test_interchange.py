@@ -21,6 +21,7 @@ from fibergrade.adapters.interchange import (
     read_measurements,
     sniff_format,
 )
+from fibergrade.distribution import summarise_histograms
 from fibergrade.errors import InputError
 from fibergrade.measurements import FIBRE_TYPES, FibreLots, HistogramLots, diameter_problem
 
@@ -355,7 +356,7 @@ def test_histogram_count_not_an_integer(tmp_path: Path, text: str) -> None:
 
 
 def test_histogram_overlap_names_both_lines(tmp_path: Path) -> None:
-    err = hist_error(tmp_path, "A,14,15,3\nB,14,16,1\n# c\nA,16,17,2\nA,14.5,15.5,1\n")
+    err = hist_error(tmp_path, "A,14,15,3\nB,14,15,1\n# c\nA,16,17,2\nA,14.5,15,1\n")
     assert err.line == 6
     assert "line 2" in err.message and "line 6" in err.message and "'A'" in err.message
 
@@ -367,7 +368,7 @@ def test_histogram_duplicate_class_overlaps(tmp_path: Path) -> None:
 
 def test_histogram_touching_classes_and_gaps_accepted(tmp_path: Path) -> None:
     h = read_histogram_csv(
-        write(tmp_path, "lot_id,lower_um,upper_um,count\nA,16,17,1\nA,10,15,2\nA,15,16,0\n")
+        write(tmp_path, "lot_id,lower_um,upper_um,count\nA,16,17,1\nA,10,11,2\nA,15,16,0\n")
     )
     assert h.lower_um.tolist() == [10, 15, 16] and h.counts.tolist() == [2, 0, 1]
 
@@ -379,12 +380,12 @@ def test_histogram_class_below_1_um_with_fibres_looks_like_millimetres(tmp_path:
     assert problem is not None and problem in err.message and "holds 40" in err.message
     assert hist_error(tmp_path, "A,0,1,7\nA,1,2,5\n").line == 2
     h = read_histogram_csv(
-        write(tmp_path, "lot_id,lower_um,upper_um,count\nA,0,1,0\nA,1,2,4\nB,0.5,1.5,2\n")
+        write(tmp_path, "lot_id,lower_um,upper_um,count\nA,0,1,0\nA,1,2,4\nB,0.5,1,0\n")
     )
-    assert h.counts.tolist() == [0, 4, 2]  # empty, or straddling 1 um: kept
+    assert h.counts.tolist() == [0, 4, 0]  # empty: kept
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     classes=st.lists(
         st.tuples(st.integers(0, 4), st.integers(1, 8), st.integers(0, 3)),
@@ -395,24 +396,53 @@ def test_histogram_class_below_1_um_with_fibres_looks_like_millimetres(tmp_path:
 def test_histogram_reader_never_grades_fibres_below_1_um(
     tmp_path_factory: pytest.TempPathFactory, classes: list[tuple[int, int, int]]
 ) -> None:
-    """Any histogram is refused exactly when one of its non-empty classes lies wholly
-    below 1 um (bounds in quarters of a um), at that class's line; else read as written."""
+    """Any histogram (bounds in quarters of a um) is refused exactly when one of its
+    non-empty classes lies wholly below 1 um, at that class's line, or else when one of its
+    classes (empty or not) does not lie within one whole micrometre, at that class's line;
+    otherwise it is read as written. What the reader accepts the core can always grade."""
     rows, bounds, upper = [], [], 0
     for gap, width, count in classes:
         lo, hi = upper + gap, upper + gap + width
         upper = hi
         rows.append(f"A,{lo / 4:g},{hi / 4:g},{count}")
-        bounds.append((hi / 4, count))
+        bounds.append((lo, hi, count))
     path = tmp_path_factory.mktemp("h") / "h.csv"
     path.write_text("lot_id,lower_um,upper_um,count\n" + "\n".join(rows) + "\n")
-    bad = [k for k, (hi, count) in enumerate(bounds) if count > 0 and hi <= 1.0]
-    if bad:
+    below = [k for k, (_, hi, count) in enumerate(bounds) if count > 0 and hi <= 4]
+    off_grid = [k for k, (lo, hi, _) in enumerate(bounds) if hi > (lo // 4) * 4 + 4]
+    if below:
         with pytest.raises(InputError, match="millimetres") as info:
             read_histogram_csv(path)
-        assert info.value.line == bad[0] + 2
+        assert info.value.line == below[0] + 2
+    elif off_grid:
+        with pytest.raises(InputError, match="spans more than one 1-um class") as info:
+            read_histogram_csv(path)
+        assert info.value.line == off_grid[0] + 2
     else:
         h = read_histogram_csv(path)
-        assert h.counts.tolist() == [c for _, c in bounds]
+        assert h.counts.tolist() == [c for _, _, c in bounds]
+        summarise_histograms(h)  # the core takes every histogram the reader accepts
+
+
+@pytest.mark.parametrize(
+    ("row", "within"),
+    [("10.5,11.5", "[10, 11)"), ("10,12", "[10, 11)"), ("14.75,15.25", "[14, 15)")],
+)
+def test_histogram_class_spanning_two_1_um_classes_is_refused_at_import(
+    tmp_path: Path, row: str, within: str
+) -> None:
+    """Such a class used to be stored, and then every grade of the store failed for good."""
+    err = hist_error(tmp_path, f"A,14,15,3\n# c\nH2,{row},0\nH2,20,21,5\n")
+    assert err.path == str(tmp_path / "in.csv") and err.line == 4
+    assert "spans more than one 1-um class" in err.message and within in err.message
+    assert err.expected is not None and "whole micrometre" in err.expected
+
+
+def test_histogram_finer_classes_within_whole_micrometres_are_read(tmp_path: Path) -> None:
+    rows = "A,10,10.5,1\nA,10.5,11,2\nA,11.25,11.75,3\nA,11.75,12,4\n"
+    h = read_histogram_csv(write(tmp_path, "lot_id,lower_um,upper_um,count\n" + rows))
+    assert h.counts.tolist() == [1, 2, 3, 4]
+    assert summarise_histograms(h).histogram[0, 10:12].tolist() == [3, 7]
 
 
 @pytest.mark.parametrize(
@@ -596,6 +626,7 @@ def histogram_tables(draw: st.DrawFn) -> list[tuple[str, float, float, int]]:
         edges.sort()
         for lo, hi in itertools.pairwise(edges):
             if draw(st.booleans()) or len(rows) == 0:  # gaps are allowed
+                hi = min(hi, (lo // 2 + 1) * 2)  # within one whole um (off_grid_classes)
                 # a class wholly below 1 um may only be empty (measurements.impossible_classes)
                 count = 0 if hi / 2 <= 1.0 else draw(st.integers(0, 10**12))
                 rows.append((name, lo / 2, hi / 2, count))

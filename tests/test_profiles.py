@@ -18,6 +18,7 @@ from fibergrade.adapters.profiles import (
     load_profile,
     profile_from_dict,
 )
+from fibergrade.distribution import summarise_histograms
 from fibergrade.errors import InputError
 from fibergrade.measurements import FibreLots, HistogramLots
 
@@ -306,8 +307,11 @@ def test_histogram_classes_below_1_um_with_fibres_are_refused_as_millimetres(tmp
     with pytest.raises(InputError, match="lies wholly below 1 um") as ei:
         read_histogram(prof, write(tmp_path, rows, name="mm.csv"))
     assert ei.value.line == 4
-    straddling = "#\nx\nSpecimen,Class (um),To,Count\nX,0.5,1.5,3\n"
-    assert read_histogram(prof, write(tmp_path, straddling, name="s.csv")).counts.tolist() == [3]
+    straddling = "#\nx\nSpecimen,Class (um),To,Count\nX,0.5,1,0\nX,1,1.5,3\n"
+    assert read_histogram(prof, write(tmp_path, straddling, name="s.csv")).counts.tolist() == [
+        0,
+        3,
+    ]
     # the same figures declared as millimetres are 15-16 um classes
     in_mm = histogram_profile(
         tmp_path, columns__upper="To", histogram=_DELETE, units__diameter="mm"
@@ -316,6 +320,34 @@ def test_histogram_classes_below_1_um_with_fibres_are_refused_as_millimetres(tmp
         in_mm, write(tmp_path, "#\nx\nSpecimen,Class (um),To,Count\nX,0.015,0.016,40\n")
     )
     assert h.lower_um.tolist() == pytest.approx([15.0]) and h.counts.tolist() == [40]
+
+
+@pytest.mark.parametrize(
+    ("rows", "over", "shown"),
+    [
+        ("X,14,15,3\nX,15.5,16.5,0\n", {}, "[15.5, 16.5)"),
+        ("X,10,12,5\n", {}, "[10, 12)"),
+        ("X,0.0105,0.0115,5\n", {"units__diameter": "mm"}, "[10.5, 11.5)"),
+    ],
+)
+def test_histogram_classes_spanning_two_1_um_classes_are_refused(tmp_path, rows, over, shown):
+    """The core reports 1-um classes and refuses a wider class whatever its count: the
+    reader refuses it at import, naming file and line (it used to be stored, and then every
+    grade of the store failed)."""
+    prof = histogram_profile(tmp_path, columns__upper="To", histogram=_DELETE, **over)
+    path = write(tmp_path, "#\nx\nSpecimen,Class (um),To,Count\n" + rows)
+    with pytest.raises(InputError, match="spans more than one 1-um class") as ei:
+        read_histogram(prof, path)
+    assert ei.value.path == str(path) and ei.value.line == 3 + rows.count("\n")
+    assert shown in ei.value.message and "whole micrometre" in str(ei.value)
+
+
+def test_histogram_class_width_wider_than_1_um_is_refused(tmp_path):
+    prof = histogram_profile(tmp_path, histogram__class_width_um=2.0)
+    path = write(tmp_path, "#\nx\nSpecimen,Class (um),Count\nX,10,5\n")
+    with pytest.raises(InputError, match=r"class \[10, 12\) um spans more than one") as ei:
+        read_histogram(prof, path)
+    assert ei.value.line == 4
 
 
 def test_histogram_with_upper_column(tmp_path):
@@ -411,3 +443,5 @@ def test_fuzz_export_readers_raise_only_input_errors(tmp_path_factory, text):
         except InputError:
             continue
         assert out.n_lots >= 1
+        if isinstance(out, HistogramLots):
+            summarise_histograms(out)  # what the reader accepts, the core grades

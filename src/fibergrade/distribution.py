@@ -54,8 +54,10 @@ from fibergrade.measurements import (
     DIAMETER_MAX_UM,
     FibreLots,
     HistogramLots,
+    class_grid_problem,
     diameter_problem,
     impossible_diameters,
+    off_grid_classes,
 )
 
 #: default comfort-factor cut, um (fibre.md: "make the cut a parameter, default 30.0")
@@ -454,13 +456,13 @@ def summarise_histograms(
         return _empty_summary(cut)
     lower, upper, c = hist.lower_um, hist.upper_um, hist.counts.astype(np.float64)
     report_class = np.floor(lower).astype(np.int64)
-    if np.any(upper > report_class + 1 + 1e-9):
-        k = int(np.flatnonzero(upper > report_class + 1 + 1e-9)[0])
+    off_grid = np.flatnonzero(off_grid_classes(lower, upper))  # the readers' rule too
+    if off_grid.size:
+        k = int(off_grid[0])
         lot = int(np.searchsorted(hist.offsets, k, side="right") - 1)
         raise DataModelError(
-            f"lot {hist.lot_ids[lot]!r}: class [{lower[k]:g}, {upper[k]:g}) um spans more "
-            "than one 1-um class; histogram lots need 1-um classes (or finer) on whole "
-            "micrometres"
+            f"lot {hist.lot_ids[lot]!r}: {class_grid_problem(float(lower[k]), float(upper[k]))}; "
+            "histogram lots need 1-um classes (or finer) on whole micrometres"
         )
     classes = np.diff(hist.offsets)
     lot_of = np.repeat(np.arange(n_lots), classes)

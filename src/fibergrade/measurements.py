@@ -12,7 +12,9 @@ such as 0.016 is a millimetre figure in the wrong column, not a fibre. The 1 um 
 the project's own choice, not taken from a standard [unsourced]. Histogram readers apply the
 same rule to classes (:func:`impossible_classes`): a class lying wholly below the threshold
 may not hold fibres, or a Laserscan-style row ``X,0.015,0.016,40`` would grade as an MFD of
-0.02 um.
+0.02 um. Every histogram class, empty or not, must also lie within one whole micrometre
+(:func:`off_grid_classes`), the classes the core reports; the readers refuse others at
+import, as the core does when grading.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def impossible_classes(upper_um: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Where a histogram class holds fibres that :func:`diameter_problem` would refuse
     one by one: a non-empty class lying wholly below ``MM_SUSPECT_BELOW_UM`` (its upper
     bound at or below it, so every fibre in ``[lower, upper)`` is below it). The per-fibre
-    and the histogram readers apply the same rule; an empty class there is harmless, and a
-    class straddling the threshold may hold acceptable fibres, so both are kept."""
+    and the histogram readers apply the same rule; an empty class there is harmless, so it
+    is kept. (A class straddling the threshold crosses a whole micrometre, which
+    :func:`off_grid_classes` refuses.)"""
     return (np.asarray(counts) > 0) & (np.asarray(upper_um) <= MM_SUSPECT_BELOW_UM)
 
 
@@ -78,6 +81,43 @@ def class_problem(lower_um: float, upper_um: float, count: int) -> str | None:
             f"below {MM_SUSPECT_BELOW_UM:g} um: it {_LOOKS_LIKE_MM}"
         )
     return None
+
+
+#: width of the classes the core reports (um): every histogram class must lie within one
+#: of them, ``[k, k + 1)`` for a whole k (1-um classes as Laserscan and OFDA report them, or
+#: finer), since a wider class would have to be spread over several, which is a guess
+REPORT_CLASS_UM = 1.0
+#: slack on the upper bound of a class (um), for bounds converted from millimetres
+_GRID_SLACK_UM = 1e-9
+
+
+def off_grid_classes(lower_um: np.ndarray, upper_um: np.ndarray) -> np.ndarray:
+    """Where a histogram class ``[lower, upper)`` does not lie within one whole-micrometre
+    class ``[k, k + 1)``: ``upper > floor(lower) + 1``. The one rule the histogram readers
+    (at import) and the distribution core (when grading) apply, empty classes included:
+    the core refuses such a class whatever its count, so a reader that let one in would
+    leave a lot that can never be graded (raw data are never removed)."""
+    lo = np.asarray(lower_um, dtype=np.float64)
+    hi = np.asarray(upper_um, dtype=np.float64)
+    return hi > np.floor(lo) + REPORT_CLASS_UM + _GRID_SLACK_UM
+
+
+def class_grid_problem(lower_um: float, upper_um: float) -> str | None:
+    """Why one histogram class is refused by :func:`off_grid_classes`, or None."""
+    if not off_grid_classes(np.float64(lower_um), np.float64(upper_um)):
+        return None
+    k = float(np.floor(lower_um))
+    return (
+        f"class [{lower_um:g}, {upper_um:g}) um spans more than one 1-um class (it does not "
+        f"lie within [{k:g}, {k + REPORT_CLASS_UM:g}) um)"
+    )
+
+
+#: what a histogram class must look like, for error messages
+CLASS_GRID_EXPECTED = (
+    "classes within one whole micrometre, such as [14, 15) or [14.5, 15) um "
+    "(1-um classes as Laserscan and OFDA report them, or finer)"
+)
 
 
 def _as_offsets(offsets: Any, n: int, what: str) -> np.ndarray:

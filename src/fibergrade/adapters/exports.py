@@ -30,6 +30,8 @@ Rules (each violation is an :class:`fibergrade.errors.InputError` naming the fil
   lengths > 0 mm; counts whole numbers >= 0; histogram classes within 0..200 um, sorted and
   not overlapping within a lot, and a class holding fibres may not lie wholly below 1 um
   (:func:`fibergrade.measurements.impossible_classes`, the per-fibre millimetre rule);
+  every class, empty or not, lies within one whole micrometre, as the core's 1-um classes
+  need (:func:`fibergrade.measurements.off_grid_classes`; ``[10.5, 11.5)`` is refused);
 * the rows of a lot are contiguous: a lot id that reappears after another lot is refused.
 """
 
@@ -48,10 +50,12 @@ from fibergrade.adapters.errors import ProfileError
 from fibergrade.adapters.profiles import ExportSettings, Profile
 from fibergrade.errors import InputError
 from fibergrade.measurements import (
+    CLASS_GRID_EXPECTED,
     DIAMETER_MAX_UM,
     MM_SUSPECT_BELOW_UM,
     FibreLots,
     HistogramLots,
+    class_grid_problem,
     class_problem,
     diameter_problem,
     impossible_diameters,
@@ -379,6 +383,10 @@ def read_histogram(profile: Profile, path: str | Path) -> HistogramLots:
                 expected=f"classes of fibres at or above {MM_SUSPECT_BELOW_UM:g} um "
                 f"(diameters in micrometres, profile units.diameter = {ex.diameter_unit!r})",
             )
+        # the core's 1-um classes (measurements.off_grid_classes), empty classes included
+        problem = class_grid_problem(a, b)
+        if problem is not None:
+            raise InputError(path, no, problem, expected=CLASS_GRID_EXPECTED)
         lo[i], hi[i], counts[i] = a, b, count
     ids, offsets = _lot_runs(path, [lot for _, lot in lots], [no for no, _ in lots])
     return HistogramLots(ids, offsets, lo, hi, counts)

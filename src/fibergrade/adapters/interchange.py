@@ -57,7 +57,11 @@ is ``[lower_um, upper_um)`` with ``0 <= lower_um < upper_um <= 200``; ``count`` 
 number >= 0 written without a decimal point. The classes of a lot may come in any order
 (they are sorted by ``lower_um``) but must not overlap; gaps between classes are allowed. A
 class with fibres in it may not lie wholly below 1 um (``upper_um <= 1``): the per-fibre
-rule refuses such diameters as millimetres, and so does the histogram reader.
+rule refuses such diameters as millimetres, and so does the histogram reader. Every class,
+empty or not, must lie within one whole micrometre ``[k, k + 1)`` (1-um classes as Laserscan
+and OFDA report them, or finer: ``14,15`` or ``14.5,15``, not ``10.5,11.5`` or ``10,12``),
+since the core reports 1-um classes and a wider class would have to be spread by guesswork
+(``measurements.off_grid_classes``).
 
 Example::
 
@@ -101,16 +105,19 @@ import numpy as np
 
 from fibergrade.errors import InputError
 from fibergrade.measurements import (
+    CLASS_GRID_EXPECTED,
     DIAMETER_MAX_UM,
     FIBRE_TYPES,
     MM_SUSPECT_BELOW_UM,
     FibreLots,
     HistogramLots,
     LotMeta,
+    class_grid_problem,
     class_problem,
     diameter_problem,
     impossible_classes,
     impossible_diameters,
+    off_grid_classes,
 )
 
 __all__ = [
@@ -651,6 +658,12 @@ def read_histogram_csv(path: PathLike) -> HistogramLots:
             expected=f"classes of fibres at or above {MM_SUSPECT_BELOW_UM:g} um "
             "(diameters in micrometres)",
         )
+    # the core's 1-um classes (measurements.off_grid_classes): refused here, not at grading
+    bad = np.flatnonzero(off_grid_classes(lower, upper))
+    if bad.size:
+        i = int(bad[0])
+        problem = class_grid_problem(float(lower[i]), float(upper[i]))
+        raise t.error(i, problem or "class spans more than one 1-um class", CLASS_GRID_EXPECTED)
 
     lot_ids, perm, offsets = _group(lots)
     # within each lot, sort classes by lower bound (lot order is already in perm)
