@@ -518,7 +518,7 @@ def demo_(
     for line in report.steps:
         out.print(line)
     out.print(_grade_table(report.failed, f"{len(report.failed)} lots that meet no grade"))
-    _print_calibration_legend(report.records)
+    _print_calibration_legend(report.failed)  # the legend of that table, not of every lot
     _print_reasons(report.failed)
     t = Table(title="grades by declared type")
     t.add_column("declared type")
