@@ -262,7 +262,9 @@ def test_export_writes_an_issued_carcass_certificate_again(plant):
         r = run("meat", "certify", ident, "--export", "--store", "s", cwd=plant)
         assert r.returncode != 0 and "has no certificate that stands" in r.stderr, r.stderr
     r = run("meat", "certify", "--export", "--store", "s", cwd=plant)
-    assert r.returncode != 0 and "--export needs carcass ids" in r.stderr
+    assert r.returncode == 2 and "--export needs carcass ids" in r.stderr
+    r = run("meat", "certify", "--reissue", "--store", "s", cwd=plant)
+    assert r.returncode == 2 and "--reissue needs --reason" in r.stderr
 
 
 def test_trace_with_the_lab_key_refuses_a_revocation_the_lab_did_not_sign(plant):

@@ -1745,11 +1745,11 @@ def _export(
 ) -> None:
     """``certify --export`` and ``meat certify --export``: write standing certificates'
     files again from the store's signed copies."""
-    from fibergrade.certificates import CertificateError, export_certificates
+    from fibergrade.certificates import export_certificates
     from fibergrade.keys import load_private_key
 
     if not subjects or reissue:
-        raise CertificateError(f"--export needs {kind} ids, and issues nothing (no --reissue)")
+        raise typer.BadParameter(f"--export needs {kind} ids, and issues nothing (no --reissue)")
     # the key is checked as the lab's, and the stored copies with its public half
     lab_key = load_private_key(key, passphrase).public_key()
     written = export_certificates(st, subjects, out_dir, lab_key, pdf=pdf, kind=kind)
@@ -1789,11 +1789,11 @@ def certify_(
     json_: JsonOpt = False,
 ) -> None:
     """Issue signed certificates (JSON + PDF) for graded lots."""
-    from fibergrade.certificates import CertificateError, certify_lots
+    from fibergrade.certificates import certify_lots
     from fibergrade.keys import load_private_key
 
     if reissue and not reason:
-        raise CertificateError("--reissue needs --reason")
+        raise typer.BadParameter("--reissue needs --reason")
     st = _open_store(store)
     if export:
         _export(st, lots, "lot", out_dir, key, passphrase, reissue, json_, pdf=pdf)
@@ -2046,12 +2046,11 @@ def meat_certify_(
     json_: JsonOpt = False,
 ) -> None:
     """Issue signed carcass certificates (grading + halal record), verified like fibre ones."""
-    from fibergrade.certificates import CertificateError
     from fibergrade.keys import load_private_key
     from fibergrade.meat.certificates import certify_carcasses
 
     if reissue and not reason:
-        raise CertificateError("--reissue needs --reason")
+        raise typer.BadParameter("--reissue needs --reason")
     st = _open_store(store, create=False)
     if export:
         _export(st, carcasses, "carcass", out_dir, key, passphrase, reissue, json_)
