@@ -620,6 +620,8 @@ def test_a_missing_file_fails_alone_and_the_batch_goes_on(lab, tmp_path):
     assert r.returncode == 5, r.stderr
     reports = json.loads(r.stdout)
     assert [x["ok"] for x in reports] == [True, False, True]
+    keys = {"file", "certificate_number", "ok", "checks", "problems", "notes"}
+    assert all(set(x) == keys for x in reports)  # one shape, passing or failing
     assert reports[1]["file"] == str(missing) and "no such file" in reports[1]["problems"][0]
     r = verify(lab, good[0], str(missing), *STORE)
     assert r.returncode == 5 and "verifies" in r.stdout and "no such file" in r.stderr

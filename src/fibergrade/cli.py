@@ -1922,7 +1922,9 @@ def verify_(
                     "file": str(cert),
                     "certificate_number": getattr(outcome, "number", None),
                     "ok": False,
+                    "checks": [],  # the same keys as a passing report's
                     "problems": getattr(outcome, "problems", [str(outcome)]),
+                    "notes": [],
                 }
             )
         else:
