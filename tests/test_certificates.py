@@ -857,3 +857,13 @@ def test_the_pdf_states_an_mfd_outside_the_calibrated_range(cal, text):
     from fibergrade.certificate_pdf import _calibration_text
 
     assert text in _calibration_text({"uncalibrated": False} | cal)
+
+
+def test_verify_takes_the_store_from_the_environment_as_every_command_does(lab):
+    cert = certs(lab)[0]
+    env = os.environ | {"FIBERGRADE_STORE": str(lab / "demo-out" / "fibergrade-data")}
+    r = subprocess.run(
+        [EXE, "verify", str(cert), "--public-key", PUB], capture_output=True, text=True,
+        cwd=lab, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0 and "recomputation" in r.stdout and "no --store" not in r.stdout

@@ -1884,7 +1884,13 @@ def verify_(
     certs: Annotated[list[Path], typer.Argument(help="Certificate JSON file(s).")],
     public_key: Annotated[Path, typer.Option("--public-key", help="The lab's lab.pub.")],
     store: Annotated[
-        Path | None, typer.Option("--store", help="Store to recompute every figure from.")
+        Path | None,
+        typer.Option(
+            "--store",
+            envvar="FIBERGRADE_STORE",
+            help="Store to recompute every figure from (env FIBERGRADE_STORE; without "
+            "either, only the signature and the revocation list are checked).",
+        ),
     ] = None,
     revocations: Annotated[
         Path | None, typer.Option("--revocations", help="Signed revocation list.")
