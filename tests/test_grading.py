@@ -145,6 +145,15 @@ def test_standard_for_type():
             "unknown fibre type",
         ),
         ("this is = = not toml", "not a valid"),
+        *(
+            (
+                f"id='x'\nversion='1'\ntitle='t'\nsource='s'\napplies_to=['cashmere']\n"
+                f"cut_um={cut}\n[[grades]]\nid='a'\ntitle='A'\n[[grades.criteria]]\n"
+                "name='m'\nfigure='mfd_um'\nop='<='\nlimit=19\n",
+                r"mine\.toml: cut_um must lie in \(0, 200\) um",
+            )
+            for cut in ("nan", "-1", "0", "200", "inf")
+        ),
     ],
 )
 def test_malformed_standard_files_are_refused(tmp_path, text, message):

@@ -33,7 +33,7 @@ import numpy as np
 from fibergrade.datafile_checks import refuse_unknown, require
 from fibergrade.distribution import FIGURES, LotSummary
 from fibergrade.errors import StandardDefinitionError
-from fibergrade.measurements import FIBRE_TYPES
+from fibergrade.measurements import DIAMETER_MAX_UM, FIBRE_TYPES
 
 OPS: dict[str, Callable[[Any, Any], Any]] = {
     "<=": operator.le,
@@ -108,6 +108,10 @@ def parse_standard(data: bytes, path: str) -> Standard:
                 f"known: {', '.join(FIBRE_TYPES)}"
             )
     cut = float(_require(doc, "cut_um", (int, float), path))
+    if not 0.0 < cut < DIAMETER_MAX_UM:  # the figures' cut, as the core checks it
+        raise StandardDefinitionError(
+            f"{path}: cut_um must lie in (0, {DIAMETER_MAX_UM:g}) um, got {cut:g}"
+        )
     grades = []
     seen: set[str] = set()
     for gi, g in enumerate(_require(doc, "grades", list, path)):
