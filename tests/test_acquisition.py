@@ -268,6 +268,16 @@ def test_lot_names_a_single_sample_and_takes_the_manifest_metadata(store):
         acquire_samples(store, None, profile=PROFILE, lot="X", max_samples=2)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("lot", ["A/../x", "..", "C:x", "lot 7"])
+def test_a_lot_id_outside_the_import_rule_is_refused_before_anything_is_read(store, lot):
+    """--lot names the stored lot, and lot ids name certificate files: the import rule
+    (measurements.LOT_ID_RULE) holds here too, before the reader is touched."""
+    with pytest.raises(InputError, match="--lot: lot id") as info:
+        acquire_samples(store, None, profile=PROFILE, lot=lot)  # type: ignore[arg-type]
+    assert info.value.expected is not None and "ASCII letter" in info.value.expected
+    assert store.lots() == []
+
+
 def test_a_lot_the_store_holds_from_another_source_is_a_sample_error(store):
     acquire_lines(store, crafted(sent_samples(1, 30, seed=7)))  # P-1 stored
     lines = crafted(sent_samples(2, 30, seed=8))  # another P-1, then P-2

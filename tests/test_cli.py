@@ -255,6 +255,29 @@ def test_a_histogram_class_wider_than_a_1_um_class_is_refused_at_import(files, t
     assert [x["lot_id"] for x in json.loads(r.stdout)] == ["W-001"]
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("fibres.csv", "lot_id,diameter_um\nA-1,15\nA/../x,15\n"),
+        ("hist.csv", "lot_id,lower_um,upper_um,count\nA-1,15,16,3\n../../x,15,16,3\n"),
+        ("lots.csv", "lot_id,declared_type,origin,client\nA-1,yak,CN,X\n..\\x,yak,CN,X\n"),
+    ],
+)
+def test_a_lot_id_that_could_leave_the_certificate_folder_is_refused_at_import(
+    files, tmp_path, name, text
+):
+    """Certificate file names are built from the lot id (FG-<lot>-01.json): a lot id such
+    as A/../x was stored, and certify then wrote outside --out."""
+    bad = tmp_path / name
+    bad.write_text(text)
+    store = tmp_path / "store"
+    args = ["--lots", str(bad)] if name == "lots.csv" else [str(bad)]
+    r = run("import", str(files["fibre"]), *args, store=store)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"{name}:3" in r.stderr and "lot" in r.stderr and "Traceback" not in r.stderr
+    assert not list((store / "segments").glob("*.h5"))
+
+
 def test_unknown_lot_and_missing_store_are_clear_errors(files, tmp_path):
     store = tmp_path / "store"
     run("import", str(files["fibre"]), store=store)

@@ -23,7 +23,15 @@ from fibergrade.adapters.interchange import (
 )
 from fibergrade.distribution import summarise_histograms
 from fibergrade.errors import InputError
-from fibergrade.measurements import FIBRE_TYPES, FibreLots, HistogramLots, diameter_problem
+from fibergrade.measurements import (
+    FIBRE_TYPES,
+    LOT_ID_MAX_CHARS,
+    LOT_ID_RE,
+    FibreLots,
+    HistogramLots,
+    diameter_problem,
+    lot_id_problem,
+)
 
 DATA = Path(__file__).parent / "data" / "interchange"
 
@@ -126,9 +134,10 @@ def test_x_columns_ignored(tmp_path: Path) -> None:
 
 
 def test_quoted_fields(tmp_path: Path) -> None:
-    text = 'lot_id,diameter_um\n"#7, north","17.5"\n"say ""hi""",18\n'
+    text = 'lot_id,diameter_um,x_note\n"N-7","17.5","#7, north"\n"B",18,"say ""hi"""\n'
     lots = read_fibre_csv(write(tmp_path, text))
-    assert lots.lot_ids == ("#7, north", 'say "hi"')
+    assert lots.lot_ids == ("N-7", "B")
+    np.testing.assert_array_equal(lots.diameter_um, np.float32([17.5, 18]))
 
 
 def test_unclosed_quote_names_line(tmp_path: Path) -> None:
@@ -142,9 +151,9 @@ def test_unclosed_quote_names_line(tmp_path: Path) -> None:
 
 
 def test_utf8_bom_accepted(tmp_path: Path) -> None:
-    p = write(tmp_path, codecs.BOM_UTF8 + "lot_id,diameter_um\nÖ-1,17\n".encode())
+    p = write(tmp_path, codecs.BOM_UTF8 + "lot_id,diameter_um,x_farm\nO-1,17,Öndör\n".encode())
     lots = read_fibre_csv(p)
-    assert lots.lot_ids == ("Ö-1",)
+    assert lots.lot_ids == ("O-1",)
     assert sniff_format(p) == "fibres"
 
 
@@ -247,6 +256,65 @@ def test_empty_lot_id(tmp_path: Path, lot: str) -> None:
 def test_control_character_in_lot_id(tmp_path: Path) -> None:
     err = fibre_error(tmp_path, "lot_id,diameter_um\nA,17\nA\x00B,18\n")
     assert err.line == 3
+
+
+#: lot ids refused at import: they name certificate files (FG-<lot>-01.json)
+UNSAFE_LOT_IDS = [
+    ("A/../x", "path separator '/'"),
+    ("..\\..\\x", "starts with '.'"),
+    ("A\\x", "path separator '\\\\'"),
+    (".hidden", "starts with '.'"),
+    ("-rf", "starts with '-'"),
+    ("C:x", "':'"),
+    ("lot 7", "' '"),
+    ("#7", "'#'"),
+    ("lot\u00e9", "'\u00e9'"),
+    ("x" * 201, "201 characters"),
+]
+
+
+@pytest.mark.parametrize(("lot", "words"), UNSAFE_LOT_IDS)
+def test_unsafe_lot_ids_are_refused_in_every_interchange_file(
+    tmp_path: Path, lot: str, words: str
+) -> None:
+    quoted = '"' + lot.replace('"', '""') + '"'
+    cases = [
+        (read_fibre_csv, f"lot_id,diameter_um\n# c\nA,17\n{quoted},18\n"),
+        (read_histogram_csv, f"lot_id,lower_um,upper_um,count\n# c\nA,14,15,3\n{quoted},15,16,1\n"),
+        (
+            read_lot_manifest,
+            f"lot_id,declared_type,origin,client\n# c\nA,yak,CN,X\n{quoted},yak,CN,X\n",
+        ),
+    ]
+    for reader, text in cases:
+        with pytest.raises(InputError) as info:
+            reader(write(tmp_path, text))
+        assert info.value.path == str(tmp_path / "in.csv") and info.value.line == 4, reader
+        assert words in info.value.message, (reader, info.value.message)
+        assert info.value.expected is not None and "ASCII letter" in info.value.expected
+
+
+def test_lot_ids_of_the_safe_set_are_read(tmp_path: Path) -> None:
+    ids = ["MN-2024-0117", "lot_7.a", "9", "A..B", "x" * 200]
+    body = "".join(f"{lot},17\n" for lot in ids)
+    assert read_fibre_csv(write(tmp_path, "lot_id,diameter_um\n" + body)).lot_ids == tuple(ids)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lot=st.text(st.sampled_from(list("aZ09._-/\\: #\"',\t\u00e9\x00\x7f")), max_size=12))
+def test_a_lot_id_is_accepted_exactly_when_it_follows_the_rule(tmp_path: Path, lot: str) -> None:
+    """Whatever the text, the reader stores the lot id exactly when the (stripped) field
+    follows LOT_ID_RULE, and refuses the file with an InputError otherwise."""
+    quoted = '"' + lot.replace('"', '""') + '"'
+    path = write(tmp_path, f"lot_id,diameter_um\n{quoted},17\n")
+    want = lot.strip()
+    if LOT_ID_RE.match(want) and len(want) <= LOT_ID_MAX_CHARS:
+        assert read_fibre_csv(path).lot_ids == (want,)
+        assert lot_id_problem(want) is None
+    else:
+        with pytest.raises(InputError):
+            read_fibre_csv(path)
+        assert lot_id_problem(want) is not None
 
 
 # --------------------------------------------------------------------------------------
@@ -509,7 +577,8 @@ def test_manifest_missing_column_and_empty_value(tmp_path: Path) -> None:
 LOT_CHARS = st.characters(
     codec="utf-8", exclude_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), exclude_characters="#"
 )
-lot_names = st.text(LOT_CHARS, min_size=1, max_size=8) | st.sampled_from(["A", "a,b", 'q"t'])
+#: lot ids of the import rule (measurements.LOT_ID_RULE)
+lot_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,7}", fullmatch=True)
 
 
 def _fmt(value: float, style: int) -> str:
@@ -535,7 +604,7 @@ def fibre_tables(draw: st.DrawFn) -> tuple[list[str], list[list[str]]]:
         "length_mm": pos,
         "curvature_deg_mm": st.just(0.0) | pos,
         "medullated": st.sampled_from(["true", "False", "YES", "no", "1", "0"]),
-        "x_note": st.text(LOT_CHARS, max_size=5),
+        "x_note": st.text(LOT_CHARS, max_size=5) | st.sampled_from(["a,b", 'q"t']),
     }
     rows = []
     for _ in range(n):

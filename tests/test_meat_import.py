@@ -107,6 +107,20 @@ def test_other_refusals(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("carcass_id", "words"),
+    [("C/../x", "path separator '/'"), ("..\\x", "starts with '.'"), ("C:1", "':'")],
+)
+def test_a_carcass_id_that_could_leave_the_certificate_folder_is_refused(
+    tmp_path, carcass_id, words
+):
+    """A carcass id names certificate files (FGM-<carcass_id>-01.json): it follows the
+    lot-id rule (measurements.LOT_ID_RULE), as fibre lot ids do."""
+    err = refused(tmp_path, "carcass_id", carcass_id=carcass_id)
+    assert words in err.message and err.expected is not None and "ASCII letter" in err.expected
+    assert read(tmp_path, carcass_id="KZ-C_0001.a")["carcass_id"] == ["KZ-C_0001.a"]
+
+
+@pytest.mark.parametrize(
     ("column", "value", "ok"),
     [
         ("temp_c", -40, True),

@@ -219,6 +219,32 @@ def test_a_dangling_decimal_separator_is_a_truncated_cell_not_a_whole_number(tmp
     assert ei.value.line == 4
 
 
+@pytest.mark.parametrize(
+    ("lot", "words"),
+    [
+        ("A/../x", "path separator '/'"),
+        ("..\\x", "starts with '.'"),
+        ("C:x", "':'"),
+        ("lot 7", "' '"),
+        ("\u00d6-1", "'\u00d6'"),
+        ("x" * 201, "201 characters"),
+    ],
+)
+def test_vendor_exports_refuse_unsafe_lot_ids(tmp_path, lot, words):
+    """Lot ids name certificate files (FG-<lot>-01.json): both export readers refuse one
+    outside measurements.LOT_ID_RULE, naming file and line."""
+    fibre = write(tmp_path, HEAD + f"A;16,5;40,0;N\n{lot};16,5;40,0;N\n")
+    hist = write(tmp_path, f"#\nx\nSpecimen,Class (um),Count\nX,10,5\n{lot},11,5\n", "h.csv")
+    for reader, prof, path, line in (
+        (read_per_fibre, export_profile(tmp_path), fibre, 7),
+        (read_histogram, histogram_profile(tmp_path), hist, 5),
+    ):
+        with pytest.raises(InputError) as ei:
+            reader(prof, path)
+        assert (ei.value.path, ei.value.line) == (str(path), line)
+        assert words in ei.value.message and "ASCII letter" in str(ei.value)
+
+
 def test_missing_column_and_short_file(tmp_path):
     path = write(tmp_path, "pre\npre\npre\npre\nSample;Dia;Curvature (°/mm);Medullated\nA;1;2;N\n")
     with pytest.raises(InputError) as ei:

@@ -10,7 +10,8 @@ Samples come from an :class:`~fibergrade.adapters.analyser.AnalyserReader` (prot
 error rules in :mod:`fibergrade.adapters.analyser`). Each completed sample is committed at
 once as **its own store segment** through :meth:`fibergrade.store.Store.import_fibres`:
 
-* lot id: the sample id, or ``lot`` for a single-sample run;
+* lot id: the sample id, or ``lot`` for a single-sample run (``lot`` follows the import
+  rule, :data:`fibergrade.measurements.LOT_ID_RULE`, refused before anything is read);
 * ``source_name``: ``acquire:<profile>:<sample id>``;
 * ``source_digest``: SHA-256 of the sample's raw lines as received (CR LF included), so the
   same sample seen again (a replayed capture, a re-sent stream) is recognised and not stored
@@ -94,7 +95,7 @@ from fibergrade.adapters.errors import (
 )
 from fibergrade.adapters.scales.base import ScaleBackend, Weighing
 from fibergrade.errors import InputError, LotConflictError, StoreError
-from fibergrade.measurements import LotMeta
+from fibergrade.measurements import LOT_ID_RULE, LotMeta, lot_id_problem
 from fibergrade.store import Store
 
 #: why an acquisition ended
@@ -472,6 +473,9 @@ def acquire_samples(
         if max_samples not in (None, 1):
             raise ValueError("a lot id names one sample: use lot only with max_samples=1")
         max_samples = 1
+        problem = lot_id_problem(lot)  # the import rule: lot ids name certificate files
+        if problem is not None:
+            raise InputError("--lot", None, f"lot id {lot[:60]!r} {problem}", expected=LOT_ID_RULE)
     if max_samples is not None and max_samples < 1:
         raise ValueError("max_samples must be at least 1")
     if not reader.keep_raw:

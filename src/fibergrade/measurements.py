@@ -19,6 +19,8 @@ import, as the core does when grading.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,50 @@ MM_SUSPECT_BELOW_UM = 1.0
 
 #: declared fibre types the project grades; a lot manifest may only use these
 FIBRE_TYPES = ("cashmere", "baby-camel", "adult-camel", "camel-hair", "yak", "wool")
+
+#: longest lot id accepted at import (characters)
+LOT_ID_MAX_CHARS = 200
+#: a lot id every import path accepts: ASCII letters, digits, ``.``, ``_`` and ``-``, the first
+#: a letter or digit (the analyser protocol's sample-id set, adapters/analyser.py). Lot ids
+#: name certificate files (``FG-<lot>-01.json``), so no path separator (``/``, ``\``), no
+#: ``..`` escaping the folder, no leading ``.`` or ``-``, no ``:`` (a Windows drive or NTFS
+#: stream), no space, quote, control or non-ASCII character [the project's own rule]
+LOT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z", re.ASCII)
+#: the rule in words, for error messages and docs
+LOT_ID_RULE = (
+    f"1 to {LOT_ID_MAX_CHARS} characters, each an ASCII letter, digit, '.', '_' or '-', "
+    "the first a letter or digit (such as MN-2024-0117)"
+)
+
+
+def lot_id_problem(lot_id: str) -> str | None:
+    """Why a lot id is refused at import (:data:`LOT_ID_RULE`), or None when it is
+    acceptable. Stored lots are not checked again: the rule guards what comes in."""
+    if not lot_id:
+        return "is empty"
+    if len(lot_id) > LOT_ID_MAX_CHARS:
+        return f"is {len(lot_id)} characters long"
+    if LOT_ID_RE.match(lot_id):
+        return None
+    if lot_id[0] in ".-_":
+        return f"starts with {lot_id[0]!r}"
+    bad = next((c for c in lot_id if not LOT_ID_RE.match("A" + c)), lot_id[0])
+    if bad in "/\\":
+        return f"holds a path separator {bad!r}"
+    if not bad.isprintable():
+        return f"holds a control character {bad!r}"
+    return f"holds the character {bad!r}"
+
+
+def first_bad_lot_id(lot_ids: Iterable[str]) -> tuple[str, str] | None:
+    """The first of ``lot_ids`` (in order) that :func:`lot_id_problem` refuses, with the
+    problem; None when all are acceptable. Each distinct id is checked once, so a column
+    of a million fibres of a few lots costs a few checks."""
+    for lot in dict.fromkeys(lot_ids):
+        problem = lot_id_problem(lot)
+        if problem is not None:
+            return lot, problem
+    return None
 
 
 def impossible_diameters(values: np.ndarray) -> np.ndarray:

@@ -32,7 +32,10 @@ Rules (each violation is an :class:`fibergrade.errors.InputError` naming the fil
   (:func:`fibergrade.measurements.impossible_classes`, the per-fibre millimetre rule);
   every class, empty or not, lies within one whole micrometre, as the core's 1-um classes
   need (:func:`fibergrade.measurements.off_grid_classes`; ``[10.5, 11.5)`` is refused);
-* the rows of a lot are contiguous: a lot id that reappears after another lot is refused.
+* the rows of a lot are contiguous: a lot id that reappears after another lot is refused;
+* a lot id follows :data:`fibergrade.measurements.LOT_ID_RULE` (ASCII letters, digits,
+  ``.``, ``_``, ``-``, the first a letter or digit, at most 200): lot ids name certificate
+  files, so ``A/../x`` is refused at its line.
 """
 
 from __future__ import annotations
@@ -52,13 +55,16 @@ from fibergrade.errors import InputError
 from fibergrade.measurements import (
     CLASS_GRID_EXPECTED,
     DIAMETER_MAX_UM,
+    LOT_ID_RULE,
     MM_SUSPECT_BELOW_UM,
     FibreLots,
     HistogramLots,
     class_grid_problem,
     class_problem,
     diameter_problem,
+    first_bad_lot_id,
     impossible_diameters,
+    lot_id_problem,
 )
 
 #: one number as the profile's decimal separator writes it (ASCII digits only: Python's
@@ -235,10 +241,13 @@ def _lot_runs(path: Path, ids: list[str], lines: list[int]) -> tuple[tuple[str, 
 
 
 def _lot_ids(path: Path, texts: list[str], lines: list[int], column: str) -> list[str]:
-    """Each row's lot id, stripped; an empty one is refused, naming its line."""
+    """Each row's lot id, stripped; one that :func:`fibergrade.measurements.lot_id_problem`
+    refuses (empty, a path separator ...) is refused, naming its line. Each distinct id is
+    checked once."""
     ids = [t.strip() for t in texts]
-    if "" in ids:
-        i = ids.index("")
+    bad = first_bad_lot_id(ids)
+    if bad is not None:
+        i = ids.index(bad[0])
         _lot_id(path, lines[i], texts[i], column)  # raises, in the one wording
     return ids
 
@@ -247,6 +256,14 @@ def _lot_id(path: Path, no: int, text: str, column: str) -> str:
     lot = text.strip()
     if not lot:
         raise InputError(path, no, f"column {column!r}: empty lot id", expected="a lot id")
+    problem = lot_id_problem(lot)
+    if problem is not None:
+        raise InputError(
+            path,
+            no,
+            f"column {column!r}: lot id {lot[:60]!r} {problem}",
+            expected=f"a lot id of {LOT_ID_RULE}",
+        )
     return lot
 
 

@@ -10,7 +10,7 @@ Rules common to all three formats
 - Fields are separated by commas; standard CSV double quotes may enclose a field (a
   quoted field must end on the line where it starts).
 - A line whose first non-blank character is ``#`` is a comment, before or after the header;
-  blank lines are skipped. (A lot id that starts with ``#`` must therefore be quoted.)
+  blank lines are skipped.
 - The first line that is neither blank nor a comment is the header. Column names are
   matched case-insensitively and surrounding spaces are ignored; every column needs a name
   and a name may appear only once. Columns may come in any order.
@@ -20,7 +20,11 @@ Rules common to all three formats
   are refused, because a missing or impossible value is never guessed, clipped or skipped.
 - Line numbers in error messages are 1-based and count every line of the file (header,
   comments and blank lines included), as a text editor does.
-- A lot id is 1 to 200 characters without control characters.
+- A lot id is 1 to 200 characters, each an ASCII letter, digit, ``.``, ``_`` or ``-``, the
+  first a letter or digit (``measurements.LOT_ID_RULE``), in every file: per-fibre,
+  histogram and manifest. Lot ids name certificate files, so anything that could leave the
+  certificate folder or mean something to a file system (``/``, ``\\``, ``..`` at the start,
+  ``:``, spaces, quotes, control and non-ASCII characters) is refused, naming the line.
 - A file with a header but no data rows is refused ("no measurements"; for a manifest,
   "no lots").
 - Which format a file is in is told from its header: ``diameter_um`` means per-fibre,
@@ -108,6 +112,8 @@ from fibergrade.measurements import (
     CLASS_GRID_EXPECTED,
     DIAMETER_MAX_UM,
     FIBRE_TYPES,
+    LOT_ID_MAX_CHARS,
+    LOT_ID_RULE,
     MM_SUSPECT_BELOW_UM,
     FibreLots,
     HistogramLots,
@@ -115,6 +121,7 @@ from fibergrade.measurements import (
     class_grid_problem,
     class_problem,
     diameter_problem,
+    first_bad_lot_id,
     impossible_classes,
     impossible_diameters,
     off_grid_classes,
@@ -145,8 +152,6 @@ MANIFEST_COLUMNS = (
 )
 _MANIFEST_TIMES = ("received_at", "measured_at")
 
-#: longest lot id accepted (characters)
-LOT_ID_MAX_CHARS = 200
 #: prefix of columns that readers ignore
 IGNORED_PREFIX = "x_"
 
@@ -155,7 +160,6 @@ _NUMBER_HELP = "a decimal number with a point as separator, such as 17.5"
 _FLOAT_RE = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*\Z", re.ASCII)
 _NONFINITE_RE = re.compile(r"\s*[+-]?(?:nan|inf|infinity)\s*\Z", re.IGNORECASE | re.ASCII)
 _INT_RE = re.compile(r"\s*[+-]?\d+\s*\Z", re.ASCII)
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
@@ -508,14 +512,13 @@ def _lot_column(t: _Table) -> list[str]:
         raise t.error(
             i,
             f"lot_id is {int(lens[i])} characters long",
-            expected=f"a lot id of at most {LOT_ID_MAX_CHARS} characters",
+            expected=f"a lot id of {LOT_ID_RULE}",
         )
-    if _CONTROL_RE.search("".join(col)):
-        i = next(i for i, s in enumerate(col) if _CONTROL_RE.search(s))
+    bad_lot = first_bad_lot_id(col)
+    if bad_lot is not None:
+        lot, problem = bad_lot
         raise t.error(
-            i,
-            f"lot_id {col[i]!r} contains a control character",
-            expected="a lot id of printable characters",
+            col.index(lot), f"lot_id {lot!r} {problem}", expected=f"a lot id of {LOT_ID_RULE}"
         )
     return col
 

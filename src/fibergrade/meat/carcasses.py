@@ -12,7 +12,9 @@ Required columns (one row per carcass)::
     ph_ultimate,temp_c,l_star,a_star,b_star,slaughtered_at,weighed_at
 
 - ``animal_id``: the RFID ear tag. ``carcass_id`` and ``animal_id`` are unique (in the file
-  and in the store). Ids are 1-200 printable characters.
+  and in the store). Ids are 1-200 printable characters; ``carcass_id`` names certificate
+  files, so it follows the lot-id rule (``measurements.LOT_ID_RULE``: ASCII letters, digits,
+  ``.``, ``_``, ``-``, the first a letter or digit).
 - ``sex``: ``ewe``/``female``, ``wether``/``castrate`` or ``ram``/``male`` (stored as
   ``female``, ``castrate``, ``male``). ``ssc``: secondary sexual characteristics present,
   yes/no (refused on a female).
@@ -58,6 +60,7 @@ from fibergrade.adapters.interchange import (
     _Table,
 )
 from fibergrade.errors import FibergradeError
+from fibergrade.measurements import LOT_ID_RULE, first_bad_lot_id
 
 __all__ = [
     "CARCASS_COLUMNS",
@@ -155,6 +158,20 @@ def _ids(t: _Table, name: str) -> list[str]:
                 expected=f"1-{ID_MAX_CHARS} printable characters",
             )
     return col
+
+
+def _file_name_safe(t: _Table, name: str, col: Sequence[str]) -> None:
+    """A carcass id names certificate files (``FGM-<carcass_id>-01.json``): it follows the
+    lot-id rule (:data:`fibergrade.measurements.LOT_ID_RULE`), so it cannot leave the
+    certificate folder (``C/../x``)."""
+    bad = first_bad_lot_id(col)
+    if bad is not None:
+        value, problem = bad
+        raise t.error(
+            list(col).index(value),
+            f"{name} {value[:40]!r} {problem}",
+            expected=f"a {name} of {LOT_ID_RULE}",
+        )
 
 
 def _unique(t: _Table, name: str, col: Sequence[str]) -> None:
@@ -259,6 +276,7 @@ def read_carcass_csv(
     n = t.n_rows
     cols: dict[str, list[Any]] = {}
     carcass_ids = _ids(t, "carcass_id")
+    _file_name_safe(t, "carcass_id", carcass_ids)
     animal_ids = _ids(t, "animal_id")
     _unique(t, "carcass_id", carcass_ids)
     _unique(t, "animal_id", animal_ids)
