@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -133,6 +136,47 @@ def test_profile_files_by_path_and_name(tmp_path, monkeypatch):
     assert find_profile("my-balance") == own.resolve()
     assert load_profile("my-balance").scale.max == 220.0
     assert load_profile(str(own)).name == "my-balance"
+
+
+@pytest.mark.parametrize(
+    ("data", "line"), [(b"\xff\xfe\x00garbage", 1), (b"[instrument]\nkind = 'sc\xe4le'\n", 2)]
+)
+def test_a_profile_that_is_not_utf8_is_a_profile_error_naming_file_and_line(tmp_path, data, line):
+    """It used to escape as a bare UnicodeDecodeError (a traceback from every command that
+    takes a profile: import/acquire --instrument, simulate --profile, meat import --scale)."""
+    bad = tmp_path / "garbage.toml"
+    bad.write_bytes(data)
+    with pytest.raises(ProfileError) as ei:
+        load_profile(bad)
+    assert ei.value.path == str(bad) and f"line {line}" in ei.value.message
+    assert "not UTF-8" in ei.value.message and ei.value.exit_code == 2
+
+
+def test_a_directory_given_as_a_profile_is_said_to_be_one(tmp_path):
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ProfileError, match="is a directory"):
+        load_profile(tmp_path / "dir.toml")
+
+
+@pytest.mark.integration
+def test_every_command_taking_a_profile_reports_a_non_utf8_one_without_a_traceback(tmp_path):
+    exe = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+    (tmp_path / "garbage.toml").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "m.csv").write_text("lot_id,diameter_um\nA,15\n")
+    (tmp_path / "c.csv").write_text("carcass_id\n")
+    store = str(tmp_path / "store")
+    for args in (
+        ["import", "m.csv", "--instrument", "./garbage.toml", "--store", store],
+        ["acquire", "--instrument", "./garbage.toml", "--replay", "x.jsonl", "--store", store],
+        ["simulate", "scale", "--protocol", "sbi", "--profile", "./garbage.toml", "--tcp", "0"],
+        ["meat", "import", "c.csv", "--scale", "./garbage.toml", "--store", store],
+    ):
+        r = subprocess.run(
+            [exe, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False
+        )
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and "garbage.toml" in r.stderr, args
+        assert "not UTF-8" in r.stderr, args
 
 
 # --------------------------------------------------------------------------- exports

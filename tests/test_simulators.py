@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +31,7 @@ from fibergrade.adapters.errors import (
     InstrumentTimeout,
     ProfileError,
     SampleError,
+    SimulatorSettingError,
 )
 from fibergrade.adapters.profiles import load_profile
 from fibergrade.adapters.scales import aandd, make_scale, open_scale
@@ -35,7 +39,9 @@ from fibergrade.adapters.simulators import (
     AnalyserSimulator,
     FaultInjector,
     Faults,
+    SimulatedBalance,
     Simulator,
+    load_problem,
     parse_faults,
     serve_forever,
     start_simulator,
@@ -102,6 +108,51 @@ def test_unknown_kind_or_protocol():
         start_simulator("oven", None)
     with pytest.raises(ProfileError):
         start_simulator("scale", "sbi", profile="mt-sics-scale")
+
+
+@pytest.mark.parametrize("load", [float("nan"), float("inf"), -float("inf"), -1.0, -0.01])
+def test_a_load_no_pan_can_carry_is_refused_when_the_simulator_is_built(load):
+    """--load=nan used to start the simulator, which then died with a ValueError at the
+    client's first command; the load is now refused up front, with a typed error."""
+    before = threading.active_count()
+    with pytest.raises(SimulatorSettingError, match="load") as info:
+        start_simulator("scale", "sbi", load=load, tcp_port=0)
+    assert info.value.exit_code == 2 and threading.active_count() == before
+    balance = SimulatedBalance(load_profile("sartorius-sbi").scale, load=1.0)
+    with pytest.raises(SimulatorSettingError):
+        balance.set_load(load)
+    assert balance.reading(now=1e9) == ("stable", 1.0)  # the refused load changed nothing
+
+
+@settings(max_examples=200, deadline=None)
+@given(load=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**6), 10**6))
+def test_a_simulated_pan_takes_exactly_the_finite_non_negative_loads(load):
+    """load_problem is the simulator's one rule: a load it accepts always gives a reading
+    (overload above Max), a load it refuses is never taken."""
+    settings_ = load_profile("sartorius-sbi").scale
+    if load_problem(load) is None:
+        assert load == load and abs(load) != float("inf") and load >= 0
+        state, _ = SimulatedBalance(settings_, load=load, settle_s=0.0).reading()
+        assert state in ("stable", "overload")
+    else:
+        with pytest.raises(SimulatorSettingError):
+            SimulatedBalance(settings_, load=load)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("load", ["nan", "inf", "-1"])
+def test_cli_simulate_refuses_an_impossible_load_at_the_option(load, tmp_path):
+    exe = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+    r = subprocess.run(
+        [exe, "simulate", "scale", "--protocol", "sbi", f"--load={load}", "--tcp", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
+        check=False,
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "--load" in r.stderr and "Traceback" not in r.stderr and "port:" not in r.stdout
 
 
 def test_an_and_simulator_needs_a_point_in_its_readings():

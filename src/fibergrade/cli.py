@@ -630,6 +630,7 @@ def simulate_(
     from fibergrade.adapters.simulators import (
         DEFAULT_PROFILES,
         SCALE_SIMULATORS,
+        load_problem,
         parse_faults,
         serve_forever,
     )
@@ -638,6 +639,9 @@ def simulate_(
         raise typer.BadParameter("must be analyser or scale", param_hint="KIND")
     if kind == "scale":
         _only_for("an analyser", {"--samples": samples, "--fibres": fibres, "--baud": baud})
+        problem = load_problem(load) if load is not None else None  # the simulator's own rule
+        if problem is not None:
+            raise typer.BadParameter(problem, param_hint="--load")
     else:
         _only_for("a scale", {"--load": load is not None})
     f = parse_faults(faults)

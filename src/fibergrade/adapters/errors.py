@@ -12,6 +12,7 @@ Hierarchy::
     FibergradeError
       ProfileError                     instrument profile TOML refused (file, key)
       FaultSpecError                   simulator --faults text refused
+      SimulatorSettingError            simulator setting refused (a NaN or negative load)
       InstrumentError                  anything an instrument did or failed to do
         TransportError
           PortOpenError                the port / URL cannot be opened
@@ -61,6 +62,14 @@ class ProfileError(FibergradeError):
 
 class FaultSpecError(FibergradeError):
     """A simulator fault specification (``--faults noise=0.1,drift``) cannot be understood."""
+
+    exit_code = 2
+
+
+class SimulatorSettingError(FibergradeError):
+    """A simulator setting that no device could have, such as a load of NaN or below zero
+    (``fibergrade simulate --load``): refused when the simulator is built, not when a client
+    asks for a weight."""
 
     exit_code = 2
 

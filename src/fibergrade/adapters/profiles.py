@@ -489,6 +489,8 @@ def find_profile(name_or_path: str | Path) -> Path:
     if p.suffix == ".toml" or p.parent != Path(".") or p.exists():
         if p.is_file():
             return p
+        if p.is_dir():
+            raise ProfileError(str(p), None, "is a directory, not a profile file")
         raise ProfileError(str(p), None, "no such profile file")
     known = list_profiles()
     if str(name_or_path) in known:
@@ -512,10 +514,21 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """
     path = find_profile(name_or_path)
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(str(path), None, f"not valid TOML: {exc}") from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise ProfileError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8 (tomllib.load would raise a bare error)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ProfileError(
+            str(path),
+            None,
+            f"line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 text; a profile is a "
+            "UTF-8 TOML file (instruments/*.toml)",
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(str(path), None, f"not valid TOML: {exc}") from None
     return profile_from_dict(data, path)

@@ -61,7 +61,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from fibergrade.adapters import analyser
-from fibergrade.adapters.errors import FaultSpecError, ProfileError
+from fibergrade.adapters.errors import FaultSpecError, ProfileError, SimulatorSettingError
 from fibergrade.adapters.profiles import Profile, ScaleSettings, load_profile
 from fibergrade.adapters.scales import aandd, cas, mtsics, sbi
 from fibergrade.adapters.scales.base import decimals_for
@@ -224,6 +224,30 @@ class SimulatedDevice:
         return None
 
 
+def load_problem(load: float) -> str | None:
+    """Why ``load`` (gross, in the scale's unit) cannot be put on a simulated pan, or None.
+
+    A load is a finite number >= 0: NaN or an infinity has no reading (it used to kill the
+    simulator at the first command), and a pan lifted off is the ``underload`` fault, not a
+    negative load. A load above Max is allowed: the scale then reports overload."""
+    try:
+        x = float(load)
+    except (TypeError, ValueError):
+        return f"{load!r} is not a number"
+    if not math.isfinite(x):
+        return f"{x!r} is not a finite weight"
+    if x < 0:
+        return f"{x:g} is negative; a gross load on the pan is >= 0 (use the underload fault)"
+    return None
+
+
+def _checked_load(load: float) -> float:
+    problem = load_problem(load)
+    if problem is not None:
+        raise SimulatorSettingError(f"load {problem}")
+    return float(load)
+
+
 class SimulatedBalance:
     """The physics of a simulated scale: load, settling, zero, tare and the weighing faults.
 
@@ -251,7 +275,7 @@ class SimulatedBalance:
         self.serial_number = serial_number
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
-        target = round(0.2 * self.max / self.e) * self.e if load is None else load
+        target = round(0.2 * self.max / self.e) * self.e if load is None else _checked_load(load)
         self._target = target
         self._from = target
         self._t_change = -math.inf
@@ -260,7 +284,9 @@ class SimulatedBalance:
         self._n = 0
 
     def set_load(self, load: float) -> None:
-        """Put ``load`` (gross, in the scale's unit) on the pan; the reading settles."""
+        """Put ``load`` (gross, in the scale's unit) on the pan; the reading settles.
+        A load :func:`load_problem` refuses raises :class:`SimulatorSettingError`."""
+        load = _checked_load(load)
         now = time.monotonic()
         with self._lock:
             self._from, _ = self._gross(now)
@@ -1060,6 +1086,7 @@ __all__ = [
     "SimulatedBalance",
     "SimulatedDevice",
     "Simulator",
+    "load_problem",
     "parse_faults",
     "serve_forever",
     "start_simulator",
