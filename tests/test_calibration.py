@@ -122,7 +122,42 @@ def test_measurements_file(tmp_path):
     p = tmp_path / "tops.csv"
     p.write_text("# tops\ntop,measured_mfd_um,measured_cv_pct\n1,14.8,18.1\n2,18.9,\n")
     got = read_top_measurements(p)
-    assert got == [TopMeasurement("1", 14.8, 18.1, 3), TopMeasurement("2", 18.9, None, 4)]
+    assert got == [
+        TopMeasurement("1", 14.8, 18.1, 3, str(p)),
+        TopMeasurement("2", 18.9, None, 4, str(p)),
+    ]
+
+
+def test_measurements_file_with_a_utf8_bom_reads_as_without(tmp_path):
+    """A BOM (Excel's "CSV UTF-8") was refused as a bad header, which the interchange and
+    export readers all accept."""
+    text = "# tops\r\ntop,measured_mfd_um\r\n1,14.8\r\n2,18.9\r\n"
+    plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    plain.write_bytes(text.encode())
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    strip = [(m.top, m.measured_mfd_um, m.line) for m in read_top_measurements(plain)]
+    assert [(m.top, m.measured_mfd_um, m.line) for m in read_top_measurements(bom)] == strip
+    assert strip == [("1", 14.8, 3), ("2", 18.9, 4)]
+
+
+def test_measurements_file_not_utf8_names_the_line(tmp_path):
+    p = tmp_path / "tops.csv"
+    p.write_bytes(b"top,measured_mfd_um\n1,14.8\n\xff2,18.9\n")
+    with pytest.raises(InputError, match="not UTF-8") as e:
+        read_top_measurements(p)
+    assert (e.value.path, e.value.line) == (str(p), 3)
+
+
+def test_a_top_unknown_to_the_reference_set_is_named_with_its_file_and_line(tmp_path):
+    p = tmp_path / "tops.csv"
+    rows = "".join(f"{m.top},{m.measured_mfd_um}\n" for m in tops())
+    p.write_text("top,measured_mfd_um\n" + rows + "99,20.0\n")
+    store = make_store(tmp_path)
+    with pytest.raises(CalibrationRefused) as e:
+        calibrate(store, "OFDA-1", load_reference_set("ih-23"), read_top_measurements(p), now=T0)
+    line = 2 + len(tops())
+    assert f"top '99' ({p}, line {line}) is not in reference set ih-23" in str(e.value)
+    assert store.results("calibration") == []
 
 
 @pytest.mark.parametrize(

@@ -347,6 +347,7 @@ class TopMeasurement:
     measured_mfd_um: float
     measured_cv_pct: float | None = None
     line: int | None = None  # line of the measurements file
+    path: str | None = None  # the measurements file, for messages
 
 
 _MEAS_COLUMNS = ("top", "measured_mfd_um", "measured_cv_pct")
@@ -355,14 +356,16 @@ _MEAS_COLUMNS = ("top", "measured_mfd_um", "measured_cv_pct")
 def read_top_measurements(path: str | Path) -> list[TopMeasurement]:
     """Read a measurements CSV: header ``top,measured_mfd_um[,measured_cv_pct]``.
 
-    ``#`` starts a comment line; blank lines are skipped; UTF-8. Each top once. A value
-    that is not a number or not a possible diameter is refused with file and line.
+    ``#`` starts a comment line; blank lines are skipped; UTF-8 (a byte-order mark is
+    accepted, as by the interchange readers). Each top once. A value that is not a number
+    or not a possible diameter is refused with file and line.
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(p, None, "not UTF-8 text", expected="a UTF-8 CSV file") from None
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = bytes(e.object).count(b"\n", 0, e.start) + 1
+        raise InputError(p, line, "not UTF-8 text", expected="a UTF-8 CSV file") from None
     except OSError as e:
         raise InputError(p, None, f"cannot read: {e.strerror or e}") from None
     rows = [
@@ -402,7 +405,7 @@ def read_top_measurements(path: str | Path) -> list[TopMeasurement]:
             raise InputError(p, line, f"measured_mfd_um {mfd!r} {problem}")
         if cv is not None and not (0 < cv < 100):
             raise InputError(p, line, f"measured_cv_pct {cv!r}", expected="0 < CV < 100 %")
-        out.append(TopMeasurement(top, mfd, cv, line))
+        out.append(TopMeasurement(top, mfd, cv, line, str(p)))
     return out
 
 
@@ -473,7 +476,10 @@ def calibrate(
         )
     for m in measurements:
         if reference.top(m.top) is None:
-            where = f" (line {m.line})" if m.line else ""
+            where = ", ".join(
+                x for x in (m.path, f"line {m.line}" if m.line else None) if x is not None
+            )
+            where = f" ({where})" if where else ""
             raise CalibrationRefused(
                 f"top {m.top!r}{where} is not in reference set {reference.id} "
                 f"(tops: {', '.join(x.top for x in reference.tops)})"
