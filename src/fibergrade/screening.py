@@ -281,10 +281,60 @@ class ScreeningModel:
         return f"screening-{self.digest[:12]}"
 
 
-def save_bundle(path: Path, model: ScreeningModel) -> str:
-    """Write the model as skops; returns the file's SHA-256."""
-    import skops.io as sio
+#: date and time of every member of a model file: the zip format's earliest, so the file's
+#: bytes do not depend on when it was written
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
+
+def skops_bytes(obj: Any) -> bytes:
+    """``obj`` as a skops file whose bytes depend only on ``obj``.
+
+    ``skops.io.dumps`` names each array member and each ``__id__`` of ``schema.json`` by
+    the object's ``id()`` (its memory address, different in every process) and stamps
+    every member with the time of writing, so the same model gave a different file, and
+    SHA-256, every run. This writes the same format the same way (skops' own state
+    functions, ``ZIP_STORED``), but numbers the objects 1, 2, 3... in the order skops
+    visits them and dates every member :data:`ZIP_DATE_TIME`. ``skops.io.loads`` reads it
+    like any skops file (the ids only pair references within the file).
+    """
+    import io
+    import zipfile
+
+    import skops
+    from skops.io._utils import SaveContext, get_state
+
+    numbers: dict[int, int] = {}  # id() -> number, for this one file
+
+    class _NumberedContext(SaveContext):  # a frozen dataclass: the dicts are its state
+        def memoize(self, obj: Any) -> int:
+            key = id(obj)  # the memo keeps obj alive, so the key is not reused meanwhile
+            if key not in self.memo:
+                self.memo[key] = obj
+                numbers[key] = len(numbers) + 1
+            return numbers[key]
+
+    class _UndatedZip(zipfile.ZipFile):
+        def writestr(self, zinfo_or_arcname: Any, data: Any, *args: Any, **kwargs: Any) -> None:
+            if not isinstance(zinfo_or_arcname, zipfile.ZipInfo):
+                zinfo = zipfile.ZipInfo(zinfo_or_arcname, date_time=ZIP_DATE_TIME)
+                zinfo.compress_type = self.compression
+                zinfo.external_attr = 0o600 << 16  # what ZipFile.writestr gives a name
+                zinfo_or_arcname = zinfo
+            super().writestr(zinfo_or_arcname, data, *args, **kwargs)
+
+    buffer = io.BytesIO()
+    with _UndatedZip(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        context = _NumberedContext(zip_file=zf)
+        state = get_state(obj, context)
+        context.clear_memo()
+        state["protocol"] = context.protocol
+        state["_skops_version"] = skops.__version__
+        zf.writestr("schema.json", json.dumps(state, indent=2))
+    return buffer.getvalue()
+
+
+def save_bundle(path: Path, model: ScreeningModel) -> str:
+    """Write the model as skops (:func:`skops_bytes`); returns the file's SHA-256."""
     bundle = {
         "format": BUNDLE_FORMAT,
         "estimator": model.estimator,
@@ -293,11 +343,12 @@ def save_bundle(path: Path, model: ScreeningModel) -> str:
         "typical": model.typical,
         "verdicts": list(VERDICTS),
     }
+    data = skops_bytes(bundle)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    sio.dump(bundle, tmp)
+    tmp.write_bytes(data)
     tmp.replace(path)
-    return sha256_bytes(path.read_bytes())
+    return sha256_bytes(data)
 
 
 def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
