@@ -350,6 +350,7 @@ def train(
     """Generate, fit, choose the threshold, evaluate, and write the model and its cards."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     out = Path(out_dir)
     eval_cases_n = len(evaluation_cases(np.random.default_rng(0), eval_scale)[0])
@@ -358,7 +359,6 @@ def train(
     cases = training_cases(rng, n_train)
     tr = build_set(cases, rng, id_prefix="TRAIN", progress=_staged(progress, 0, total))
     declared = np.asarray(cases.declared)
-    x = features(tr.summary, declared)
     y = cases.label
     done = _chunks(n_train)
     vrng = np.random.default_rng([seed, 2])
@@ -366,10 +366,18 @@ def train(
     val = build_set(vcases, vrng, id_prefix="VAL", progress=_staged(progress, done, total))
     done += _chunks(n_validation)
 
-    hgb = HistGradientBoostingClassifier(random_state=seed, **HGB_PARAMS)
-    est = CalibratedClassifierCV(hgb, **CALIBRATION).fit(x, y)
-    xv = features(val.summary, vcases.declared)
-    p_clean = est.predict_proba(xv)[:, 0]
+    # One thread in every native pool (OpenMP, BLAS) from features to fitted model, so the
+    # model file is the same bytes whatever OMP_NUM_THREADS or the machine's core count:
+    # the fitted trees do not depend on the thread count, but scikit-learn's fitted binner
+    # records the OpenMP thread count it ran with (``_bin_mapper.n_threads``, saved in the
+    # file). The features' BLAS product then runs as screen() runs it. Fitting takes ~2 s
+    # longer on two cores.
+    with threadpool_limits(limits=1):
+        x = features(tr.summary, declared)
+        hgb = HistGradientBoostingClassifier(random_state=seed, **HGB_PARAMS)
+        est = CalibratedClassifierCV(hgb, **CALIBRATION).fit(x, y)
+        xv = features(val.summary, vcases.declared)
+        p_clean = est.predict_proba(xv)[:, 0]
     threshold = float(np.quantile(p_clean, DESIGN_FALSE_ALARM_RATE))
     val_fa = float((p_clean < threshold).mean())
     done += 1
