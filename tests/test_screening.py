@@ -29,10 +29,12 @@ from fibergrade.screening import (
     MODEL_FILE,
     NOT_SCREENED,
     VERDICTS,
+    ZIP_DATE_TIME,
     feature_names,
     features,
     load_model,
     screen,
+    skops_bytes,
 )
 from fibergrade.screening_training import evaluate_model, train
 from fibergrade.synthetic import (
@@ -249,9 +251,33 @@ def test_cards_carry_metrics_sources_and_honesty(model_dir):
         assert text in data
 
 
+def test_model_file_bytes_depend_only_on_the_model(model_dir, monkeypatch):
+    # skops.io.dump names arrays by id() and dates members with the clock: a model saved
+    # twice gave two SHA-256s, and every certificate names the model's SHA-256
+    import copy
+    import io
+    import time
+    import zipfile
+
+    import skops.io as sio
+
+    est = load_model(model_dir).estimator
+    first = skops_bytes({"estimator": est, "threshold": 0.25})
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # another day, another id()
+    second = skops_bytes({"estimator": copy.deepcopy(est), "threshold": 0.25})
+    assert first == second
+    members = zipfile.ZipFile(io.BytesIO(first)).infolist()
+    assert {m.date_time for m in members} == {ZIP_DATE_TIME}
+    back = sio.loads(first, trusted=sio.get_untrusted_types(data=first))
+    x = np.random.default_rng(0).uniform(0, 30, (5, len(feature_names())))
+    assert np.array_equal(back["estimator"].predict_proba(x), est.predict_proba(x))
+
+
 def test_training_is_deterministic_and_evaluate_recomputes_the_card(model_dir, tmp_path):
     again = train(11, tmp_path / "again", **SMALL)
     card = json.loads((model_dir / CARD_JSON).read_text())
+    assert (again.out_dir / MODEL_FILE).read_bytes() == (model_dir / MODEL_FILE).read_bytes()
+    assert again.card["model_digest"] == card["model_digest"]
     assert again.card["training"]["data_digest"] == card["training"]["data_digest"]
     assert again.card["threshold"]["p_clean_below"] == card["threshold"]["p_clean_below"]
     assert again.card["evaluation"] == card["evaluation"]
@@ -266,6 +292,33 @@ def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [EXE, *args], capture_output=True, text=True, env=env, timeout=300, check=False
     )
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_train_is_bit_reproducible_whatever_the_thread_count(tmp_path):
+    # README: a lab rebuilds models/ with `fibergrade model train --seed ...` and must get
+    # the same file, or every certificate naming the model's SHA-256 fails `verify`. Two
+    # processes (different id()s and clocks), one and two threads in numba's pool and in
+    # OpenMP/BLAS (scikit-learn's binner records the OpenMP thread count it was fitted with)
+    out = {}
+    for threads in ("1", "2"):
+        env = dict(os.environ)
+        env |= {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        env["OPENBLAS_NUM_THREADS"] = threads
+        mdir = tmp_path / f"threads-{threads}"
+        r = _run(
+            "model", "train", "--seed", "7", "--lots", "200", "--validation-lots", "60",
+            "--eval-scale", "0.01", "--out", str(mdir), "--json", env=env,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        card = json.loads((mdir / CARD_JSON).read_text())
+        out[threads] = ((mdir / MODEL_FILE).read_bytes(), card)
+    (one, card1), (two, card2) = out["1"], out["2"]
+    assert one == two
+    assert card1["model_digest"] == card2["model_digest"] == hashlib.sha256(one).hexdigest()
+    assert card1["training"]["data_digest"] == card2["training"]["data_digest"]
+    assert card1["evaluation"] == card2["evaluation"]
 
 
 @pytest.mark.integration
