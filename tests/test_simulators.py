@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from fibergrade.adapters import analyser
 from fibergrade.adapters.analyser import AnalyserReader
 from fibergrade.adapters.errors import (
+    CaptureMismatch,
     Disconnected,
     FaultSpecError,
     InstrumentTimeout,
@@ -413,6 +414,68 @@ def test_record_an_analyser_session_and_replay_it(tmp_path):
     assert meta["results"][1]["error"] == "SampleIndexGapError"
     replayed = read_all(AnalyserReader(Transport.replay(path), line_timeout_s=1.0))
     assert replayed == meta["results"]
+
+
+@pytest.mark.parametrize("capture", sorted(p.name for p in CAPTURES.glob("*-session.jsonl")))
+def test_a_shipped_capture_replays_only_with_its_own_kind_and_protocol(capture):
+    """A capture's header records its kind and protocol: replayed by another scale
+    protocol or by the analyser reader it is refused up front (CaptureMismatch, exit 2),
+    not read as garbage or as an idle stream of no samples."""
+    path = CAPTURES / capture
+    meta = json.loads(path.read_text().splitlines()[0])["meta"]
+    for protocol, name in PROFILES.items():
+        if meta["kind"] == "scale" and protocol == meta["protocol"]:
+            make_scale(load_profile(name), Transport.replay(path))  # its own: accepted
+            continue
+        with pytest.raises(CaptureMismatch, match=f"speaking '{meta['protocol']}'") as info:
+            make_scale(load_profile(name), Transport.replay(path))
+        assert info.value.source == str(path) and info.value.exit_code == 2
+    if meta["kind"] == "analyser":
+        AnalyserReader(Transport.replay(path))
+    else:
+        with pytest.raises(CaptureMismatch, match="not from an analyser"):
+            AnalyserReader(Transport.replay(path))
+
+
+def test_a_capture_header_without_kind_or_protocol_is_not_guessed(tmp_path):
+    path = tmp_path / "old.jsonl"
+    path.write_text('{"fibergrade_capture": 1, "meta": {"url": "/dev/ttyUSB0"}}\n')
+    assert Transport.replay(path).capture_meta == {"url": "/dev/ttyUSB0"}
+    make_scale(load_profile("cas-ci"), Transport.replay(path))
+    AnalyserReader(Transport.replay(path))
+    path.write_text('{"fibergrade_capture": 1, "meta": {"protocol": "sbi"}}\n')
+    make_scale(load_profile("sartorius-sbi"), Transport.replay(path))
+    with pytest.raises(CaptureMismatch, match="an instrument speaking 'sbi'"):
+        make_scale(load_profile("cas-ci"), Transport.replay(path))
+
+
+@pytest.mark.integration
+def test_a_recorded_live_session_names_its_kind(tmp_path):
+    cap = tmp_path / "s.jsonl"
+    with start_simulator("scale", "cas", load=50.0, settle_s=0.0) as sim:
+        open_scale(load_profile("cas-ci"), sim.url, record_to=cap).close()
+    meta = Transport.replay(cap).capture_meta
+    assert meta is not None and (meta["kind"], meta["protocol"]) == ("scale", "cas")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("instrument", "capture"),
+    [("analyser-line", "mt-sics-session.jsonl"), ("and-scale", "analyser-line-session.jsonl")],
+)
+def test_cli_acquire_refuses_a_capture_of_another_instrument(instrument, capture, tmp_path):
+    """acquire --instrument analyser-line --replay <an MT-SICS capture> exited 0 with 0
+    samples."""
+    exe = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+    store = tmp_path / "store"
+    r = subprocess.run(
+        [exe, "acquire", "--instrument", instrument, "--replay", str(CAPTURES / capture),
+         "--store", str(store)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert capture in r.stderr and "this capture was recorded from" in r.stderr
+    assert "Traceback" not in r.stderr and not list(store.glob("segments/*.h5"))
 
 
 def test_a_driver_takes_its_stability_window_from_the_profile_it_was_made_with():

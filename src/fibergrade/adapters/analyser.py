@@ -248,6 +248,7 @@ class AnalyserReader:
         line_timeout_s: float = 5.0,
         keep_raw: bool = True,
     ) -> None:
+        transport.check_capture("analyser", PROTOCOL)  # a replayed scale session is refused
         self.transport = transport
         self.line_timeout_s = line_timeout_s
         self.keep_raw = keep_raw
@@ -279,7 +280,12 @@ class AnalyserReader:
             url,
             profile.serial,
             record_to=record_to,
-            meta={"profile": profile.name, "protocol": profile.protocol, **(meta or {})},
+            meta={
+                "kind": profile.kind,
+                "profile": profile.name,
+                "protocol": profile.protocol,
+                **(meta or {}),
+            },
             max_line=profile.analyser.max_line_bytes,
         )
         return cls(transport, line_timeout_s=profile.analyser.line_timeout_s)

@@ -19,6 +19,7 @@ Hierarchy::
           InstrumentTimeout            nothing (complete) arrived before the deadline
           Disconnected                 adapter unplugged, EOF, EIO on a pty, socket closed
           ReplayMismatch               a replayed session diverges from its capture
+            CaptureMismatch            the capture is of another kind or protocol (exit 2)
         FrameError                     garbage: bytes that are not a frame of the protocol
         ScaleError
           Overload / Underload         the device says so (MT ``S +``/``S -``, A&D ``OL`` ...)
@@ -118,6 +119,14 @@ class Disconnected(TransportError):
 
 class ReplayMismatch(TransportError):
     """A driver replayed against a captured session sent bytes the capture does not hold."""
+
+
+class CaptureMismatch(ReplayMismatch):
+    """A capture recorded from another kind of instrument or another protocol than the one
+    replaying it (its header's ``meta`` says so): refused before any byte is replayed, as
+    a wrong input file (exit code 2), rather than read as garbage or as no samples."""
+
+    exit_code = 2
 
 
 class FrameError(InstrumentError):

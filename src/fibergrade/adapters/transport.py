@@ -52,6 +52,7 @@ from typing import IO, Any, Protocol, Self
 import serial
 
 from fibergrade.adapters.errors import (
+    CaptureMismatch,
     Disconnected,
     FrameError,
     InstrumentTimeout,
@@ -310,8 +311,16 @@ class ReplayPort:
     :meth:`check_exhausted` refuses a replay that ends with captured traffic left over.
     """
 
-    def __init__(self, events: list[CaptureEvent], *, name: str = "replay") -> None:
+    def __init__(
+        self,
+        events: list[CaptureEvent],
+        *,
+        name: str = "replay",
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
         self.name = name
+        #: the capture header's ``meta`` (kind, protocol, profile ...); empty when unknown
+        self.meta: dict[str, Any] = dict(meta or {})
         self._events = events
         self._i = 0
         self._now = 0.0
@@ -319,8 +328,8 @@ class ReplayPort:
     @classmethod
     def from_file(cls, path: str | Path) -> ReplayPort:
         """A replay of a capture file written by :class:`SessionRecorder`."""
-        _, events = read_capture(path)
-        return cls(events, name=str(path))
+        meta, events = read_capture(path)
+        return cls(events, name=str(path), meta=meta)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, chunk: int = 0, name: str = "bytes") -> ReplayPort:
@@ -403,6 +412,11 @@ class ReplayPort:
         return None
 
 
+def _a(noun: object) -> str:
+    text = str(noun)
+    return ("an " if text[:1].lower() in "aeiou" else "a ") + text
+
+
 # --------------------------------------------------------------------------- transport
 
 
@@ -450,6 +464,42 @@ class Transport:
     def name(self) -> str:
         """The port's URL or the capture's path, for error messages."""
         return self.port.name
+
+    @property
+    def capture_meta(self) -> dict[str, Any] | None:
+        """The ``meta`` header of the capture this transport replays; None for a live port
+        (or a replay whose origin is not recorded)."""
+        meta = self.port.meta if isinstance(self.port, ReplayPort) else None
+        return meta or None
+
+    def check_capture(self, kind: str, protocol: str) -> None:
+        """Refuse to replay a capture recorded from another kind of instrument or another
+        protocol (:class:`CaptureMismatch`), as its header's ``meta`` records them. Keys
+        the header lacks are not guessed: a capture recorded by ``acquire --record`` holds
+        the protocol and profile, the simulator's captures the kind too. A live port
+        passes."""
+        meta = self.capture_meta
+        if meta is None:
+            return
+        got_kind, got_protocol = meta.get("kind"), meta.get("protocol")
+        if (got_kind is None or got_kind == kind) and (
+            got_protocol is None or got_protocol == protocol
+        ):
+            return
+        recorded = " ".join(
+            x
+            for x in (
+                _a(got_kind) if got_kind is not None else "an instrument",
+                f"speaking {got_protocol!r}" if got_protocol is not None else None,
+                f"(profile {meta['profile']!r})" if meta.get("profile") else None,
+            )
+            if x
+        )
+        raise CaptureMismatch(
+            f"this capture was recorded from {recorded}, not from {_a(kind)} speaking "
+            f"{protocol!r}; replay it with a profile of its own kind and protocol",
+            source=self.name,
+        )
 
     # -- time
     def clock(self) -> float:

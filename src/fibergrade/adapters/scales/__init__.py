@@ -38,6 +38,7 @@ def make_scale(
     """The driver for ``profile`` on an already open ``transport`` (e.g. a replay)."""
     if profile.kind != "scale" or profile.scale is None:
         raise ProfileError(str(profile.path), "instrument.kind", "is not a scale profile")
+    transport.check_capture("scale", profile.protocol)  # a replay of another protocol: refused
     return DRIVERS[profile.protocol](transport, profile.scale, scale_id=scale_id)
 
 
@@ -60,7 +61,12 @@ def open_scale(
         url,
         profile.serial,
         record_to=record_to,
-        meta={"profile": profile.name, "protocol": profile.protocol, **(meta or {})},
+        meta={
+            "kind": profile.kind,
+            "profile": profile.name,
+            "protocol": profile.protocol,
+            **(meta or {}),
+        },
     )
     return make_scale(profile, transport, scale_id=scale_id)
 
