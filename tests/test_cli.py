@@ -278,6 +278,28 @@ def test_a_lot_id_that_could_leave_the_certificate_folder_is_refused_at_import(
     assert not list((store / "segments").glob("*.h5"))
 
 
+def test_import_says_what_a_path_that_is_not_a_file_is(files, tmp_path):
+    """A directory or a symbolic-link loop was reported as 'no such file'."""
+    (tmp_path / "D").mkdir()
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    (tmp_path / "broken").symlink_to("nowhere.csv")
+    os.mkfifo(tmp_path / "fifo")
+    store = tmp_path / "store"
+    for args, words in (
+        (["D"], "D: is a directory"),
+        (["loop1"], "loop1: is a symbolic link loop"),
+        (["broken"], "broken: is a broken symbolic link (its target 'nowhere.csv'"),
+        (["fifo"], "fifo: is a FIFO"),
+        (["missing.csv"], "missing.csv: no such file"),
+        ([str(files["fibre"]), "--lots", "D"], "D: is a directory"),
+    ):
+        r = run("import", *args, store=store, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert words in " ".join(r.stderr.split()), (args, r.stderr)
+        assert "Traceback" not in r.stderr and not store.exists(), args
+
+
 def test_unknown_lot_and_missing_store_are_clear_errors(files, tmp_path):
     store = tmp_path / "store"
     run("import", str(files["fibre"]), store=store)

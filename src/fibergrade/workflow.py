@@ -11,6 +11,9 @@ memory held at once is one segment's raw diameters plus small per-lot arrays.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -300,7 +303,34 @@ def latest_grades(store: Store) -> dict[str, dict[str, Any]]:
 
 
 def check_grade_inputs(paths: Sequence[str | Path]) -> None:
-    """Refuse paths that do not exist before any work starts."""
+    """Refuse paths that are not readable files before any work starts, saying what each
+    one is instead: missing, a directory, a broken link, a symbolic-link loop, a device or
+    FIFO (:class:`~fibergrade.errors.InputError`, exit code 2)."""
     for p in paths:
-        if not Path(p).is_file():
-            raise InputError(p, None, "no such file")
+        problem = input_path_problem(p)
+        if problem is not None:
+            raise InputError(p, None, problem)
+
+
+def input_path_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an input file, or None when it is a regular file
+    (symbolic links followed)."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop (following it leads back to a link already seen)"
+        if exc.errno == errno.ENOENT and p.is_symlink():
+            return f"is a broken symbolic link (its target {os.readlink(p)!r} does not exist)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "no such file"
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file (name the files in it, such as DIR/*.csv)"
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        )
+        return f"is {kind}, not a regular file"
+    return None
