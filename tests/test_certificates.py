@@ -867,3 +867,17 @@ def test_verify_takes_the_store_from_the_environment_as_every_command_does(lab):
         cwd=lab, env=env, timeout=300, check=False,
     )  # fmt: skip
     assert r.returncode == 0 and "recomputation" in r.stdout and "no --store" not in r.stdout
+
+
+@pytest.mark.parametrize("lot", ["A/../x", "a\\b", "x y", "Ö-1", "a:b", "a\nb"])
+def test_a_certificate_number_that_cannot_name_a_file_is_refused(lot):
+    """Imports refuse such lot ids now; a lot stored before that rule, or through the
+    store's API, is refused a certificate rather than written outside --out."""
+    from fibergrade.certificates import CertificateRefused, next_certificate
+
+    with pytest.raises(CertificateRefused, match="cannot name a file"):
+        next_certificate([], set(), f"FG-{lot}", f"lot {lot}", None)
+    assert next_certificate([], set(), "FG-MN-2024.0117_a", "lot x", None) == (
+        "FG-MN-2024.0117_a-01",
+        None,
+    )

@@ -49,6 +49,7 @@ from fibergrade.audit import AuditLog, Position, canonical_json, digest, strict_
 from fibergrade.distribution import DEFAULT_CUT_UM
 from fibergrade.errors import FibergradeError, LotNotFoundError, StoreError
 from fibergrade.keys import fingerprint
+from fibergrade.measurements import LOT_ID_RE, LOT_ID_RULE
 from fibergrade.store import under_issue_lock
 
 SCHEMA = "fibergrade-certificate/1"
@@ -382,7 +383,19 @@ def next_certificate(
             "certificate that supersedes it, pass --reissue --reason ...; to write the "
             "issued one's file again (a run stopped before writing it), pass --export"
         )
-    return f"{prefix}-{len(prior) + 1:02d}", supersedes
+    return _file_safe(f"{prefix}-{len(prior) + 1:02d}", subject), supersedes
+
+
+def _file_safe(number: str, subject: str) -> str:
+    """A certificate number, which names its files (``NUMBER.json``, ``NUMBER.pdf``), if it
+    is one safe file-name part by the import rule for ids (a lot or carcass imported
+    before that rule, or through the store's API, may not be): else refused."""
+    if LOT_ID_RE.match(number) is None or len(number) > 255 - len(".json"):
+        raise CertificateRefused(
+            f"{subject}: its certificate number {number!r} cannot name a file (ids must be "
+            f"{LOT_ID_RULE}); nothing is issued for it"
+        )
+    return number
 
 
 @under_issue_lock
@@ -609,7 +622,7 @@ def export_certificates(
             raise CertificateError(f"{kind} {ident} has no certificate that stands in this store")
         env = standing[-1]
         doc = env["certificate"]
-        number = doc["certificate_number"]
+        number = _file_safe(str(doc["certificate_number"]), f"{kind} {ident}")
         try:
             check_signature(env, public_key, number)
         except CertificateError as exc:
