@@ -325,7 +325,10 @@ def test_a_line_with_repeated_keys_or_another_form_is_not_an_entry(tmp_path, key
     rows[1] = "{" + inject + rows[1][1:]
     write(log, rows)
     assert json.loads(rows[1])["action"] == "checkpoint"  # what a lenient reader sees
-    assert store.results("revocation") == []
+    # the store reads no record off such a line, and does not skip it either: skipping
+    # drops whatever the line really logged (a calibration, a revocation) without a word
+    with pytest.raises(AuditTamperError, match=r"line 2: not an entry the log writes \(key 'payload"):
+        store.results("revocation")
     with pytest.raises(AuditTamperError, match=r"line 2: not a JSON entry \(key 'payload_digest'"):
         log.verify(keys[1])
     rows[1] = json.dumps(json.loads(rows[1][:1] + rows[1][1 + len(inject) :]))  # spaced

@@ -26,7 +26,13 @@ of the log: signed checkpoints, and every certificate, which carries the log pos
 issue.
 
 Appends take an exclusive ``fcntl`` lock on ``audit/.lock`` and ``fsync`` the log before the
-head is replaced (write to a temporary file, fsync, rename).
+head is replaced (write to a temporary file, fsync, rename). So the head never names an entry
+the log lacks: before chaining an entry, a writer checks that the log holds the entry the
+head names, with its hash (the head may lag, by what a crash between an append and its head
+update cut off), and refuses otherwise (:class:`AuditTamperError`), rather than starting a
+new chain over a deleted or emptied log or appending after a cut. Readers of which records
+the log names apply the same check, and refuse a whole line that is not an entry instead of
+skipping it (a torn last line, still being written, is left for the next read).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fibergrade.errors import FibergradeError
+from fibergrade.errors import StoreError
 
 GENESIS = "0" * 64
 ACTIONS = (
@@ -65,22 +71,32 @@ ACTIONS = (
 )
 
 
-class AuditError(FibergradeError):
-    """The audit log cannot be read or written."""
+class AuditError(StoreError):
+    """The audit log cannot be read or written. A :class:`~fibergrade.errors.StoreError`
+    (exit code 3): the log is the part of the store that says which records count, so what
+    handles a store that cannot be read handles this too."""
 
     exit_code = 3
 
 
 class AuditTamperError(AuditError):
-    """The audit log fails verification; names the first bad entry."""
+    """The audit log fails verification; names the first bad entry (``line``, 1-based, and
+    ``seq``, when known) and the file (``path``)."""
 
-    def __init__(self, line: int | None, seq: int | None, message: str) -> None:
+    def __init__(
+        self, line: int | None, seq: int | None, message: str, *, path: str | Path | None = None
+    ) -> None:
         self.line = line
         self.seq = seq
+        self.path = None if path is None else str(path)
+        self.message = message
         where = f"audit log line {line}" if line is not None else "audit log"
         if seq is not None:
             where += f" (entry {seq})"
-        super().__init__(f"{where}: {message}")
+        text = f"{where}: {message}"
+        if self.path is not None and self.path not in message:
+            text += f" [{self.path}]"
+        super().__init__(text)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -143,7 +159,10 @@ def strict_loads(data: bytes | str) -> Any:
     """JSON as this software writes it: each key once per object (with two
     ``"certificate"`` or ``"subject"`` keys this reader would take the last, another the
     first) and no NaN or Infinity. ``ValueError`` otherwise."""
-    return json.loads(data, parse_constant=_no_constant, object_pairs_hook=_no_repeats)
+    try:
+        return json.loads(data, parse_constant=_no_constant, object_pairs_hook=_no_repeats)
+    except RecursionError:
+        raise ValueError("nested too deeply (no record this software writes is)") from None
 
 
 def parse_entry(raw: bytes) -> dict[str, Any]:
@@ -154,17 +173,101 @@ def parse_entry(raw: bytes) -> dict[str, Any]:
     entry = strict_loads(raw)
     if not isinstance(entry, dict):
         raise ValueError("not a JSON object")
-    if canonical_json(entry) != raw.rstrip(b"\n"):
+    try:
+        form = canonical_json(entry)
+    except RecursionError:
+        raise ValueError("nested too deeply (no entry the log writes is)") from None
+    if form != raw.rstrip(b"\n"):
         raise ValueError("not in the canonical form the log writes (reformatted or edited)")
     return entry
 
 
-#: what :meth:`AuditLog.logged_results` has read of each log: (inode, bytes read, kinds,
-#: payload digests)
-_LOGGED: dict[str, tuple[int, int, dict[str, set[str]], set[str]]] = {}
+@dataclass
+class _Scanned:
+    """What :meth:`AuditLog._scan` has read of one log."""
+
+    key: tuple[Any, Any]  # stat keys of (head.json, log.jsonl) when this was read
+    ino: int  # of log.jsonl
+    offset: int  # bytes read (whole lines only)
+    lines: int  # entries read: the last one is entry ``lines - 1``
+    recent: dict[int, str]  # seq -> hash of the last entries read (at least _RECENT)
+    kinds: dict[str, set[str]]  # result kind -> digests of the records the log names
+    payloads: set[str]  # every entry's payload digest
+
+
+#: what :meth:`AuditLog._scan` has read of each log, by path
+_LOGGED: dict[str, _Scanned] = {}
+#: how many of the last entries' hashes a scan keeps to check head.json against (a head
+#: lags its log only by the appends a crash or a power loss cut off before their head update)
+_RECENT = 1024
 #: a result kind's name (see fibergrade.store); an import's subject is a file name, which
 #: could look like "<kind> <sha256>" but never ends in its own payload's digest
 _KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of ``path``, None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read: {_why(exc)}") from exc
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _position_of(entry: dict[str, Any]) -> Position:
+    """An entry's (or head.json's) seq and hash; ``ValueError`` when they are not what the
+    log writes (a whole number from 0; 64 lowercase hex digits)."""
+    seq, h = entry.get("seq"), entry.get("hash")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ValueError(f"'seq' is {seq!r}, expected a whole number from 0")
+    if not isinstance(h, str) or not _HEX64.fullmatch(h):
+        raise ValueError(f"'hash' is {h!r}, expected 64 lowercase hex digits")
+    return Position(seq, h)
+
+
+def _tail_lines(fh: Any, end: int, count: int) -> list[tuple[int, bytes]]:
+    """The last ``count`` lines (fewer when the file has fewer) of the first ``end`` bytes
+    of ``fh``, ``end`` being just past a line break; last first, each as (offset of its
+    first byte, its bytes without the line break). Reads backwards in 64 KiB blocks."""
+    out: list[tuple[int, bytes]] = []
+    if end <= 0:
+        return out
+    pos = end - 1  # the last line break ends the last line; buf is the file's [pos, ...)
+    buf = b""
+    while len(out) < count:
+        cut = buf.rfind(b"\n")
+        if cut >= 0:
+            out.append((pos + cut + 1, buf[cut + 1 :]))
+            buf = buf[:cut]
+        elif pos > 0:
+            step = min(pos, 65536)
+            pos -= step
+            fh.seek(pos)
+            buf = fh.read(step) + buf
+        else:
+            out.append((0, buf))
+            break
+    return out
+
+
+def _line_number(fh: Any, start: int) -> int:
+    """The 1-based number of the line starting at byte ``start`` (for messages only)."""
+    fh.seek(0)
+    n = done = 0
+    while done < start:
+        block = fh.read(min(1 << 20, start - done))
+        if not block:
+            break
+        n += block.count(b"\n")
+        done += len(block)
+    return n + 1
 
 
 class AuditLog:
@@ -179,8 +282,12 @@ class AuditLog:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = self.dir / ".lock"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AuditError(f"{lock}: cannot open the audit log's lock: {_why(exc)}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -189,20 +296,133 @@ class AuditLog:
             os.close(fd)
 
     def _last(self) -> tuple[int, str]:
-        """Sequence number and hash of the last entry (-1 and GENESIS when empty)."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return -1, GENESIS
-        with open(self.path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            block = min(size, 65536)
-            fh.seek(size - block)
-            tail = fh.read(block).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        """Sequence number and hash of the last entry (-1 and GENESIS when the log is
+        empty), checked against head.json (lock held, torn last line repaired): an entry
+        chained after a log that disagrees with its head would seal the damage (a new
+        chain over a deleted log, an append after a cut), so that is
+        :class:`AuditTamperError` (see :meth:`_check_head`)."""
         try:
-            last = json.loads(tail)
-            return int(last["seq"]), str(last["hash"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AuditError(f"{self.path}: the last entry is unreadable ({exc})") from exc
+            size = os.path.getsize(self.path)
+        except FileNotFoundError:
+            size = 0
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
+        pos = self._check_head(size)
+        return pos.seq, pos.hash
+
+    def _check_head(self, end: int) -> Position:
+        """The last entry of the log's first ``end`` bytes (whole lines; 0: none), which
+        must agree with head.json: the head names that entry or, when a crash (or a power
+        loss) came between an append and its head update, an earlier one with the hash the
+        log holds for it; without head.json the log may hold only its first entry (a crash
+        in the log's very first append, before the head was first written). The last
+        entry must be an entry the log writes, hash included. :class:`AuditTamperError`
+        names what disagrees: a log deleted, emptied or cut short while head.json remains,
+        a last entry that is not the head's, a head that is gone."""
+        head = self._read_head()
+        if end <= 0:
+            problem = self._head_problem(head, 0, lambda _seq: None)
+            if problem is not None:
+                raise problem
+            return Position(-1, GENESIS)
+        try:
+            with open(self.path, "rb") as fh:
+                ((start, raw),) = _tail_lines(fh, end, 1)
+                last = self._entry_at(fh, start, raw)
+                if head is None and start != 0:
+                    raise self._headless("more than one line")
+
+                def hash_at(seq: int) -> str:
+                    if seq == last.seq:
+                        return last.hash
+                    back = _tail_lines(fh, end, last.seq - seq + 1)
+                    at, line = back[-1]
+                    pos = self._entry_at(fh, at, line)
+                    if len(back) < last.seq - seq + 1 or pos.seq != seq:
+                        raise AuditTamperError(
+                            _line_number(fh, at),
+                            pos.seq,
+                            f"sequence number {pos.seq} where {seq} was expected (counting "
+                            f"back from the last entry, {last.seq}): an entry was deleted, "
+                            "inserted or moved",
+                            path=self.path,
+                        )
+                    return pos.hash
+
+                problem = self._head_problem(head, last.seq + 1, hash_at)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
+        if problem is not None:
+            raise problem
+        return last
+
+    def _entry_at(self, fh: Any, start: int, raw: bytes) -> Position:
+        """The position of the entry ``raw`` (the line at byte ``start``), which must be an
+        entry the log writes with the hash it carries; else :class:`AuditTamperError`."""
+        try:
+            entry = parse_entry(raw)
+            pos = _position_of(entry)
+            if entry_hash(entry) != pos.hash:
+                raise ValueError("entry was edited: its hash does not match")
+        except (ValueError, TypeError) as exc:
+            seq = None
+            with contextlib.suppress(Exception):
+                seq = _position_of(json.loads(raw)).seq
+            raise AuditTamperError(
+                _line_number(fh, start),
+                seq,
+                f"not an entry the log writes ({exc}); nothing is appended after it",
+                path=self.path,
+            ) from exc
+        return pos
+
+    def _gone(self, head: Position) -> AuditTamperError:
+        what = "is missing" if not self.path.exists() else "holds no whole entry"
+        return AuditTamperError(
+            None,
+            None,
+            f"{self.path} {what}, but {self.head_path} names entry {head.seq}: the log was "
+            "deleted, emptied or cut short (restore it from a backup; nothing is written "
+            "over it)",
+            path=self.path,
+        )
+
+    def _headless(self, held: str) -> AuditTamperError:
+        return AuditTamperError(
+            None,
+            None,
+            f"{self.head_path} is missing, but the log holds {held}: without it a log cut "
+            "short cannot be told from a whole one (only a crash in the log's very first "
+            "append leaves no head, and a log of one entry)",
+            path=self.head_path,
+        )
+
+    def _head_problem(self, head: Position | None, n: int, hash_at: Any) -> AuditTamperError | None:
+        """What is wrong, if anything, between head.json (``head``) and a log of ``n``
+        entries numbered in order, ``hash_at(seq)`` giving an entry's hash (None when not
+        at hand). The head is written after its entry (see :meth:`_write_entry`), so it
+        may lag the log but never lead it."""
+        if head is None:
+            return self._headless(f"{n} entries") if n > 1 else None
+        if n == 0:
+            return self._gone(head)
+        if head.seq > n - 1:
+            return AuditTamperError(
+                n,
+                n - 1,
+                f"log truncated: the head names entry {head.seq} but the log ends at entry "
+                f"{n - 1} ({self.head_path} is written after each entry, never before)",
+                path=self.path,
+            )
+        h = hash_at(head.seq)
+        if h is not None and h != head.hash:
+            return AuditTamperError(
+                head.seq + 1,
+                head.seq,
+                f"entry differs from the one {self.head_path.name} names",
+                path=self.path,
+            )
+        return None
 
     def append(
         self,
@@ -219,6 +439,9 @@ class AuditLog:
         A caller that already holds :func:`digest` of the payload (the store names a result
         record by exactly that) passes it as ``payload_digest`` instead, so that a large
         payload is not serialised twice (a grade result of 15,000 lots: 0.5 s).
+
+        Refused (:class:`AuditTamperError`, nothing written) when the log disagrees with
+        head.json (see :meth:`_check_head`).
         """
         if action not in ACTIONS:
             raise AuditError(f"unknown audit action {action!r}; known: {', '.join(ACTIONS)}")
@@ -234,46 +457,56 @@ class AuditLog:
         full disk), which no later append could follow. It is cut off and the cut is
         logged (action ``repair``, the removed bytes' SHA-256) right after. A whole entry
         that follows its predecessor and lost only its line break is kept and given it
-        back; only bytes that never were an entry are removed."""
+        back; only bytes that never were an entry are removed. Nothing is cut from a log
+        whose whole lines disagree with head.json (a log cut short mid-line is not an
+        append cut short: :class:`AuditTamperError`)."""
         try:
             size = os.path.getsize(self.path)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
         if size == 0:
             return
-        with open(self.path, "rb+") as fh:
-            fh.seek(max(0, size - 65536))
-            tail = fh.read()
-            if tail.endswith(b"\n"):
-                return
-            cut = tail.rfind(b"\n")
-            if cut < 0 and size > len(tail):
-                raise AuditError(f"{self.path}: the last line is torn and over 64 KiB long")
-            keep = size - len(tail) + cut + 1
-            removed = tail[cut + 1 :]
-            try:
-                whole = parse_entry(removed)
-                before = None
-                if keep > 0:  # the whole line before it (its end is at keep - 1)
-                    fh.seek(max(0, keep - 1 - 65536))
-                    before = parse_entry(fh.read(keep - 1 - fh.tell()).rsplit(b"\n", 1)[-1])
-                complete = entry_hash(whole) == whole.get("hash") and (
-                    (whole.get("seq"), whole.get("prev")) == (0, GENESIS)
-                    if before is None
-                    else (whole.get("seq"), whole.get("prev"))
-                    == (before.get("seq", -2) + 1, before.get("hash"))
-                )
-            except (ValueError, TypeError):
-                complete = False
-            if complete:  # a whole entry that lost only its line break: give it back
-                fh.seek(0, os.SEEK_END)
-                fh.write(b"\n")
+        try:
+            with open(self.path, "rb+") as fh:
+                fh.seek(max(0, size - 65536))
+                tail = fh.read()
+                if tail.endswith(b"\n"):
+                    return
+                cut = tail.rfind(b"\n")
+                if cut < 0 and size > len(tail):
+                    raise AuditError(f"{self.path}: the last line is torn and over 64 KiB long")
+                keep = size - len(tail) + cut + 1
+                removed = tail[cut + 1 :]
+                try:
+                    whole = parse_entry(removed)
+                    before = None
+                    if keep > 0:  # the whole line before it (its end is at keep - 1)
+                        fh.seek(max(0, keep - 1 - 65536))
+                        before = parse_entry(fh.read(keep - 1 - fh.tell()).rsplit(b"\n", 1)[-1])
+                    complete = entry_hash(whole) == whole.get("hash") and (
+                        (whole.get("seq"), whole.get("prev")) == (0, GENESIS)
+                        if before is None
+                        else (whole.get("seq"), whole.get("prev"))
+                        == (before.get("seq", -2) + 1, before.get("hash"))
+                    )
+                except (ValueError, TypeError):
+                    complete = False
+                if complete:  # a whole entry that lost only its line break: give it back
+                    fh.seek(0, os.SEEK_END)
+                    fh.write(b"\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    return
+                # the head never names a torn line (it is written after its entry): the
+                # whole lines before it must agree with the head, or this is no torn append
+                self._check_head(keep)
+                fh.truncate(keep)
                 fh.flush()
                 os.fsync(fh.fileno())
-                return
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot repair the audit log: {_why(exc)}") from exc
         self._write_entry(
             "repair",
             f"torn last line removed ({len(removed)} bytes)",
@@ -289,7 +522,10 @@ class AuditLog:
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Chain one entry after the last, append its line and move the head to it (lock
-        held); the entry is returned."""
+        held); the entry is returned. The log is written (and fsynced) first and head.json
+        after it: a crash in between leaves a log one entry longer than its head, which
+        :meth:`_check_head` and :meth:`verify` accept and the next append moves the head
+        past."""
         seq, prev = self._last()
         entry: dict[str, Any] = {
             "seq": seq + 1,
@@ -305,32 +541,49 @@ class AuditLog:
         entry["hash"] = entry_hash(entry)
         line = canonical_json(entry) + b"\n"
         new = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            done = 0
-            while done < len(line):  # a short write (full disk) raises or goes on
-                done += os.write(fd, line[done:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if new:  # a new file's name is durable once its folder is synced
-            dfd = os.open(self.dir, os.O_RDONLY)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.fsync(dfd)
+                done = 0
+                while done < len(line):  # a short write (full disk) raises or goes on
+                    done += os.write(fd, line[done:])
+                os.fsync(fd)
             finally:
-                os.close(dfd)
+                os.close(fd)
+            if new:  # a new file's name is durable once its folder is synced
+                dfd = os.open(self.dir, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot append to the audit log: {_why(exc)}") from exc
         self._write_head(Position(entry["seq"], entry["hash"]))
         return entry
 
     def _write_head(self, pos: Position) -> None:
         tmp = self.dir / f".head.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(canonical_json(pos.to_dict()))
-            fh.flush()
-            os.fsync(fh.fileno())
-        # not followed by a sync of the folder: a head.json that lags after a power loss
-        # reads as a log longer than its head, which verify takes for the crash it is
-        os.replace(tmp, self.head_path)
+        new = not self.head_path.exists()
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(canonical_json(pos.to_dict()))
+                fh.flush()
+                os.fsync(fh.fileno())
+            # a replaced head.json is not followed by a sync of the folder: one that lags
+            # after a power loss reads as a log longer than its head, which is accepted for
+            # the crash it is; the first one is, since a log of more than one entry without
+            # a head is refused
+            os.replace(tmp, self.head_path)
+            if new:
+                dfd = os.open(self.dir, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise AuditError(f"{self.head_path}: cannot write the log's head: {_why(exc)}") from exc
 
     def check_lab_key(self, public_key: Any) -> None:
         """Refuse a key that signed none of the log's checkpoints (when it has any): what
@@ -362,7 +615,8 @@ class AuditLog:
     def checkpoint(self, private_key: Any, *, actor: str | None = None) -> dict[str, Any]:
         """Sign the current head with the lab key and append the signature."""
         self.check_lab_key(private_key.public_key())  # repairs a torn last line first
-        seq, head = self._last()
+        pos = self.position()  # under the lock, checked against head.json
+        seq, head = pos.seq, pos.hash
         if seq < 0:
             raise AuditError("the audit log is empty: nothing to checkpoint")
         sig = private_key.sign(checkpoint_message(seq, head))
@@ -381,6 +635,7 @@ class AuditLog:
         )
 
     def position(self) -> Position:
+        """The last entry, checked against head.json (see :meth:`_check_head`)."""
         with self._locked():
             self._repair_torn_tail()
             seq, h = self._last()
@@ -390,23 +645,35 @@ class AuditLog:
 
     def entries(self) -> list[dict[str, Any]]:
         """Every entry, parsed (no checks; see :meth:`verify`)."""
-        if not self.path.exists():
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
         out = []
-        with open(self.path, "rb") as fh:
-            for i, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    raise AuditTamperError(i, None, "an empty line (no entry is ever blank)")
-                try:
-                    out.append(parse_entry(raw))
-                except ValueError as exc:
-                    raise AuditTamperError(i, None, f"not a JSON entry ({exc})") from exc
+        with fh:
+            try:
+                for i, raw in enumerate(fh, start=1):
+                    if not raw.strip():
+                        raise AuditTamperError(
+                            i, None, "an empty line (no entry is ever blank)", path=self.path
+                        )
+                    try:
+                        out.append(parse_entry(raw))
+                    except ValueError as exc:
+                        raise AuditTamperError(
+                            i, None, f"not a JSON entry ({exc})", path=self.path
+                        ) from exc
+            except OSError as exc:
+                raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
         return out
 
     def logged_results(self) -> dict[str, set[str]]:
         """Result kind -> the SHA-256 of every result record the log names (the store logs
         each one it writes, subject ``"<kind> <sha256>"``). Read incrementally: the log only
-        grows, so a second call in one process parses only the entries appended since."""
+        grows, so a second call in one process parses only the entries appended since.
+        :class:`AuditTamperError` when the log cannot say (see :meth:`_scan`)."""
         return self._scan()[0]
 
     def logged_payloads(self) -> set[str]:
@@ -415,39 +682,82 @@ class AuditLog:
         return self._scan()[1]
 
     def _scan(self) -> tuple[dict[str, set[str]], set[str]]:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+        """Read the entries appended since the last call. Every whole line must be an entry
+        the log writes (canonical JSON, a whole ``seq`` and ``hash``), numbered in order,
+        and the log must agree with head.json (:meth:`_head_problem`); else
+        :class:`AuditTamperError` naming the line or file: leaving out a line, or a log
+        emptied, deleted or cut short, would drop the records it names (a calibration, a
+        revocation) without a word. A last line still being written (no line break yet)
+        is read next time. Hashes, chain and signatures are :meth:`verify`'s."""
+        name = str(self.path)
+        head_key = _stat_key(self.head_path)
+        state = _LOGGED.get(name)
+        if state is not None and state.key == (head_key, _stat_key(self.path)):
+            return state.kinds, state.payloads
+        head = self._read_head()  # before the log, which holds the entry any head names
+        log_key = _stat_key(self.path)
+        _LOGGED.pop(name, None)  # put back once read whole: a raise leaves no half state
+        if log_key is None:
+            problem = self._head_problem(head, 0, lambda _seq: None)
+            if problem is not None:
+                raise problem
             return {}, set()
-        key = str(self.path)
-        ino, offset, kinds, payloads = _LOGGED.get(key, (st.st_ino, 0, {}, set()))
-        if ino != st.st_ino or st.st_size < offset:  # another log under this path
-            offset, kinds, payloads = 0, {}, set()
-        if st.st_size > offset:
-            with open(self.path, "rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read(st.st_size - offset)
+        ino, size = log_key[0], log_key[2]
+        if state is None or state.ino != ino or size < state.offset:  # another log here
+            state = _Scanned((None, None), ino, 0, 0, {}, {}, set())
+        if size > state.offset:
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.seek(state.offset)
+                    chunk = fh.read(size - state.offset)
+            except OSError as exc:
+                raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
             end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
-            for line in chunk[:end].splitlines():
+            for raw in chunk[:end].split(b"\n")[:-1]:
+                line = state.lines + 1
                 try:
-                    e = parse_entry(line)
-                except ValueError:
-                    continue  # not an entry: counts for nothing (audit verify names it)
+                    e = parse_entry(raw)
+                    pos = _position_of(e)
+                except ValueError as exc:
+                    raise AuditTamperError(
+                        line,
+                        None,
+                        f"not an entry the log writes ({exc}); the records the log names "
+                        "cannot be told",
+                        path=self.path,
+                    ) from exc
+                if pos.seq != state.lines:
+                    raise AuditTamperError(
+                        line,
+                        pos.seq,
+                        f"sequence number {pos.seq} where {state.lines} was expected: an "
+                        "entry was deleted, inserted or moved",
+                        path=self.path,
+                    )
+                state.lines += 1
+                state.recent[pos.seq] = pos.hash
                 pd, subject = e.get("payload_digest"), e.get("subject")
                 if not isinstance(pd, str):
                     continue
-                payloads.add(pd)
+                state.payloads.add(pd)
                 if isinstance(subject, str):
                     kind, _, named = subject.partition(" ")
                     # a result record's entry: subject "<kind> <sha256>", payload the same
                     if named == pd and _KIND.fullmatch(kind):
-                        kinds.setdefault(kind, set()).add(pd)
-            offset += end
-        _LOGGED[key] = (st.st_ino, offset, kinds, payloads)
-        return kinds, payloads
+                        state.kinds.setdefault(kind, set()).add(pd)
+            state.offset += end
+            if len(state.recent) > 2 * _RECENT:
+                state.recent = {s: h for s, h in state.recent.items() if s >= state.lines - _RECENT}
+        problem = self._head_problem(head, state.lines, state.recent.get)
+        if problem is not None:
+            raise problem
+        state.key = (head_key, log_key)
+        _LOGGED[name] = state
+        return state.kinds, state.payloads
 
-    def verify(self, public_key: Any | None = None) -> VerifyReport:
-        """Check the chain, the head and (given the lab's public key) every checkpoint.
+    def verify(self, public_key: Any | None = None, *, results: bool = True) -> VerifyReport:
+        """Check the chain, the head and (given the lab's public key) every checkpoint, and
+        (``results``) that every result record the log names is there.
 
         Raises :class:`AuditTamperError` naming the first bad entry.
         """
@@ -458,19 +768,25 @@ class AuditLog:
         for line, e in enumerate(entries, start=1):
             seq = e.get("seq") if isinstance(e, dict) else None
             if not isinstance(e, dict) or "hash" not in e:
-                raise AuditTamperError(line, seq, "entry has no hash")
+                raise AuditTamperError(line, seq, "entry has no hash", path=self.path)
             if seq != line - 1:
                 raise AuditTamperError(
                     line,
                     seq,
                     f"sequence number {seq} where {line - 1} was expected: an entry was "
                     "deleted, inserted or moved",
+                    path=self.path,
                 )
             if entry_hash(e) != e["hash"]:
-                raise AuditTamperError(line, seq, "entry was edited: its hash does not match")
+                raise AuditTamperError(
+                    line, seq, "entry was edited: its hash does not match", path=self.path
+                )
             if e.get("prev") != prev:
                 raise AuditTamperError(
-                    line, seq, "chain broken: 'prev' is not the hash of the entry before it"
+                    line,
+                    seq,
+                    "chain broken: 'prev' is not the hash of the entry before it",
+                    path=self.path,
                 )
             if e.get("action") == "checkpoint":
                 checkpoints += 1
@@ -481,32 +797,19 @@ class AuditLog:
                     last_checkpoint = max(last_checkpoint, signed)
                 _check_checkpoint(e, entries, line, public_key)  # signature only with a key
             prev = e["hash"]
-        head = self._read_head()
         n = len(entries)
-        if head is None:
-            if n:
-                raise AuditTamperError(None, None, "head.json is missing: cannot tell truncation")
-        elif head.seq > n - 1:
-            raise AuditTamperError(
-                n,
-                n - 1 if n else None,
-                f"log truncated: the head names entry {head.seq} but the log ends at entry {n - 1}",
-            )
-        elif head.seq >= 0 and entries[head.seq].get("hash") != head.hash:
-            raise AuditTamperError(
-                head.seq + 1, head.seq, "entry differs from the one head.json names"
-            )
         # a log longer than its head is what a crash between an append and the head update
         # leaves; the entries themselves were checked above
-        results = self.dir.parent / "results"
-        for kind, digests in sorted(self.logged_results().items()):
-            gone = sorted(d for d in digests if not (results / kind / f"{d}.json").exists())
-            if gone:
+        problem = self._head_problem(self._read_head(), n, lambda s: entries[s].get("hash"))
+        if problem is not None:
+            raise problem
+        if results:
+            for kind, gone in self.missing_results().items():
                 raise AuditTamperError(
                     None,
                     None,
                     f"{len(gone)} {kind} record(s) the log records are missing from "
-                    f"{results / kind} (first: {gone[0]}.json): deleted after they were logged",
+                    f"{gone[0].parent} (first: {gone[0].name}): deleted after they were logged",
                 )
         return VerifyReport(
             entries=n,
@@ -518,6 +821,20 @@ class AuditLog:
             head=Position(n - 1, prev) if n else Position(-1, GENESIS),
             signatures_checked=public_key is not None,
         )
+
+    def missing_results(self) -> dict[str, list[Path]]:
+        """Result kind -> the files of records the log names that are gone (sorted)."""
+        results = self.dir.parent / "results"
+        out = {}
+        for kind, digests in sorted(self.logged_results().items()):
+            gone = sorted(
+                results / kind / f"{d}.json"
+                for d in digests
+                if not (results / kind / f"{d}.json").exists()
+            )
+            if gone:
+                out[kind] = gone
+        return out
 
     def check_position(self, pos: Position, entries: list[dict[str, Any]] | None = None) -> None:
         """Raise unless the log contains entry ``pos.seq`` with hash ``pos.hash``.
@@ -538,13 +855,26 @@ class AuditLog:
             )
 
     def _read_head(self) -> Position | None:
-        if not self.head_path.exists():
-            return None
+        """head.json's position, None when there is none."""
         try:
-            d = json.loads(self.head_path.read_bytes())
-            return Position(int(d["seq"]), str(d["hash"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AuditTamperError(None, None, f"head.json is unreadable ({exc})") from exc
+            data = self.head_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AuditError(f"{self.head_path}: cannot read: {_why(exc)}") from exc
+        try:
+            d = strict_loads(data)
+            if not isinstance(d, dict):
+                raise ValueError("not a JSON object")
+            return _position_of(d)
+        except ValueError as exc:
+            raise AuditTamperError(
+                None,
+                None,
+                f"{self.head_path} is unreadable ({exc}); expected "
+                '{"hash": "<64 hex digits>", "seq": <entry number>}',
+                path=self.head_path,
+            ) from exc
 
 
 @dataclass(frozen=True)

@@ -603,6 +603,9 @@ class Store:
         self.lock_wait_s = LOCK_WAIT_S
         self.orphans_removed = 0
         self.segments_recovered = 0
+        #: segments whose SHA-256 this object computed when it loaded them (recovered into
+        #: the manifest): :meth:`check_files` does not read them a second time
+        self._hashed: set[str] = set()
         self._state = self._load_state()
 
     # ------------------------------------------------------------------ opening
@@ -705,6 +708,7 @@ class Store:
                     f"{path}: content digest is {actual}, not the digest in its name"
                 )
             recovered.append(_index_segment_file(path, digest))
+            self._hashed.add(digest)
         recovered.sort(key=lambda p: (p[0].created_at, p[0].digest))
         self.segments_recovered = len(recovered)
         pairs = pairs + recovered
@@ -738,7 +742,11 @@ class Store:
 
     def _read_manifest(self) -> list[tuple[SegmentRecord, list[LotRecord]]] | None:
         """Entries of manifest.json, or None when it is missing or unusable (it is a cache
-        and is then rebuilt from the segment files)."""
+        and is then rebuilt from the segment files, which are the truth: DESIGN.md, "Store").
+        Unusable includes what this software never writes: NaN or Infinity, a number too
+        large for a count (``1e400``), a key twice, nesting too deep for the parser."""
+        from fibergrade.audit import strict_loads
+
         try:
             raw = self._manifest_path.read_bytes()
         except FileNotFoundError:
@@ -746,7 +754,7 @@ class Store:
         except OSError as e:
             raise StoreError(f"{self._manifest_path}: cannot read: {e}") from e
         try:
-            doc = json.loads(raw)
+            doc = strict_loads(raw)
             if (
                 doc.get("format") != MANIFEST_FORMAT
                 or doc.get("format_version") != MANIFEST_FORMAT_VERSION
@@ -781,7 +789,7 @@ class Store:
                     for i, x in enumerate(lots_doc)
                 ]
                 out.append((seg, lots))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             return None
         return out
 
@@ -938,6 +946,7 @@ class Store:
             return []
         prepared = [self._prepare(item) for item in items]
         with self._write_lock() as state:
+            self._audit_ready()  # a log that cannot record the import: nothing is committed
             plan: list[str | None] = []  # per item: digest of existing segment, or None
             batch_sources: dict[str, int] = {}
             batch_lots: dict[str, int] = {}
@@ -1275,6 +1284,7 @@ class Store:
                 # would stay invisible (results() reads logged records only)
                 self._audit(AUDIT_ACTION.get(kind, "record"), f"{kind} {digest}", payload, digest)
             return digest
+        self._audit_ready()  # a log that cannot record it: the record is not written
         try:
             if not directory.is_dir():
                 directory.mkdir(parents=True, exist_ok=True)
@@ -1297,6 +1307,15 @@ class Store:
         from fibergrade.audit import AuditLog
 
         AuditLog(self.root).append(action, subject, payload, payload_digest=payload_digest)
+
+    def _audit_ready(self) -> None:
+        """Refuse, before anything is stored, a write the audit log could not record: a log
+        that disagrees with its head.json (emptied, deleted, cut short, edited at its end)
+        or cannot be read (:class:`~fibergrade.audit.AuditError`, exit code 3). A torn last
+        line is repaired here, as the append would."""
+        from fibergrade.audit import AuditLog
+
+        AuditLog(self.root).position()
 
     def _load_result(self, path: Path, digest: str) -> dict[str, Any]:
         try:
@@ -1323,7 +1342,10 @@ class Store:
         a run that stopped before logging it (importing the file again logs it), or a
         file placed in ``segments/`` by hand (the store indexes any valid segment it
         finds there)."""
-        return [s for s in self._state.segments if not self._import_logged(s)]
+        from fibergrade.audit import AuditLog, digest
+
+        logged = AuditLog(self.root).logged_payloads()
+        return [s for s in self._state.segments if digest(_import_payload(s)) not in logged]
 
     def _logged(self, kind: str) -> set[str]:
         """The SHA-256 of every ``kind`` record the audit log names."""
@@ -1400,3 +1422,63 @@ class Store:
                 if m and m.group(1) not in logged.get(kind, set()):
                     out.append(d / name)
         return out
+
+    def check_files(
+        self, progress: Callable[[int, int], None] | None = None
+    ) -> list[tuple[Path, str]]:
+        """Recompute the SHA-256 of every result record the audit log names and of every
+        committed segment, each file read once, and compare it with the digest in the
+        file's name (what the log, the manifest and certificates refer to it by). Returns
+        ``(path, what is wrong)`` for each file that is missing, unreadable or altered,
+        all of them, not only the first; empty when every one matches. Segments this
+        object hashed when it loaded them (recovered into the manifest) are not read
+        again. ``progress(done, total)`` is called after each file (a store of many
+        gigabytes takes minutes). :class:`~fibergrade.audit.AuditTamperError` when the
+        log cannot say which records it names."""
+        from fibergrade.audit import AuditLog
+
+        logged = AuditLog(self.root).logged_results()
+        base = self.root / "results"
+        records = [
+            (base / kind / f"{d}.json", d) for kind in sorted(logged) for d in sorted(logged[kind])
+        ]
+        segments = [s for s in self._state.segments if s.digest not in self._hashed]
+        total = len(records) + len(segments)
+        bad: list[tuple[Path, str]] = []
+        done = 0
+        for path, d in records:
+            try:
+                actual = sha256_file(path)
+            except FileNotFoundError:
+                bad.append(
+                    (
+                        path,
+                        f"{path}: a {path.parent.name} record the audit log records is "
+                        "missing (records deleted after they were logged change what the "
+                        "store says)",
+                    )
+                )
+            except OSError as e:
+                bad.append((path, f"{path}: cannot read result: {e.strerror or e}"))
+            else:
+                if actual != d:
+                    bad.append(
+                        (
+                            path,
+                            f"{path}: content digest is {actual}, expected {d} (the digest in "
+                            "its name, which the audit log records): the record was altered "
+                            "after it was written",
+                        )
+                    )
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        for seg in segments:
+            try:
+                verify_segment_file(seg.path, seg.digest)
+            except StoreCorruptError as e:
+                bad.append((seg.path, str(e)))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        return bad
