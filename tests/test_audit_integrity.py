@@ -317,6 +317,73 @@ def test_a_whole_line_is_read_as_an_entry_or_refused_never_skipped(base_log, dat
                 assert exc.value.line == 2
 
 
+# ------------------------------------------------------------------ 3 and 4. audit verify
+
+
+def test_audit_verify_hashes_every_logged_record_and_segment(tmp_path):
+    """Before: an edited calibration record ('ann' -> 'bob') and flipped bytes inside a
+    committed segment both passed ``audit verify`` (exit 0)."""
+    root = tmp_path / "store"
+    store = make_store(root)
+    rec = next((root / "results" / "calibration").glob("*.json"))
+    rec.write_bytes(rec.read_bytes().replace(b'"ann"', b'"bob"'))
+    seg = store.segments()[1].path
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    calls: list[tuple[int, int]] = []
+    bad = Store.open(root).check_files(progress=lambda done, total: calls.append((done, total)))
+    assert [p for p, _ in bad] == [rec, seg]
+    assert "content digest is" in bad[0][1] and "altered after it was written" in bad[0][1]
+    assert "altered after it was committed" in bad[1][1]
+    assert calls == [(1, 3), (2, 3), (3, 3)]  # one record, two segments: each read once
+
+    r = cli("audit", "verify", "--store", str(root), cwd=tmp_path)
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert str(rec) in r.stderr and str(seg) in r.stderr and "intact" not in r.stdout
+    r = cli("audit", "verify", "--store", str(root), "--json", cwd=tmp_path)
+    assert r.returncode == 3
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and doc["entries"] == 3
+    assert [p["file"] for p in doc["problems"]] == [str(rec), str(seg)]
+    rec.unlink()  # a logged record deleted: named by its path too
+    ((path, message), _) = Store.open(root).check_files()
+    assert path == rec and "calibration record the audit log records is missing" in message
+
+
+def test_audit_verify_json_reports_a_tampered_log(tmp_path):
+    """Before: nothing on stdout with --json (the error went to stderr), so 'ok' was never
+    false. Now the report says what is wrong, where, and the exit code is still 3."""
+    root = tmp_path / "store"
+    make_store(root)
+    log = AuditLog(root)
+    rows = log.path.read_text().splitlines()
+    rows[1] = rows[1].replace('"calibrate"', '"grade"')
+    log.path.write_text("\n".join(rows) + "\n")
+    r = cli("audit", "verify", "--store", str(root), "--json", cwd=tmp_path)
+    assert r.returncode == 3
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and doc["entries"] is None
+    assert doc["problems"] == [
+        {
+            "file": str(log.path),
+            "line": 2,
+            "entry": 1,
+            "message": f"audit log line 2 (entry 1): entry was edited: its hash does not "
+            f"match [{log.path}]",
+        }
+    ]
+    log.path.write_bytes(b"")  # emptied: a problem of the whole file
+    r = cli("audit", "verify", "--store", str(root), "--json", cwd=tmp_path)
+    assert r.returncode == 3
+    (p,) = json.loads(r.stdout)["problems"]
+    assert p["line"] is None and "holds no whole entry" in p["message"]
+    shutil.rmtree(root / "audit")
+    r = cli("audit", "verify", "--store", str(root), "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True
+    assert len(json.loads(r.stdout)["unlogged_files"]) == 3  # nothing logs them now
+
+
 # ------------------------------------------------------------------ 5. typed errors
 
 

@@ -1968,22 +1968,88 @@ def audit_verify(
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
 ) -> None:
-    """Check the audit log: edits, deletions, insertions, reordering, truncation."""
-    from fibergrade.audit import AuditLog
+    """Check the audit log (edits, deletions, insertions, reordering, truncation), the
+    SHA-256 of every record it names and of every segment, and the manifest."""
+    from fibergrade.audit import AuditError, AuditLog
+    from fibergrade.errors import StoreCorruptError, StoreError
     from fibergrade.keys import load_public_key
 
-    st = _open_store(store)
-    rep = AuditLog(st.root).verify(load_public_key(public_key) if public_key else None)
-    st.check_manifest()  # lot metadata as the segments hold it (StoreCorruptError: exit 3)
-    unlogged = [str(p) for p in st.unlogged_results()]
-    unlogged += [f"{s.path} ({s.source_name})" for s in st.unlogged_segments()]
+    key = load_public_key(public_key) if public_key else None
+    problems: list[dict[str, Any]] = []
+
+    def problem(exc: Exception | str, file: Path | str | None = None) -> None:
+        line, file = getattr(exc, "line", None), file or getattr(exc, "path", None)
+        item = {
+            "file": None if file is None else str(file),
+            "line": line,
+            "entry": getattr(exc, "seq", None),
+            "message": str(exc),
+        }
+        # the log's first bad line, found by the chain check and by the reader alike
+        if not any(
+            p["message"] == item["message"]
+            or (line is not None and (p["file"], p["line"]) == (item["file"], line))
+            for p in problems
+        ):
+            problems.append(item)
+
+    try:
+        st = _open_store(store)
+    except StoreCorruptError as exc:  # a segment missing or altered outside the manifest
+        st = None
+        problem(exc)
+    rep = None
+    try:  # a logged record that is gone is named below with every other bad file
+        rep = AuditLog(st.root if st else store).verify(key, results=False)
+    except AuditError as exc:
+        problem(exc)
+    unlogged: list[str] = []
+    if st is not None:
+        prog, update = _progress("checking records and segments (SHA-256)", enabled=not json_)
+        bad: list[tuple[Path, str]] = []
+        try:
+            with prog:
+                bad = st.check_files(progress=update)
+        except AuditError as exc:  # the log cannot say which records it names
+            problem(exc)
+        for path, message in bad:
+            problem(message, path)
+        altered = {path for path, _ in bad}
+        try:  # lot metadata as the segments hold it, for the segments that are intact
+            st.check_manifest([s.digest for s in st.segments() if s.path not in altered])
+        except StoreError as exc:
+            problem(exc)
+        try:
+            unlogged = [str(p) for p in st.unlogged_results()]
+            unlogged += [f"{s.path} ({s.source_name})" for s in st.unlogged_segments()]
+        except AuditError as exc:
+            problem(exc)
     if json_:
-        _print_json(rep.to_dict() | {"unlogged_files": unlogged})
+        doc = (
+            rep.to_dict()
+            if rep is not None
+            else {
+                "entries": None,
+                "checkpoints": None,
+                "entries_after_last_checkpoint": None,
+                "head": None,
+                "signatures_checked": False,
+            }
+        )
+        _print_json(doc | {"ok": not problems, "problems": problems, "unlogged_files": unlogged})
+        if problems:
+            raise typer.Exit(3)
         return
+    if problems:
+        for p in problems:
+            err.print(f"[bold red]error:[/] {escape(p['message'])}")
+        raise typer.Exit(3)
+    assert rep is not None
     out.print(
         f"[bold green]audit log intact[/]: {rep.entries} entries, {rep.checkpoints} signed "
         f"checkpoint(s){' verified' if rep.signatures_checked else ' (signatures not checked)'}, "
-        f"{rep.unanchored} entries after the last checkpoint"
+        f"{rep.unanchored} entries after the last checkpoint; every logged record and "
+        "segment matches its SHA-256"
     )
     if unlogged:
         # not part of the record: every command ignores them; a person should look
