@@ -164,3 +164,28 @@ def test_bias_correction_against_another_instrument(lab):
     r = run("calibrate", "--instrument", "OFDA-1", "--against", "LS-2", str(lab["tops"]),
             store=s, cwd=cwd)  # fmt: skip
     assert r.returncode == 2
+
+
+def test_a_diameter_only_the_calibration_takes_out_of_range_is_named_as_such(lab):
+    """A raw 199.9 um fibre is accepted at import; an instrument that reads 2 % low gets a
+    line with slope ~1.02 that takes it above 200 um. That is refused (never clipped) as
+    the calibration's doing, with the raw value and the line, not as a bad input file."""
+    d, s, cwd = lab["dir"], lab["store"], lab["cwd"]
+    coarse = np.full(50, 16.0, dtype=np.float32)
+    coarse[7] = 199.9
+    write_fibre_csv(d / "coarse.csv", FibreLots(("BIG-1",), [0, 50], coarse))
+    write_lot_manifest(
+        d / "big.csv", [LotMeta("BIG-1", "cashmere", "MN", client="Coop", instrument_id="OFDA-2")]
+    )
+    r = run("import", str(d / "coarse.csv"), "--lots", str(d / "big.csv"), store=s, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    tops = ["top,measured_mfd_um,measured_cv_pct"]
+    tops += [f"{i + 1},{0.98 * a:.3f},20.0" for i, a in enumerate(ASSIGNED)]
+    (d / "low.csv").write_text("\n".join(tops) + "\n")
+    r = run("calibrate", "--instrument", "OFDA-2", "--reference", str(lab["ref"]),
+            str(d / "low.csv"), store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run("grade", "BIG-1", store=s, cwd=cwd)
+    assert r.returncode == 4, r.stderr
+    assert "lot 'BIG-1', fibre 7: the calibrated diameter 20" in r.stderr
+    assert "the raw 199.900 um is in range" in r.stderr and "calibration line" in r.stderr

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,7 +28,7 @@ import numpy as np
 
 from fibergrade.calibration import correct_table
 from fibergrade.distribution import Engine, LotSummary, summarise, summarise_histograms
-from fibergrade.errors import StoreCorruptError
+from fibergrade.errors import MeasurementError, StoreCorruptError
 from fibergrade.measurements import FibreLots, HistogramLots
 from fibergrade.store import (
     check_lot_ids,
@@ -173,7 +174,34 @@ def summarise_segment(
     parallel: bool = True,
 ) -> LotSummary:
     """Figures of the task's lots, in the task's order."""
-    return summarise_table(read_task_lots(task), cut_um, engine, histogram_out, parallel)
+    table = read_task_lots(task)
+    with calibration_named(task):
+        return summarise_table(table, cut_um, engine, histogram_out, parallel)
+
+
+@contextmanager
+def calibration_named(task: SegmentTask) -> Iterator[None]:
+    """A diameter the core refuses that only the lot's calibration line took out of range
+    (the raw value was accepted at import) is said to be the calibration's doing, as
+    :class:`~fibergrade.calibration.CalibrationRefused`, with the raw value and the line."""
+    try:
+        yield
+    except MeasurementError as exc:
+        if task.intercept is None or task.slope is None or exc.lot_id not in task.lot_ids:
+            raise
+        j = task.lot_ids.index(exc.lot_id)
+        a, b = float(task.intercept[j]), float(task.slope[j])
+        if a == 0.0 and b == 1.0:
+            raise
+        from fibergrade.calibration import CalibrationRefused
+
+        raise CalibrationRefused(
+            f"lot {exc.lot_id!r}, fibre {exc.index}: the calibrated diameter {exc.value:.3f} "
+            f"um {exc.reason}; the raw {(exc.value - a) / b:.3f} um is in range, but the "
+            f"instrument's calibration line (d' = {a:+.4f} + {b:.5f} d) takes it out, and a "
+            "physical value is never clipped. Nothing was graded: recalibrate the "
+            "instrument, or grade the other lots by naming them"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -218,7 +246,8 @@ def grade_segment(
         plan.default_cut if (s := plan.standards[k]) is None else s.cut_um for k in task.standard
     ]
     cuts = set(cut_of) | ({plan.default_cut} if model is not None else set())
-    summaries = {cut: summarise_table(table, cut, plan.engine) for cut in sorted(cuts)}
+    with calibration_named(task):
+        summaries = {cut: summarise_table(table, cut, plan.engine) for cut in sorted(cuts)}
     records: list[dict[str, Any]] = [{} for _ in task.positions]
     groups: dict[int, list[int]] = defaultdict(list)
     for j, k in enumerate(task.standard):
