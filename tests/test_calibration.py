@@ -289,6 +289,11 @@ def test_expiry(tmp_path):
         store, "OFDA-1", load_reference_set("ih-23"), tops(), now=datetime(2027, 6, 1, tzinfo=UTC)
     )
     assert rec2["expires_at"].startswith("2027-06-30")
+    # so is a count of days past the calendar's end (it overflowed: a traceback)
+    _, rec3 = calibrate(
+        store, "OFDA-1", load_reference_set("ih-23"), tops(), now=T0, valid_days=3_000_000
+    )
+    assert rec3["expires_at"].startswith("2027-06-30")
 
 
 def test_qc_suspends_and_a_new_calibration_revalidates(tmp_path):

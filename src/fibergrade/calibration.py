@@ -522,9 +522,8 @@ def calibrate(
             rec["corrected_cv_pct"] = cv
             rec["cv_residual_pct"] = r.cv_pct - cv
         top_recs.append(rec)
-    expires = min(
-        t + timedelta(days=valid_days),
-        datetime.combine(reference.valid_until, datetime.max.time(), tzinfo=UTC),
+    expires = _expiry(
+        t, valid_days, datetime.combine(reference.valid_until, datetime.max.time(), tzinfo=UTC)
     )
     payload = {
         "kind": "calibration",
@@ -578,7 +577,7 @@ def calibrate_bias(
         raise NoValidCalibrationError([(against, base.reason)], grading=False)
     bl = base.record["line"]
     a, b = bl["intercept_um"] - bl["slope"] * bias_um, bl["slope"]
-    expires = min(t + timedelta(days=valid_days), _parse_time(base.record["expires_at"]))
+    expires = _expiry(t, valid_days, _parse_time(base.record["expires_at"]))
     payload = {
         "kind": "calibration",
         "method": "bias",
@@ -904,6 +903,15 @@ def lot_calibrations(
         lo, hi = rec["range_um"]
         table.append((st.calibration_id, float(lo), float(hi), None))
     return LotCalibrations(a, b, CalibrationFields(tuple(table), row))
+
+
+def _expiry(t: datetime, valid_days: int, cap: datetime) -> datetime:
+    """``valid_days`` after ``t``, capped at ``cap`` (a count of days past the calendar's
+    end is capped as well, instead of overflowing)."""
+    try:
+        return min(t + timedelta(days=valid_days), cap)
+    except OverflowError:
+        return cap
 
 
 def correct_fibres(table: FibreLots, intercept: np.ndarray, slope: np.ndarray) -> FibreLots:
