@@ -403,3 +403,14 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path):
     assert "carcasses weighed live on simulated CAS" in r.stdout
     assert "12 linked to their live weighing record" in r.stdout
     assert "certified 12 carcasses" in r.stdout and "certified 0 carcasses" in r2.stdout
+
+
+def test_grading_a_store_with_no_lots_says_so(tmp_path):
+    """A store left with no lots (a refused first import leaves its folders) is graded to
+    a sentence, not an empty table and a bare 'grades:'; nothing is recorded."""
+    store = tmp_path / "s"
+    (store / "segments").mkdir(parents=True)
+    r = run("grade", store=store)
+    assert r.returncode == 0 and "no lots in the store" in r.stdout and "grades:" not in r.stdout
+    assert json.loads(run("grade", "--json", store=store).stdout) == []
+    assert not (store / "results" / "grade").exists()

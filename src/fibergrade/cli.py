@@ -427,6 +427,9 @@ def grade_(
     if json_:
         _print_json(run.records)
         return
+    if not run.records:
+        out.print(f"no lots in the store {escape(str(st.root))}: nothing graded (import first)")
+        return
     out.print(_grade_table(run.records, f"{_count(len(run.records), 'lot')} graded"))
     _print_calibration_legend(run.records)
     _print_reasons(run.records)
