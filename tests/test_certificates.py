@@ -351,9 +351,19 @@ def test_refusals_override_and_reissue(lab, tmp_path):
     again = json.loads(r.stdout)[0]
     assert again["supersedes"] == number and again["certificate_number"].endswith("-02")
     assert (d / "certs" / f"{number}.json").exists()  # both kept
-    # a lot that is in the store but not graded is refused
+    # a lot that is in the store but not graded is refused; one not in it is said so
+    import numpy as np
+
+    from fibergrade.adapters.writers import write_fibre_csv
+    from fibergrade.measurements import FibreLots
+
+    lots = FibreLots(("NEW-1",), [0, 500], np.full(500, 15.5, dtype=np.float32))
+    write_fibre_csv(d / "new.csv", lots)
+    assert run("import", "new.csv", *STORE, cwd=d).returncode == 0
+    r = run("certify", "NEW-1", *STORE, "--key", KEY, cwd=d)
+    assert r.returncode == 5 and "not graded yet: NEW-1" in r.stderr, r.stderr
     r = run("certify", "NO-SUCH", *STORE, "--key", KEY, cwd=d)
-    assert r.returncode == 5 and "not graded" in r.stderr
+    assert r.returncode == 3 and "not in the store" in r.stderr
 
 
 def test_audit_log_records_certification_and_detects_tampering(lab, tmp_path):
