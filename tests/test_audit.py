@@ -327,7 +327,8 @@ def test_a_line_with_repeated_keys_or_another_form_is_not_an_entry(tmp_path, key
     assert json.loads(rows[1])["action"] == "checkpoint"  # what a lenient reader sees
     # the store reads no record off such a line, and does not skip it either: skipping
     # drops whatever the line really logged (a calibration, a revocation) without a word
-    with pytest.raises(AuditTamperError, match=r"line 2: not an entry the log writes \(key 'payload"):
+    not_written = r"line 2: not an entry the log writes \(key 'payload"
+    with pytest.raises(AuditTamperError, match=not_written):
         store.results("revocation")
     with pytest.raises(AuditTamperError, match=r"line 2: not a JSON entry \(key 'payload_digest'"):
         log.verify(keys[1])
