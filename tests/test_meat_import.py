@@ -340,26 +340,28 @@ def test_failed_inspection_or_no_vendor_declaration_is_kept_but_not_halal(tmp_pa
     assert slaughter["halal_problems"] == ["post-mortem inspection: fail"]
 
 
+def weighing_of_c1() -> dict:
+    """A stable weighing record of carcass KZ-C-0001 that gives its hscw_kg (21.4 kg)."""
+    return {
+        "kind": "weighing",
+        "created_at": "2026-03-02T03:40:00Z",
+        "scale_id": "CAS-L1",
+        "profile": "cas-ci",
+        "protocol": "cas",
+        "value": 21.4,
+        "unit": "kg",
+        "mode": "stable",
+        "device_stable": True,
+        "timestamp": "2026-03-02T03:40:00Z",
+        "subject": "KZ-C-0001",
+    }
+
+
 def test_grade_and_trace_link_records(tmp_path):
     st = Store.open(tmp_path / "s", create=True)
     import_carcasses(st, DATA / "carcasses.csv")
     halal = import_halal(st, DATA / "halal.csv")
-    weigh = st.put_result(
-        "weighing",
-        {
-            "kind": "weighing",
-            "created_at": "2026-03-02T03:40:00Z",
-            "scale_id": "CAS-L1",
-            "profile": "cas-ci",
-            "protocol": "cas",
-            "value": 21.4,
-            "unit": "kg",
-            "mode": "stable",
-            "device_stable": True,
-            "timestamp": "2026-03-02T03:40:00Z",
-            "subject": "KZ-C-0001",
-        },
-    )
+    weigh = st.put_result("weighing", weighing_of_c1())
     records, rid = grade_store(st)
     assert rid and len(records) == 5
     by_id = {r["carcass_id"]: r for r in records}
@@ -403,24 +405,7 @@ def test_the_weighing_record_a_carcass_weight_links_to_is_checked(tmp_path, fiel
     command); otherwise the graded carcass carries a flag naming the record."""
     st = Store.open(tmp_path / "s", create=True)
     import_carcasses(st, DATA / "carcasses.csv")
-    weigh = st.put_result(
-        "weighing",
-        {
-            "kind": "weighing",
-            "created_at": "2026-03-02T03:40:00Z",
-            "scale_id": "CAS-L1",
-            "profile": "cas-ci",
-            "protocol": "cas",
-            "value": 21.4,
-            "unit": "kg",
-            "mode": "stable",
-            "device_stable": True,
-            "gross": True,
-            "timestamp": "2026-03-02T03:40:00Z",
-            "subject": "KZ-C-0001",
-        }
-        | fields,
-    )
+    weigh = st.put_result("weighing", weighing_of_c1() | {"gross": True} | fields)
     rec = next(r for r in grade_store(st)[0] if r["carcass_id"] == "KZ-C-0001")
     about = [f for f in rec["flags"] if "weighing record" in f]
     if flag is None:

@@ -270,6 +270,15 @@ def _line_number(fh: Any, start: int) -> int:
     return n + 1
 
 
+def _sync_dir(folder: Path) -> None:
+    """fsync a folder, so that a file newly named in it survives a power loss."""
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 class AuditLog:
     """The audit log of one store directory."""
 
@@ -551,11 +560,7 @@ class AuditLog:
             finally:
                 os.close(fd)
             if new:  # a new file's name is durable once its folder is synced
-                dfd = os.open(self.dir, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                _sync_dir(self.dir)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot append to the audit log: {_why(exc)}") from exc
         self._write_head(Position(entry["seq"], entry["hash"]))
@@ -575,11 +580,7 @@ class AuditLog:
             # a head is refused
             os.replace(tmp, self.head_path)
             if new:
-                dfd = os.open(self.dir, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                _sync_dir(self.dir)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
