@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from fibergrade.errors import StoreError
+from fibergrade.safe_files import open_lock, temp_beside, write_new
 
 GENESIS = "0" * 64
 ACTIONS = (
@@ -294,7 +295,7 @@ class AuditLog:
         lock = self.dir / ".lock"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock(lock)
         except OSError as exc:
             raise AuditError(f"{lock}: cannot open the audit log's lock: {_why(exc)}") from exc
         try:
@@ -551,7 +552,7 @@ class AuditLog:
         line = canonical_json(entry) + b"\n"
         new = not self.path.exists()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
                 done = 0
                 while done < len(line):  # a short write (full disk) raises or goes on
@@ -567,13 +568,10 @@ class AuditLog:
         return entry
 
     def _write_head(self, pos: Position) -> None:
-        tmp = self.dir / f".head.tmp-{os.getpid()}"
+        tmp = temp_beside(self.head_path)  # a random new name: never a planted link
         new = not self.head_path.exists()
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(canonical_json(pos.to_dict()))
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_new(tmp, canonical_json(pos.to_dict()), fsync=True)
             # a replaced head.json is not followed by a sync of the folder: one that lags
             # after a power loss reads as a log longer than its head, which is accepted for
             # the crash it is; the first one is, since a log of more than one entry without

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fibergrade.audit import canonical_json
+from fibergrade.safe_files import temp_beside, write_new
 
 
 def _font_dir() -> Path:
@@ -131,9 +132,13 @@ def render_pdf(envelope: dict[str, Any], record: dict[str, Any], path: str | Pat
     for line in lines:
         pdf.cell(0, 3.8, line, new_x="LMARGIN", new_y="NEXT")
     out = Path(path)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    pdf.output(str(tmp))
-    os.replace(tmp, out)  # a reader never sees half a PDF
+    tmp = temp_beside(out)  # a random new name (O_EXCL): a planted link is never followed
+    write_new(tmp, bytes(pdf.output()))
+    try:
+        os.replace(tmp, out)  # a reader never sees half a PDF
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 

@@ -50,6 +50,7 @@ from fibergrade.distribution import DEFAULT_CUT_UM
 from fibergrade.errors import FibergradeError, LotNotFoundError, StoreError
 from fibergrade.keys import fingerprint
 from fibergrade.measurements import LOT_ID_RE, LOT_ID_RULE
+from fibergrade.safe_files import rewrite_own, temp_beside, write_new
 from fibergrade.store import under_issue_lock
 
 SCHEMA = "fibergrade-certificate/1"
@@ -657,11 +658,11 @@ def _write_beside(path: Path, envelope: dict[str, Any]) -> Path:
     """Write a certificate's JSON file beside ``path`` (a hidden temporary name, which
     :func:`clear_stale_files` knows) and return that name, for the caller to rename into
     place when it may."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = temp_beside(path)
+    data = (json.dumps(envelope, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     try:
-        tmp.write_text(json.dumps(envelope, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_new(tmp, data)  # O_EXCL: a link planted there is never followed
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CertificateError(f"{path}: cannot write the certificate: {exc}") from exc
     return tmp
 
@@ -882,8 +883,8 @@ def _reserve_beside(target: Path) -> Path:
         raise CertificateError(f"{target}: is a folder; the revocation list needs a file name")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        tmp.open("x").close()
+        tmp = temp_beside(target)
+        write_new(tmp, b"")
     except OSError as exc:
         raise CertificateError(
             f"{target}: the revocation list cannot be written there: {exc.strerror or exc}"
@@ -893,7 +894,7 @@ def _reserve_beside(target: Path) -> Path:
 
 def _write_list(tmp: Path, target: Path, env: dict[str, Any]) -> None:
     try:
-        tmp.write_text(json.dumps(env, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        rewrite_own(tmp, (json.dumps(env, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         os.replace(tmp, target)
     except OSError as exc:
         raise CertificateError(

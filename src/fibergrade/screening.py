@@ -35,6 +35,7 @@ from scipy.special import ndtr
 
 from fibergrade.distribution import N_REPORT, LotSummary
 from fibergrade.errors import ModelError
+from fibergrade.safe_files import temp_beside, write_new
 
 #: verdicts of the three classes, in the model's label order
 VERDICTS = ("clean", "suspect-contamination", "suspect-mislabel")
@@ -345,8 +346,8 @@ def save_bundle(path: Path, model: ScreeningModel) -> str:
     }
     data = skops_bytes(bundle)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    tmp = temp_beside(path)
+    write_new(tmp, data)  # O_EXCL: a link planted there is never followed
     tmp.replace(path)
     return sha256_bytes(data)
 

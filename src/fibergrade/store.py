@@ -72,6 +72,7 @@ from fibergrade.errors import (
     StoreLockedError,
 )
 from fibergrade.measurements import FibreLots, HistogramLots, LotMeta
+from fibergrade.safe_files import open_lock, write_new
 
 __all__ = [
     "ImportOutcome",
@@ -267,10 +268,7 @@ def _atomic_write(path: Path, data: bytes, tmp_name: str) -> None:
     fsync directory), so readers see the old file or the new one, never a mix."""
     tmp = path.parent / tmp_name
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new(tmp, data, fsync=True)  # O_EXCL: a link planted there is never followed
         os.rename(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -828,7 +826,7 @@ class Store:
         another process to let go (:class:`StoreLockedError` after that)."""
         lock_path = self.root / name
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock(lock_path)
         except OSError as e:
             raise StoreError(f"{lock_path}: cannot open the store lock: {e}") from e
         try:

@@ -1,0 +1,58 @@
+"""Creating files in folders someone else may also write (the store, a certificates folder).
+
+Whoever can write the store could plant a symbolic link under a name one of our writers is
+about to use, and have the lab's process write through it into any file the lab's user
+may write (its private key, say). So every temporary file is created under a random name
+with ``O_CREAT | O_EXCL`` (which fails on an existing name, a symbolic link included,
+whatever it points to) and ``O_NOFOLLOW``, and lock files are opened without following a
+link either.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def temp_beside(path: Path) -> Path:
+    """A fresh hidden name beside ``path``: ``.NAME.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+
+
+def write_new(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o644) -> None:
+    """Create ``path``, which must not exist (an existing name or a symbolic link there is
+    ``FileExistsError``, never followed), and write ``data`` to it; with ``fsync`` the bytes
+    are on disk when this returns. A failed write leaves no file."""
+    fd = os.open(path, _NEW, mode)
+    try:
+        view = memoryview(data)
+        while view:  # a short write (full disk) raises or goes on
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def rewrite_own(path: Path, data: bytes) -> None:
+    """Replace the contents of a file this process created (:func:`write_new`) without
+    following a symbolic link put in its place since."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def open_lock(path: Path) -> int:
+    """A descriptor of the lock file ``path`` to ``flock``, created if need be; a symbolic
+    link there is refused (``OSError``), not followed to create or open another file."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
