@@ -472,3 +472,42 @@ def test_a_log_without_read_permission_is_an_audit_error(tmp_path):
             log.append("grade", "x")
     finally:
         log.path.chmod(0o644)
+
+
+# ------------------------------------------------------- 6. segments the log imported
+
+
+def test_a_logged_segment_that_is_gone_is_named_and_its_lots_stay_taken(tmp_path):
+    """A segment deleted with the manifest used to vanish without a word (the manifest is
+    rebuilt from the segments left), and its lot ids could then be imported again with
+    other raw data and certified. Import entries now name their segment and lots."""
+    root = tmp_path / "store"
+    make_store(root)
+    entry = AuditLog(root).entries()[0]
+    assert entry["action"] == "import" and entry["lots"] == ["L1"]
+    seg = root / "segments" / f"{entry['segment']}.h5"
+    assert seg.exists()
+    seg.unlink()
+    (root / "manifest.json").unlink()
+    store = Store.open(root)
+    assert [r.lot_id for r in store.lots()] == ["L2"]
+    bad = store.check_files()
+    assert [p for p, _ in bad] == [seg] and "imported from 'day1.csv'" in bad[0][1]
+    with pytest.raises(StoreError, match=r"lot 'L1' in 'other\.csv' was imported before"):
+        store.import_segments([item("other.csv", "L1")])
+    assert [r.lot_id for r in Store.open(root).lots()] == ["L2"]  # nothing stored
+    store.import_segments([item("other.csv", "L3")])  # other ids still come in
+
+
+def test_a_torn_last_line_longer_than_64_kib_is_repaired(tmp_path):
+    """Import entries name their lots, so one entry can be long; a torn one of any length
+    is cut like a short one (it used to be 'torn and over 64 KiB', refusing every write)."""
+    root = tmp_path / "store"
+    store = make_store(root)
+    log = AuditLog(root)
+    intact = log.path.read_bytes()
+    log.path.write_bytes(intact + b'{"seq":3,"lots":["' + b"x" * 100_000)
+    store.put_result("calibration", {"kind": "calibration", "operator": "bea"})
+    assert log.path.read_bytes().startswith(intact)
+    assert [e["action"] for e in log.entries()[3:]] == ["repair", "calibrate"]
+    assert log.verify().entries == 5

@@ -47,7 +47,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,9 @@ class _Scanned:
     recent: dict[int, str]  # seq -> hash of the last entries read (at least _RECENT)
     kinds: dict[str, set[str]]  # result kind -> digests of the records the log names
     payloads: set[str]  # every entry's payload digest
+    #: segment digest -> (source file name, lot ids) of every import entry that names them
+    imports: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    last_line: bytes = b""  # the last whole line read, with its line break
 
 
 #: what :meth:`AuditLog._scan` has read of each log, by path
@@ -256,6 +259,20 @@ def _tail_lines(fh: Any, end: int, count: int) -> list[tuple[int, bytes]]:
             out.append((0, buf))
             break
     return out
+
+
+def _after_last_break(fh: Any, end: int) -> int:
+    """The offset just past the last line break in the first ``end`` bytes of ``fh`` (0
+    when there is none), read backwards in 64 KiB blocks."""
+    pos = end
+    while pos > 0:
+        step = min(pos, 65536)
+        pos -= step
+        fh.seek(pos)
+        cut = fh.read(step).rfind(b"\n")
+        if cut >= 0:
+            return pos + cut + 1
+    return 0
 
 
 def _line_number(fh: Any, start: int) -> int:
@@ -480,21 +497,17 @@ class AuditLog:
             return
         try:
             with open(self.path, "rb+") as fh:
-                fh.seek(max(0, size - 65536))
-                tail = fh.read()
-                if tail.endswith(b"\n"):
+                fh.seek(size - 1)
+                if fh.read(1) == b"\n":
                     return
-                cut = tail.rfind(b"\n")
-                if cut < 0 and size > len(tail):
-                    raise AuditError(f"{self.path}: the last line is torn and over 64 KiB long")
-                keep = size - len(tail) + cut + 1
-                removed = tail[cut + 1 :]
+                keep = _after_last_break(fh, size)  # a torn line may be of any length
+                fh.seek(keep)
+                removed = fh.read(size - keep)
                 try:
                     whole = parse_entry(removed)
                     before = None
                     if keep > 0:  # the whole line before it (its end is at keep - 1)
-                        fh.seek(max(0, keep - 1 - 65536))
-                        before = parse_entry(fh.read(keep - 1 - fh.tell()).rsplit(b"\n", 1)[-1])
+                        before = parse_entry(_tail_lines(fh, keep, 1)[0][1])
                     complete = entry_hash(whole) == whole.get("hash") and (
                         (whole.get("seq"), whole.get("prev")) == (0, GENESIS)
                         if before is None
@@ -680,6 +693,27 @@ class AuditLog:
         :meth:`logged_results`): an import's entry names its segment this way."""
         return self._scan()[1]
 
+    def _still_ends_with(self, offset: int, last_line: bytes) -> bool:
+        """Whether the log's bytes just before ``offset`` are still ``last_line`` (the last
+        line a scan read): a log rewritten in place under the same name, as long as
+        before or longer, does not pass for the one read."""
+        if not last_line:
+            return True
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(offset - len(last_line))
+                return fh.read(len(last_line)) == last_line
+        except OSError:
+            return False
+
+    def logged_imports(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Segment digest -> (source file name, lot ids) of every import the log records
+        with its segment named (read incrementally, as :meth:`logged_results`). Imports
+        logged before entries named their segment are not in it: their payload digest
+        alone names it."""
+        self._scan()
+        return _LOGGED[str(self.path)].imports if str(self.path) in _LOGGED else {}
+
     def _scan(self) -> tuple[dict[str, set[str]], set[str]]:
         """Read the entries appended since the last call. Every whole line must be an entry
         the log writes (canonical JSON, a whole ``seq`` and ``hash``), numbered in order,
@@ -702,7 +736,12 @@ class AuditLog:
                 raise problem
             return {}, set()
         ino, size = log_key[0], log_key[2]
-        if state is None or state.ino != ino or size < state.offset:  # another log here
+        if (
+            state is None
+            or state.ino != ino
+            or size < state.offset
+            or not self._still_ends_with(state.offset, state.last_line)
+        ):  # another log here, or this one rewritten in place: read it all again
             state = _Scanned((None, None), ino, 0, 0, {}, {}, set())
         if size > state.offset:
             try:
@@ -712,6 +751,8 @@ class AuditLog:
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
             end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+            if end:
+                state.last_line = chunk[:end].rsplit(b"\n", 2)[-2] + b"\n"
             for raw in chunk[:end].split(b"\n")[:-1]:
                 line = state.lines + 1
                 try:
@@ -735,6 +776,14 @@ class AuditLog:
                     )
                 state.lines += 1
                 state.recent[pos.seq] = pos.hash
+                seg, lots = e.get("segment"), e.get("lots")
+                if (
+                    e.get("action") == "import"
+                    and isinstance(seg, str)
+                    and isinstance(lots, list)
+                    and all(isinstance(x, str) for x in lots)
+                ):
+                    state.imports[seg] = (str(e.get("subject")), tuple(lots))
                 pd, subject = e.get("payload_digest"), e.get("subject")
                 if not isinstance(pd, str):
                     continue

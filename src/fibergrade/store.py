@@ -945,6 +945,15 @@ class Store:
         prepared = [self._prepare(item) for item in items]
         with self._write_lock() as state:
             self._audit_ready()  # a log that cannot record the import: nothing is committed
+            from fibergrade.audit import AuditLog
+
+            # lots of logged imports whose segment is gone: their ids stay taken
+            gone = {
+                lot: (d, source)
+                for d, (source, lots) in AuditLog(self.root).logged_imports().items()
+                if d not in state.by_digest
+                for lot in lots
+            }
             plan: list[str | None] = []  # per item: digest of existing segment, or None
             batch_sources: dict[str, int] = {}
             batch_lots: dict[str, int] = {}
@@ -956,6 +965,15 @@ class Store:
                     plan.append(None)
                     continue
                 for lot_id in item.table.lot_ids:
+                    if lot_id in gone:
+                        d, source = gone[lot_id]
+                        raise LotConflictError(
+                            f"lot {lot_id!r} in {item.source_name!r} was imported before "
+                            f"(segment {d}, from {source!r}, as the audit log records) and "
+                            "that segment is missing from the store: raw data is never "
+                            "rewritten, so restore the segment from a backup (see "
+                            "`fibergrade audit verify`)"
+                        )
                     if lot_id in state.lots:
                         seg = state.by_digest[state.lots[lot_id].segment]
                         raise LotConflictError(
@@ -982,13 +1000,13 @@ class Store:
                     seg = state.by_digest[existing]
                     if not self._import_logged(seg):
                         # committed by a run that stopped before logging it: log it now
-                        self._audit("import", seg.source_name, _import_payload(seg))
+                        self._audit_import(seg)
                     outcomes.append(
                         ImportOutcome(seg.digest, seg.source_name, seg.lot_ids, seg.n_rows, True)
                     )
                     continue
                 seg = self._commit(state, item, kind, metas)
-                self._audit("import", seg.source_name, _import_payload(seg))
+                self._audit_import(seg)
                 outcomes.append(
                     ImportOutcome(seg.digest, seg.source_name, seg.lot_ids, seg.n_rows, False)
                 )
@@ -1306,6 +1324,19 @@ class Store:
 
         AuditLog(self.root).append(action, subject, payload, payload_digest=payload_digest)
 
+    def _audit_import(self, seg: SegmentRecord) -> None:
+        """Log an import, naming its segment and lots in the entry (the entry's hash covers
+        them): :meth:`check_files` can then tell a logged segment that went missing, and
+        an import refuses a lot id a missing segment held (raw data is never rewritten)."""
+        from fibergrade.audit import AuditLog
+
+        AuditLog(self.root).append(
+            "import",
+            seg.source_name,
+            _import_payload(seg),
+            extra={"segment": seg.digest, "lots": list(seg.lot_ids)},
+        )
+
     def _audit_ready(self) -> None:
         """Refuse, before anything is stored, a write the audit log could not record: a log
         that disagrees with its head.json (emptied, deleted, cut short, edited at its end)
@@ -1442,7 +1473,17 @@ class Store:
         ]
         segments = [s for s in self._state.segments if s.digest not in self._hashed]
         total = len(records) + len(segments)
-        bad: list[tuple[Path, str]] = []
+        bad: list[tuple[Path, str]] = [
+            (
+                self._segments_dir / f"{d}.h5",
+                f"{self._segments_dir / (d + '.h5')}: the segment of {len(lots)} lot(s) "
+                f"({', '.join(lots[:3])}{' ...' if len(lots) > 3 else ''}) imported from "
+                f"{source!r}, which the audit log records, is missing (raw data is never "
+                "removed; restore it from a backup)",
+            )
+            for d, (source, lots) in sorted(AuditLog(self.root).logged_imports().items())
+            if d not in self._state.by_digest
+        ]
         done = 0
         for path, d in records:
             try:
