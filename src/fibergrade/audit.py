@@ -655,8 +655,21 @@ class AuditLog:
 
     # -- reading and verifying ------------------------------------------------------------
 
+    def _unfinished_bytes(self) -> int:
+        """How many bytes follow the log's last line break (0: none, or no log)."""
+        try:
+            with open(self.path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                return size - _after_last_break(fh, size) if size else 0
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
+
     def entries(self) -> list[dict[str, Any]]:
-        """Every entry, parsed (no checks; see :meth:`verify`)."""
+        """Every entry, parsed (no checks; see :meth:`verify`). A last line with no line
+        break yet is not an entry yet (a writer's append in progress, or a torn one that
+        the next writer cuts and logs) and is left out."""
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
@@ -667,6 +680,8 @@ class AuditLog:
         with fh:
             try:
                 for i, raw in enumerate(fh, start=1):
+                    if not raw.endswith(b"\n"):
+                        break  # the last line, still being written (or torn)
                     if not raw.strip():
                         raise AuditTamperError(
                             i, None, "an empty line (no entry is ever blank)", path=self.path
@@ -809,6 +824,10 @@ class AuditLog:
 
         Raises :class:`AuditTamperError` naming the first bad entry.
         """
+        # the head first: a writer appends to the log and then moves the head, so a head
+        # read before the log names an entry the log already holds (read after, it could
+        # name one appended in between, and a sound log would read as cut short)
+        head = self._read_head()
         entries = self.entries()
         prev = GENESIS
         checkpoints = 0
@@ -848,7 +867,7 @@ class AuditLog:
         n = len(entries)
         # a log longer than its head is what a crash between an append and the head update
         # leaves; the entries themselves were checked above
-        problem = self._head_problem(self._read_head(), n, lambda s: entries[s].get("hash"))
+        problem = self._head_problem(head, n, lambda s: entries[s].get("hash"))
         if problem is not None:
             raise problem
         if results:
@@ -868,6 +887,7 @@ class AuditLog:
             ),
             head=Position(n - 1, prev) if n else Position(-1, GENESIS),
             signatures_checked=public_key is not None,
+            unfinished_bytes=self._unfinished_bytes(),
         )
 
     def missing_results(self) -> dict[str, list[Path]]:
@@ -932,6 +952,9 @@ class VerifyReport:
     unanchored: int  # entries after the last entry a checkpoint signs
     head: Position
     signatures_checked: bool
+    #: bytes after the last line break: an append in progress, or one cut short (power
+    #: loss) that the next write cuts and logs; not an entry, so not counted or checked
+    unfinished_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -941,6 +964,7 @@ class VerifyReport:
             "entries_after_last_checkpoint": self.unanchored,
             "head": self.head.to_dict(),
             "signatures_checked": self.signatures_checked,
+            "unfinished_bytes": self.unfinished_bytes,
         }
 
 

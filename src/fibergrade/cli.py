@@ -2054,6 +2054,12 @@ def audit_verify(
         f"{rep.unanchored} entries after the last checkpoint; every logged record and "
         "segment matches its SHA-256"
     )
+    if rep.unfinished_bytes:
+        out.print(
+            f"[yellow]note:[/] the log ends in an unfinished line ({rep.unfinished_bytes} "
+            "bytes): an append in progress, or one cut short, which the next write cuts and "
+            "logs"
+        )
     if unlogged:
         # not part of the record: every command ignores them; a person should look
         out.print(
