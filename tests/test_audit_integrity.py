@@ -511,3 +511,27 @@ def test_a_torn_last_line_longer_than_64_kib_is_repaired(tmp_path):
     assert log.path.read_bytes().startswith(intact)
     assert [e["action"] for e in log.entries()[3:]] == ["repair", "calibrate"]
     assert log.verify().entries == 5
+
+
+def test_checks_beside_a_writer_never_read_a_sound_log_as_damaged(tmp_path):
+    """A process appending records while this one checks the log: every check passes
+    (head.json was read after the log, and 28 of 200 checks read a sound log as cut short)."""
+    root = tmp_path / "store"
+    make_store(root)
+    script = (
+        "import sys\nfrom fibergrade.store import Store\n"
+        "s = Store.open(sys.argv[1])\n"
+        "for i in range(300):\n"
+        "    s.put_result('qc', {'kind': 'qc', 'n': i})\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script, str(root)])
+    log, checks = AuditLog(root), 0
+    try:
+        while writer.poll() is None:
+            log.verify()
+            Store.open(root).results("qc")
+            checks += 1
+    finally:
+        writer.wait(120)
+    assert writer.returncode == 0 and checks > 0
+    assert log.verify().entries == 303
