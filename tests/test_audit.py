@@ -370,3 +370,26 @@ def test_a_fake_checkpoint_does_not_lock_the_lab_key_out(tmp_path, keys):
     log.check_lab_key(keys[1])  # the lab key signed a real checkpoint
     with pytest.raises(AuditError, match="no checkpoint in it is signed by the key given"):
         log.check_lab_key(other.public_key())
+
+
+def test_the_cli_takes_an_unencrypted_key_with_a_passphrase_in_the_environment(tmp_path):
+    """The option used to read FIBERGRADE_KEY_PASSPHRASE itself, so the environment's
+    passphrase came in as if given with --passphrase, and an unencrypted key was refused."""
+    import os
+    import subprocess
+    import sys
+
+    exe = shutil.which("fibergrade", path=str(Path(sys.executable).parent)) or "fibergrade"
+    init_keys(tmp_path / "keys")
+    (tmp_path / "a.csv").write_text("lot_id,diameter_um\nA1,15.5\nA1,16.5\n")
+    env = os.environ | {"FIBERGRADE_KEY_PASSPHRASE": "meant-for-another-key"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([exe, *args, "--store", str(tmp_path / "s")], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+
+    assert run("import", "a.csv").returncode == 0
+    r = run("audit", "checkpoint", "--key", "keys/lab.key")
+    assert r.returncode == 0, r.stderr
+    r = run("audit", "checkpoint", "--key", "keys/lab.key", "--passphrase", "x")
+    assert r.returncode == 2 and "give no --passphrase" in r.stderr

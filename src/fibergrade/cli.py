@@ -1664,7 +1664,8 @@ PassOpt = Annotated[
     str | None,
     typer.Option(
         "--passphrase",
-        envvar="FIBERGRADE_KEY_PASSPHRASE",
+        # read from the environment by keys.load_private_key, which tells a passphrase
+        # given here from one in the environment meant for other keys
         help="Passphrase of the private key (env FIBERGRADE_KEY_PASSPHRASE).",
     ),
 ]
