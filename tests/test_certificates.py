@@ -891,3 +891,34 @@ def test_a_certificate_number_that_cannot_name_a_file_is_refused(lot):
         "FG-MN-2024.0117_a-01",
         None,
     )
+
+
+def test_a_run_naming_no_lots_leaves_out_one_whose_id_cannot_name_a_file(lab, tmp_path):
+    """A clean graded lot stored before the id rule (here through the store's API) whose id
+    cannot name a file used to refuse the whole default certify run, for good (raw data
+    stay): it is now left out with a note, and the other lots are certified."""
+    import numpy as np
+
+    from fibergrade.measurements import FibreLots, LotMeta
+    from fibergrade.store import Store
+
+    d = fresh_copy(lab, tmp_path)
+    rng = np.random.default_rng(11)
+    table = FibreLots(
+        ("lot 7", "GOOD-7"),
+        np.array([0, 3000, 6000]),
+        rng.lognormal(np.log(15.3), 0.19, 6000).astype(np.float32),
+    )
+    meta = {x: LotMeta(x, declared_type="cashmere") for x in table.lot_ids}
+    store = Store.open(d / "demo-out" / "fibergrade-data")
+    store.import_fibres(table, meta, source_name="old.csv", source_digest="cd" * 32)
+    r = run("grade", "lot 7", "GOOD-7", *STORE, "--uncalibrated", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    recs = {x["lot_id"]: x for x in json.loads(r.stdout)}
+    assert all(x["screening"]["verdict"] == "clean" and x["grade"] for x in recs.values())
+    r = run("certify", *STORE, "--key", KEY, "--out", "o", "--no-pdf", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert [x["certificate_number"] for x in json.loads(r.stdout)] == ["FG-GOOD-7-01"]
+    assert "lot lot 7 left out: its id cannot name a certificate file" in r.stderr
+    r = run("certify", "lot 7", *STORE, "--key", KEY, "--out", "o", "--no-pdf", cwd=d)
+    assert r.returncode == 5 and "cannot name a file" in r.stderr  # named: refused

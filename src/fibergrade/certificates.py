@@ -226,6 +226,8 @@ class Issued:
 @dataclass
 class CertifyOutcome:
     issued: list[Issued] = field(default_factory=list)
+    #: lots left out of a run that named none, with why (an id no file may be named after)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _screening_of(rec: dict[str, Any]) -> dict[str, Any] | None:
@@ -387,6 +389,16 @@ def next_certificate(
     return _file_safe(f"{prefix}-{len(prior) + 1:02d}", subject), supersedes
 
 
+def unfit_for_file_name(ident: str) -> str | None:
+    """Why a lot's or carcass's certificates could not be named after ``ident`` (see
+    :func:`_file_safe`), or None."""
+    try:
+        _file_safe(f"FG-{ident}-01", ident)
+    except CertificateRefused:
+        return f"its id cannot name a certificate file (ids must be {LOT_ID_RULE})"
+    return None
+
+
 def _file_safe(number: str, subject: str) -> str:
     """A certificate number, which names its files (``NUMBER.json``, ``NUMBER.pdf``), if it
     is one safe file-name part by the import rule for ids (a lot or carcass imported
@@ -424,6 +436,7 @@ def certify_lots(
 
     AuditLog(store.root).check_lab_key(private_key.public_key())
     graded = latest_grades(store)
+    skipped: list[tuple[str, str]] = []
     if lot_ids is None:  # chosen here, under the issuing lock, like the numbers
         done = {e["certificate"]["lot"]["lot_id"] for e in existing_certificates(store)}
         lot_ids = [
@@ -433,6 +446,10 @@ def certify_lots(
             and rec.get("grade")
             and lot not in done
         ]
+        # a lot stored before the id rule (or through the API) whose id cannot name a
+        # file is left out with a note, not let block every other lot's certificate
+        skipped = [(lot, why) for lot in lot_ids if (why := unfit_for_file_name(lot))]
+        lot_ids = [lot for lot in lot_ids if not unfit_for_file_name(lot)]
     unknown = [lot for lot in lot_ids if lot not in graded and not _in_store(store, lot)]
     if unknown:  # grading them first would not help: said as grade and show say it
         raise LotNotFoundError(unknown)
@@ -526,7 +543,7 @@ def certify_lots(
         if staging is not None:  # PDFs of certificates that are not issued
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    result = CertifyOutcome()
+    result = CertifyOutcome(skipped=skipped)
     try:
         with checkpointed(audit, private_key):
             for i, (doc, env) in enumerate(zip(docs, envs, strict=True)):

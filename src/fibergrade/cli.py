@@ -1822,6 +1822,8 @@ def certify_(
                 progress=update,
                 executor=ex,
             )
+    for lot, why in res.skipped:  # on stderr, with --json too
+        err.print(f"[yellow]note:[/] lot {escape(lot)} left out: {escape(why)}")
     if json_:
         _print_json(
             [
