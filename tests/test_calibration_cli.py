@@ -189,3 +189,41 @@ def test_a_diameter_only_the_calibration_takes_out_of_range_is_named_as_such(lab
     assert r.returncode == 4, r.stderr
     assert "lot 'BIG-1', fibre 7: the calibrated diameter 20" in r.stderr
     assert "the raw 199.900 um is in range" in r.stderr and "calibration line" in r.stderr
+
+
+def test_a_histogram_class_only_the_calibration_takes_out_of_range_is_named_as_such(lab):
+    """The histogram path of the test above: a [199, 200) um class mapped past 200 um was a
+    DataModelError (exit 2) naming no lot, file or calibration."""
+    d, s, cwd = lab["dir"], lab["store"], lab["cwd"]
+    (d / "h.csv").write_text("lot_id,lower_um,upper_um,count\nHB-1,15,16,40\nHB-1,199,200,1\n")
+    write_lot_manifest(d / "hm.csv", [LotMeta("HB-1", "cashmere", "MN", client="Coop",
+                                              instrument_id="OFDA-3")])  # fmt: skip
+    r = run("import", str(d / "h.csv"), "--lots", str(d / "hm.csv"), store=s, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    tops = ["top,measured_mfd_um,measured_cv_pct"]
+    tops += [f"{i + 1},{0.98 * a:.3f},20.0" for i, a in enumerate(ASSIGNED)]
+    (d / "low3.csv").write_text("\n".join(tops) + "\n")
+    r = run("calibrate", "--instrument", "OFDA-3", "--reference", str(lab["ref"]),
+            str(d / "low3.csv"), store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for workers in ((), ("--workers", "1")):
+        r = run("grade", "HB-1", *workers, store=s, cwd=cwd)
+        assert r.returncode == 4, r.stderr
+        assert "lot 'HB-1': the class [199, 200) um (1 fibre(s))" in r.stderr
+        assert "calibration line" in r.stderr
+
+
+def test_a_class_mapped_below_1_um_is_refused_as_per_fibre_diameters_are():
+    from fibergrade.calibration import CalibrationRefused, correct_histograms
+    from fibergrade.measurements import HistogramLots
+
+    hist = HistogramLots(
+        ("H",), np.array([0, 2]), np.array([1.0, 18.0]), np.array([2.0, 19.0]), np.array([2, 5])
+    )
+    with pytest.raises(CalibrationRefused, match=r"lot 'H': the class \[1, 2\) um"):
+        correct_histograms(hist, np.array([-0.5]), np.array([1.0]))
+    empty = HistogramLots(
+        ("H",), np.array([0, 2]), np.array([1.0, 18.0]), np.array([2.0, 19.0]), np.array([0, 5])
+    )
+    out = correct_histograms(empty, np.array([-0.5]), np.array([1.0]))
+    assert int(out.counts.sum()) == 5  # an empty class mapped below 1 um holds nothing

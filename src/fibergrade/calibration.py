@@ -71,7 +71,14 @@ import numpy as np
 from fibergrade import __version__
 from fibergrade.adapters.interchange import _FLOAT_RE
 from fibergrade.errors import FibergradeError, InputError
-from fibergrade.measurements import FibreLots, HistogramLots, LotMeta, diameter_problem
+from fibergrade.measurements import (
+    DIAMETER_MAX_UM,
+    MM_SUSPECT_BELOW_UM,
+    FibreLots,
+    HistogramLots,
+    LotMeta,
+    diameter_problem,
+)
 
 #: fewest tops a fit may use [unsourced: the project's choice; fibre.md says eight tops
 #: calibrate Airflow, Laserscan and OFDA, and a line through fewer than five leaves most of
@@ -942,6 +949,34 @@ def correct_table(
     return correct_histograms(table, intercept, slope)
 
 
+def _refuse_mapped_classes(
+    hist: HistogramLots,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    per_lot: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+) -> None:
+    """A class that a lot's calibration line maps out of the physical range (below 0 or
+    above :data:`DIAMETER_MAX_UM`), or a non-empty one it maps below 1 um in part (fibres
+    the per-fibre path refuses one by one), is :class:`CalibrationRefused`, naming the lot,
+    the class and the line: a physical value is never clipped."""
+    with np.errstate(invalid="ignore"):
+        bad = (lo < 0.0) | (hi > DIAMETER_MAX_UM) | ((hist.counts > 0) & (lo < MM_SUSPECT_BELOW_UM))
+    if not bad.any():
+        return
+    k = int(np.flatnonzero(bad)[0])
+    lot = int(np.searchsorted(np.cumsum(per_lot), k, side="right"))
+    raise CalibrationRefused(
+        f"lot {hist.lot_ids[lot]!r}: the class [{hist.lower_um[k]:g}, {hist.upper_um[k]:g}) "
+        f"um ({int(hist.counts[k])} fibre(s)) is in range as measured, but the instrument's "
+        f"calibration line (d' = {a[lot]:+.4f} + {b[lot]:.5f} d) maps it to "
+        f"[{lo[k]:.3f}, {hi[k]:.3f}) um, outside 1 .. {DIAMETER_MAX_UM:g} um, and a physical "
+        "value is never clipped. Nothing was graded: recalibrate the instrument, or grade "
+        "the other lots by naming them"
+    )
+
+
 def correct_histograms(
     hist: HistogramLots, intercept: np.ndarray, slope: np.ndarray
 ) -> HistogramLots:
@@ -962,6 +997,7 @@ def correct_histograms(
     bc = np.repeat(b, per_lot)
     lo = ac + bc * hist.lower_um
     hi = ac + bc * hist.upper_um
+    _refuse_mapped_classes(hist, lo, hi, per_lot, a, b)
     k0 = np.floor(lo)
     k1 = np.ceil(hi) - 1.0
     pieces = (k1 - k0 + 1).astype(np.int64)
