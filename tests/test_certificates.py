@@ -825,10 +825,15 @@ def test_a_revocation_list_that_cannot_be_written_revokes_nothing_and_can_be_wri
     (d / "adir.json").mkdir()
     for target in ("adir.json", "/proc/no-such/rev.json"):
         r = run("revoke", cert.stem, "--reason", "x", *STORE, "--key", KEY, "--out", target, cwd=d)
-        assert r.returncode == 5 and "revocation list" in r.stderr, r.stderr
+        assert r.returncode == 2 and "revocation list" in r.stderr, r.stderr
         assert log.read_bytes() == before  # nothing recorded, no checkpoint
     assert verify(d, cert, *STORE).returncode == 0  # it still stands
     assert list(d.glob(".*.tmp")) == []
+    (d / "a-file").write_text("x")  # certify's --out that cannot be a folder: bad input too
+    r = run("certify", cert.stem.rsplit("-", 1)[0][3:], *STORE, "--key", KEY, "--out",
+            "a-file", "--reissue", "--reason", "x", cwd=d)  # fmt: skip
+    assert r.returncode == 2 and "cannot be the certificates' folder" in r.stderr, r.stderr
+    assert log.read_bytes() == before
     r = run("revoke", cert.stem, "--reason", "x", *STORE, "--key", KEY, "--out", "l1.json", cwd=d)
     assert r.returncode == 0, r.stderr
     r = run("revoke", "--list-only", *STORE, "--key", KEY, "--out", "l2.json", "--json", cwd=d)

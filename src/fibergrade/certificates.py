@@ -112,6 +112,13 @@ class CertificateFileError(CertificateError):
     revocation list): that file fails, the others of a batch are still verified."""
 
 
+class OutputPathError(CertificateError):
+    """An output path given as an option (``--out``) cannot be written: bad input, exit 2,
+    raised before anything is stored."""
+
+    exit_code = 2
+
+
 class CertificateRefused(CertificateError):
     """The lot may not be certified (not graded, flagged, ...); the message says why."""
 
@@ -691,7 +698,7 @@ def output_folder(out_dir: str | Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CertificateError(
+        raise OutputPathError(
             f"{out}: cannot be the certificates' folder: {exc.strerror or exc}"
         ) from exc
     return out
@@ -897,13 +904,13 @@ def _reserve_beside(target: Path) -> Path:
     """A new empty file beside ``target`` to write it through, created now so that a
     target that cannot be written is a :class:`CertificateError` before anything else."""
     if target.is_dir():
-        raise CertificateError(f"{target}: is a folder; the revocation list needs a file name")
+        raise OutputPathError(f"{target}: is a folder; the revocation list needs a file name")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_beside(target)
         write_new(tmp, b"")
     except OSError as exc:
-        raise CertificateError(
+        raise OutputPathError(
             f"{target}: the revocation list cannot be written there: {exc.strerror or exc}"
         ) from None
     return tmp
