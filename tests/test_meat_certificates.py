@@ -286,6 +286,9 @@ def test_trace_with_the_lab_key_refuses_a_revocation_the_lab_did_not_sign(plant)
     result = json.loads(r.stdout)
     assert result["signatures_checked"] and result["chains"][0][-1]["revoked"] is False
     assert "pass --public-key" in run(*trace, cwd=plant).stdout
+    assert run("keys", "init", "--dir", "other", cwd=plant).returncode == 0
+    r = run(*trace, "--public-key", "other/lab.pub", cwd=plant)  # another lab's key
+    assert r.returncode == 3 and "not the lab" in r.stderr and "corrupt" not in r.stderr, r.stderr
     st = Store.open(plant / "s", create=False)
     st.put_result("revocation", {
         "certificate_number": number, "certificate_sha256": digest(env["certificate"]),

@@ -407,6 +407,9 @@ def trace(store: Store, ident: str, public_key: Any = None) -> dict[str, Any]:
 
     certificates = meat_certificates(store)  # read once: for the id and for every chain
     if public_key is not None:
+        from fibergrade.audit import AuditLog
+
+        AuditLog(store.root).check_lab_key(public_key)  # another lab's key: said so first
         _check_certificates(store, certificates, public_key)
     ours = [
         env["certificate"]["carcass"]["carcass_id"]
