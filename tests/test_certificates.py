@@ -927,3 +927,33 @@ def test_a_run_naming_no_lots_leaves_out_one_whose_id_cannot_name_a_file(lab, tm
     assert "lot lot 7 left out: its id cannot name a certificate file" in r.stderr
     r = run("certify", "lot 7", *STORE, "--key", KEY, "--out", "o", "--no-pdf", cwd=d)
     assert r.returncode == 5 and "cannot name a file" in r.stderr  # named: refused
+
+
+def test_a_certificate_screened_with_a_retired_model_still_verifies(lab, tmp_path):
+    """models/ was rebuilt (another digest): a certificate screened with the model before
+    is screened again with that one, kept in models/archive, instead of failing."""
+    from fibergrade.screening import ModelError, default_model_dir, load_model_by_digest
+
+    archived = sorted((default_model_dir() / "archive").glob("screening-*"))
+    assert archived, "the model shipped before the rebuild is kept"
+    old = json.loads((archived[0] / "model-card.json").read_text())["model_digest"]
+    assert load_model_by_digest(old).digest == old
+    with pytest.raises(ModelError, match="keeps no retired one"):
+        load_model_by_digest("0" * 64)
+    d = fresh_copy(lab, tmp_path)
+    lot = json.loads(certs(d)[0].read_text())["certificate"]["lot"]["lot_id"]
+    env = os.environ | {"FIBERGRADE_MODEL_DIR": str(archived[0])}
+
+    def run_old(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=d, env=env,
+                              timeout=300, check=False)  # fmt: skip
+
+    assert run_old("grade", lot, *STORE).returncode == 0
+    r = run_old("certify", lot, *STORE, "--key", KEY, "--out", "o", "--no-pdf", "--reissue",
+                "--reason", "regraded", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    issued = d / json.loads(r.stdout)[0]["json"]
+    assert json.loads(issued.read_text())["certificate"]["screening"]["model_digest"] == old
+    r = verify(d, issued, *STORE)  # with the current software and models/
+    assert r.returncode == 0, r.stderr
+    assert f"screened again with the retired model {old[:12]}" in r.stdout

@@ -1270,23 +1270,29 @@ def _rescreen(
     """Screen the lot again with the model the certificate names (the shipped one, by its
     digest) and compare the verdict: the grade record certify read it from is a file, and
     the verdict decided whether the lot could be certified without an override."""
-    from fibergrade.screening import load_model, screening_entries
+    from fibergrade.screening import load_model, load_model_by_digest, screening_entries
     from fibergrade.segment_tasks import summarise_table
 
     stated = cert.get("screening") or {}
     if stated.get("verdict") is None:
         return
+    named = str(stated.get("model_digest"))
     try:
-        model = _cached(cache, ("model",), load_model)
+        current = _cached(cache, ("model",), load_model)
+        # the model the certificate was screened with: the current one, or a retired one
+        # kept in models/archive (a rebuilt model must not leave certificates unverifiable)
+        model = _cached(cache, ("model", named), lambda: load_model_by_digest(named))
     except FibergradeError as exc:
-        rep.problems.append(f"screening: the model cannot be loaded to recompute it ({exc})")
-        return
-    if model.digest != stated.get("model_digest"):
         rep.problems.append(
-            f"screening model: the certificate used {str(stated.get('model_digest'))[:12]}, "
-            f"this software has {model.digest[:12]}; the verdict is not recomputed"
+            f"screening model: the certificate used {named[:12]}, which this software cannot "
+            f"load ({exc}); the verdict is not recomputed"
         )
         return
+    if model.digest != current.digest:
+        rep.notes.append(
+            f"screened again with the retired model {named[:12]} the certificate names "
+            f"(models/archive; the current one is {current.digest[:12]})"
+        )
     if summary is None:
         summary = summarise_table(table, DEFAULT_CUT_UM, "fast")
     deferred = cache.get(_DEFERRED)

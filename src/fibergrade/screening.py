@@ -389,6 +389,33 @@ def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
 #: models already loaded in this process, by the SHA-256 of their file
 _VERIFIED: dict[str, ScreeningModel] = {}
 
+#: the folder, inside the model folder, of models no longer shipped but named by
+#: certificates issued with them: ``archive/<model id>/`` with its file and card
+ARCHIVE_DIR = "archive"
+
+
+def load_model_by_digest(digest: str, model_dir: str | Path | None = None) -> ScreeningModel:
+    """The model whose file has SHA-256 ``digest`` (a certificate names the model it was
+    screened with): the current one (:func:`load_model`), else a retired one kept under
+    ``archive/`` beside it, verified the same way against its own card. :class:`ModelError`
+    when neither has it."""
+    directory = Path(model_dir) if model_dir is not None else default_model_dir()
+    current = load_model(directory)
+    if current.digest == digest:
+        return current
+    archive = directory / ARCHIVE_DIR
+    for card in sorted(archive.glob(f"*/{CARD_JSON}")) if archive.is_dir() else []:
+        try:
+            named = json.loads(card.read_text(encoding="utf-8")).get("model_digest")
+        except (OSError, ValueError, AttributeError):
+            continue  # load_model would say why; this one is not the model asked for
+        if named == digest:
+            return load_model(card.parent)
+    raise ModelError(
+        f"no screening model {digest[:12]}... here: the current one is {current.digest[:12]}"
+        f"..., and {archive} keeps no retired one of that digest"
+    )
+
 
 def _model_from_bytes(data: bytes, digest: str, path: Path | None) -> ScreeningModel:
     """Check and load a skops screening bundle whose SHA-256 is already verified."""
