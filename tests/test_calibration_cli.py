@@ -227,3 +227,18 @@ def test_a_class_mapped_below_1_um_is_refused_as_per_fibre_diameters_are():
     )
     out = correct_histograms(empty, np.array([-0.5]), np.array([1.0]))
     assert int(out.counts.sum()) == 5  # an empty class mapped below 1 um holds nothing
+
+
+def test_a_logged_calibration_record_this_software_never_writes_is_named(lab):
+    """One written by hand (logged too, since the log is unkeyed) used to crash grade and
+    calibrations with a KeyError traceback for good; now it is named, exit 3."""
+    from fibergrade.store import Store
+
+    s, cwd = lab["store"], lab["cwd"]
+    rid = Store.open(s).put_result(
+        "calibration", {"kind": "calibration", "instrument_id": "OFDA-1"}
+    )
+    for args in (("grade",), ("calibrations",), ("grade", "--uncalibrated")):
+        r = run(*args, store=s, cwd=cwd)
+        assert r.returncode == 3 and f"calibration record {rid[:16]}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr

@@ -700,14 +700,69 @@ def _derive(
     return st
 
 
+#: what the state of an instrument is derived from, per record kind: key -> type
+_RECORD_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "calibration": {
+        "instrument_id": str,
+        "created_at": str,
+        "expires_at": str,
+        "method": str,
+        "line": dict,
+        "reference": dict,
+        "range_um": list,
+    },
+    "qc": {
+        "instrument_id": str,
+        "created_at": str,
+        "passed": bool,
+        "deviation_um": (int, float),
+        "tolerance_um": (int, float),
+    },
+}
+
+
+def _checked_records(store: Any, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """The store's ``kind`` records, each holding what an instrument's state is derived
+    from; one that does not (it can only have been written by hand, since the store logs
+    what this module writes) is :class:`~fibergrade.errors.StoreCorruptError` naming it,
+    not a ``KeyError`` from deep inside."""
+    from fibergrade.errors import StoreCorruptError
+
+    out = store.results(kind)
+    for rid, rec in out:
+        problem = next(
+            (
+                f"{key} is missing or not {getattr(typ, '__name__', 'a number')}"
+                for key, typ in _RECORD_FIELDS[kind].items()
+                if not isinstance(rec.get(key), typ)
+            ),
+            None,
+        )
+        if problem is None:
+            try:
+                for key in ("created_at", "expires_at"):
+                    if key in _RECORD_FIELDS[kind]:
+                        _parse_time(rec[key])
+                line = rec.get("line", {"intercept_um": 0.0, "slope": 1.0})
+                float(line["intercept_um"]), float(line["slope"])
+            except (ValueError, TypeError, KeyError) as exc:
+                problem = f"a time or the line is unreadable ({exc})"
+        if problem is not None:
+            raise StoreCorruptError(
+                f"{store.root}: the {kind} record {rid[:16]}... is not one this software "
+                f"writes: {problem}"
+            )
+    return out
+
+
 def instrument_states(store: Any, now: datetime | None = None) -> dict[str, InstrumentState]:
     """The derived state of every instrument with a calibration record."""
     t = now or _now()
     all_cals: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for cid, rec in store.results("calibration"):
+    for cid, rec in _checked_records(store, "calibration"):
         all_cals.setdefault(rec["instrument_id"], []).append((cid, rec))
     all_qcs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for qid, rec in store.results("qc"):
+    for qid, rec in _checked_records(store, "qc"):
         all_qcs.setdefault(rec["instrument_id"], []).append((qid, rec))
     done: dict[str, InstrumentState] = {}
     for inst in sorted(all_cals):
