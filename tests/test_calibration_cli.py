@@ -166,6 +166,17 @@ def test_bias_correction_against_another_instrument(lab):
     assert r.returncode == 2
 
 
+def calibrate_reading_low(lab: dict[str, Path], instrument: str) -> None:
+    """Calibrate ``instrument`` on tops it reads 2 % low: a line of slope ~1.02."""
+    tops = ["top,measured_mfd_um,measured_cv_pct"]
+    tops += [f"{i + 1},{0.98 * a:.3f},20.0" for i, a in enumerate(ASSIGNED)]
+    path = lab["dir"] / f"low-{instrument}.csv"
+    path.write_text("\n".join(tops) + "\n")
+    r = run("calibrate", "--instrument", instrument, "--reference", str(lab["ref"]), str(path),
+            store=lab["store"], cwd=lab["cwd"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_diameter_only_the_calibration_takes_out_of_range_is_named_as_such(lab):
     """A raw 199.9 um fibre is accepted at import; an instrument that reads 2 % low gets a
     line with slope ~1.02 that takes it above 200 um. That is refused (never clipped) as
@@ -179,12 +190,7 @@ def test_a_diameter_only_the_calibration_takes_out_of_range_is_named_as_such(lab
     )
     r = run("import", str(d / "coarse.csv"), "--lots", str(d / "big.csv"), store=s, cwd=cwd)
     assert r.returncode == 0, r.stderr
-    tops = ["top,measured_mfd_um,measured_cv_pct"]
-    tops += [f"{i + 1},{0.98 * a:.3f},20.0" for i, a in enumerate(ASSIGNED)]
-    (d / "low.csv").write_text("\n".join(tops) + "\n")
-    r = run("calibrate", "--instrument", "OFDA-2", "--reference", str(lab["ref"]),
-            str(d / "low.csv"), store=s, cwd=cwd)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    calibrate_reading_low(lab, "OFDA-2")
     r = run("grade", "BIG-1", store=s, cwd=cwd)
     assert r.returncode == 4, r.stderr
     assert "lot 'BIG-1', fibre 7: the calibrated diameter 20" in r.stderr
@@ -200,12 +206,7 @@ def test_a_histogram_class_only_the_calibration_takes_out_of_range_is_named_as_s
                                               instrument_id="OFDA-3")])  # fmt: skip
     r = run("import", str(d / "h.csv"), "--lots", str(d / "hm.csv"), store=s, cwd=cwd)
     assert r.returncode == 0, r.stderr
-    tops = ["top,measured_mfd_um,measured_cv_pct"]
-    tops += [f"{i + 1},{0.98 * a:.3f},20.0" for i, a in enumerate(ASSIGNED)]
-    (d / "low3.csv").write_text("\n".join(tops) + "\n")
-    r = run("calibrate", "--instrument", "OFDA-3", "--reference", str(lab["ref"]),
-            str(d / "low3.csv"), store=s, cwd=cwd)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    calibrate_reading_low(lab, "OFDA-3")
     for workers in ((), ("--workers", "1")):
         r = run("grade", "HB-1", *workers, store=s, cwd=cwd)
         assert r.returncode == 4, r.stderr

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from fibergrade.errors import StoreError
-from fibergrade.safe_files import open_lock, temp_beside, write_new
+from fibergrade.safe_files import open_lock, sync_dir, temp_beside, write_new
 
 GENESIS = "0" * 64
 ACTIONS = (
@@ -286,15 +286,6 @@ def _line_number(fh: Any, start: int) -> int:
         n += block.count(b"\n")
         done += len(block)
     return n + 1
-
-
-def _sync_dir(folder: Path) -> None:
-    """fsync a folder, so that a file newly named in it survives a power loss."""
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class AuditLog:
@@ -574,7 +565,7 @@ class AuditLog:
             finally:
                 os.close(fd)
             if new:  # a new file's name is durable once its folder is synced
-                _sync_dir(self.dir)
+                sync_dir(self.dir)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot append to the audit log: {_why(exc)}") from exc
         self._write_head(Position(entry["seq"], entry["hash"]))
@@ -591,7 +582,7 @@ class AuditLog:
             # a head is refused
             os.replace(tmp, self.head_path)
             if new:
-                _sync_dir(self.dir)
+                sync_dir(self.dir)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -56,3 +56,12 @@ def open_lock(path: Path) -> int:
     """A descriptor of the lock file ``path`` to ``flock``, created if need be; a symbolic
     link there is refused (``OSError``), not followed to create or open another file."""
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def sync_dir(folder: Path) -> None:
+    """fsync a folder, so that a file newly named (or renamed) in it survives a power loss."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -72,7 +72,7 @@ from fibergrade.errors import (
     StoreLockedError,
 )
 from fibergrade.measurements import FibreLots, HistogramLots, LotMeta
-from fibergrade.safe_files import open_lock, write_new
+from fibergrade.safe_files import open_lock, sync_dir, write_new
 
 __all__ = [
     "ImportOutcome",
@@ -247,14 +247,6 @@ def verify_segment_file(path: Path, digest: str) -> None:
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -270,7 +262,7 @@ def _atomic_write(path: Path, data: bytes, tmp_name: str) -> None:
     try:
         write_new(tmp, data, fsync=True)  # O_EXCL: a link planted there is never followed
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        sync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -1064,7 +1056,7 @@ class Store:
             digest = sha256_file(tmp)
             final = seg_dir / f"{digest}.h5"
             os.rename(tmp, final)  # the commit point
-            _fsync_dir(seg_dir)
+            sync_dir(seg_dir)
         except BaseException as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -1304,7 +1296,7 @@ class Store:
         try:
             if not directory.is_dir():
                 directory.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(directory.parent)
+                sync_dir(directory.parent)
             _atomic_write(path, data, f"{_TMP_PREFIX}{secrets.token_hex(8)}.json")
         except OSError as e:
             raise StoreError(f"{path}: cannot write result: {e}") from e
