@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -479,15 +480,27 @@ class AuditLog:
         whose whole lines disagree with head.json (a log cut short mid-line is not an
         append cut short: :class:`AuditTamperError`)."""
         try:
-            size = os.path.getsize(self.path)
+            # never through a link: a log.jsonl planted as a link to another file would
+            # have that file cut (truncate follows the name)
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise AuditError(f"{self.path}: the audit log is not a regular file")
+        size = st.st_size
         if size == 0:
+            os.close(fd)
             return
         try:
-            with open(self.path, "rb+") as fh:
+            with open(fd, "rb+") as fh:  # closes fd
                 fh.seek(size - 1)
                 if fh.read(1) == b"\n":
                     return
