@@ -1474,7 +1474,9 @@ class Store:
                 "removed; restore it from a backup)",
             )
             for d, (source, lots) in sorted(AuditLog(self.root).logged_imports().items())
-            if d not in self._state.by_digest
+            # not known when this store was opened, and not on disk now: an import that
+            # ran since is on disk (its segment is committed before it is logged)
+            if d not in self._state.by_digest and not (self._segments_dir / f"{d}.h5").exists()
         ]
         done = 0
         for path, d in records:
