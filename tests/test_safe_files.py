@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fibergrade.safe_files import open_lock, rewrite_own, temp_beside, write_new
+from fibergrade.safe_files import open_lock, temp_beside, write_new
 
 
 def test_write_new_refuses_a_planted_link_and_leaves_its_target(tmp_path):
@@ -27,13 +27,6 @@ def test_write_new_refuses_a_planted_link_and_leaves_its_target(tmp_path):
     assert fresh.name.startswith(".head.json.") and fresh.name.endswith(".tmp")
     write_new(fresh, b"ok", fsync=True)
     assert fresh.read_bytes() == b"ok"
-    rewrite_own(fresh, b"again")
-    assert fresh.read_bytes() == b"again"
-    fresh.unlink()
-    fresh.symlink_to(victim)  # swapped in after creation: refused too
-    with pytest.raises(OSError):
-        rewrite_own(fresh, b"overwritten")
-    assert victim.read_bytes() == b"secret"
 
 
 def test_a_lock_file_that_is_a_link_is_refused(tmp_path):
@@ -68,3 +61,39 @@ def test_no_writer_names_a_file_after_its_process_id():
     src = Path(__file__).resolve().parents[1] / "src" / "fibergrade"
     offenders = [p.name for p in src.rglob("*.py") if "getpid()}" in p.read_text()]
     assert offenders == []
+
+
+def test_the_torn_line_repair_never_cuts_a_file_the_log_links_to(tmp_path):
+    """log.jsonl planted as a link to a file with no line break, head.json removed: the
+    repair used to open the name, follow the link and cut that file to nothing."""
+    from fibergrade.audit import AuditError, AuditLog
+
+    log = AuditLog(tmp_path / "store")
+    log.dir.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"secret")
+    log.path.symlink_to(victim)
+    with pytest.raises(AuditError):
+        log.append("record", "x", {})
+    assert victim.read_bytes() == b"secret"
+
+
+def test_a_segment_imported_after_the_store_was_opened_is_not_reported_missing(tmp_path):
+    """audit verify opens the store, then reads the log: an import in between is logged
+    with a segment the opened store does not know, and was reported missing."""
+    import hashlib
+
+    import numpy as np
+
+    from fibergrade.measurements import FibreLots
+    from fibergrade.store import PendingSegment, Store
+
+    def item(name: str, lot: str) -> PendingSegment:
+        table = FibreLots((lot,), np.array([0, 3]), np.array([15.0, 16.0, 17.0], np.float32))
+        return PendingSegment(table, {}, name, hashlib.sha256(name.encode()).hexdigest())
+
+    root = tmp_path / "store"
+    Store.open(root).import_segments([item("a.csv", "L1")])
+    opened = Store.open(root)
+    Store.open(root).import_segments([item("b.csv", "L2")])  # another process, say
+    assert opened.check_files() == []
