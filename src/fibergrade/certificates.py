@@ -50,7 +50,7 @@ from fibergrade.distribution import DEFAULT_CUT_UM
 from fibergrade.errors import FibergradeError, LotNotFoundError, StoreError
 from fibergrade.keys import fingerprint
 from fibergrade.measurements import LOT_ID_RE, LOT_ID_RULE
-from fibergrade.safe_files import rewrite_own, temp_beside, write_new
+from fibergrade.safe_files import temp_beside, write_new
 from fibergrade.store import under_issue_lock
 
 SCHEMA = "fibergrade-certificate/1"
@@ -410,7 +410,8 @@ def _file_safe(number: str, subject: str) -> str:
     """A certificate number, which names its files (``NUMBER.json``, ``NUMBER.pdf``), if it
     is one safe file-name part by the import rule for ids (a lot or carcass imported
     before that rule, or through the store's API, may not be): else refused."""
-    if LOT_ID_RE.match(number) is None or len(number) > 255 - len(".json"):
+    # 228: NUMBER.json written beside itself as .NUMBER.json.<16 hex>.tmp stays <= 255
+    if LOT_ID_RE.match(number) is None or len(number) > 228:
         raise CertificateRefused(
             f"{subject}: its certificate number {number!r} cannot name a file (ids must be "
             f"{LOT_ID_RULE}); nothing is issued for it"
@@ -852,7 +853,7 @@ def revoke(
     ):
         raise CertificateError(f"certificate {number} is already revoked")
     target = _list_target(store, out_file)
-    tmp = _reserve_beside(target)  # before anything is stored
+    _check_list_target(target)  # before anything is stored
     entry: dict[str, Any] = {
         "schema": REVOCATION_RECORD_SCHEMA,
         "kind": "revocation",
@@ -867,14 +868,12 @@ def revoke(
         store.put_result("revocation", entry)  # logged by the store
         AuditLog(store.root).checkpoint(private_key)
         env = revocation_list(store, private_key)
-        _write_list(tmp, target, env)
+        _write_list(target, env)
     except CertificateError as exc:
         raise CertificateError(
             f"certificate {number} is revoked (recorded in the store and the audit log), "
             f"but {exc}; write the list again with: fibergrade revoke --list-only --out FILE"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return env, target
 
 
@@ -887,12 +886,9 @@ def write_revocation_list(
     path written. The key must be the lab's (it signs the list)."""
     AuditLog(store.root).check_lab_key(private_key.public_key())
     target = _list_target(store, out_file)
-    tmp = _reserve_beside(target)
-    try:
-        env = revocation_list(store, private_key)
-        _write_list(tmp, target, env)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _check_list_target(target)
+    env = revocation_list(store, private_key)
+    _write_list(target, env)
     return env, target
 
 
@@ -900,27 +896,32 @@ def _list_target(store: Any, out_file: str | Path | None) -> Path:
     return Path(out_file) if out_file else Path(store.root) / "revocations.json"
 
 
-def _reserve_beside(target: Path) -> Path:
-    """A new empty file beside ``target`` to write it through, created now so that a
-    target that cannot be written is a :class:`CertificateError` before anything else."""
+def _check_list_target(target: Path) -> None:
+    """Refuse, before anything is stored, a revocation list target that cannot be written
+    (:class:`OutputPathError`): a folder, or a place where no file can be created (a probe
+    file under a random name is created there and removed)."""
     if target.is_dir():
         raise OutputPathError(f"{target}: is a folder; the revocation list needs a file name")
+    probe = temp_beside(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_beside(target)
-        write_new(tmp, b"")
+        write_new(probe, b"")
+        probe.unlink()
     except OSError as exc:
         raise OutputPathError(
             f"{target}: the revocation list cannot be written there: {exc.strerror or exc}"
         ) from None
-    return tmp
 
 
-def _write_list(tmp: Path, target: Path, env: dict[str, Any]) -> None:
+def _write_list(target: Path, env: dict[str, Any]) -> None:
+    """Write the list beside ``target`` under a new random name (never through a link or
+    a file put there since) and rename it into place."""
+    tmp = temp_beside(target)
     try:
-        rewrite_own(tmp, (json.dumps(env, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        write_new(tmp, (json.dumps(env, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         os.replace(tmp, target)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise CertificateError(
             f"the revocation list cannot be written to {target}: {exc.strerror or exc}"
         ) from None

@@ -22,10 +22,11 @@ def temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
-def write_new(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o644) -> None:
+def write_new(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666) -> None:
     """Create ``path``, which must not exist (an existing name or a symbolic link there is
     ``FileExistsError``, never followed), and write ``data`` to it; with ``fsync`` the bytes
-    are on disk when this returns. A failed write leaves no file."""
+    are on disk when this returns. A failed write leaves no file. ``mode`` goes through
+    the umask, as with ``open()``."""
     fd = os.open(path, _NEW, mode)
     try:
         view = memoryview(data)
@@ -40,16 +41,17 @@ def write_new(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o644
     os.close(fd)
 
 
-def rewrite_own(path: Path, data: bytes) -> None:
-    """Replace the contents of a file this process created (:func:`write_new`) without
-    following a symbolic link put in its place since."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+def replace_with(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` atomically: written beside it under a new random name
+    (:func:`write_new`, never through a planted link) and renamed over it; nothing is
+    left behind on failure."""
+    tmp = temp_beside(path)
+    write_new(tmp, data)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def open_lock(path: Path) -> int:

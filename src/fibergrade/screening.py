@@ -35,7 +35,7 @@ from scipy.special import ndtr
 
 from fibergrade.distribution import N_REPORT, LotSummary
 from fibergrade.errors import ModelError
-from fibergrade.safe_files import temp_beside, write_new
+from fibergrade.safe_files import replace_with
 
 #: verdicts of the three classes, in the model's label order
 VERDICTS = ("clean", "suspect-contamination", "suspect-mislabel")
@@ -346,9 +346,7 @@ def save_bundle(path: Path, model: ScreeningModel) -> str:
     }
     data = skops_bytes(bundle)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(path)
-    write_new(tmp, data)  # O_EXCL: a link planted there is never followed
-    tmp.replace(path)
+    replace_with(path, data)  # never through a link planted there
     return sha256_bytes(data)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from fibergrade import __version__
 from fibergrade.errors import ModelError
+from fibergrade.safe_files import replace_with
 from fibergrade.screening import (
     CARD_JSON,
     CARD_MD,
@@ -672,8 +673,7 @@ def data_card_md(card: dict[str, Any], cases: CaseTable) -> str:
 
 def write_cards(out: Path, card: dict[str, Any], cases: CaseTable) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / CARD_JSON).write_text(
-        json.dumps(card, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    (out / CARD_MD).write_text(model_card_md(card), encoding="utf-8")
-    (out / DATA_CARD).write_text(data_card_md(card, cases), encoding="utf-8")
+    text = json.dumps(card, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    replace_with(out / CARD_JSON, text.encode("utf-8"))  # never through a planted link
+    replace_with(out / CARD_MD, model_card_md(card).encode("utf-8"))
+    replace_with(out / DATA_CARD, data_card_md(card, cases).encode("utf-8"))
