@@ -230,16 +230,53 @@ def test_a_class_mapped_below_1_um_is_refused_as_per_fibre_diameters_are():
     assert int(out.counts.sum()) == 5  # an empty class mapped below 1 um holds nothing
 
 
-def test_a_logged_calibration_record_this_software_never_writes_is_named(lab):
+_GOOD_CALIBRATION = {
+    "kind": "calibration",
+    "instrument_id": "OFDA-1",
+    "created_at": "2026-11-01T00:00:00+00:00",
+    "expires_at": "2099-01-01T00:00:00+00:00",
+    "method": "reference-tops",
+    "line": {"intercept_um": 0.0, "slope": 1.0},
+    "reference": {"id": "ih-23"},
+    "range_um": [14.58, 36.83],
+}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"kind": "calibration", "instrument_id": "OFDA-1"},
+        _GOOD_CALIBRATION | {"against": "X"},
+        _GOOD_CALIBRATION | {"reference": {}},
+        _GOOD_CALIBRATION | {"range_um": [1.0]},
+        _GOOD_CALIBRATION | {"line": {"intercept_um": "0", "slope": 1.0}},
+        _GOOD_CALIBRATION | {"created_at": "yesterday"},
+    ],
+)
+def test_a_logged_calibration_record_this_software_never_writes_is_named(lab, record):
     """One written by hand (logged too, since the log is unkeyed) used to crash grade and
-    calibrations with a KeyError traceback for good; now it is named, exit 3."""
+    calibrations with a KeyError or TypeError traceback for good; now it is named, exit 3."""
     from fibergrade.store import Store
 
     s, cwd = lab["store"], lab["cwd"]
-    rid = Store.open(s).put_result(
-        "calibration", {"kind": "calibration", "instrument_id": "OFDA-1"}
-    )
+    rid = Store.open(s).put_result("calibration", record)
     for args in (("grade",), ("calibrations",), ("grade", "--uncalibrated")):
         r = run(*args, store=s, cwd=cwd)
         assert r.returncode == 3 and f"calibration record {rid[:16]}" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_empty_classes_mapped_out_of_range_are_dropped_not_refused():
+    """An export lists every class up to 200 um, most of them empty: a line of slope 1.02
+    maps the empty top classes past 200 um, which holds nothing to clip (it refused the
+    lot); the fibres keep their count."""
+    from fibergrade.calibration import correct_histograms
+    from fibergrade.measurements import HistogramLots
+
+    counts = np.zeros(200, dtype=np.int64)
+    counts[15] = 40
+    lower = np.arange(200, dtype=np.float64)
+    hist = HistogramLots(("H",), np.array([0, 200]), lower, lower + 1.0, counts)
+    for a, b in ((0.0, 1.02), (-0.3, 1.0), (0.3, 1.0)):
+        out = correct_histograms(hist, np.array([a]), np.array([b]))
+        assert int(out.counts.sum()) == 40 and float(out.upper_um.max()) <= 200.0

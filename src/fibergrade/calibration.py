@@ -743,10 +743,24 @@ def _checked_records(store: Any, kind: str) -> list[tuple[str, dict[str, Any]]]:
                 for key in ("created_at", "expires_at"):
                     if key in _RECORD_FIELDS[kind]:
                         _parse_time(rec[key])
-                line = rec.get("line", {"intercept_um": 0.0, "slope": 1.0})
-                float(line["intercept_um"]), float(line["slope"])
+                if kind == "calibration":
+                    numbers = [rec["line"]["intercept_um"], rec["line"]["slope"]]
+                    numbers += list(rec["range_um"])
+                    if len(rec["range_um"]) != 2 or not all(
+                        isinstance(x, int | float) and math.isfinite(x) for x in numbers
+                    ):
+                        raise ValueError("the line and range_um must be finite numbers")
+                    if not isinstance(rec["reference"].get("id"), str):
+                        raise ValueError("reference.id is missing")
+                    against = rec.get("against")
+                    if against is not None and not (
+                        isinstance(against, dict)
+                        and isinstance(against.get("instrument_id"), str)
+                        and isinstance(against.get("calibration_id"), str)
+                    ):
+                        raise ValueError("against must name an instrument and its calibration")
             except (ValueError, TypeError, KeyError) as exc:
-                problem = f"a time or the line is unreadable ({exc})"
+                problem = f"a time, the line or the reference is unreadable ({exc})"
         if problem is not None:
             raise StoreCorruptError(
                 f"{store.root}: the {kind} record {rid[:16]}... is not one this software "
@@ -1012,12 +1026,13 @@ def _refuse_mapped_classes(
     a: np.ndarray,
     b: np.ndarray,
 ) -> None:
-    """A class that a lot's calibration line maps out of the physical range (below 0 or
-    above :data:`DIAMETER_MAX_UM`), or a non-empty one it maps below 1 um in part (fibres
-    the per-fibre path refuses one by one), is :class:`CalibrationRefused`, naming the lot,
-    the class and the line: a physical value is never clipped."""
+    """A class holding fibres that a lot's calibration line maps, in part, above
+    :data:`DIAMETER_MAX_UM` or below 1 um (fibres the per-fibre path refuses one by one)
+    is :class:`CalibrationRefused`, naming the lot, the class and the line: a physical
+    value is never clipped. (An empty class mapped out of range holds nothing to clip;
+    :func:`correct_histograms` drops it.)"""
     with np.errstate(invalid="ignore"):
-        bad = (lo < 0.0) | (hi > DIAMETER_MAX_UM) | ((hist.counts > 0) & (lo < MM_SUSPECT_BELOW_UM))
+        bad = (hist.counts > 0) & ((lo < MM_SUSPECT_BELOW_UM) | (hi > DIAMETER_MAX_UM))
     if not bad.any():
         return
     k = int(np.flatnonzero(bad)[0])
@@ -1053,6 +1068,12 @@ def correct_histograms(
     lo = ac + bc * hist.lower_um
     hi = ac + bc * hist.upper_um
     _refuse_mapped_classes(hist, lo, hi, per_lot, a, b)
+    class_counts = hist.counts
+    outside = (lo < 0.0) | (hi > DIAMETER_MAX_UM)  # all empty, or refused above
+    if outside.any():  # an export's empty classes up to 200 um: nothing in them to move
+        lot_of = np.repeat(np.arange(hist.n_lots), per_lot)[~outside]
+        lo, hi, class_counts = lo[~outside], hi[~outside], class_counts[~outside]
+        per_lot = np.bincount(lot_of, minlength=hist.n_lots)
     k0 = np.floor(lo)
     k1 = np.ceil(hi) - 1.0
     pieces = (k1 - k0 + 1).astype(np.int64)
@@ -1062,7 +1083,7 @@ def correct_histograms(
     k = k0[cls] + j
     plo = np.maximum(lo[cls], k)
     phi = np.minimum(hi[cls], k + 1.0)
-    cum = np.rint(hist.counts[cls] * ((phi - lo[cls]) / (hi[cls] - lo[cls]))).astype(np.int64)
+    cum = np.rint(class_counts[cls] * ((phi - lo[cls]) / (hi[cls] - lo[cls]))).astype(np.int64)
     prev = np.concatenate([[0], cum[:-1]])
     prev[first] = 0
     counts = cum - prev
