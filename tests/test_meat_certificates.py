@@ -301,3 +301,31 @@ def test_trace_with_the_lab_key_refuses_a_revocation_the_lab_did_not_sign(plant)
     st.put_result("certificate", forged)
     r = run(*trace, "--public-key", "keys/lab.pub", cwd=plant)
     assert r.returncode == 3 and f"certificate FGM-{cid}-02 does not verify" in r.stderr
+
+
+def test_a_run_naming_no_carcass_leaves_out_one_whose_id_cannot_name_a_file(tmp_path):
+    """A carcass stored before the id rule (here written as the importer stores a batch)
+    whose id cannot name a certificate file used to refuse the whole default run for good:
+    it is left out with a note, and the others are certified."""
+    from fibergrade.meat.carcasses import read_carcass_csv
+    from fibergrade.meat.traceability import CARCASS_KIND, scale_limit
+    from fibergrade.store import Store
+
+    batch = read_carcass_csv(DATA / "carcasses.csv", scale_of=scale_limit, default_scale="cas-ci")
+    batch.columns["carcass_id"][0] = "KZ C 0001"
+    st = Store.open(tmp_path / "s", create=True)
+    st.put_result(CARCASS_KIND, {
+        "kind": "carcass-batch", "format_version": 1, "created_at": "2026-03-02T09:00:00Z",
+        "source_name": "old.csv", "source_digest": "ab" * 32, "n": batch.n,
+        "columns": batch.columns, "lines": batch.lines,
+    })  # fmt: skip
+    halal = (DATA / "halal.csv").read_text().replace("KZ-C-0001", "KZ C 0001")
+    (tmp_path / "halal.csv").write_text(halal)
+    for args in (("meat", "import", "--halal", "halal.csv", "--store", "s"), ("keys", "init")):
+        r = run(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    r = run("meat", "certify", "--store", "s", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    numbers = [i["certificate_number"] for i in json.loads(r.stdout)]
+    assert numbers and not any("KZ C" in n for n in numbers)
+    assert "carcass KZ C 0001 left out: its id cannot name a certificate file" in r.stderr

@@ -2145,7 +2145,7 @@ def meat_certify_(
     if export:
         _export(st, carcasses, "carcass", out_dir, key, passphrase, reissue, json_)
         return
-    issued = certify_carcasses(
+    res = certify_carcasses(
         st,
         carcasses,
         load_private_key(key, passphrase),
@@ -2153,6 +2153,9 @@ def meat_certify_(
         lab_name=lab,
         reissue_reason=reason if reissue else None,
     )
+    issued = res.issued
+    for cid, why in res.skipped:  # on stderr, with --json too
+        err.print(f"[yellow]note:[/] carcass {escape(cid)} left out: {escape(why)}")
     if json_:
         _print_json(
             [

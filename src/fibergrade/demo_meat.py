@@ -172,7 +172,7 @@ def run_weighing_line(out: Path, store: Store, key_dir: Path, seed: int) -> list
         load_private_key(key_dir / "lab.key"),
         out / "certificates",
         lab_name="fibergrade demo lab",
-    )
+    ).issued
     lines.append(
         f"certified {len(issued)} carcasses (halal record validated); "
         f"try: fibergrade trace {ids[0]} --store {store.root}"

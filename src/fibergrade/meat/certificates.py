@@ -26,6 +26,7 @@ from fibergrade import __version__
 from fibergrade.audit import AuditLog, digest
 from fibergrade.certificates import (
     CertificateRefused,
+    CertifyOutcome,
     Issued,
     VerifyReport,
     checkpointed,
@@ -37,6 +38,7 @@ from fibergrade.certificates import (
     sign,
     stored_certificates,
 )
+from fibergrade.certificates import unfit_for_file_name as unfit
 from fibergrade.store import under_issue_lock
 
 MEAT_SCHEMA = "fibergrade-meat-certificate/1"
@@ -78,11 +80,12 @@ def certify_carcasses(
     *,
     lab_name: str = "fibergrade laboratory",
     reissue_reason: str | None = None,
-) -> list[Issued]:
+) -> CertifyOutcome:
     """One signed certificate per carcass (all refusals found before anything is issued).
 
     Without ``carcass_ids``: every graded carcass with a validated halal record that has no
-    certificate yet.
+    certificate yet, less any whose id cannot name a certificate file (stored before the
+    id rule), which are listed in ``skipped``.
     """
     from fibergrade.meat.traceability import grade_carcass_records
 
@@ -96,12 +99,15 @@ def certify_carcasses(
     previous: dict[str, list[dict[str, Any]]] = {}
     for env in meat_certificates(store):
         previous.setdefault(env["certificate"]["carcass"]["carcass_id"], []).append(env)
+    skipped: list[tuple[str, str]] = []
     if not carcass_ids:
         records = [
             r
             for r in records
             if r["halal"].get("status") == "validated" and r["carcass_id"] not in previous
         ]
+        skipped = [(r["carcass_id"], why) for r in records if (why := unfit(r["carcass_id"]))]
+        records = [r for r in records if not unfit(r["carcass_id"])]
     for r in records:
         halal = r["halal"]
         if halal.get("status") == "failed":
@@ -127,7 +133,7 @@ def certify_carcasses(
         )
         plans.append((r, number, supersedes))
     if not plans:
-        return []
+        return CertifyOutcome(skipped=skipped)
     # every check passed: the very records these certificates are made from are recorded
     result_id = graded.record(store)
     audit = AuditLog(store.root)
@@ -157,7 +163,7 @@ def certify_carcasses(
             env = sign(doc, private_key)
             path = publish(store, out, number, env)
             issued.append(Issued(number, path, None, env, supersedes))
-    return issued
+    return CertifyOutcome(issued, skipped)
 
 
 def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
