@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from fibergrade.errors import StoreError
-from fibergrade.safe_files import open_lock, sync_dir, temp_beside, write_new
+from fibergrade.safe_files import open_lock, replace_with, sync_dir
 
 GENESIS = "0" * 64
 ACTIONS = (
@@ -585,20 +585,17 @@ class AuditLog:
         return entry
 
     def _write_head(self, pos: Position) -> None:
-        tmp = temp_beside(self.head_path)  # a random new name: never a planted link
         new = not self.head_path.exists()
         try:
-            write_new(tmp, canonical_json(pos.to_dict()), fsync=True)
-            # a replaced head.json is not followed by a sync of the folder: one that lags
-            # after a power loss reads as a log longer than its head, which is accepted for
-            # the crash it is; the first one is, since a log of more than one entry without
-            # a head is refused
-            os.replace(tmp, self.head_path)
+            # written beside it under a new random name (never a planted link), fsynced,
+            # renamed over it. A replaced head.json is not followed by a sync of the
+            # folder: one that lags after a power loss reads as a log longer than its
+            # head, which is accepted for the crash it is; the first one is, since a log
+            # of more than one entry without a head is refused
+            replace_with(self.head_path, canonical_json(pos.to_dict()), fsync=True)
             if new:
                 sync_dir(self.dir)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise AuditError(f"{self.head_path}: cannot write the log's head: {_why(exc)}") from exc
 
     def check_lab_key(self, public_key: Any) -> None:
@@ -659,25 +656,18 @@ class AuditLog:
 
     # -- reading and verifying ------------------------------------------------------------
 
-    def _unfinished_bytes(self) -> int:
-        """How many bytes follow the log's last line break (0: none, or no log)."""
-        try:
-            with open(self.path, "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                return size - _after_last_break(fh, size) if size else 0
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
-
     def entries(self) -> list[dict[str, Any]]:
         """Every entry, parsed (no checks; see :meth:`verify`). A last line with no line
         break yet is not an entry yet (a writer's append in progress, or a torn one that
         the next writer cuts and logs) and is left out."""
+        return self._read_entries()[0]
+
+    def _read_entries(self) -> tuple[list[dict[str, Any]], int]:
+        """:meth:`entries`, and how many bytes the unfinished last line left out holds."""
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
-            return []
+            return [], 0
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
         out = []
@@ -685,7 +675,7 @@ class AuditLog:
             try:
                 for i, raw in enumerate(fh, start=1):
                     if not raw.endswith(b"\n"):
-                        break  # the last line, still being written (or torn)
+                        return out, len(raw)  # the last line, still being written (or torn)
                     if not raw.strip():
                         raise AuditTamperError(
                             i, None, "an empty line (no entry is ever blank)", path=self.path
@@ -698,19 +688,19 @@ class AuditLog:
                         ) from exc
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
-        return out
+        return out, 0
 
     def logged_results(self) -> dict[str, set[str]]:
         """Result kind -> the SHA-256 of every result record the log names (the store logs
         each one it writes, subject ``"<kind> <sha256>"``). Read incrementally: the log only
         grows, so a second call in one process parses only the entries appended since.
         :class:`AuditTamperError` when the log cannot say (see :meth:`_scan`)."""
-        return self._scan()[0]
+        return self._scan().kinds
 
     def logged_payloads(self) -> set[str]:
         """The payload digest of every entry (read incrementally, as
         :meth:`logged_results`): an import's entry names its segment this way."""
-        return self._scan()[1]
+        return self._scan().payloads
 
     def _still_ends_with(self, offset: int, last_line: bytes) -> bool:
         """Whether the log's bytes just before ``offset`` are still ``last_line`` (the last
@@ -730,10 +720,9 @@ class AuditLog:
         with its segment named (read incrementally, as :meth:`logged_results`). Imports
         logged before entries named their segment are not in it: their payload digest
         alone names it."""
-        self._scan()
-        return _LOGGED[str(self.path)].imports if str(self.path) in _LOGGED else {}
+        return self._scan().imports
 
-    def _scan(self) -> tuple[dict[str, set[str]], set[str]]:
+    def _scan(self) -> _Scanned:
         """Read the entries appended since the last call. Every whole line must be an entry
         the log writes (canonical JSON, a whole ``seq`` and ``hash``), numbered in order,
         and the log must agree with head.json (:meth:`_head_problem`); else
@@ -745,7 +734,7 @@ class AuditLog:
         head_key = _stat_key(self.head_path)
         state = _LOGGED.get(name)
         if state is not None and state.key == (head_key, _stat_key(self.path)):
-            return state.kinds, state.payloads
+            return state
         head = self._read_head()  # before the log, which holds the entry any head names
         log_key = _stat_key(self.path)
         _LOGGED.pop(name, None)  # put back once read whole: a raise leaves no half state
@@ -753,7 +742,7 @@ class AuditLog:
             problem = self._head_problem(head, 0, lambda _seq: None)
             if problem is not None:
                 raise problem
-            return {}, set()
+            return _Scanned((None, None), 0, 0, 0, {}, {}, set())  # no log: names nothing
         ino, size = log_key[0], log_key[2]
         if (
             state is None
@@ -820,7 +809,7 @@ class AuditLog:
             raise problem
         state.key = (head_key, log_key)
         _LOGGED[name] = state
-        return state.kinds, state.payloads
+        return state
 
     def verify(self, public_key: Any | None = None, *, results: bool = True) -> VerifyReport:
         """Check the chain, the head and (given the lab's public key) every checkpoint, and
@@ -832,7 +821,7 @@ class AuditLog:
         # read before the log names an entry the log already holds (read after, it could
         # name one appended in between, and a sound log would read as cut short)
         head = self._read_head()
-        entries = self.entries()
+        entries, unfinished = self._read_entries()
         prev = GENESIS
         checkpoints = 0
         last_checkpoint = -1
@@ -891,7 +880,7 @@ class AuditLog:
             ),
             head=Position(n - 1, prev) if n else Position(-1, GENESIS),
             signatures_checked=public_key is not None,
-            unfinished_bytes=self._unfinished_bytes(),
+            unfinished_bytes=unfinished,
         )
 
     def missing_results(self) -> dict[str, list[Path]]:
@@ -970,6 +959,13 @@ class VerifyReport:
             "signatures_checked": self.signatures_checked,
             "unfinished_bytes": self.unfinished_bytes,
         }
+
+    @staticmethod
+    def unread() -> dict[str, Any]:
+        """The keys of :meth:`to_dict` for a log that could not be read through: every
+        figure unknown (None), no signature checked."""
+        empty = VerifyReport(0, 0, 0, Position(-1, GENESIS), False).to_dict()
+        return dict.fromkeys(empty) | {"signatures_checked": False}
 
 
 def _check_checkpoint(

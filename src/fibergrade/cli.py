@@ -1976,7 +1976,7 @@ def audit_verify(
 ) -> None:
     """Check the audit log (edits, deletions, insertions, reordering, truncation), the
     SHA-256 of every record it names and of every segment, and the manifest."""
-    from fibergrade.audit import AuditError, AuditLog
+    from fibergrade.audit import AuditError, AuditLog, VerifyReport
     from fibergrade.errors import StoreCorruptError, StoreError
     from fibergrade.keys import load_public_key
 
@@ -2031,17 +2031,7 @@ def audit_verify(
         except AuditError as exc:
             problem(exc)
     if json_:
-        doc = (
-            rep.to_dict()
-            if rep is not None
-            else {
-                "entries": None,
-                "checkpoints": None,
-                "entries_after_last_checkpoint": None,
-                "head": None,
-                "signatures_checked": False,
-            }
-        )
+        doc = rep.to_dict() if rep is not None else VerifyReport.unread()
         _print_json(doc | {"ok": not problems, "problems": problems, "unlogged_files": unlogged})
         if problems:
             raise typer.Exit(3)

@@ -41,12 +41,12 @@ def write_new(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666
     os.close(fd)
 
 
-def replace_with(path: Path, data: bytes) -> None:
+def replace_with(path: Path, data: bytes, *, fsync: bool = False) -> None:
     """Put ``data`` at ``path`` atomically: written beside it under a new random name
-    (:func:`write_new`, never through a planted link) and renamed over it; nothing is
-    left behind on failure."""
+    (:func:`write_new`, never through a planted link; with ``fsync`` on disk before the
+    rename) and renamed over it; nothing is left behind on failure."""
     tmp = temp_beside(path)
-    write_new(tmp, data)
+    write_new(tmp, data, fsync=fsync)
     try:
         os.replace(tmp, path)
     except BaseException:
