@@ -4,13 +4,12 @@ Mongolian and Kazakh place names print)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from fibergrade.audit import canonical_json
-from fibergrade.safe_files import temp_beside, write_new
+from fibergrade.safe_files import replace_with
 
 
 def _font_dir() -> Path:
@@ -132,13 +131,9 @@ def render_pdf(envelope: dict[str, Any], record: dict[str, Any], path: str | Pat
     for line in lines:
         pdf.cell(0, 3.8, line, new_x="LMARGIN", new_y="NEXT")
     out = Path(path)
-    tmp = temp_beside(out)  # a random new name (O_EXCL): a planted link is never followed
-    write_new(tmp, bytes(pdf.output()))
-    try:
-        os.replace(tmp, out)  # a reader never sees half a PDF
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # beside the name and renamed: a reader never sees half a PDF, and a link planted
+    # there is never followed
+    replace_with(out, bytes(pdf.output()))
     return out
 
 

@@ -50,7 +50,7 @@ from fibergrade.distribution import DEFAULT_CUT_UM
 from fibergrade.errors import FibergradeError, LotNotFoundError, StoreError
 from fibergrade.keys import fingerprint
 from fibergrade.measurements import LOT_ID_RE, LOT_ID_RULE
-from fibergrade.safe_files import temp_beside, write_new
+from fibergrade.safe_files import replace_with, temp_beside, write_new
 from fibergrade.store import under_issue_lock
 
 SCHEMA = "fibergrade-certificate/1"
@@ -456,8 +456,9 @@ def certify_lots(
         ]
         # a lot stored before the id rule (or through the API) whose id cannot name a
         # file is left out with a note, not let block every other lot's certificate
-        skipped = [(lot, why) for lot in lot_ids if (why := unfit_for_file_name(lot))]
-        lot_ids = [lot for lot in lot_ids if not unfit_for_file_name(lot)]
+        unfit = {lot: why for lot in lot_ids if (why := unfit_for_file_name(lot))}
+        skipped = list(unfit.items())
+        lot_ids = [lot for lot in lot_ids if lot not in unfit]
     unknown = [lot for lot in lot_ids if lot not in graded and not _in_store(store, lot)]
     if unknown:  # grading them first would not help: said as grade and show say it
         raise LotNotFoundError(unknown)
@@ -657,11 +658,9 @@ def export_certificates(
                 "it is not exported"
             ) from None
         path = out / f"{number}.json"
-        tmp = _write_beside(path, env)
         try:
-            os.replace(tmp, path)
+            replace_with(path, _json_bytes(env))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise CertificateError(f"{path}: cannot write: {exc}") from exc
         pdf_path = None
         if pdf and kind == "lot":
@@ -684,12 +683,16 @@ def _write_beside(path: Path, envelope: dict[str, Any]) -> Path:
     :func:`clear_stale_files` knows) and return that name, for the caller to rename into
     place when it may."""
     tmp = temp_beside(path)
-    data = (json.dumps(envelope, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     try:
-        write_new(tmp, data)  # O_EXCL: a link planted there is never followed
+        write_new(tmp, _json_bytes(envelope))  # O_EXCL: a link planted there is never followed
     except OSError as exc:
         raise CertificateError(f"{path}: cannot write the certificate: {exc}") from exc
     return tmp
+
+
+def _json_bytes(doc: dict[str, Any]) -> bytes:
+    """A certificate's or revocation list's file, as written: indented UTF-8 JSON."""
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def output_folder(out_dir: str | Path) -> Path:
@@ -916,12 +919,9 @@ def _check_list_target(target: Path) -> None:
 def _write_list(target: Path, env: dict[str, Any]) -> None:
     """Write the list beside ``target`` under a new random name (never through a link or
     a file put there since) and rename it into place."""
-    tmp = temp_beside(target)
     try:
-        write_new(tmp, (json.dumps(env, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        os.replace(tmp, target)
+        replace_with(target, _json_bytes(env))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CertificateError(
             f"the revocation list cannot be written to {target}: {exc.strerror or exc}"
         ) from None
@@ -1055,20 +1055,20 @@ def _standing(
     certificates that are not revoked. That is the certificate a reissue would supersede
     (:func:`next_certificate`): revoking a reissue puts the one before it back."""
     try:
-        revoked, newest, known, newest_envelopes = _cached(
+        revoked, newest, envelopes = _cached(
             cache, ("standing",), lambda: _store_standing(store, public_key)
         )
     except StoreError as exc:
         rep.problems.append(f"standing in the store cannot be told: {exc}")
         return
     number = str(cert.get("certificate_number"))
-    if number not in known:
+    if number not in envelopes:
         rep.problems.append(
             f"certificate {number} was not issued from this store (an older copy of the "
             "store, or another lab's)"
         )
         return
-    if digest(known[number]) != digest(cert):
+    if digest(envelopes[number]["certificate"]) != digest(cert):
         rep.problems.append(
             f"the store's certificate {number} is another document: this one differs from "
             "what the store issued under that number"
@@ -1080,7 +1080,7 @@ def _standing(
         return
     latest = newest.get(_subject(cert))
     if latest is not None and latest["certificate_number"] != number:
-        env = newest_envelopes[latest["certificate_number"]]
+        env = envelopes[latest["certificate_number"]]
         try:
             check_signature(env, public_key, latest["certificate_number"])
         except CertificateError:
@@ -1111,26 +1111,23 @@ def _store_standing(
     dict[str, dict[str, Any]],
     dict[Any, dict[str, Any]],
     dict[str, dict[str, Any]],
-    dict[str, dict[str, Any]],
 ]:
     """The store's revocations by certificate number (each signed by the lab key), per
-    subject the newest certificate not revoked, every certificate the store issued by
-    number, and the envelopes by number (read once for a batch)."""
+    subject the newest certificate not revoked, and the envelope of every certificate the
+    store issued by number (read once for a batch)."""
     from fibergrade.errors import StoreCorruptError
 
     revoked = {e["certificate_number"]: e for e in revocation_entries(store, public_key)}
     newest: dict[Any, dict[str, Any]] = {}
-    known: dict[str, dict[str, Any]] = {}
     envelopes: dict[str, dict[str, Any]] = {}
     for env in all_certificates(store):  # each subject's oldest first
         doc = env.get("certificate")
         if not isinstance(doc, dict):
             raise StoreCorruptError(f"{store.root}: a stored certificate record holds none")
-        known[str(doc.get("certificate_number"))] = doc
         envelopes[str(doc.get("certificate_number"))] = env
         if doc.get("certificate_number") not in revoked:
             newest[_subject(doc)] = doc
-    return revoked, newest, known, envelopes
+    return revoked, newest, envelopes
 
 
 def given_standards(paths: list[str | Path] | list[Path]) -> dict[Any, Any]:

@@ -1458,7 +1458,8 @@ class Store:
         log cannot say which records it names."""
         from fibergrade.audit import AuditLog
 
-        logged = AuditLog(self.root).logged_results()
+        log = AuditLog(self.root)
+        logged = log.logged_results()
         base = self.root / "results"
         records = [
             (base / kind / f"{d}.json", d) for kind in sorted(logged) for d in sorted(logged[kind])
@@ -1473,7 +1474,7 @@ class Store:
                 f"{source!r}, which the audit log records, is missing (raw data is never "
                 "removed; restore it from a backup)",
             )
-            for d, (source, lots) in sorted(AuditLog(self.root).logged_imports().items())
+            for d, (source, lots) in sorted(log.logged_imports().items())
             # not known when this store was opened, and not on disk now: an import that
             # ran since is on disk (its segment is committed before it is logged)
             if d not in self._state.by_digest and not (self._segments_dir / f"{d}.h5").exists()

@@ -106,8 +106,9 @@ def certify_carcasses(
             for r in records
             if r["halal"].get("status") == "validated" and r["carcass_id"] not in previous
         ]
-        skipped = [(r["carcass_id"], why) for r in records if (why := unfit(r["carcass_id"]))]
-        records = [r for r in records if not unfit(r["carcass_id"])]
+        left_out = {r["carcass_id"]: why for r in records if (why := unfit(r["carcass_id"]))}
+        skipped = list(left_out.items())
+        records = [r for r in records if r["carcass_id"] not in left_out]
     for r in records:
         halal = r["halal"]
         if halal.get("status") == "failed":
