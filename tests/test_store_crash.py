@@ -269,6 +269,7 @@ def test_sigkill_during_imports_never_corrupts_the_store(tmp_path: Path) -> None
     checked: set[str] = set()
     orphans_seen = recovered_seen = 0
     start = 0
+    stretch = 1.0
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     with stderr_path.open("w") as err:
         helper = subprocess.Popen(
@@ -283,7 +284,10 @@ def test_sigkill_during_imports_never_corrupts_the_store(tmp_path: Path) -> None
     try:
         assert helper.stdout.readline().strip() == "ready", stderr_path.read_text()
         for _ in range(KILLS):
-            helper.stdin.write(f"{start} {rng.uniform(0.0, 0.25):.4f}\n")
+            # kill points are random within the first 0.25 s of a worker, stretched while
+            # kills keep landing before its first batch is done (a loaded machine)
+            delay = rng.uniform(0.0, 0.25) * stretch
+            helper.stdin.write(f"{start} {delay:.4f}\n")
             helper.stdin.flush()
             line = helper.stdout.readline()
             assert line, f"helper died:\n{stderr_path.read_text()}"
@@ -292,8 +296,10 @@ def test_sigkill_during_imports_never_corrupts_the_store(tmp_path: Path) -> None
                 f"worker ended on its own (status {status}):\n{stderr_path.read_text()}"
             )
             orphans_seen += any(p.name.startswith(".tmp-") for p in (root / "segments").iterdir())
+            before = start
             start, recovered = check_store(root, checked, rng)
             recovered_seen += recovered > 0
+            stretch = max(1.0, stretch / 1.5) if start > before else min(stretch * 1.5, 40.0)
     finally:
         helper.stdin.close()
         try:
