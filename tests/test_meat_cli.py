@@ -80,6 +80,34 @@ def test_bad_files_refused_with_line_and_nothing_stored(tmp_path):
     assert r.returncode == 3 and "no carcasses" in flat(r.stderr)
 
 
+def test_an_id_already_stored_exits_3_like_a_fibre_lot_naming_file_and_line(tmp_path):
+    """A carcass, animal or slaughter record imported before is the store's refusal (3).
+
+    It exited 2 (bad input) while a fibre lot id already stored exits 3 (LotConflictError).
+    """
+    store = tmp_path / "store"
+    assert run("meat", "import", str(DATA / "carcasses.csv"), store=store).returncode == 0
+    assert run("meat", "import", "--halal", str(DATA / "halal.csv"), store=store).returncode == 0
+    before = {p: p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+    rows = carcass_rows(2)
+    rows[1]["carcass_id"] = "KZ-C-0003"  # line 4: a comment, the header, row 1
+    r = run("meat", "import", str(write_csv(tmp_path / "more.csv", rows)), store=store)
+    assert r.returncode == 3, r.stderr
+    assert "more.csv:4" in flat(r.stderr) and "'KZ-C-0003'" in flat(r.stderr)
+    assert "Traceback" not in r.stderr
+    rows = carcass_rows(1, animal_id="982000411000002")
+    r = run("meat", "import", str(write_csv(tmp_path / "animal.csv", rows)), store=store)
+    assert r.returncode == 3 and "animal.csv:3" in flat(r.stderr), r.stderr
+    h = write_csv(tmp_path / "h.csv", [halal_row(carcass_id="C-9", animal_id="982000411000001")])
+    r = run("meat", "import", "--halal", str(h), store=store)
+    assert r.returncode == 3 and "h.csv:3" in flat(r.stderr), r.stderr
+    assert {p: p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()} == before
+    # a row that repeats an id within its own file is still bad input
+    rows = carcass_rows(2, carcass_id="C-7")
+    r = run("meat", "import", str(write_csv(tmp_path / "twice.csv", rows)), store=store)
+    assert r.returncode == 2, r.stderr
+
+
 def test_missing_file_or_unusable_folder_is_a_one_line_error_and_stores_nothing(tmp_path):
     r = run("meat", "import", "carcasses.csv", "--scale", "cas-ci", "--store", "s", cwd=tmp_path)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr

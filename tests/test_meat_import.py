@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fibergrade.errors import InputError
+from fibergrade.errors import InputError, StoredIdConflictError
 from fibergrade.meat.carcasses import read_carcass_csv
 from fibergrade.meat.halal import read_halal_csv
 from fibergrade.meat.traceability import (
@@ -297,7 +297,9 @@ def test_store_reimport_duplicates_and_nothing_partial(tmp_path):
     rows = carcass_rows(2)
     rows[1]["carcass_id"] = "KZ-C-0003"
     p = write_csv(tmp_path / "more.csv", rows)
-    with pytest.raises(InputError, match=r"already in the store from carcasses\.csv") as exc:
+    with pytest.raises(
+        StoredIdConflictError, match=r"already in the store from carcasses\.csv"
+    ) as exc:
         import_carcasses(st, p)
     assert exc.value.line == 4
     # a bad row late in a file stores nothing

@@ -38,11 +38,16 @@ class InputError(FibergradeError):
         self.line = line
         self.message = message
         self.expected = expected
-        where = f"{self.path}:{line}" if line is not None else self.path
-        text = f"{where}: {message}"
-        if expected:
-            text += f" (expected {expected})"
-        super().__init__(text)
+        super().__init__(_located(self.path, line, message, expected))
+
+
+def _located(path: str, line: int | None, message: str, expected: str | None) -> str:
+    """``path:line: message (expected ...)``, the form every located error takes."""
+    where = f"{path}:{line}" if line is not None else path
+    text = f"{where}: {message}"
+    if expected:
+        text += f" (expected {expected})"
+    return text
 
 
 class MeasurementError(FibergradeError):
@@ -99,6 +104,30 @@ class LotConflictError(StoreError):
 
     Raw data is never rewritten, so a second measurement of a lot needs a new lot id.
     """
+
+
+class StoredIdConflictError(StoreError):
+    """A row of a file names an id the store already holds from an earlier file.
+
+    The meat counterpart of :class:`LotConflictError` (a carcass or animal id imported
+    before): stored records are never rewritten, so it is the store's refusal (exit code 3),
+    not a fault of the file alone. ``path`` and ``line`` locate the row as in
+    :class:`InputError`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        line: int | None,
+        message: str,
+        *,
+        expected: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        self.expected = expected
+        super().__init__(_located(self.path, line, message, expected))
 
 
 class StoreLockedError(StoreError):

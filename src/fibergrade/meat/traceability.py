@@ -13,9 +13,11 @@ Records (content-addressed result records of :class:`fibergrade.store.Store`):
   a carcass id is linked to that carcass.
 
 A file is recognised by the SHA-256 of its bytes: importing it again does nothing. A carcass
-id or animal id already in the store (from another file) is refused, as is a carcass whose
-animal differs between its carcass row and its slaughter record. Every check runs before the
-one record is written, so a refused file leaves nothing behind.
+id or animal id already in the store (from another file) is refused with
+:class:`~fibergrade.errors.StoredIdConflictError` (a store refusal, exit code 3, as for a fibre
+lot id), naming the file and line; a carcass whose animal differs between its carcass row and
+its slaughter record is refused as bad input (:class:`~fibergrade.errors.InputError`). Every
+check runs before the one record is written, so a refused file leaves nothing behind.
 
 The chain of :func:`trace` is animal -> slaughter -> carcass -> lot -> certificate. Each link
 carries the SHA-256 of the canonical JSON of what it stands for (``digest``) and the store
@@ -33,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fibergrade.errors import InputError, StoreCorruptError
+from fibergrade.errors import InputError, StoreCorruptError, StoredIdConflictError
 from fibergrade.meat.carcasses import CarcassBatch, ScaleLimit, read_carcass_csv
 from fibergrade.meat.errors import NothingToGradeError, TraceNotFoundError
 from fibergrade.meat.grading import grade_carcasses
@@ -155,14 +157,14 @@ def _check_against_store(store: Store, batch: CarcassBatch) -> None:
     for i, (cid, aid) in enumerate(zip(cols["carcass_id"], cols["animal_id"], strict=True)):
         line = batch.lines[i]
         if cid in carcass:
-            raise InputError(
+            raise StoredIdConflictError(
                 batch.path,
                 line,
                 f"duplicate carcass_id {cid!r}: already in the store from {carcass[cid]}",
                 expected="a carcass id not yet imported",
             )
         if aid in animal:
-            raise InputError(
+            raise StoredIdConflictError(
                 batch.path,
                 line,
                 f"animal_id {aid!r} already has a carcass in the store (from {animal[aid]})",
@@ -197,7 +199,7 @@ def import_halal(store: Store, path: str | Path) -> ImportResult:
         for key in ("animal_id", "carcass_id"):
             hit = known.get(r[key])
             if hit and hit[0] == key:
-                raise InputError(
+                raise StoredIdConflictError(
                     path,
                     line,
                     f"{key} {r[key]!r} already has a slaughter record (from {hit[1]})",
