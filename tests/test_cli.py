@@ -414,3 +414,21 @@ def test_grading_a_store_with_no_lots_says_so(tmp_path):
     assert r.returncode == 0 and "no lots in the store" in r.stdout and "grades:" not in r.stdout
     assert json.loads(run("grade", "--json", store=store).stdout) == []
     assert not (store / "results" / "grade").exists()
+
+
+def test_a_lot_finer_than_declared_is_said_to_meet_both_grades(tmp_path):
+    """An adult camel lot fine enough for baby camel is graded baby-camel; the note under
+    the table read 'not adult-camel: ' with nothing after it, as if it had failed."""
+    rng = np.random.default_rng(5)
+    fibres = tmp_path / "fibres.csv"
+    rows = [f"A-FINE,{d:.2f}" for d in rng.normal(16.0, 2.5, 400).clip(10, 25)]
+    fibres.write_text("lot_id,diameter_um\n" + "\n".join(rows) + "\n")
+    manifest = tmp_path / "lots.csv"
+    manifest.write_text("lot_id,declared_type,origin,client\nA-FINE,adult-camel,MN,Gobi\n")
+    store = tmp_path / "store"
+    assert run("import", str(fibres), "--lots", str(manifest), store=store).returncode == 0
+    r = run("grade", store=store)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "not adult-camel" not in text
+    assert "A-FINE: meets adult-camel as declared, and baby-camel" in text

@@ -304,6 +304,8 @@ def _why_failed(rec: dict[str, Any]) -> str:
         for c in rec["criteria"]
         if c["grade"] == target and not c["passed"]
     ]
+    if not parts and target and rec["grade"]:  # finer than declared: meets both
+        return f"meets {target} as declared, and {rec['grade']}, which is tried before it"
     return (f"not {target}: " if target else "") + "; ".join(parts)
 
 
@@ -365,7 +367,8 @@ def _print_calibration_legend(records: list[dict[str, Any]]) -> None:
 
 
 def _print_reasons(records: list[dict[str, Any]]) -> None:
-    """One line per lot that misses the grade it was declared as (or every grade)."""
+    """One line per lot that misses the grade it was declared as (or every grade), or
+    that is graded better than declared (it meets both)."""
     lines = [
         f"  {escape(r['lot_id'])}: {escape(_why_failed(r))}"
         for r in records
