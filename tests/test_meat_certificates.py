@@ -329,3 +329,26 @@ def test_a_run_naming_no_carcass_leaves_out_one_whose_id_cannot_name_a_file(tmp_
     numbers = [i["certificate_number"] for i in json.loads(r.stdout)]
     assert numbers and not any("KZ C" in n for n in numbers)
     assert "carcass KZ C 0001 left out: its id cannot name a certificate file" in r.stderr
+
+
+def test_a_blank_reason_is_a_bad_option_and_nothing_is_stored(plant):
+    """A reason of blanks: `certify --reissue --reason ' '` issued and signed a certificate
+    with a blank reason, `override` and `revoke` refused it with exit 5 (a certificate
+    refused); it is a bad option (exit 2), refused before anything is stored."""
+    r = run("meat", "certify", "KZ-C-0001", "--store", "s", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    number = json.loads(r.stdout)[0]["certificate_number"]
+    store = plant / "s"
+    before = {p: p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+    certs = sorted((plant / "certificates").iterdir())
+    for args in (
+        ("meat", "certify", "KZ-C-0001", "--reissue", "--reason", " "),
+        ("certify", "KZ-LOT-2026-031", "--reissue", "--reason", " "),
+        ("revoke", number, "--reason", " \t"),
+        ("override", "KZ-LOT-2026-031", "--reason", "  "),
+    ):
+        r = run(*args, "--store", "s", cwd=plant)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "needs a reason" in r.stderr and "Traceback" not in r.stderr
+    assert {p: p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()} == before
+    assert sorted((plant / "certificates").iterdir()) == certs

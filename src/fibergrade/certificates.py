@@ -119,6 +119,20 @@ class OutputPathError(CertificateError):
     exit_code = 2
 
 
+class ReasonMissing(CertificateError):
+    """A ``--reason`` (override, revocation, reissue) that is empty or only blanks: a bad
+    option, exit 2, refused before anything is stored."""
+
+    exit_code = 2
+
+
+def require_reason(reason: str | None, what: str) -> str:
+    """``reason`` when it holds text; else :class:`ReasonMissing` naming ``what`` needs it."""
+    if reason is None or not reason.strip():
+        raise ReasonMissing(f"{what} needs a reason: --reason with some text, not {reason!r}")
+    return reason
+
+
 class CertificateRefused(CertificateError):
     """The lot may not be certified (not graded, flagged, ...); the message says why."""
 
@@ -442,6 +456,8 @@ def certify_lots(
     """
     from fibergrade.workflow import latest_grades
 
+    if reissue_reason is not None:
+        require_reason(reissue_reason, "a reissue")
     AuditLog(store.root).check_lab_key(private_key.public_key())
     graded = latest_grades(store)
     skipped: list[tuple[str, str]] = []
@@ -768,8 +784,7 @@ def checkpointed(audit: AuditLog, private_key: Any) -> Iterator[None]:
 
 def record_override(store: Any, lot_id: str, reason: str, actor: str) -> str:
     """Record that a flagged lot may be certified, and why (logged in the audit log)."""
-    if not reason.strip():
-        raise CertificateError("an override needs a reason")
+    require_reason(reason, "an override")
     store.lot(lot_id)  # LotNotFoundError for an unknown lot
     payload = {
         "kind": "override",
@@ -835,8 +850,7 @@ def revoke(
     written refuses the revocation. Should the write still fail after the revocation is
     stored (a full disk), the error says so and how to write the list again
     (:func:`write_revocation_list`)."""
-    if not reason.strip():
-        raise CertificateError("a revocation needs a reason")
+    require_reason(reason, "a revocation")
     found = [e for e in all_certificates(store) if e["certificate"]["certificate_number"] == number]
     if not found:
         raise CertificateError(f"no certificate {number} was issued from this store")

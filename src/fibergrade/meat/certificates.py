@@ -34,6 +34,7 @@ from fibergrade.certificates import (
     next_certificate,
     output_folder,
     publish,
+    require_reason,
     revocation_entries,
     sign,
     stored_certificates,
@@ -89,6 +90,8 @@ def certify_carcasses(
     """
     from fibergrade.meat.traceability import grade_carcass_records
 
+    if reissue_reason is not None:
+        require_reason(reissue_reason, "a reissue")
     AuditLog(store.root).check_lab_key(private_key.public_key())
     out = output_folder(out_dir)
     clear_stale_files(out)
