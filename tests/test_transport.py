@@ -139,6 +139,34 @@ def test_port_that_cannot_be_opened():
 
 
 @pytest.mark.integration
+def test_a_port_another_process_reads_is_refused_not_shared(pty_pair, tmp_path):
+    """Two readers of one device split its lines: a second `acquire` on the analyser's
+    port took lines out of the first one's sample (an index gap, the sample lost) and then
+    ended 'disconnected'. The port is opened exclusively; the second is refused (exit 4)."""
+    import subprocess
+    import sys
+
+    _, path = pty_pair
+    exe = os.path.join(os.path.dirname(sys.executable), "fibergrade")
+    store = tmp_path / "store"
+    args = ["acquire", "--instrument", "analyser-line", "--port", path, "--samples", "1"]
+    with Transport.open(path):  # the first reader
+        r = subprocess.run(
+            [exe, *args, "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert r.returncode == 4, r.stderr
+        text = " ".join(r.stderr.split())
+        assert path in text and "another program" in text and "Traceback" not in text
+    assert not list(store.glob("segments/*"))
+    with Transport.open(path):  # once the first has closed it, the port opens again
+        pass
+
+
+@pytest.mark.integration
 def test_profile_settings_reach_pyserial(pty_pair):
     _, path = pty_pair
     sbi = SerialSettings(baudrate=1200, bytesize=7, parity="O", stopbits=1, rtscts=True)

@@ -121,9 +121,19 @@ class SerialPort:
                 setattr(ser, key, value)
             ser.timeout = 0
             ser.write_timeout = write_timeout_s
+            # one reader per port: a second process reading the same device takes lines
+            # from the first one's sample (pyserial: an advisory flock on a device path;
+            # no effect on socket:// and rfc2217://)
+            ser.exclusive = True
             ser.open()
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise PortOpenError(f"cannot open port: {exc}", source=url) from None
+            hint = ""
+            if "exclusively lock" in str(exc):
+                hint = (
+                    "; another program (a second `fibergrade acquire`?) is reading this port: "
+                    "one reader per instrument, so stop the other one first"
+                )
+            raise PortOpenError(f"cannot open port: {exc}{hint}", source=url) from None
         self._ser = ser
         try:
             self._fd: int | None = ser.fileno()
