@@ -457,6 +457,31 @@ def test_an_unplugged_scale_ends_the_run_and_keeps_the_stored_weights(store):
     assert len(store.results("weighing")) == 4
 
 
+class _CtrlCAt(list):
+    """The demo's loads, with a Ctrl-C arriving as weighing ``at`` is set up."""
+
+    def __init__(self, loads: list[float], at: int) -> None:
+        super().__init__(loads)
+        self.at = at
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if k == self.at:
+            raise KeyboardInterrupt
+        return super().__getitem__(k)
+
+
+def test_ctrl_c_in_the_demos_weighing_is_an_interrupt_not_a_failure(store):
+    """Ctrl-C during `fibergrade demo`'s weighing ended it with exit 1 and 'demo weighing
+    ... failed: interrupted (Ctrl-C)' (a FibergradeError); it is an interrupt (exit 130),
+    and the weight stored before it stays."""
+    from fibergrade.demo_acquisition import weigh_on_simulated_scale
+
+    profile = load_profile("mt-sics-scale")
+    with pytest.raises(KeyboardInterrupt):
+        weigh_on_simulated_scale(store, profile, "bal-9", ["S-1", "S-2"], _CtrlCAt([25, 30], 1))
+    assert [r["subject"] for _, r in store.results("weighing")] == ["S-1"]
+
+
 def test_weighing_record_and_subjects_file(tmp_path):
     from fibergrade.adapters.scales.base import Weighing
 

@@ -76,6 +76,8 @@ def run_live_acquisition(
             idle_timeout_s=5.0,
         )
         url = sim.url
+    if run.ended == "interrupted":  # Ctrl-C: the acquisition kept what it had; exit 130
+        raise KeyboardInterrupt
     if not run.complete or len(run.committed) != lots.n_lots:
         why = run.errors[0].message if run.errors else run.detail
         raise FibergradeError(
@@ -135,6 +137,8 @@ def weigh_on_simulated_scale(
             subjects=subjects,
             before_weighing=lambda k, _subject: sim.balance.set_load(loads[k]),
         )
+    if weighed.ended == "interrupted":  # Ctrl-C: the stored weights stay; exit 130
+        raise KeyboardInterrupt
     if not weighed.complete:
         why = weighed.errors[0].message if weighed.errors else weighed.detail
         raise FibergradeError(f"demo weighing on {scale_id} failed: {why}")
