@@ -215,14 +215,15 @@ def _rewrite_card_digest(d: Path) -> None:
 
 def test_wrong_type_or_untrusted_model_file_is_refused(model_dir, tmp_path):
     import skops.io as sio
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.isotonic import IsotonicRegression
 
     d = _copy(model_dir, tmp_path)
     (d / MODEL_FILE).write_bytes(b"not a zip file at all")
     _rewrite_card_digest(d)
     with pytest.raises(ModelError, match="not a skops model file"):
         load_model(d)
-    sio.dump({"format": 1, "estimator": LogisticRegression()}, d / MODEL_FILE)
+    # a trusted type, but not the estimator (a type outside the list: the test below)
+    sio.dump({"format": 1, "estimator": IsotonicRegression()}, d / MODEL_FILE)
     _rewrite_card_digest(d)
     with pytest.raises(ModelError, match="expected a calibrated classifier"):
         load_model(d)
@@ -233,6 +234,42 @@ def test_wrong_type_or_untrusted_model_file_is_refused(model_dir, tmp_path):
     (d / CARD_JSON).unlink()
     with pytest.raises(ModelError, match="model card is missing"):
         load_model(d)
+
+
+_FRESH_LOAD = """
+import sys
+from pathlib import Path
+from fibergrade.errors import ModelError
+from fibergrade.screening import load_model
+try:
+    load_model(Path(sys.argv[1]))
+except ModelError as e:
+    print("refused:", e)
+else:
+    print("loaded")
+print(sorted(m for m in ("sklearn.gaussian_process", "sklearn.neural_network",
+                         "sklearn.semi_supervised") if m in sys.modules))
+"""
+
+
+def test_a_fresh_process_loads_the_model_without_scanning_scikit_learn(model_dir, tmp_path):
+    """skops lists every scikit-learn estimator on import (importing every module, 0.5-1.5 s
+    of each command that loads the model); loads name their trusted types themselves, so
+    the scan is skipped. A model holding a type outside that list is refused all the same,
+    whatever skops' own default list would have trusted."""
+    run = [sys.executable, "-c", _FRESH_LOAD]
+    r = subprocess.run([*run, str(model_dir)], capture_output=True, text=True, check=True)
+    assert r.stdout.splitlines() == ["loaded", "[]"], r.stdout + r.stderr
+
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    d = _copy(model_dir, tmp_path)
+    sio.dump({"format": 1, "estimator": LogisticRegression()}, d / MODEL_FILE)
+    _rewrite_card_digest(d)
+    r = subprocess.run([*run, str(d)], capture_output=True, text=True, check=True)
+    assert "holds types outside the trusted list, refused" in r.stdout, r.stdout + r.stderr
+    assert "sklearn.linear_model._logistic.LogisticRegression" in r.stdout
 
 
 def test_cards_carry_metrics_sources_and_honesty(model_dir):

@@ -59,10 +59,15 @@ BUNDLE_FORMAT = 1
 #: a HistGradientBoostingClassifier, :mod:`fibergrade.screening_training`); cluster
 #: workers import them before their first task (:func:`fibergrade.cluster.warm_up`)
 MODEL_MODULES = ("sklearn.calibration", "sklearn.ensemble")
-#: non-default types a screening model file may hold (skops loads nothing else)
+#: every type a screening model file may hold (skops loads nothing else; its own default
+#: list is not relied on, see :func:`skops_io`)
 TRUSTED_TYPES = [
+    "sklearn.calibration.CalibratedClassifierCV",
     "sklearn.calibration._CalibratedClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.isotonic.IsotonicRegression",
+    "sklearn.preprocessing._label.LabelEncoder",
 ]
 #: confirmatory tests a flagged lot needs (fibre.md, "What diameter alone can and cannot tell")
 CONFIRMATORY_TESTS = (
@@ -287,6 +292,34 @@ class ScreeningModel:
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+def skops_io() -> Any:
+    """``skops.io``, imported without the scan of every scikit-learn module that its import
+    otherwise makes.
+
+    On import, skops lists every scikit-learn estimator (``sklearn.utils.all_estimators``,
+    which imports all of scikit-learn's modules) as its default list of trusted types.
+    That took 0.5-1.5 s of every command that loads the screening model (``grade``,
+    ``screen``, ``certify``, ``verify --store``: measured 2-3 s on 2 cores in all), for a
+    list this module never uses: every load names its trusted types itself
+    (:data:`TRUSTED_TYPES`, each type the model file holds). So while skops is imported the
+    scan returns no estimators: skops' default list then holds none, narrower, not wider.
+    Should a later skops compute its list another way, the import is only slower again.
+    """
+    import sys
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    import sklearn.utils
+
+    scan = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = lambda *args, **kwargs: []
+    try:
+        import skops.io
+    finally:
+        sklearn.utils.all_estimators = scan
+    return skops.io
+
+
 def skops_bytes(obj: Any) -> bytes:
     """``obj`` as a skops file whose bytes depend only on ``obj``.
 
@@ -302,6 +335,8 @@ def skops_bytes(obj: Any) -> bytes:
     import zipfile
 
     import skops
+
+    skops_io()
     from skops.io._utils import SaveContext, get_state
 
     numbers: dict[int, int] = {}  # id() -> number, for this one file
@@ -417,8 +452,7 @@ def load_model_by_digest(digest: str, model_dir: str | Path | None = None) -> Sc
 
 def _model_from_bytes(data: bytes, digest: str, path: Path | None) -> ScreeningModel:
     """Check and load a skops screening bundle whose SHA-256 is already verified."""
-    import skops.io as sio
-
+    sio = skops_io()
     where = str(path) if path is not None else f"model {digest[:12]}"
     try:
         untrusted = sio.get_untrusted_types(data=data)
