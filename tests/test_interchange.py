@@ -552,6 +552,29 @@ def test_manifest_identical_duplicate_kept_once(tmp_path: Path) -> None:
     assert list(m) == ["L1"] and m["L1"].received_at is None and m["L1"].extra == {"note": "x"}
 
 
+@pytest.mark.parametrize(
+    ("header", "row"),
+    [("lot_id;diameter_um", "A;15,2"), ("lot_id;declared_type;origin;client", "A;cashmere;MN;x")],
+)
+def test_a_semicolon_separated_file_is_named_as_such(tmp_path: Path, header, row) -> None:
+    """A CSV saved by a spreadsheet where the decimal mark is a comma splits its fields by
+    semicolons; the error said only that the header matched no format."""
+    f = tmp_path / "excel.csv"
+    f.write_text(f"{header}\n{row}\n")
+    with pytest.raises(InputError, match="separated by semicolons") as exc:
+        read_measurements(f)
+    assert str(exc.value).startswith(f"{f}:1: ")
+
+
+def test_a_semicolon_separated_carcass_file_is_named_as_such(tmp_path: Path) -> None:
+    from fibergrade.meat.carcasses import read_carcass_csv
+
+    f = tmp_path / "carcasses.csv"
+    f.write_text("carcass_id;animal_id;lot_id\nC1;A1;L1\n")
+    with pytest.raises(InputError, match="separated by semicolons"):
+        read_carcass_csv(f)
+
+
 def test_manifest_unknown_type_lists_types(tmp_path: Path) -> None:
     err = manifest_error(tmp_path, "L1,vicuna,PE,Acme,,\n")
     assert err.line == 2 and err.expected is not None

@@ -219,6 +219,18 @@ def _parse_header(path: PathLike, text: str, lineno: int) -> list[str]:
     return [f.strip().lower() for f in fields]
 
 
+def _separator_hint(header: list[str]) -> str:
+    """What to do about a header that is one field holding semicolons: a CSV saved by
+    spreadsheet software where the decimal mark is a comma (fields split by ``;``)."""
+    if len(header) == 1 and ";" in header[0]:
+        return (
+            "; the fields are separated by semicolons, as spreadsheet software saves CSV "
+            "where the decimal mark is a comma: save it as comma-separated CSV with decimal "
+            "points"
+        )
+    return ""
+
+
 @dataclass
 class _Table:
     """The rows of a CSV file as text columns, with the file line of every data row."""
@@ -294,7 +306,8 @@ def _read_table(
         raise InputError(
             path,
             header_line,
-            f"missing required column(s) {', '.join(missing)}; header found: {shown}",
+            f"missing required column(s) {', '.join(missing)}; header found: {shown}"
+            + _separator_hint(header),
             expected=f"a {kind} with header {expected_header}",
         )
     known = set(required) | set(optional)
@@ -809,7 +822,8 @@ def sniff_format(path: PathLike) -> Format:
     raise InputError(
         path,
         lineno,
-        f"the header does not match any interchange format; header found: {','.join(header)}",
+        f"the header does not match any interchange format; header found: {','.join(header)}"
+        + _separator_hint(header),
         expected="a per-fibre CSV (lot_id,diameter_um,...), a histogram CSV "
         "(lot_id,lower_um,upper_um,count) or a lot manifest (lot_id,declared_type,origin,client)",
     )
