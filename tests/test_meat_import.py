@@ -75,7 +75,10 @@ def test_weight_and_gr_refused_never_clipped(tmp_path):
 def test_weight_against_scale_max(tmp_path):
     assert read(tmp_path, hscw_kg=300, scale_profile="cas-ci")["scale_max_kg"] == [300.0]
     err = refused(tmp_path, "above the Max", hscw_kg=300.1, scale_profile="cas-ci")
-    assert "300" in str(err)
+    assert "300" in str(err) and "grams" not in str(err)
+    # a weight typed in grams is refused the same, with a hint at the unit
+    err = refused(tmp_path, "above the Max", hscw_kg=21400, scale_profile="cas-ci")
+    assert "in grams? the column is in kilograms" in str(err)
     refused(tmp_path, "scale_profile 'no-such-scale'", scale_profile="no-such-scale")
     # without a scale the weight cannot be checked against a Max: recorded as unknown
     assert read(tmp_path, hscw_kg=500)["scale_max_kg"] == [None]

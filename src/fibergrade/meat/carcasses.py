@@ -439,10 +439,12 @@ def _check_scale_max(
     over = weights > max_kg  # False where the scale is unknown (NaN)
     if over.any():
         i = int(np.flatnonzero(over)[0])
+        w, top = weights[i], max_kg[i]  # far above the Max, yet within it if read as grams:
+        grams = " (in grams? the column is in kilograms)" if 10 * top <= w <= 1000 * top else ""
         raise t.error(
             i,
-            f"hscw_kg {weights[i]:g} is above the Max ({max_kg[i]:g} kg) of scale profile "
-            f"{profiles[i]!r}; values are refused, never clipped",
+            f"hscw_kg {w:g} is above the Max ({top:g} kg) of scale profile "
+            f"{profiles[i]!r}{grams}; values are refused, never clipped",
             expected=f"a weight the scale can weigh, <= {max_kg[i]:g} kg",
         )
     cols["scale_profile"] = profiles
