@@ -317,6 +317,48 @@ def test_a_certificate_graded_by_a_labs_own_standard_verifies_with_that_file(lab
     assert r.returncode == 5 and "digest" in r.stderr
 
 
+def test_a_standard_file_shadowing_a_packaged_one_is_refused_by_grade_certify_verify(lab, tmp_path):
+    """The auditor's forgery: a copy of us-wpla-cashmere.toml with the CV limit 30 kept the
+    packaged id and version, so a lot graded by it was certified as "us-wpla-cashmere v1,
+    cashmere" with a CV over 24 %."""
+    from fibergrade.store import Store
+    from fibergrade.workflow import latest_grades
+
+    d = fresh_copy(lab, tmp_path)
+    packaged = Path(__file__).parents[1] / "src/fibergrade/standards/us-wpla-cashmere.toml"
+    own = d / "own.toml"
+    own.write_text(packaged.read_text().replace("limit = 24.0", "limit = 30.0", 1))
+    cert = next(
+        c
+        for c in certs(d)
+        if json.loads(c.read_text())["certificate"]["standard"]["id"] == "us-wpla-cashmere"
+    )
+    lot = json.loads(cert.read_text())["certificate"]["lot"]["lot_id"]
+    store_dir = d / "demo-out" / "fibergrade-data"
+    results = sorted((store_dir / "results" / "grade").iterdir())
+    r = run("grade", lot, "--standard", str(own), *STORE, cwd=d)
+    assert r.returncode == 2, r.stderr
+    assert "own.toml" in r.stderr and "us-wpla-cashmere" in r.stderr
+    assert "its own id" in r.stderr and "Traceback" not in r.stderr
+    assert sorted((store_dir / "results" / "grade").iterdir()) == results  # nothing stored
+    # a grade record made so before (by an older version, or written by hand) is not signed
+    st = Store.open(store_dir)
+    rec = dict(latest_grades(st)[lot])
+    assert rec["standard"]["id"] == "us-wpla-cashmere"
+    rec.pop("result_id", None)
+    rec["standard"] = dict(rec["standard"], digest="0" * 64)
+    prev = st.results("grade")[-1][1]
+    later = {"created_at": "9999-01-01T00:00:00+00:00", "lots": [rec]}  # the latest grading
+    st.put_result("grade", {k: v for k, v in prev.items() if k != "lots"} | later)
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
+            "regraded", "--no-pdf", cwd=d)  # fmt: skip
+    assert r.returncode == 5, r.stderr
+    assert "reuses the id and version" in r.stderr and "us-wpla-cashmere v1" in r.stderr
+    # nor does verify take such a file as the standard a certificate names
+    r = verify(d, cert, *STORE, "--standard", str(own))
+    assert r.returncode == 2 and "own.toml" in r.stderr and "its own id" in r.stderr
+
+
 def test_refusals_override_and_reissue(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     graded = json.loads(run("grade", "--json", *STORE, cwd=d).stdout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -183,3 +185,35 @@ def test_unknown_standard_id_lists_the_packaged_ones():
 def test_a_standard_file_that_is_not_there_is_named_as_a_missing_file(tmp_path):
     with pytest.raises(StandardDefinitionError, match=r"missing\.toml: no such standard file"):
         load_standard(tmp_path / "missing.toml")
+
+
+PACKAGED_WPLA = Path(__file__).parents[1] / "src/fibergrade/standards/us-wpla-cashmere.toml"
+
+
+def test_a_file_reusing_a_packaged_standards_id_and_version_with_other_limits_is_refused(
+    tmp_path,
+):
+    """The auditor's forgery: a copy of us-wpla-cashmere.toml with the CV limit 30 graded a
+    CV 24 % lot "cashmere" under "us-wpla-cashmere v1". Changing a file is a new version."""
+    text = PACKAGED_WPLA.read_text()
+    assert "limit = 24.0" in text
+    own = tmp_path / "own.toml"
+    own.write_text(text.replace("limit = 24.0", "limit = 30.0", 1))
+    with pytest.raises(StandardDefinitionError) as exc:
+        load_standard(own)
+    msg = str(exc.value)
+    assert str(own) in msg and "us-wpla-cashmere.toml" in msg
+    assert "its own id" in msg and "new version" in msg
+    # the packaged file itself, or a byte-identical copy, is that standard
+    same = tmp_path / "same.toml"
+    same.write_bytes(PACKAGED_WPLA.read_bytes())
+    assert load_standard(same).digest == load_standard("us-wpla-cashmere").digest
+    # its own id, or a new version, is a lab's own standard
+    relabelled = text.replace('id = "us-wpla-cashmere"', 'id = "lab-cashmere"', 1)
+    (tmp_path / "lab.toml").write_text(relabelled.replace("limit = 24.0", "limit = 30.0", 1))
+    assert load_standard(tmp_path / "lab.toml").id == "lab-cashmere"
+    version = load_standard("us-wpla-cashmere").version
+    bumped = text.replace(f'version = "{version}"', f'version = "{version}-lab2"', 1)
+    assert bumped != text
+    (tmp_path / "v2.toml").write_text(bumped.replace("limit = 24.0", "limit = 30.0", 1))
+    assert load_standard(tmp_path / "v2.toml").version == f"{version}-lab2"

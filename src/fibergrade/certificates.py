@@ -319,6 +319,18 @@ def build_certificate(
         raise CertificateRefused(
             f"lot {lot_id} has no grading scheme for its declared type; grade it with --standard"
         )
+    from fibergrade.grading import shadowed_packaged
+
+    shadowed = shadowed_packaged(rec.get("standard"))
+    if shadowed is not None:
+        raise CertificateRefused(
+            f"lot {lot_id} was graded by a standard file that reuses the id and version of the "
+            f"packaged standard {shadowed.id} v{shadowed.version} but is not that file (SHA-256 "
+            f"{str(rec['standard'].get('digest'))[:12]}..., the packaged file's "
+            f"{shadowed.digest[:12]}...); its certificate would name a standard whose limits "
+            "it was not graded by. Grade it again with the packaged standard, or with a file "
+            "that has its own id or a new version"
+        )
     screening = _screening_of(rec)
     if screening is None:
         raise CertificateRefused(

@@ -199,11 +199,37 @@ def load_standard(ref: str | Path) -> Standard:
     if p.suffix == ".toml":
         if not p.is_file():
             raise StandardDefinitionError(f"{p}: no such standard file")
-        return parse_standard(p.read_bytes(), str(p))
+        std = parse_standard(p.read_bytes(), str(p))
+        shadowed = shadowed_packaged(std.ref())
+        if shadowed is not None:
+            raise StandardDefinitionError(
+                f"{p}: its id {std.id!r} and version {std.version!r} are those of the packaged "
+                f"standard {shadowed.path}, but the file differs from it (SHA-256 "
+                f"{std.digest[:12]}..., the packaged file's {shadowed.digest[:12]}...): lots "
+                f"graded by it would be reported as {std.id} v{std.version} under limits that "
+                "standard does not have. Give your file its own id (e.g. 'lab-"
+                f"{std.id}'), or, if it is a new version of that standard, a new version"
+            )
+        return std
     raise StandardDefinitionError(
         f"unknown standard {key!r}; packaged: {', '.join(sorted(packaged))} "
         "(or give the path of a .toml standard file)"
     )
+
+
+def shadowed_packaged(ref: dict[str, Any] | None) -> Standard | None:
+    """The packaged standard whose id and version ``ref`` (a standard's :meth:`Standard.ref`,
+    as a grade record or certificate names it) claims while naming another file digest, or
+    None. "Changing a file is a new version": a standard file that keeps a packaged
+    standard's id and version but not its bytes would have its lots reported under the
+    packaged standard's name."""
+    if not isinstance(ref, dict):
+        return None
+    for key in _packaged():
+        std = _parse_packaged(key)
+        if (std.id, std.version) == (ref.get("id"), ref.get("version")):
+            return None if std.digest == ref.get("digest") else std
+    return None
 
 
 #: the scheme each declared type is graded by when no --standard is given
