@@ -359,6 +359,27 @@ def test_a_standard_file_shadowing_a_packaged_one_is_refused_by_grade_certify_ve
     assert r.returncode == 2 and "own.toml" in r.stderr and "its own id" in r.stderr
 
 
+def test_audit_verify_without_the_public_key_says_the_signatures_were_not_checked(lab):
+    """It said "audit log intact" and ok: true with no checkpoint signature checked."""
+    r = run("audit", "verify", *STORE, "--json", cwd=lab)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] and rep["checkpoints"] >= 1 and rep["signatures_checked"] is False
+    assert len(rep["notes"]) == 1 and "not checked" in rep["notes"][0]
+    assert "--public-key" in rep["notes"][0]
+    r = run("audit", "verify", *STORE, cwd=lab)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "audit log intact" not in text and "signatures NOT checked" in text
+    assert "note: checkpoint signatures were not checked" in text and "--public-key" in text
+    r = run("audit", "verify", *STORE, "--public-key", PUB, "--json", cwd=lab)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["signatures_checked"] is True and rep["notes"] == []
+    r = run("audit", "verify", *STORE, "--public-key", PUB, cwd=lab)
+    assert "audit log intact" in r.stdout and "note:" not in r.stdout
+
+
 def test_refusals_override_and_reissue(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     graded = json.loads(run("grade", "--json", *STORE, cwd=d).stdout)

@@ -1972,7 +1972,12 @@ def verify_(
 @audit_app.command("verify")
 def audit_verify(
     public_key: Annotated[
-        Path | None, typer.Option("--public-key", help="Check checkpoint signatures too.")
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="The lab's public key: check the checkpoints' signatures too (without it "
+            "they are not checked, and the output says so).",
+        ),
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
     json_: JsonOpt = False,
@@ -2033,9 +2038,21 @@ def audit_verify(
             unlogged += [f"{s.path} ({s.source_name})" for s in st.unlogged_segments()]
         except AuditError as exc:
             problem(exc)
+    notes = []
+    if key is None:  # the chain alone: whoever can write the store can rewrite it whole
+        notes.append(
+            "checkpoint signatures were not checked (no --public-key): the chain and the "
+            "digests agree, but anyone who can write the store could have rewritten the log, "
+            "its head and its checkpoints together; pass --public-key lab.pub to check the "
+            "checkpoints against the lab's key"
+        )
     if json_:
         doc = rep.to_dict() if rep is not None else VerifyReport.unread()
-        _print_json(doc | {"ok": not problems, "problems": problems, "unlogged_files": unlogged})
+        _print_json(
+            doc
+            | {"ok": not problems, "problems": problems, "unlogged_files": unlogged}
+            | {"notes": notes}
+        )
         if problems:
             raise typer.Exit(3)
         return
@@ -2045,11 +2062,14 @@ def audit_verify(
         raise typer.Exit(3)
     assert rep is not None
     out.print(
-        f"[bold green]audit log intact[/]: {rep.entries} entries, {rep.checkpoints} signed "
-        f"checkpoint(s){' verified' if rep.signatures_checked else ' (signatures not checked)'}, "
+        f"[bold green]audit log {'intact' if rep.signatures_checked else 'chain intact'}[/]: "
+        f"{rep.entries} entries, {rep.checkpoints} checkpoint(s)"
+        f"{' signed by the lab key' if rep.signatures_checked else ' (signatures NOT checked)'}, "
         f"{rep.unanchored} entries after the last checkpoint; every logged record and "
         "segment matches its SHA-256"
     )
+    for note in notes:
+        out.print(f"[yellow]note:[/] {escape(note)}")
     if rep.unfinished_bytes:
         out.print(
             f"[yellow]note:[/] the log ends in an unfinished line ({rep.unfinished_bytes} "
