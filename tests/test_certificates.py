@@ -380,6 +380,26 @@ def test_audit_verify_without_the_public_key_says_the_signatures_were_not_checke
     assert "audit log intact" in r.stdout and "note:" not in r.stdout
 
 
+def test_a_reissue_without_lab_keeps_the_lab_of_the_certificate_it_supersedes(lab, tmp_path):
+    """A reissue without --lab named "fibergrade laboratory", the default, instead of the lab
+    that issued the certificate it corrects (the demo's "fibergrade demo lab")."""
+    d = fresh_copy(lab, tmp_path)
+    first = json.loads(certs(d)[0].read_text())["certificate"]
+    assert first["lab"]["name"] == "fibergrade demo lab"
+    lot = first["lot"]["lot_id"]
+
+    def reissue(*extra: str) -> dict:
+        r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
+                "calibration record corrected", "--no-pdf", "--json", *extra, cwd=d)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        number = json.loads(r.stdout)[0]["certificate_number"]
+        return json.loads((d / CERTS / f"{number}.json").read_text())["certificate"]
+
+    assert reissue()["lab"]["name"] == "fibergrade demo lab"
+    assert reissue("--lab", "Ulaanbaatar Fibre Lab")["lab"]["name"] == "Ulaanbaatar Fibre Lab"
+    assert reissue()["lab"]["name"] == "Ulaanbaatar Fibre Lab"  # the newest it supersedes
+
+
 def test_refusals_override_and_reissue(lab, tmp_path):
     d = fresh_copy(lab, tmp_path)
     graded = json.loads(run("grade", "--json", *STORE, cwd=d).stdout)

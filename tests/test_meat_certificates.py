@@ -352,3 +352,18 @@ def test_a_blank_reason_is_a_bad_option_and_nothing_is_stored(plant):
         assert "needs a reason" in r.stderr and "Traceback" not in r.stderr
     assert {p: p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()} == before
     assert sorted((plant / "certificates").iterdir()) == certs
+
+
+def test_a_carcass_reissue_without_lab_keeps_the_lab_it_supersedes(plant):
+    """A reissue without --lab named the default lab instead of the one that issued it."""
+    r = run("meat", "certify", "--store", "s", "--lab", "Dubbo Halal Lab", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((plant / json.loads(r.stdout)[0]["json"]).read_text())["certificate"]
+    assert doc["lab"]["name"] == "Dubbo Halal Lab"
+    cid = doc["carcass"]["carcass_id"]
+    r = run("meat", "certify", cid, "--reissue", "--reason", "weighing record corrected",
+            "--store", "s", "--json", cwd=plant)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    again = json.loads((plant / json.loads(r.stdout)[0]["json"]).read_text())["certificate"]
+    assert again["supersedes"] == doc["certificate_number"]
+    assert again["lab"]["name"] == "Dubbo Halal Lab"

@@ -422,6 +422,26 @@ def next_certificate(
     return _file_safe(f"{prefix}-{len(prior) + 1:02d}", subject), supersedes
 
 
+#: the laboratory named on a certificate when none is given (``--lab``) or inherited
+DEFAULT_LAB_NAME = "fibergrade laboratory"
+
+
+def lab_name_for(prior: list[dict[str, Any]], supersedes: str | None, lab_name: str | None) -> str:
+    """The laboratory a new certificate names: ``lab_name`` when given; else, for a reissue,
+    the one on the certificate it supersedes (in ``prior``, the subject's certificates), so
+    that a correction issued without ``--lab`` does not rename the lab; else
+    :data:`DEFAULT_LAB_NAME`."""
+    if lab_name is not None:
+        return lab_name
+    for env in prior:
+        doc = env.get("certificate") or {}
+        if supersedes is not None and doc.get("certificate_number") == supersedes:
+            name = (doc.get("lab") or {}).get("name")
+            if isinstance(name, str) and name:
+                return name
+    return DEFAULT_LAB_NAME
+
+
 def unfit_for_file_name(ident: str) -> str | None:
     """Why a lot's or carcass's certificates could not be named after ``ident`` (see
     :func:`_file_safe`), or None."""
@@ -452,14 +472,15 @@ def certify_lots(
     private_key: Any,
     out_dir: str | Path,
     *,
-    lab_name: str = "fibergrade laboratory",
+    lab_name: str | None = None,
     reissue_reason: str | None = None,
     pdf: bool = True,
     progress: Any = None,
     executor: Any = None,
 ) -> CertifyOutcome:
     """Issue one certificate per lot (all refusals are found before anything is issued);
-    ``lot_ids`` None: every clean graded lot that has no certificate yet.
+    ``lot_ids`` None: every clean graded lot that has no certificate yet. ``lab_name``
+    None: see :func:`lab_name_for`.
 
     Every raw segment the certificates cite is hashed and the PDFs are rendered first, one
     task per segment on ``executor`` (default: this process; :mod:`fibergrade.cluster`);
@@ -499,12 +520,13 @@ def certify_lots(
     for env in existing_certificates(store):
         previous.setdefault(env["certificate"]["lot"]["lot_id"], []).append(env)
     audit = AuditLog(store.root)
-    plans: list[tuple[dict[str, Any], str, str | None]] = []
+    plans: list[tuple[dict[str, Any], str, str | None, str]] = []
     for lot in lot_ids:
         number, supersedes = next_certificate(
             previous.get(lot, []), revoked, f"FG-{lot}", f"lot {lot}", reissue_reason
         )
-        plans.append((graded[lot], number, supersedes))
+        lab = lab_name_for(previous.get(lot, []), supersedes, lab_name)
+        plans.append((graded[lot], number, supersedes, lab))
     pos = audit.position()
     found = overrides(store)
     names = {s.digest: s.source_name for s in store.segments()}
@@ -512,14 +534,14 @@ def certify_lots(
         build_certificate(
             store,
             rec,
-            lab_name=lab_name,
+            lab_name=lab,
             number=num,
             supersedes=sup,
             audit_pos=pos,
             override=found.get(rec["lot_id"]),
             source_names=names,
         )
-        for rec, num, sup in plans
+        for rec, num, sup, lab in plans
     ]
     out = output_folder(out_dir)
     clear_stale_files(out)

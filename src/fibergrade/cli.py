@@ -1674,7 +1674,15 @@ PassOpt = Annotated[
 ]
 #: options shared by `certify` and `meat certify`
 CertOutOpt = Annotated[Path, typer.Option("--out", help="Where certificates are written.")]
-LabOpt = Annotated[str, typer.Option("--lab", help="Laboratory name printed on certificates.")]
+LabOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lab",
+        help="Laboratory name printed on certificates (default: for a reissue, the lab named "
+        "on the certificate it supersedes; else 'fibergrade laboratory').",
+        show_default=False,
+    ),
+]
 ReissueOpt = Annotated[bool, typer.Option("--reissue", help="Supersede an existing certificate.")]
 ReissueReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (with --reissue).")]
 
@@ -1789,7 +1797,7 @@ def certify_(
     out_dir: CertOutOpt = Path("certificates"),
     key: KeyOpt = Path("keys/lab.key"),
     passphrase: PassOpt = None,
-    lab: LabOpt = "fibergrade laboratory",
+    lab: LabOpt = None,
     reissue: ReissueOpt = False,
     reason: ReissueReasonOpt = None,
     pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also render PDFs.")] = True,
@@ -2141,7 +2149,7 @@ def meat_certify_(
     out_dir: CertOutOpt = Path("certificates"),
     key: KeyOpt = Path("keys/lab.key"),
     passphrase: PassOpt = None,
-    lab: LabOpt = "fibergrade laboratory",
+    lab: LabOpt = None,
     reissue: ReissueOpt = False,
     reason: ReissueReasonOpt = None,
     export: ExportOpt = False,

@@ -31,6 +31,7 @@ from fibergrade.certificates import (
     VerifyReport,
     checkpointed,
     clear_stale_files,
+    lab_name_for,
     next_certificate,
     output_folder,
     publish,
@@ -79,14 +80,16 @@ def certify_carcasses(
     private_key: Any,
     out_dir: str | Path,
     *,
-    lab_name: str = "fibergrade laboratory",
+    lab_name: str | None = None,
     reissue_reason: str | None = None,
 ) -> CertifyOutcome:
     """One signed certificate per carcass (all refusals found before anything is issued).
 
     Without ``carcass_ids``: every graded carcass with a validated halal record that has no
     certificate yet, less any whose id cannot name a certificate file (stored before the
-    id rule), which are listed in ``skipped``.
+    id rule), which are listed in ``skipped``. ``lab_name`` None: the superseded
+    certificate's lab for a reissue, else the default
+    (:func:`fibergrade.certificates.lab_name_for`).
     """
     from fibergrade.meat.traceability import grade_carcass_records
 
@@ -135,7 +138,8 @@ def certify_carcasses(
             f"carcass {cid}",
             reissue_reason,
         )
-        plans.append((r, number, supersedes))
+        lab = lab_name_for(previous.get(cid, []), supersedes, lab_name)
+        plans.append((r, number, supersedes, lab))
     if not plans:
         return CertifyOutcome(skipped=skipped)
     # every check passed: the very records these certificates are made from are recorded
@@ -144,12 +148,12 @@ def certify_carcasses(
     pos = audit.position()
     issued = []
     with checkpointed(audit, private_key):
-        for r, number, supersedes in plans:
+        for r, number, supersedes, lab in plans:
             doc: dict[str, Any] = {
                 "schema": MEAT_SCHEMA,
                 "certificate_number": number,
                 "issued_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "lab": {"name": lab_name},
+                "lab": {"name": lab},
                 "carcass": {k: r.get(k) for k in ("carcass_id", "animal_id", "lot_id")},
                 "weight": carcass_weight(r),
                 "grading": {k: r.get(k) for k in GRADED_FIELDS},
