@@ -194,8 +194,10 @@ def test_missing_model_file_is_a_clear_error(model_dir, tmp_path):
     (d / MODEL_FILE).unlink()
     with pytest.raises(ModelError, match="no screening model file"):
         load_model(d)
-    with pytest.raises(ModelError, match="no screening model file"):
+    with pytest.raises(ModelError, match="no screening model file") as exc:
         load_model(tmp_path / "nowhere")
+    # an installed package has no models/ (not package data): the message says what to do
+    assert "FIBERGRADE_MODEL_DIR" in str(exc.value)
 
 
 def test_altered_model_file_is_refused(model_dir, tmp_path):

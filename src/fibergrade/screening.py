@@ -397,8 +397,10 @@ def load_model(model_dir: str | Path | None = None) -> ScreeningModel:
     card_path = directory / CARD_JSON
     if not path.is_file():
         raise ModelError(
-            f"{path}: no screening model file; train one with `fibergrade model train "
-            f"--out {directory}` (lots are not screened without it)"
+            f"{path}: no screening model file (lots are not screened without it); "
+            "models/ is not package data: run fibergrade from its source checkout, or set "
+            "FIBERGRADE_MODEL_DIR to the models/ folder of a checkout of the same version, "
+            f"or train one with `fibergrade model train --out {directory}`"
         )
     if not card_path.is_file():
         raise ModelError(f"{card_path}: the model card is missing, so {path} cannot be verified")
