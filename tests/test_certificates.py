@@ -182,7 +182,10 @@ def test_with_the_store_a_revoked_or_superseded_certificate_no_longer_stands(lab
     assert verify(d, revoked).returncode == 0
 
 
-def test_reissues_supersede_the_newest_and_revoking_one_puts_the_one_before_back(lab, tmp_path):
+def test_reissues_supersede_for_good_and_revoking_one_puts_nothing_back(lab, tmp_path):
+    """A superseded certificate was replaced: revoking its replacement does not make it
+    stand again (it used to, silently); revoke says the lot has no certificate that stands,
+    and the lot is then certified anew without --reissue."""
     d = fresh_copy(lab, tmp_path)
     first = certs(d)[0]
     lot = json.loads(first.read_text())["certificate"]["lot"]["lot_id"]
@@ -197,16 +200,29 @@ def test_reissues_supersede_the_newest_and_revoking_one_puts_the_one_before_back
     third = reissue("origin corrected")  # most likely within the same second
     assert second["supersedes"] == first.stem
     assert third["supersedes"] == second["certificate_number"]
-    for older in (first, d / CERTS / f"{second['certificate_number']}.json"):
-        r = verify(d, older, *STORE)
-        assert r.returncode == 5 and f"superseded by {third['certificate_number']}" in r.stderr
+    second_file = d / CERTS / f"{second['certificate_number']}.json"
+    r = verify(d, first, *STORE)
+    assert r.returncode == 5 and f"superseded by {second['certificate_number']}" in r.stderr
+    r = verify(d, second_file, *STORE)
+    assert r.returncode == 5 and f"superseded by {third['certificate_number']}" in r.stderr
     r = run("revoke", third["certificate_number"], "--reason", "wrong lot", "--key", KEY,
             *STORE, cwd=d)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    # the second stands again, for verifying and for issuing alike
-    assert verify(d, d / CERTS / f"{second['certificate_number']}.json", *STORE).returncode == 0
-    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, cwd=d)
-    assert r.returncode == 5 and f"already certified as {second['certificate_number']}" in r.stderr
+    said = " ".join(r.stdout.split())
+    assert f"lot {lot} now has no certificate that stands" in said
+    assert f"{second['certificate_number']}, which {third['certificate_number']} superseded, " \
+        "stays superseded" in said  # fmt: skip
+    # the second (and the first) stay superseded, for verifying and for issuing alike
+    r = verify(d, second_file, *STORE)
+    assert r.returncode == 5 and f"superseded by {third['certificate_number']}" in r.stderr
+    assert "was itself revoked" in r.stderr and "does not put" in r.stderr
+    assert verify(d, first, *STORE).returncode == 5
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, "--json", "--no-pdf", cwd=d)
+    assert r.returncode == 0, r.stderr
+    fourth = json.loads(r.stdout)[0]
+    assert fourth["supersedes"] is None and fourth["certificate_number"].endswith("-04")
+    assert verify(d, d / CERTS / f"{fourth['certificate_number']}.json", *STORE).returncode == 0
+    assert verify(d, second_file, *STORE).returncode == 5
 
 
 def test_a_batch_stopped_part_way_leaves_only_what_was_issued(lab, tmp_path):

@@ -210,15 +210,14 @@ def test_two_imports_of_one_file_at_once_store_it_once(tmp_path):
 
 
 def test_trace_shows_the_certificate_that_stands(plant):
-    """A revoked reissue puts the one before it back (as verify --store judges it): trace
-    shows that one; with every certificate revoked it shows the newest, marked REVOKED."""
+    """A revoked reissue does not put the one it superseded back (as verify --store judges
+    it): trace then shows the reissue, marked REVOKED, and so it does with every
+    certificate revoked; export finds none that stands."""
     r = run("meat", "certify", "--store", "s", "--json", cwd=plant)
     cid = json.loads((plant / json.loads(r.stdout)[0]["json"]).read_text())["certificate"][
         "carcass"
     ]["carcass_id"]
     r = run("meat", "certify", cid, "--reissue", "--reason", "typo", "--store", "s", cwd=plant)
-    assert r.returncode == 0, r.stderr
-    r = run("revoke", f"FGM-{cid}-02", "--reason", "wrong", "--store", "s", cwd=plant)
     assert r.returncode == 0, r.stderr
 
     def last() -> dict:
@@ -226,7 +225,13 @@ def test_trace_shows_the_certificate_that_stands(plant):
             0
         ][-1]
 
-    assert last()["id"] == f"FGM-{cid}-01" and last()["revoked"] is False
+    assert last()["id"] == f"FGM-{cid}-02" and last()["revoked"] is False
+    r = run("revoke", f"FGM-{cid}-02", "--reason", "wrong", "--store", "s", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    assert f"carcass {cid} now has no certificate that stands" in " ".join(r.stdout.split())
+    assert last()["id"] == f"FGM-{cid}-02" and last()["revoked"] is True
+    r = run("meat", "certify", cid, "--export", "--store", "s", cwd=plant)
+    assert r.returncode != 0 and "has no certificate that stands" in r.stderr, r.stderr
     r = run("revoke", f"FGM-{cid}-01", "--reason", "wrong", "--store", "s", cwd=plant)
     assert r.returncode == 0, r.stderr
     assert last()["id"] == f"FGM-{cid}-02" and last()["revoked"] is True

@@ -401,6 +401,34 @@ def build_certificate(
     }
 
 
+def superseded_numbers(certificates: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each certificate number some later certificate superseded (its ``supersedes``), with
+    the first certificate document that did. A supersession is for good: revoking the
+    reissue does not put the certificate it replaced back (the lab said it was wrong)."""
+    out: dict[str, dict[str, Any]] = {}
+    for env in certificates:  # oldest first: the first reissue of a number is kept
+        doc = env.get("certificate")
+        if isinstance(doc, dict) and isinstance(doc.get("supersedes"), str):
+            out.setdefault(doc["supersedes"], doc)
+    return out
+
+
+def standing_certificate(
+    prior: list[dict[str, Any]], revoked: set[str] | dict[str, Any]
+) -> dict[str, Any] | None:
+    """The envelope of a subject's certificate that stands, of its certificates ``prior``
+    (oldest first) and the store's ``revoked`` numbers: the newest that is neither revoked
+    nor superseded by a reissue (revoked or not), else None."""
+    superseded = superseded_numbers(prior)
+    current = [
+        e
+        for e in prior
+        if e["certificate"]["certificate_number"] not in revoked
+        and e["certificate"]["certificate_number"] not in superseded
+    ]
+    return current[-1] if current else None
+
+
 def next_certificate(
     prior: list[dict[str, Any]],
     revoked: set[str],
@@ -409,10 +437,12 @@ def next_certificate(
     reissue_reason: str | None,
 ) -> tuple[str, str | None]:
     """The number of a new certificate for a subject whose earlier certificates are
-    ``prior`` (oldest first), and the number it supersedes: the newest one not revoked, or
-    None. A subject with a current certificate is refused unless ``reissue_reason``."""
-    current = [e for e in prior if e["certificate"]["certificate_number"] not in revoked]
-    supersedes = current[-1]["certificate"]["certificate_number"] if current else None
+    ``prior`` (oldest first), and the number it supersedes: the one that stands
+    (:func:`standing_certificate`), or None. A subject with a certificate that stands is
+    refused unless ``reissue_reason``; one whose certificates were all revoked or
+    superseded (a revoked reissue) is certified anew without it."""
+    current = standing_certificate(prior, revoked)
+    supersedes = current["certificate"]["certificate_number"] if current else None
     if supersedes and not reissue_reason:
         raise CertificateRefused(
             f"{subject} is already certified as {supersedes}; to issue a corrected "
@@ -670,7 +700,7 @@ def export_certificates(
     pdf: bool = True,
     kind: str = "lot",
 ) -> list[Issued]:
-    """Write again the files of the certificates that stand (the newest not revoked) of
+    """Write again the files of the certificates that stand (:func:`standing_certificate`) of
     the named subjects, from the store's signed copies: ``kind`` ``"lot"`` for fibre lots
     (JSON, and with ``pdf`` the PDF), ``"carcass"`` for carcasses (JSON; carcass
     certificates have no PDF). For a run stopped after storing a certificate and before
@@ -689,15 +719,15 @@ def export_certificates(
     for env in all_certificates(store):  # read once, each subject's oldest first
         doc = env.get("certificate", {})
         of_kind, ident = _subject(doc)
-        if of_kind == kind and doc.get("certificate_number") not in revoked:
+        if of_kind == kind:
             by_subject.setdefault(ident, []).append(env)
     grade_results: dict[str, dict[str, Any]] = {}
     done = []
     for ident in dict.fromkeys(subject_ids):
-        standing = by_subject.get(ident, [])
-        if not standing:
+        standing = standing_certificate(by_subject.get(ident, []), revoked)
+        if standing is None:
             raise CertificateError(f"{kind} {ident} has no certificate that stands in this store")
-        env = standing[-1]
+        env = standing
         doc = env["certificate"]
         number = _file_safe(str(doc["certificate_number"]), f"{kind} {ident}")
         try:
@@ -876,16 +906,19 @@ _REVOCATION_FIELDS = ("certificate_number", "certificate_sha256", "reason", "rev
 @under_issue_lock
 def revoke(
     store: Any, number: str, reason: str, private_key: Any, out_file: str | Path | None = None
-) -> tuple[dict[str, Any], Path]:
+) -> tuple[dict[str, Any], Path, list[str]]:
     """Revoke a certificate and write the whole signed revocation list (``out_file``,
-    default ``STORE/revocations.json``); the list and the path it was written to.
+    default ``STORE/revocations.json``); the list, the path it was written to, and notes
+    on what the revocation leaves standing (a revoked reissue does not put the certificate
+    it superseded back: its lot or carcass then has no certificate that stands).
 
     The list's file is reserved before anything is stored, so a target that cannot be
     written refuses the revocation. Should the write still fail after the revocation is
     stored (a full disk), the error says so and how to write the list again
     (:func:`write_revocation_list`)."""
     require_reason(reason, "a revocation")
-    found = [e for e in all_certificates(store) if e["certificate"]["certificate_number"] == number]
+    certificates = all_certificates(store)
+    found = [e for e in certificates if e["certificate"]["certificate_number"] == number]
     if not found:
         raise CertificateError(f"no certificate {number} was issued from this store")
     signer = str((found[0].get("signature") or {}).get("key_fingerprint"))
@@ -898,11 +931,10 @@ def revoke(
         )
     # read (and checked) before anything is written: a store whose records this key cannot
     # vouch for is refused here, not after the record and its checkpoint are stored
-    if any(
-        e["certificate_number"] == number
-        for e in revocation_entries(store, private_key.public_key())
-    ):
+    revoked = {e["certificate_number"] for e in revocation_entries(store, private_key.public_key())}
+    if number in revoked:
         raise CertificateError(f"certificate {number} is already revoked")
+    notes = _left_standing(certificates, revoked, found[0]["certificate"])
     target = _list_target(store, out_file)
     _check_list_target(target)  # before anything is stored
     entry: dict[str, Any] = {
@@ -925,7 +957,28 @@ def revoke(
             f"certificate {number} is revoked (recorded in the store and the audit log), "
             f"but {exc}; write the list again with: fibergrade revoke --list-only --out FILE"
         ) from None
-    return env, target
+    return env, target, notes
+
+
+def _left_standing(
+    certificates: list[dict[str, Any]], revoked: set[str], doc: dict[str, Any]
+) -> list[str]:
+    """What revoking ``doc`` leaves standing, said when it stood: its lot or carcass then
+    has no certificate that stands, and one it superseded is not put back."""
+    subject = _subject(doc)
+    same = [e for e in certificates if _subject(e["certificate"]) == subject]
+    current = standing_certificate(same, revoked)
+    if current is None or current["certificate"]["certificate_number"] != doc["certificate_number"]:
+        return []
+    kind, ident = subject
+    again = f"fibergrade certify {ident}" if kind == "lot" else f"fibergrade meat certify {ident}"
+    note = f"{kind} {ident} now has no certificate that stands"
+    if doc.get("supersedes"):
+        note += (
+            f": {doc['supersedes']}, which {doc['certificate_number']} superseded, stays "
+            "superseded (revoking a reissue does not put the certificate it replaced back)"
+        )
+    return [f"{note}; to certify it again: {again}"]
 
 
 @under_issue_lock
@@ -1099,11 +1152,12 @@ def _standing(
     cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[Any, Any], public_key: Any
 ) -> None:
     """Whether the certificate still stands in the store, whatever revocation list was
-    given, if any: not revoked there, and the newest of its lot's (or carcass's)
-    certificates that are not revoked. That is the certificate a reissue would supersede
-    (:func:`next_certificate`): revoking a reissue puts the one before it back."""
+    given, if any: not revoked there, not superseded by a reissue (for good: a revoked
+    reissue does not put the one it replaced back), and the certificate of its lot (or
+    carcass) that stands (:func:`standing_certificate`), the one a reissue would
+    supersede (:func:`next_certificate`)."""
     try:
-        revoked, newest, envelopes = _cached(
+        revoked, superseded, standing, envelopes = _cached(
             cache, ("standing",), lambda: _store_standing(store, public_key)
         )
     except StoreError as exc:
@@ -1126,20 +1180,30 @@ def _standing(
         e = revoked[number]
         rep.problems.append(f"revoked in the store on {e['revoked_at']}: {e['reason']}")
         return
-    latest = newest.get(_subject(cert))
-    if latest is not None and latest["certificate_number"] != number:
-        env = envelopes[latest["certificate_number"]]
+    newer = superseded.get(number)
+    if newer is None:  # not superseded by name, yet not the one that stands (a newer one)
+        latest = standing.get(_subject(cert))
+        if latest is not None and latest["certificate_number"] != number:
+            newer = latest
+    if newer is not None:
+        newer_number = str(newer["certificate_number"])
         try:
-            check_signature(env, public_key, latest["certificate_number"])
+            check_signature(envelopes[newer_number], public_key, newer_number)
         except CertificateError:
             rep.problems.append(
-                f"the store's newer certificate {latest['certificate_number']} is not signed by "
+                f"the store's newer certificate {newer_number} is not signed by "
                 "the lab key: it was not issued by this lab (the store was tampered with)"
             )
             return
+        gone = (
+            f"; {newer_number} was itself revoked on {revoked[newer_number]['revoked_at']}, "
+            f"which does not put {number} back"
+            if newer_number in revoked
+            else ""
+        )
         rep.problems.append(
-            f"superseded by {latest['certificate_number']} (issued {latest['issued_at']}: "
-            f"{latest.get('reissue_reason')})"
+            f"superseded by {newer_number} (issued {newer['issued_at']}: "
+            f"{newer.get('reissue_reason')}){gone}"
         )
         return
     rep.checks.append(("standing in the store", "neither revoked nor superseded"))
@@ -1157,25 +1221,33 @@ def _store_standing(
     public_key: Any,
 ) -> tuple[
     dict[str, dict[str, Any]],
+    dict[str, dict[str, Any]],
     dict[Any, dict[str, Any]],
     dict[str, dict[str, Any]],
 ]:
-    """The store's revocations by certificate number (each signed by the lab key), per
-    subject the newest certificate not revoked, and the envelope of every certificate the
-    store issued by number (read once for a batch)."""
+    """The store's revocations by certificate number (each signed by the lab key), the
+    superseded numbers with the certificate that superseded each
+    (:func:`superseded_numbers`), per subject the certificate that stands
+    (:func:`standing_certificate`), and the envelope of every certificate the store issued
+    by number (read once for a batch)."""
     from fibergrade.errors import StoreCorruptError
 
     revoked = {e["certificate_number"]: e for e in revocation_entries(store, public_key)}
-    newest: dict[Any, dict[str, Any]] = {}
+    by_subject: dict[Any, list[dict[str, Any]]] = {}
     envelopes: dict[str, dict[str, Any]] = {}
-    for env in all_certificates(store):  # each subject's oldest first
+    certificates = all_certificates(store)  # each subject's oldest first
+    for env in certificates:
         doc = env.get("certificate")
         if not isinstance(doc, dict):
             raise StoreCorruptError(f"{store.root}: a stored certificate record holds none")
         envelopes[str(doc.get("certificate_number"))] = env
-        if doc.get("certificate_number") not in revoked:
-            newest[_subject(doc)] = doc
-    return revoked, newest, envelopes
+        by_subject.setdefault(_subject(doc), []).append(env)
+    standing = {}
+    for subject, envs in by_subject.items():
+        current = standing_certificate(envs, revoked)
+        if current is not None:
+            standing[subject] = current["certificate"]
+    return revoked, superseded_numbers(certificates), standing, envelopes
 
 
 def given_standards(paths: list[str | Path] | list[Path]) -> dict[Any, Any]:

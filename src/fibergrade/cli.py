@@ -1886,18 +1886,26 @@ def revoke_(
         raise typer.BadParameter("give the certificate number and --reason (or --list-only)")
     st = _open_store(store)
     private = load_private_key(key, passphrase)
+    notes: list[str] = []
     if list_only:
         env, target = write_revocation_list(st, private, out_file)
     else:
-        env, target = revoke(st, str(cert), str(reason), private, out_file)
+        env, target, notes = revoke(st, str(cert), str(reason), private, out_file)
     entries = len(env["revocations"]["entries"])
     if json_:
         _print_json(
-            {"certificate_number": cert, "revocation_list": str(target), "entries": entries}
+            {
+                "certificate_number": cert,
+                "revocation_list": str(target),
+                "entries": entries,
+                "notes": notes,
+            }
         )
         return
     done = f"{escape(cert)} revoked; " if cert else ""
     out.print(f"{done}signed revocation list ({entries} entries) written to {escape(str(target))}")
+    for note in notes:
+        out.print(f"[yellow]note:[/] {escape(note)}")
 
 
 @app.command("verify")

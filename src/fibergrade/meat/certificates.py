@@ -38,6 +38,7 @@ from fibergrade.certificates import (
     require_reason,
     revocation_entries,
     sign,
+    standing_certificate,
     stored_certificates,
 )
 from fibergrade.certificates import unfit_for_file_name as unfit
@@ -241,17 +242,16 @@ def certificate_links(
 ) -> dict[str, dict[str, Any]]:
     """The trace link of each certified carcass's certificate, by carcass id, from the
     store's carcass certificates (:func:`meat_certificates`, each carcass's oldest first)
-    and the revoked numbers: the newest not revoked (the one that stands, as ``verify
-    --store`` judges it), else the newest, marked revoked."""
-    latest: dict[str, dict[str, Any]] = {}
+    and the revoked numbers: the one that stands (as ``verify --store`` judges it,
+    :func:`~fibergrade.certificates.standing_certificate`), else the newest, marked
+    revoked (a revoked reissue does not put the one it superseded back)."""
+    by_carcass: dict[str, list[dict[str, Any]]] = {}
     for e in certificates:
-        doc = e["certificate"]
-        cid = doc["carcass"]["carcass_id"]
-        held = latest.get(cid)
-        if held is None or held["certificate_number"] in revoked:
-            latest[cid] = doc  # nothing stands yet: the newest so far
-        elif doc["certificate_number"] not in revoked:
-            latest[cid] = doc  # a newer one that stands
+        by_carcass.setdefault(e["certificate"]["carcass"]["carcass_id"], []).append(e)
+    latest: dict[str, dict[str, Any]] = {}
+    for cid, envs in by_carcass.items():
+        current = standing_certificate(envs, revoked)
+        latest[cid] = (current or envs[-1])["certificate"]
     return {
         cid: {
             "link": "certificate",
