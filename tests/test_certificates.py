@@ -180,6 +180,33 @@ def test_with_the_store_a_revoked_or_superseded_certificate_no_longer_stands(lab
     assert checks["standing in the store"] == "neither revoked nor superseded"
     # offline, without the store, the signature alone still verifies
     assert verify(d, revoked).returncode == 0
+    # the signed list the reissue wrote again lists the supersession: offline, with the
+    # list, the superseded certificate fails as it does with --store (it used to verify)
+    revs = d / "demo-out" / "fibergrade-data" / "revocations.json"
+    listed = json.loads(revs.read_text())["revocations"]["supersessions"]
+    assert [(e["certificate_number"], e["superseded_by"], e["reason"]) for e in listed] == [
+        (reissued.stem, newer, "client name corrected")
+    ]
+    r = verify(d, reissued, "--revocations", str(revs))
+    assert r.returncode == 5 and f"superseded by {newer}" in r.stderr, r.stderr
+    assert "client name corrected" in r.stderr
+    r = verify(d, d / CERTS / f"{newer}.json", "--revocations", str(revs), "--json")
+    assert r.returncode == 0, r.stderr
+    checks = {c["check"]: c["result"] for c in json.loads(r.stdout)["checks"]}
+    assert checks["revocation list"].startswith("neither revoked nor superseded")
+    # a list written before supersessions were listed is still read, and says it cannot tell
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+
+    doc = json.loads(revs.read_text())["revocations"]
+    del doc["supersessions"]
+    old = d / "old-revocations.json"
+    old.write_text(json.dumps(sign(doc, load_private_key(d / KEY))))
+    r = verify(d, reissued, "--revocations", str(old), "--json")
+    assert r.returncode == 0, r.stderr
+    assert any("predates supersessions" in n for n in json.loads(r.stdout)["notes"])
+    r = verify(d, revoked, "--revocations", str(old))
+    assert r.returncode == 5 and "mix-up" in r.stderr
 
 
 def test_reissues_supersede_for_good_and_revoking_one_puts_nothing_back(lab, tmp_path):

@@ -647,6 +647,7 @@ def certify_lots(
     finally:
         if staging is not None:  # what is left: PDFs of certificates not issued
             shutil.rmtree(staging, ignore_errors=True)
+    relist_after_reissue(store, private_key, result.issued)
     return result
 
 
@@ -996,6 +997,27 @@ def write_revocation_list(
     return env, target
 
 
+def relist_after_reissue(store: Any, private_key: Any, issued: list[Issued]) -> Path | None:
+    """After certificates that supersede others are issued, write the store's signed
+    revocation list (``STORE/revocations.json``) again, so that it lists the supersessions
+    as a revocation's list lists the revocation; the path, or None when nothing was
+    superseded. A list kept elsewhere is written again with ``revoke --list-only --out``."""
+    if not any(i.supersedes for i in issued):
+        return None
+    target = _list_target(store, None)
+    try:
+        _check_list_target(target)
+        _write_list(target, revocation_list(store, private_key))
+    except CertificateError as exc:
+        numbers = ", ".join(i.number for i in issued if i.supersedes)
+        raise CertificateError(
+            f"{numbers} issued (stored and logged), but the revocation list listing what "
+            f"they supersede is not written: {exc}; write it again with: fibergrade revoke "
+            "--list-only"
+        ) from None
+    return target
+
+
 def _list_target(store: Any, out_file: str | Path | None) -> Path:
     return Path(out_file) if out_file else Path(store.root) / "revocations.json"
 
@@ -1029,15 +1051,88 @@ def _write_list(target: Path, env: dict[str, Any]) -> None:
 
 
 def revocation_list(store: Any, private_key: Any) -> dict[str, Any]:
+    """The store's signed revocation list: ``entries``, every revocation, and
+    ``supersessions``, every certificate a reissue superseded (:func:`supersession_entries`),
+    so that a superseded certificate fails ``verify --revocations`` offline as it fails
+    ``verify --store``. A list without ``supersessions`` was written by a fibergrade from
+    before they were listed."""
+    public_key = private_key.public_key()
     doc = {
         "schema": REVOCATION_SCHEMA,
         "issued_at": _now(),
         "entries": [
-            {k: e[k] for k in _REVOCATION_FIELDS}
-            for e in revocation_entries(store, private_key.public_key())
+            {k: e[k] for k in _REVOCATION_FIELDS} for e in revocation_entries(store, public_key)
         ],
+        "supersessions": supersession_entries(store, public_key),
     }
     return sign(doc, private_key)
+
+
+def supersession_entries(store: Any, public_key: Any) -> list[dict[str, Any]]:
+    """Each certificate of the store a reissue superseded, in the order they were
+    superseded: its number and SHA-256, the number that superseded it, when (that one's
+    ``issued_at``) and why (its ``reissue_reason``). The superseding certificate must be
+    signed by the lab's ``public_key`` (:class:`~fibergrade.errors.StoreCorruptError`
+    otherwise: the lab's list would vouch for a certificate it did not issue)."""
+    from fibergrade.errors import StoreCorruptError
+
+    certificates = all_certificates(store)
+    by_number = {
+        str(e["certificate"].get("certificate_number")): e
+        for e in certificates
+        if isinstance(e.get("certificate"), dict)
+    }
+    out = []
+    for number, newer in superseded_numbers(certificates).items():
+        newer_number = str(newer.get("certificate_number"))
+        try:
+            check_signature(by_number[newer_number], public_key, newer_number)
+        except CertificateError:
+            raise StoreCorruptError(
+                f"{store.root}: the stored certificate {newer_number}, which supersedes "
+                f"{number}, is not signed by the lab key"
+            ) from None
+        old = by_number.get(number)
+        out.append(
+            {
+                "certificate_number": number,
+                "certificate_sha256": digest(old["certificate"]) if old else None,
+                "superseded_by": newer_number,
+                "superseded_at": newer.get("issued_at"),
+                "reason": newer.get("reissue_reason"),
+            }
+        )
+    return out
+
+
+def _revocation_list_check(
+    rev_doc: dict[str, Any], number: str, rep: VerifyReport, revocations: str | Path
+) -> None:
+    """Judge a certificate by a signed revocation list: revoked, or superseded by a reissue
+    (a list from before supersessions were listed has no ``supersessions``: said in a
+    note, since it cannot tell)."""
+    of = f"list of {rev_doc.get('issued_at')}"
+    hit = [e for e in rev_doc.get("entries", []) if e.get("certificate_number") == number]
+    if hit:
+        rep.problems.append(f"revoked on {hit[0]['revoked_at']}: {hit[0]['reason']} ({of})")
+        return
+    listed = rev_doc.get("supersessions")
+    if not isinstance(listed, list):
+        rep.checks.append(("revocation list", f"not revoked ({of})"))
+        rep.notes.append(
+            f"{revocations}: the {of} predates supersessions in the list: whether this "
+            "certificate was superseded by a reissue is told only with --store"
+        )
+        return
+    sup = [e for e in listed if isinstance(e, dict) and e.get("certificate_number") == number]
+    if sup:
+        e = sup[0]
+        rep.problems.append(
+            f"superseded by {e.get('superseded_by')} (issued {e.get('superseded_at')}: "
+            f"{e.get('reason')}) ({of})"
+        )
+        return
+    rep.checks.append(("revocation list", f"neither revoked nor superseded ({of})"))
 
 
 # --- verification -------------------------------------------------------------------------
@@ -1100,11 +1195,7 @@ def verify_certificate(
             raise CertificateError(str(exc)) from None
         if rev_doc.get("schema") != REVOCATION_SCHEMA:
             raise CertificateError(f"{revocations}: not a fibergrade revocation list")
-        hit = [e for e in rev_doc.get("entries", []) if e.get("certificate_number") == number]
-        if hit:
-            rep.problems.append(f"revoked on {hit[0]['revoked_at']}: {hit[0]['reason']}")
-        else:
-            rep.checks.append(("revocation list", f"not revoked (list of {rev_doc['issued_at']})"))
+        _revocation_list_check(rev_doc, number, rep, revocations)
     if cert.get("calibration", {}).get("uncalibrated"):
         rep.notes.append("graded WITHOUT a valid calibration (--uncalibrated)")
     if cache is None:

@@ -1892,18 +1892,23 @@ def revoke_(
     else:
         env, target, notes = revoke(st, str(cert), str(reason), private, out_file)
     entries = len(env["revocations"]["entries"])
+    superseded = len(env["revocations"]["supersessions"])
     if json_:
         _print_json(
             {
                 "certificate_number": cert,
                 "revocation_list": str(target),
                 "entries": entries,
+                "supersessions": superseded,
                 "notes": notes,
             }
         )
         return
     done = f"{escape(cert)} revoked; " if cert else ""
-    out.print(f"{done}signed revocation list ({entries} entries) written to {escape(str(target))}")
+    out.print(
+        f"{done}signed revocation list ({entries} revoked, {superseded} superseded) written "
+        f"to {escape(str(target))}"
+    )
     for note in notes:
         out.print(f"[yellow]note:[/] {escape(note)}")
 

@@ -35,6 +35,7 @@ from fibergrade.certificates import (
     next_certificate,
     output_folder,
     publish,
+    relist_after_reissue,
     require_reason,
     revocation_entries,
     sign,
@@ -172,6 +173,7 @@ def certify_carcasses(
             env = sign(doc, private_key)
             path = publish(store, out, number, env)
             issued.append(Issued(number, path, None, env, supersedes))
+    relist_after_reissue(store, private_key, issued)
     return CertifyOutcome(issued, skipped)
 
 
