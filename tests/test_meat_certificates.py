@@ -226,10 +226,22 @@ def test_trace_shows_the_certificate_that_stands(plant):
         ][-1]
 
     assert last()["id"] == f"FGM-{cid}-02" and last()["revoked"] is False
+    assert last()["supersedes"] == f"FGM-{cid}-01" and last()["reissue_reason"] == "typo"
+    # traced by the superseded number, the chain says it shows another (it did silently)
+    r = run("trace", f"FGM-{cid}-01", "--store", "s", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    (note,) = json.loads(r.stdout)["notes"]
+    assert f"FGM-{cid}-01 does not stand: superseded by FGM-{cid}-02" in note and "typo" in note
+    text = " ".join(run("trace", f"FGM-{cid}-01", "--store", "s", cwd=plant).stdout.split())
+    assert f"superseded by FGM-{cid}-02" in text and f"supersedes FGM-{cid}-01 (typo)" in text
     r = run("revoke", f"FGM-{cid}-02", "--reason", "wrong", "--store", "s", cwd=plant)
     assert r.returncode == 0, r.stderr
     assert f"carcass {cid} now has no certificate that stands" in " ".join(r.stdout.split())
     assert last()["id"] == f"FGM-{cid}-02" and last()["revoked"] is True
+    # a revoked link says when and why (trace --json had only revoked: true)
+    assert last()["revocation"]["reason"] == "wrong" and last()["revocation"]["revoked_at"]
+    text = " ".join(run("trace", cid, "--store", "s", cwd=plant).stdout.split())
+    assert "REVOKED on " in text and ": wrong;" in text
     r = run("meat", "certify", cid, "--export", "--store", "s", cwd=plant)
     assert r.returncode != 0 and "has no certificate that stands" in r.stderr, r.stderr
     r = run("revoke", f"FGM-{cid}-01", "--reason", "wrong", "--store", "s", cwd=plant)

@@ -1641,9 +1641,17 @@ def trace_(
                 extra = f"  {link['hscw_kg']:g} kg, weighing record {w[:12] if w else '—'}"
             elif name == "lot" and link.get("digest"):
                 extra = f"  {link['carcasses']} carcass(es)"
-            elif name == "certificate" and link.get("revoked"):
-                extra = "  REVOKED: no certificate of this carcass stands"
+            elif name == "certificate" and link.get("digest"):
+                extra = f"  issued {link['issued_at']}"
+                if link.get("supersedes"):
+                    extra += f", supersedes {link['supersedes']} ({link.get('reissue_reason')})"
+                rev = link.get("revocation")
+                if link.get("revoked"):
+                    when = f" on {rev['revoked_at']}: {rev['reason']}" if rev else ""
+                    extra += f"; REVOKED{when}; no certificate of this carcass stands"
             out.print(f"  {name:<11} {escape(str(label)):<28} {digest}{escape(extra)}")
+    for note in result.get("notes", []):
+        out.print(f"[yellow]note:[/] {escape(note)}")
     if not result["signatures_checked"] and any(c[-1].get("digest") for c in result["chains"]):
         out.print(
             "\ncertificates and revocations read as stored; pass --public-key to check "

@@ -41,6 +41,7 @@ from fibergrade.certificates import (
     sign,
     standing_certificate,
     stored_certificates,
+    superseded_numbers,
 )
 from fibergrade.certificates import unfit_for_file_name as unfit
 from fibergrade.store import under_issue_lock
@@ -240,27 +241,69 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
 
 
 def certificate_links(
-    certificates: list[dict[str, Any]], revoked: set[str]
+    certificates: list[dict[str, Any]], revoked: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """The trace link of each certified carcass's certificate, by carcass id, from the
     store's carcass certificates (:func:`meat_certificates`, each carcass's oldest first)
-    and the revoked numbers: the one that stands (as ``verify --store`` judges it,
-    :func:`~fibergrade.certificates.standing_certificate`), else the newest, marked
-    revoked (a revoked reissue does not put the one it superseded back)."""
+    and the revocation records by number: the one that stands (as ``verify --store``
+    judges it, :func:`~fibergrade.certificates.standing_certificate`), else the newest,
+    marked revoked (a revoked reissue does not put the one it superseded back). The link
+    says what it supersedes and why, and when and why it was revoked; ``earlier`` lists
+    the carcass's other certificates, each superseded or revoked."""
     by_carcass: dict[str, list[dict[str, Any]]] = {}
     for e in certificates:
         by_carcass.setdefault(e["certificate"]["carcass"]["carcass_id"], []).append(e)
-    latest: dict[str, dict[str, Any]] = {}
+    links = {}
     for cid, envs in by_carcass.items():
         current = standing_certificate(envs, revoked)
-        latest[cid] = (current or envs[-1])["certificate"]
-    return {
-        cid: {
+        doc = (current or envs[-1])["certificate"]
+        superseded = superseded_numbers(envs)
+        links[cid] = {
             "link": "certificate",
             "id": doc["certificate_number"],
             "digest": digest(doc),
             "issued_at": doc["issued_at"],
+            "supersedes": doc.get("supersedes"),
+            "reissue_reason": doc.get("reissue_reason"),
             "revoked": doc["certificate_number"] in revoked,
+            "revocation": _revocation_of(revoked.get(doc["certificate_number"])),
+            "earlier": [
+                {
+                    "id": number,
+                    "superseded_by": _supersession_of(superseded.get(number)),
+                    "revocation": _revocation_of(revoked.get(number)),
+                }
+                for e in envs
+                if (number := e["certificate"]["certificate_number"]) != doc["certificate_number"]
+            ],
         }
-        for cid, doc in latest.items()
+    return links
+
+
+def _revocation_of(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if entry is None else {k: entry[k] for k in ("revoked_at", "reason")}
+
+
+def _supersession_of(newer: dict[str, Any] | None) -> dict[str, Any] | None:
+    if newer is None:
+        return None
+    return {
+        "id": newer["certificate_number"],
+        "issued_at": newer.get("issued_at"),
+        "reason": newer.get("reissue_reason"),
     }
+
+
+def certificate_note(ident: str, link: dict[str, Any]) -> str | None:
+    """What became of the carcass certificate ``ident`` when its chain ends in another
+    certificate (``link``, of :func:`certificate_links`): superseded (by which, when, why)
+    and/or revoked (when, why); None when ``ident`` is the link's own."""
+    earlier = next((x for x in link["earlier"] if x["id"] == ident), None)
+    if earlier is None:
+        return None
+    said = []
+    if (sup := earlier["superseded_by"]) is not None:
+        said.append(f"superseded by {sup['id']} (issued {sup['issued_at']}: {sup['reason']})")
+    if (rev := earlier["revocation"]) is not None:
+        said.append(f"revoked on {rev['revoked_at']}: {rev['reason']}")
+    return f"{ident} does not stand: {'; '.join(said)}; the chain shows {link['id']}"

@@ -21,8 +21,8 @@ check runs before the one record is written, so a refused file leaves nothing be
 
 The chain of :func:`trace` is animal -> slaughter -> carcass -> lot -> certificate. Each link
 carries the SHA-256 of the canonical JSON of what it stands for (``digest``) and the store
-record holding it (``record``). No meat certificate is issued by this project yet; the last
-link says so instead of inventing one.
+record holding it (``record``). The last link is the carcass's certificate that stands (or,
+when none does, its newest, marked revoked), or "no certificate issued".
 """
 
 from __future__ import annotations
@@ -405,7 +405,11 @@ def trace(store: Store, ident: str, public_key: Any = None) -> dict[str, Any]:
         matched.append("halal certificate")
         wanted.extend(cert_hits)
     from fibergrade.certificates import revocation_entries
-    from fibergrade.meat.certificates import certificate_links, meat_certificates
+    from fibergrade.meat.certificates import (
+        certificate_links,
+        certificate_note,
+        meat_certificates,
+    )
 
     certificates = meat_certificates(store)  # read once: for the id and for every chain
     if public_key is not None:
@@ -441,16 +445,20 @@ def trace(store: Store, ident: str, public_key: Any = None) -> dict[str, Any]:
         for c in dict.fromkeys(wanted)
     ]
     links = certificate_links(
-        certificates, {e["certificate_number"] for e in revocation_entries(store, public_key)}
+        certificates, {e["certificate_number"]: e for e in revocation_entries(store, public_key)}
     )
+    notes = []
     for chain in chains:  # the last link: the carcass's certificate, when one was issued
         link = links.get(chain[2].get("id"))
         if link is not None:
             chain[-1] = link
+            if (note := certificate_note(ident, link)) is not None:
+                notes.append(note)
     return {
         "id": ident,
         "matched": matched,
         "chains": chains,
+        "notes": notes,
         "signatures_checked": public_key is not None,
     }
 
