@@ -194,6 +194,34 @@ def test_a_certificate_of_another_scheme_version_or_weight_is_reported(plant):
             "verify", "old-scheme.json", "--public-key", "keys/lab.pub", "--store", "s", cwd=plant
         ).stderr
     )
+    # MSA reasons name the field of their value ("fat score >= 2 (GR >= 6 mm): 4" read as a
+    # fat score of 4): a certificate issued with the first wording still verifies, with a note
+    (light_file,) = plant.rglob("FGM-KZ-C-0002-01.json")
+    light = json.loads(light_file.read_text())["certificate"]
+    reasons = light["grading"]["msa_reasons"]
+    assert reasons == ["hot standard carcass weight: hscw_kg = 17.2 (needs >= 18)"]
+    from fibergrade.store import Store
+
+    for stated, ok in (
+        (["hot standard carcass weight: 17.2 (needs hscw_kg >= 18)"], True),
+        (["hot standard carcass weight: 17.9 (needs hscw_kg >= 18)"], False),
+    ):
+        fake = plant / "worded.json"
+        grading = dict(light["grading"], msa_reasons=stated)
+        number = "FGM-KZ-C-0002-02"  # as if issued so, superseding the first
+        env = sign(dict(light, grading=grading, certificate_number=number, supersedes=light[
+            "certificate_number"], reissue_reason="x"), key)  # fmt: skip
+        fake.write_text(json.dumps(env))
+        if ok:
+            Store.open(plant / "s", create=False).put_result("certificate", env)
+        r2 = run("verify", str(fake), "--public-key", "keys/lab.pub", "--store", "s", "--json",
+                 cwd=plant)  # fmt: skip
+        assert (r2.returncode == 0) is ok, r2.stdout
+        said = json.loads(r2.stdout)
+        if ok:
+            assert any("worded as before" in n for n in said["notes"])
+        else:
+            assert any("msa_reasons: certificate says" in p for p in said["problems"])
 
 
 def test_two_imports_of_one_file_at_once_store_it_once(tmp_path):

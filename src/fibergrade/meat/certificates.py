@@ -231,6 +231,12 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
             f"{carcass_weight(again)!r}"
         )
     for key in GRADED_FIELDS:
+        if key == "msa_reasons" and _first_worded(again.get(key), cert["grading"].get(key)):
+            rep.notes.append(
+                "msa_reasons are worded as before reasons named the field of their value "
+                "(the same conditions and values)"
+            )
+            continue
         if again.get(key) != cert["grading"].get(key):
             rep.problems.append(
                 f"{key}: certificate says {cert['grading'].get(key)!r}, "
@@ -238,6 +244,16 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
             )
     if not rep.problems:
         rep.checks.append(("recomputation", f"{len(GRADED_FIELDS)} graded fields agree"))
+
+
+def _first_worded(again: Any, stated: Any) -> bool:
+    """The certificate's MSA reasons are the recomputed ones as first worded (issued
+    before the value was named: :func:`~fibergrade.meat.grading.reason_as_first_worded`)."""
+    from fibergrade.meat.grading import reason_as_first_worded
+
+    if not isinstance(again, list) or again == stated:
+        return False
+    return [reason_as_first_worded(r) for r in again] == stated
 
 
 def certificate_links(

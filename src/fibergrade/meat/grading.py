@@ -12,6 +12,7 @@ fat score).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -149,12 +150,28 @@ class MeatGrades:
 
 
 def _reason(c: Condition, value: float, limit: float, category: str | None) -> str:
+    """Why a carcass fails an MSA condition: the condition's name, then the value measured
+    under the field it was read from (a condition named after fat score compares GR, so a
+    bare number read as the wrong quantity), and what it needs."""
     name = c.name or c.describe()
     if value != value:  # NaN: not recorded
         return f"{name}: not recorded"
     if limit != limit:
         return f"{name}: no threshold for category {category or 'unknown'}"
-    return f"{name}: {value:g} (needs {c.field} {c.op} {limit:g})"
+    return f"{name}: {c.field} = {value:g} (needs {c.op} {limit:g})"
+
+
+_WORDED = re.compile(r"^(?P<name>.*): (?P<field>\w+) = (?P<value>\S+) \(needs (?P<need>[^)]*)\)$")
+
+
+def reason_as_first_worded(reason: str) -> str:
+    """A reason of :func:`_reason` as carcass certificates issued before the value was
+    named worded it (``NAME: VALUE (needs FIELD OP LIMIT)``), so that verification can
+    recompute those; other reasons are unchanged."""
+    m = _WORDED.match(reason)
+    if m is None:
+        return reason
+    return f"{m['name']}: {m['value']} (needs {m['field']} {m['need']})"
 
 
 def _flags(cols: Mapping[str, Sequence[Any]], i: int, delay: float, cat: str | None) -> list[str]:
