@@ -48,6 +48,15 @@ def test_certify_verify_and_trace(plant):
     assert set(doc["grading"]) >= {"category", "fat_score", "msa_eligible", "eu_category"}
     # meat.md (EU): report the weight and whether warm or cold; the schemes used by version
     assert doc["weight"]["basis"] == "hot" and doc["weight"]["hscw_kg"] > 0
+    # what trace shows of the slaughter record, the certificate states too (it did not)
+    assert doc["carcass"]["carcass_id"] == "KZ-C-0001"
+    assert doc["slaughter"] == {
+        "slaughtered_at": "2026-03-02T08:15:00+05:00",
+        "establishment_approval": "KZ-EST-0412",
+        "certification_body": "Kazakhstan Muslim Board Halal Centre",
+        "halal_certificate": "HC-2025-0881",
+        "halal_certificate_expiry": "2026-12-31",
+    }
     from fibergrade.meat.grading import schemes_used
 
     assert doc["schemes"] == {role: s.ref() for role, s in schemes_used().items()}
@@ -183,6 +192,11 @@ def test_a_certificate_of_another_scheme_version_or_weight_is_reported(plant):
     for name, forged, expected in (
         ("old-scheme", dict(doc, schemes=dict(doc["schemes"], msa=old_msa)), "msa scheme"),
         ("weight", dict(doc, weight={"hscw_kg": 99.0, "basis": "hot"}), "weight: certificate"),
+        (
+            "slaughter",
+            dict(doc, slaughter=dict(doc["slaughter"], slaughtered_at="2026-03-01T08:15:00Z")),
+            "slaughter: certificate says",
+        ),
     ):
         fake = plant / f"{name}.json"
         fake.write_text(json.dumps(sign(forged, key)))

@@ -3,7 +3,9 @@
 Schema ``fibergrade-meat-certificate/1``: the carcass (carcass id, animal id, lot), its
 grading (category, fat score, MSA eligibility and reasons, EU category and light-lamb band,
 colour, pH class, with the schemes' ids and digests), the validated halal slaughter record
-(digest, certification body and its certificate), the SHA-256 of the stored carcass record,
+(digest, certification body and its certificate) and what the certificate states of it
+(``slaughter``: slaughter date, establishment, certification body, halal certificate and
+its expiry), the SHA-256 of the stored carcass record,
 the weighing link, the audit-log position, the software version and any superseded
 certificate. It is signed with the lab's Ed25519 key exactly as fibre certificates are
 (:func:`fibergrade.certificates.sign`), stored in the store (and so logged in the audit
@@ -94,7 +96,7 @@ def certify_carcasses(
     certificate's lab for a reissue, else the default
     (:func:`fibergrade.certificates.lab_name_for`).
     """
-    from fibergrade.meat.traceability import grade_carcass_records
+    from fibergrade.meat.traceability import grade_carcass_records, halal_index, slaughter_facts
 
     if reissue_reason is not None:
         require_reason(reissue_reason, "a reissue")
@@ -147,6 +149,7 @@ def certify_carcasses(
         return CertifyOutcome(skipped=skipped)
     # every check passed: the very records these certificates are made from are recorded
     result_id = graded.record(store)
+    slaughtered = halal_index(store)  # each carcass here has a validated one
     audit = AuditLog(store.root)
     pos = audit.position()
     issued = []
@@ -162,6 +165,7 @@ def certify_carcasses(
                 "grading": {k: r.get(k) for k in GRADED_FIELDS},
                 "schemes": graded.schemes,
                 "halal": r["halal"],
+                "slaughter": slaughter_facts(slaughtered[r["carcass_id"]][1]),
                 "carcass_record": r["carcass_record"],
                 "weighing": r.get("weighing"),
                 "grade_result": result_id,
@@ -181,7 +185,7 @@ def certify_carcasses(
 def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
     """Check the stored records a carcass certificate names and recompute its grading."""
     from fibergrade.errors import FibergradeError, StoreError
-    from fibergrade.meat.traceability import grade_carcass_records
+    from fibergrade.meat.traceability import grade_carcass_records, halal_index, slaughter_facts
 
     cid = cert["carcass"]["carcass_id"]
     try:
@@ -225,6 +229,14 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
             f"halal: certificate says {cert.get('halal')!r}, the slaughter record gives "
             f"{again['halal']!r}"
         )
+    if "slaughter" in cert:  # certificates issued before it was stated carry none
+        found = halal_index(store).get(cid)
+        now = slaughter_facts(found[1]) if found else None
+        if now != cert["slaughter"]:
+            rep.problems.append(
+                f"slaughter: certificate says {cert['slaughter']!r}, the slaughter record "
+                f"gives {now!r}"
+            )
     if "weight" in cert and carcass_weight(again) != cert["weight"]:
         rep.problems.append(
             f"weight: certificate says {cert['weight']!r}, the carcass record gives "

@@ -47,12 +47,14 @@ __all__ = [
     "ImportResult",
     "grade_carcass_records",
     "grade_store",
+    "halal_index",
     "halal_link",
     "halal_problems",
     "import_carcasses",
     "import_halal",
     "load_carcasses",
     "scale_limit",
+    "slaughter_facts",
     "trace",
 ]
 
@@ -264,6 +266,24 @@ def halal_link(halal: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
     if problems:
         link |= {"status": "failed", "problems": problems}
     return link
+
+
+def slaughter_facts(record: dict[str, Any]) -> dict[str, Any]:
+    """What a carcass certificate states of its slaughter record (meat.md, "Halal
+    slaughter record"): the slaughter date and establishment, and the halal certification
+    body with its certificate and that certificate's expiry."""
+    return {
+        "slaughtered_at": record["slaughtered_at"],
+        "establishment_approval": record["establishment_approval"],
+        "certification_body": record["certification_body"],
+        "halal_certificate": record["certificate_number"],
+        "halal_certificate_expiry": record["certificate_expiry"],
+    }
+
+
+def halal_index(store: Store) -> dict[str, tuple[str, dict[str, Any]]]:
+    """carcass id -> (halal record digest, slaughter record), of every stored record."""
+    return _halal_index(store)
 
 
 def _halal_index(store: Store) -> dict[str, tuple[str, dict[str, Any]]]:
