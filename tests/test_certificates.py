@@ -1000,6 +1000,48 @@ def test_the_pdf_states_an_mfd_outside_the_calibrated_range(cal, text):
     assert text in _calibration_text({"uncalibrated": False} | cal)
 
 
+def test_the_pdf_states_what_an_auditor_needs_and_never_contradicts_the_criteria(lab):
+    """The page lacked the received and measured dates, the standard's digest and
+    citation, the cut, the screening model and probability, the override's actor, the
+    calibration's date, range and reference set, min/max and curvature, and cut the
+    calibration id to 32 hex; and it printed "CV (%) 24.0" beside "24.02 <= 24 FAIL"."""
+    from fibergrade.certificate_pdf import figure_rows, lot_rows, screening_text
+    from fibergrade.store import Store
+
+    doc = json.loads(certs(lab)[0].read_text())["certificate"]
+    store = Store.open(lab / "demo-out" / "fibergrade-data", create=False)
+    cal = store.get_result("calibration", doc["calibration"]["record"])
+    rows = dict(lot_rows(doc, cal))
+    assert rows["Received / measured"] == f"{doc['lot']['received_at']} / " + str(
+        doc["lot"]["measured_at"]
+    )
+    assert doc["calibration"]["record"] in rows["Calibration"]  # all 64 hex
+    lo, hi = cal["range_um"]
+    assert f"range {lo:g}-{hi:g} um" in rows["Calibration record"]
+    assert cal["reference"]["id"] in rows["Calibration record"]
+    assert cal["created_at"][:10] in rows["Calibration record"]
+    figures = dict(figure_rows(doc))
+    assert "> 30 um by mass (%)" in figures and "Curvature (deg/mm)" in figures
+    assert figures["Min / max (um)"] == f"{doc['figures']['min_um']} / {doc['figures']['max_um']}"
+    text = screening_text(doc)
+    assert f"probability {doc['screening']['probability']}" in text
+    assert doc["screening"]["model_digest"] in text and "model screening-" in text
+    overridden = dict(doc["screening"], override={"reason": "SEM", "actor": "j.doe", "record": ""})
+    assert "recorded by j.doe: SEM" in screening_text(dict(doc, screening=overridden))
+    # a figure a criterion judged shows the value it was judged on, as the criteria line does
+    crit = {"grade": "g", "name": "cv", "figure": "cv_pct", "op": "<=", "limit": 24.0,
+            "value": 24.0237924431317, "passed": False}  # fmt: skip
+    near = dict(doc, figures=dict(doc["figures"], cv_pct=24.0), grade={"id": None,
+                "criteria": [crit]})  # fmt: skip
+    assert dict(figure_rows(near))["CV (%)"] == "24.0  (graded on 24.02)"
+    pdf = certs(lab)[0].with_suffix(".pdf")
+    if shutil.which("pdftotext") and shutil.which("pdfinfo"):  # poppler, where installed
+        info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
+        assert [ln.split()[-1] for ln in info.splitlines() if ln.startswith("Pages:")] == ["1"]
+        page = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True)
+        assert "Received / measured" in page.stdout and doc["standard"]["digest"] in page.stdout
+
+
 def test_verify_takes_the_store_from_the_environment_as_every_command_does(lab):
     cert = certs(lab)[0]
     env = os.environ | {"FIBERGRADE_STORE": str(lab / "demo-out" / "fibergrade-data")}

@@ -610,6 +610,7 @@ def certify_lots(
     from fibergrade.cluster import InProcess
     from fibergrade.segment_tasks import CertifyTask, certify_segment
 
+    calibrations: dict[str, dict[str, Any] | None] = {}  # for the PDFs: read once each
     tasks = [
         CertifyTask(
             path=os.path.abspath(store.segment_path(seg)),
@@ -617,6 +618,11 @@ def certify_lots(
             envelopes=tuple(envs[i] for i in idxs),
             records=tuple(graded[docs[i]["lot"]["lot_id"]] for i in idxs),
             pdf_paths=tuple(os.path.abspath(staged[i]) for i in idxs) if staged else (),
+            calibrations=(
+                tuple(_calibration_record(store, docs[i], calibrations) for i in idxs)
+                if staged
+                else ()
+            ),
         )
         for seg, idxs in by_segment.items()
     ]
@@ -656,6 +662,23 @@ STAGING_PREFIX = ".fibergrade-pending-"
 #: leftovers younger than this are not touched: another store's run may be writing them
 #: into a shared output folder [unsourced: the project's choice]
 STALE_AFTER_S = 3600.0
+
+
+def _calibration_record(
+    store: Any, doc: dict[str, Any], cache: dict[str, dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """The calibration record a certificate names (for its PDF: date, range, reference
+    set), or None when it names none or the record cannot be read (the PDF then shows
+    the id alone; verification, not the PDF, judges the record)."""
+    rid = (doc.get("calibration") or {}).get("record")
+    if not isinstance(rid, str):
+        return None
+    if rid not in cache:
+        try:
+            cache[rid] = store.get_result("calibration", rid)
+        except (StoreError, OSError, ValueError):
+            cache[rid] = None
+    return cache[rid]
 
 
 def clear_stale_files(out: Path) -> int:
@@ -752,7 +775,8 @@ def export_certificates(
                 }
             pdf_path = out / f"{number}.pdf"
             try:  # render_pdf writes beside the name and renames
-                render_pdf(env, grade_results[gid][ident], pdf_path)
+                cal = _calibration_record(store, doc, {})
+                render_pdf(env, grade_results[gid][ident], pdf_path, calibration=cal)
             except OSError as exc:
                 raise CertificateError(f"{pdf_path}: cannot write: {exc}") from exc
         done.append(Issued(number, path, pdf_path, env, doc.get("supersedes")))

@@ -313,6 +313,8 @@ class CertifyTask:
     envelopes: tuple[dict[str, Any], ...]  # signed certificates
     records: tuple[dict[str, Any], ...]  # the grade record each was made from
     pdf_paths: tuple[str, ...] = ()  # where to write each PDF (empty: no PDFs)
+    # the calibration record each was graded with (None: uncalibrated), for its PDF
+    calibrations: tuple[dict[str, Any] | None, ...] = ()
 
     @property
     def weight(self) -> int:
@@ -334,9 +336,12 @@ def certify_segment(task: CertifyTask) -> int:
     from fibergrade.certificates import CertificateError
 
     # pdf_paths is empty when no PDFs are wanted: then nothing is rendered
-    for env, rec, pdf in zip(task.envelopes, task.records, task.pdf_paths, strict=False):
+    calibrations = task.calibrations or (None,) * len(task.envelopes)
+    for env, rec, cal, pdf in zip(
+        task.envelopes, task.records, calibrations, task.pdf_paths, strict=False
+    ):
         try:
-            render_pdf(env, rec, pdf)
+            render_pdf(env, rec, pdf, calibration=cal)
         except OSError as exc:
             raise CertificateError(f"{pdf}: cannot write the certificate PDF: {exc}") from exc
     return len(task.pdf_paths)
