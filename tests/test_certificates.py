@@ -1125,3 +1125,61 @@ def test_a_certificate_screened_with_a_retired_model_still_verifies(lab, tmp_pat
     r = verify(d, issued, *STORE)  # with the current software and models/
     assert r.returncode == 0, r.stderr
     assert f"screened again with the retired model {old[:12]}" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def forged(lab, tmp_path_factory) -> dict[str, Path]:
+    """A copy of the lab whose dishonest staff issued, through the store (stored, logged,
+    checkpointed, signed with the lab key), certificates the store does not support; the
+    certificate files by what was forged."""
+    from fibergrade.audit import AuditLog
+    from fibergrade.certificates import publish, sign
+    from fibergrade.keys import load_private_key
+    from fibergrade.store import Store
+
+    d = tmp_path_factory.mktemp("forged") / "lab"
+    shutil.copytree(lab, d)
+    st = Store.open(d / "demo-out" / "fibergrade-data", create=False)
+    key = load_private_key(d / KEY)
+    out = d / "forged"
+    out.mkdir()
+    made: dict[str, Path] = {}
+    # another lot's metadata: origin and GI, client, declared type, instrument
+    doc = json.loads((d / CERTS / "FG-20261120-0005-01.json").read_text())["certificate"]
+    doc |= {
+        "certificate_number": "FG-20261120-0005-02",
+        "supersedes": "FG-20261120-0005-01",
+        "reissue_reason": "client name corrected",
+        "origin_claim": {"country": "IT", "region": "Biella", "geographical_indication": "PDO-X"},
+        "lot": doc["lot"] | {"client": "Someone Else", "declared_type": "baby-camel"},
+        "instrument": {"id": "OFDA-REAL-9"},
+        "audit_position": AuditLog(st.root).position().to_dict(),
+    }
+    made["metadata"] = publish(st, out, doc["certificate_number"], sign(doc, key))
+    AuditLog(st.root).checkpoint(key)
+    return made
+
+
+def test_a_certificate_must_state_the_lot_metadata_of_its_raw_segment(forged):
+    """Lot, client, declared type, dates, origin claim and instrument come from the lot's
+    metadata in its raw segment (covered by its SHA-256): a certificate, even one the lab
+    signed and stored, that states others fails, naming each field and both values."""
+    d = forged["metadata"].parent.parent
+    was = json.loads((d / CERTS / "FG-20261120-0005-01.json").read_text())["certificate"]
+    r = verify(d, forged["metadata"], *STORE, "--json")
+    assert r.returncode == 5, r.stderr
+    problems = json.loads(r.stdout)["problems"]
+    said = {
+        "lot.declared_type": ("baby-camel", was["lot"]["declared_type"]),
+        "lot.client": ("Someone Else", was["lot"]["client"]),
+        "origin_claim.country": ("IT", was["origin_claim"]["country"]),
+        "origin_claim.region": ("Biella", was["origin_claim"]["region"]),
+        "origin_claim.geographical_indication": (
+            "PDO-X",
+            was["origin_claim"]["geographical_indication"],
+        ),
+        "instrument.id": ("OFDA-REAL-9", was["instrument"]["id"]),
+    }
+    assert problems == [
+        f"{k}: certificate says {a!r}, the store gives {b!r}" for k, (a, b) in said.items()
+    ], problems  # nothing else: it stands in the store, and its figures are the lot's

@@ -1433,6 +1433,7 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
             f"lot {lot_id} lives in segment {lot.segment[:16]}..., not {seg[:16]}..."
         )
         return
+    _compare_lot(cert, lot, store, rep, cache)
     a = np.zeros(1)
     b = np.ones(1)
     cal_id = cert.get("calibration", {}).get("record")
@@ -1490,6 +1491,66 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
             )
         )
     _rescreen(cert, table, summary if std.cut_um == DEFAULT_CUT_UM else None, lot, rep, cache)
+
+
+#: what a certificate states of its lot, by field, and the lot metadata key it comes from
+#: (the metadata is in the raw segment, which its SHA-256 covers; see build_certificate)
+_LOT_FIELDS = {
+    "lot": {k: k for k in ("lot_id", "declared_type", "client", "received_at", "measured_at")},
+    "origin_claim": {
+        "country": "origin",
+        "region": "region",
+        "geographical_indication": "gi_code",
+    },
+    "instrument": {"id": "instrument_id"},
+}
+
+
+def _differences(
+    stated: Any, derived: dict[str, Any], where: str, source: str = "the store gives"
+) -> list[str]:
+    """Each field of ``stated`` (a certificate's part) that differs from ``derived``
+    (the same part as the store gives it), naming the field and both values; a part that
+    is not an object, a field missing and a field the certificate adds are differences
+    too."""
+    if not isinstance(stated, dict):
+        return [f"{where}: certificate says {stated!r}, {source} {derived!r}"]
+    return [
+        f"{where}.{k}: certificate says {stated.get(k, '(missing)')!r}, "
+        f"{source} {derived.get(k, '(nothing)')!r}"
+        for k in [*derived, *(k for k in stated if k not in derived)]
+        if k not in stated or k not in derived or stated[k] != derived[k]
+    ]
+
+
+def _compare_lot(
+    cert: dict[str, Any], lot: Any, store: Any, rep: VerifyReport, cache: dict[Any, Any]
+) -> None:
+    """The lot, origin claim and instrument the certificate states against the lot's
+    metadata in its raw segment, and the source file name against the segment's."""
+    meta = lot.meta.to_dict()
+    found: list[str] = []
+    for part, keys in _LOT_FIELDS.items():
+        derived = {field_: meta.get(key) for field_, key in keys.items()}
+        found += _differences(cert.get(part), derived, part)
+    names = _cached(
+        cache, ("source names",), lambda: {s.digest: s.source_name for s in store.segments()}
+    )
+    stated = (cert.get("raw_segment") or {}).get("source_name")
+    if stated != names.get(lot.segment):
+        found.append(
+            f"raw_segment.source_name: certificate says {stated!r}, the store gives "
+            f"{names.get(lot.segment)!r}"
+        )
+    rep.problems += found
+    if not found:
+        rep.checks.append(
+            (
+                "lot metadata",
+                "lot, client, declared type, dates, origin claim and instrument agree with "
+                "the raw segment",
+            )
+        )
 
 
 def _rescreen(
