@@ -1132,10 +1132,23 @@ def forged(lab, tmp_path_factory) -> dict[str, Path]:
     """A copy of the lab whose dishonest staff issued, through the store (stored, logged,
     checkpointed, signed with the lab key), certificates the store does not support; the
     certificate files by what was forged."""
+    import copy
+
     from fibergrade.audit import AuditLog
-    from fibergrade.certificates import publish, sign
+    from fibergrade.certificates import (
+        build_certificate,
+        certify_lots,
+        publish,
+        record_override,
+        sign,
+    )
+    from fibergrade.distribution import DEFAULT_CUT_UM
+    from fibergrade.grading import grade, load_standard
     from fibergrade.keys import load_private_key
+    from fibergrade.screening import load_model, screening_entries
+    from fibergrade.segment_tasks import summarise_table
     from fibergrade.store import Store
+    from fibergrade.workflow import latest_grades
 
     d = tmp_path_factory.mktemp("forged") / "lab"
     shutil.copytree(lab, d)
@@ -1156,6 +1169,53 @@ def forged(lab, tmp_path_factory) -> dict[str, Path]:
         "audit_position": AuditLog(st.root).position().to_dict(),
     }
     made["metadata"] = publish(st, out, doc["certificate_number"], sign(doc, key))
+    AuditLog(st.root).checkpoint(key)
+    # grade records written through the store (so logged), then certified by certify
+    graded = latest_grades(st)
+    lots = []
+    rec = dict(graded["20261120-0003"], calibration_range_flag="above")  # in range
+    lots.append(rec)
+    rec = copy.deepcopy(graded["20261120-0004"])  # criteria (value, limit, op, passed)
+    for c in rec["criteria"]:
+        if c["figure"] == "coarse_mass_pct":
+            c |= {"value": 0.01, "limit": 5.0}
+        if c["figure"] == "cv_pct":
+            c |= {"op": "<", "limit": 30.0, "passed": False}
+    lots.append(rec)
+    # lot 0006 graded raw, as without a valid calibration, but recorded as calibrated:
+    # every figure, criterion and the screening are those of its raw diameters
+    rec = dict(graded["20261120-0006"])
+    raw = st.read_lot(rec["lot_id"])
+    summary = summarise_table(raw, DEFAULT_CUT_UM, "fast")
+    std = load_standard(rec["standard"]["id"])
+    rec |= summary.to_records()[0] | grade(summary, std).records()[0]
+    rec |= {"calibration": None, "uncalibrated": False, "calibration_range_flag": None}
+    rec["screening"] = screening_entries(load_model(), summary, [rec["declared_type"]])[0]
+    lots.append(rec)
+    for rec in lots:
+        rec.pop("result_id")
+    st.put_result("grade", {"kind": "grade", "created_at": "2099-01-01T00:00:00+00:00",
+                            "lots": lots})  # fmt: skip
+    issued = certify_lots(
+        st, [r["lot_id"] for r in lots], key, out, reissue_reason="regraded", pdf=False
+    ).issued
+    for what, cert in zip(("range flag", "criteria", "calibrated"), issued, strict=True):
+        made[what] = cert.json_path
+    # lot 0020, flagged, certified over another lot's override
+    flagged = graded["20261120-0020"]
+    assert flagged["screening"]["verdict"] != "clean"
+    other = record_override(st, "20261120-0001", "SEM confirmed cashmere", "lab manager")
+    doc = build_certificate(
+        st,
+        flagged,
+        lab_name="x",
+        number="FG-20261120-0020-01",
+        supersedes=None,
+        audit_pos=AuditLog(st.root).position(),
+        override=st.get_result("override", other) | {"record": other},
+        source_names={s.digest: s.source_name for s in st.segments()},
+    )
+    made["override"] = publish(st, out, doc["certificate_number"], sign(doc, key))
     AuditLog(st.root).checkpoint(key)
     return made
 
@@ -1183,3 +1243,47 @@ def test_a_certificate_must_state_the_lot_metadata_of_its_raw_segment(forged):
     assert problems == [
         f"{k}: certificate says {a!r}, the store gives {b!r}" for k, (a, b) in said.items()
     ], problems  # nothing else: it stands in the store, and its figures are the lot's
+
+
+def test_what_grading_recorded_is_recomputed_not_taken_from_the_grade_record(forged):
+    """Grade records are files written through the store: ones that hide a calibration
+    range flag, alter the criteria, or call a lot graded on raw diameters calibrated, were
+    certified by certify. Verification recomputes the criteria (value, limit, op, passed)
+    and the range flag, and a certificate that says calibrated must name a calibration
+    record; an override must be this lot's logged override record."""
+    d = forged["metadata"].parent.parent
+    which = ("range flag", "criteria", "calibrated", "override")
+    r = verify(d, *(forged[w] for w in which), *STORE, "--json")
+    assert r.returncode == 5, r.stderr
+    found = dict(zip(which, (x["problems"] for x in json.loads(r.stdout)), strict=True))
+    assert found["range flag"] == [
+        "calibration.range_flag: certificate says 'above', raw data give None"
+    ]
+    was = json.loads((d / CERTS / "FG-20261120-0004-01.json").read_text())["certificate"]
+    mass, cv = (
+        next(c for c in was["grade"]["criteria"] if c["figure"] == f)
+        for f in ("coarse_mass_pct", "cv_pct")
+    )
+    i, j = was["grade"]["criteria"].index(mass), was["grade"]["criteria"].index(cv)
+    assert mass["value"] != 0.01 and cv["passed"] is True
+    assert found["criteria"] == [
+        f"grade.criteria[{i}] (cashmere: fibres over 30 um, by mass).limit: certificate says "
+        f"5.0, the standard gives {mass['limit']!r}",
+        f"grade.criteria[{i}] (cashmere: fibres over 30 um, by mass).value: certificate says "
+        f"0.01, raw data give {mass['value']!r}",
+        f"grade.criteria[{j}] (cashmere: coefficient of variation).op: certificate says '<', "
+        f"the standard gives {cv['op']!r}",
+        f"grade.criteria[{j}] (cashmere: coefficient of variation).limit: certificate says "
+        f"30.0, the standard gives {cv['limit']!r}",
+        f"grade.criteria[{j}] (cashmere: coefficient of variation).passed: certificate says "
+        "False, raw data give True",
+    ], found["criteria"]
+    assert len(found["calibrated"]) == 1, found["calibrated"]  # its figures are the raw ones
+    assert found["calibrated"][0].startswith(
+        "calibration: the certificate says uncalibrated False but names no calibration record"
+    )
+    doc = json.loads(forged["override"].read_text())["certificate"]
+    assert found["override"] == [
+        f"screening.override: record {doc['screening']['override']['record'][:12]} is the "
+        "override of lot '20261120-0001', not of lot '20261120-0020'"
+    ], found["override"]

@@ -1231,6 +1231,8 @@ def verify_certificate(
         verify_meat(cert, store, rep)
     elif store is not None:
         _recompute(cert, store, rep, cache)
+    if cert["schema"] == SCHEMA:
+        _check_override(cert, store, rep, cache)
     if rep.problems:
         raise VerificationFailed(number, rep.problems)
     return rep
@@ -1436,8 +1438,25 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
     _compare_lot(cert, lot, store, rep, cache)
     a = np.zeros(1)
     b = np.ones(1)
-    cal_id = cert.get("calibration", {}).get("record")
-    if cal_id:
+    stated_cal = cert.get("calibration") or {}
+    cal_id = stated_cal.get("record")
+    cal_range: list[float] | None = None
+    # grading records a lot as uncalibrated exactly when it names no calibration record
+    # (calibration.CalibrationFields): one that says calibrated names a logged record of
+    # its instrument, and one that names none is recomputed on its raw diameters
+    if cal_id is None and stated_cal.get("uncalibrated") is not True:
+        rep.problems.append(
+            f"calibration: the certificate says uncalibrated "
+            f"{stated_cal.get('uncalibrated')!r} but names no calibration record; the raw "
+            "data are recomputed uncorrected, as a lot graded without a calibration is, "
+            "and such a certificate says uncalibrated: true"
+        )
+    if cal_id is not None and stated_cal.get("uncalibrated") is not False:
+        rep.problems.append(
+            f"calibration: the certificate says uncalibrated "
+            f"{stated_cal.get('uncalibrated')!r} and names calibration record {str(cal_id)[:12]}"
+        )
+    if cal_id is not None:
         try:
             cal = _cached(
                 cache, ("calibration", cal_id), lambda: store.get_result("calibration", cal_id)
@@ -1452,6 +1471,7 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
             )
             return
         a[0], b[0] = cal["line"]["intercept_um"], cal["line"]["slope"]
+        cal_range = list(cal["range_um"])
         rep.checks.append(
             ("calibration record", f"{cal_id[:16]}... intact, of instrument {cal['instrument_id']}")
         )
@@ -1474,22 +1494,42 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
     summary = summarise_table(table, std.cut_um, "fast")
     rec = summary.to_records()[0] | grade_summary(summary, std).records()[0]
     again = report_figures(rec)
-    for key, value in cert["figures"].items():
-        if again.get(key) != value:
-            rep.problems.append(f"{key}: certificate says {value}, raw data give {again.get(key)}")
+    before = len(rep.problems)
+    stated_figures = cert["figures"] if isinstance(cert["figures"], dict) else {}
+    for key in [*again, *(k for k in stated_figures if k not in again)]:
+        value = stated_figures.get(key, "(missing)")
+        if key not in again or key not in stated_figures or again[key] != value:
+            rep.problems.append(
+                f"{key}: certificate says {value}, raw data give {again.get(key, '(nothing)')}"
+            )
     if rec["grade"] != cert["grade"]["id"]:
         rep.problems.append(
             f"grade: certificate says {cert['grade']['id']}, raw data give {rec['grade']}"
         )
-    if not rep.problems:
+    rep.problems += _criteria_differences(cert["grade"].get("criteria"), rec["criteria"])
+    rep.problems += _differences(
+        cert.get("basis"),
+        {"kind": rec["basis"], "binned": rec["binned"], "cut_um": rec["cut_um"]},
+        "basis",
+        "raw data give",
+    )
+    rep.problems += _differences(
+        {"range_flag": stated_cal.get("range_flag")},
+        {"range_flag": _range_flag(rec["mfd_um"], cal_range)},
+        "calibration",
+        "raw data give",
+    )
+    if len(rep.problems) == before:
         rep.checks.append(
             (
                 "recomputation",
-                f"{len(again)} figures and "
+                f"{len(again)} figures, "
                 + (f"grade {rec['grade']}" if rec["grade"] else "'meets no grade'")
-                + " agree",
+                + f", its {len(rec['criteria'])} criteria, the basis and the calibration "
+                "range flag agree",
             )
         )
+    _grade_record(cert, lot_id, store, rep, cache)
     _rescreen(cert, table, summary if std.cut_um == DEFAULT_CUT_UM else None, lot, rep, cache)
 
 
@@ -1521,6 +1561,175 @@ def _differences(
         for k in [*derived, *(k for k in stated if k not in derived)]
         if k not in stated or k not in derived or stated[k] != derived[k]
     ]
+
+
+#: what a certificate states of each criterion (build_certificate)
+_CRITERION_KEYS = ("grade", "name", "figure", "op", "limit", "value", "passed")
+
+
+def _criteria_differences(stated: Any, again: list[dict[str, Any]]) -> list[str]:
+    """Each criterion field (value, limit, op, passed, ...) of the certificate that differs
+    from the recomputation's. A criterion's value is the figure at full precision: it is
+    compared to within a relative 1e-9, not to the last bit (the figures were summed with
+    another lot order when graded)."""
+    want = [{k: c.get(k) for k in _CRITERION_KEYS} for c in again]
+    if not isinstance(stated, list) or len(stated) != len(want):
+        count = len(stated) if isinstance(stated, list) else stated
+        return [f"grade.criteria: certificate lists {count!r}, the standard has {len(want)}"]
+    found = []
+    for i, (s, w) in enumerate(zip(stated, want, strict=True)):
+        if not isinstance(s, dict):
+            found.append(f"grade.criteria[{i}]: certificate says {s!r}, raw data give {w!r}")
+            continue
+        for k in [*w, *(k for k in s if k not in w)]:
+            got, exp = s.get(k, "(missing)"), w.get(k, "(nothing)")
+            if k == "value" and _close(got, exp):
+                continue
+            if k not in s or k not in w or got != exp:
+                source = "raw data give" if k in ("value", "passed") else "the standard gives"
+                found.append(
+                    f"grade.criteria[{i}] ({w['grade']}: {w['name']}).{k}: certificate says "
+                    f"{got!r}, {source} {exp!r}"
+                )
+    return found
+
+
+def _close(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    if not isinstance(a, int | float) or not isinstance(b, int | float):
+        return False
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _range_flag(mfd_um: Any, cal_range: list[float] | None) -> str | None:
+    """The calibration range flag grading gives a lot (calibration.CalibrationFields): its
+    corrected MFD below or above the calibrated range, None in it or when uncalibrated."""
+    if cal_range is None or mfd_um is None or math.isnan(mfd_um):
+        return None
+    lo, hi = cal_range
+    return "below" if mfd_um < lo else "above" if mfd_um > hi else None
+
+
+def _grade_record(
+    cert: dict[str, Any], lot_id: str, store: Any, rep: VerifyReport, cache: dict[Any, Any]
+) -> None:
+    """The grade record the certificate names (``grade_result``): logged, holding this lot
+    of this segment, and saying what the certificate says (certify signs that record's
+    entry, so a certificate that differs was not made from it)."""
+    gid = cert.get("grade_result")
+    try:
+        lots = _cached(
+            cache,
+            ("grade", gid),
+            lambda: {r.get("lot_id"): r for r in store.get_result("grade", gid).get("lots", [])},
+        )
+    except StoreError as exc:
+        rep.problems.append(f"grade_result: {exc}")
+        return
+    entry = lots.get(lot_id)
+    if entry is None:
+        rep.problems.append(f"grade_result: the grade record {str(gid)[:12]} holds no lot {lot_id}")
+        return
+    screening = _screening_of(entry) or {}
+    derived = {
+        "figures": report_figures(entry),
+        "standard": entry.get("standard"),
+        "grade": {
+            "id": entry.get("grade"),
+            "criteria": [{k: c.get(k) for k in _CRITERION_KEYS} for c in entry.get("criteria", [])],
+        },
+        "calibration": {
+            "record": entry.get("calibration"),
+            "uncalibrated": bool(entry.get("uncalibrated", False)),
+            "range_flag": entry.get("calibration_range_flag"),
+        },
+        "basis": {
+            "kind": entry.get("basis"),
+            "binned": entry.get("binned", []),
+            "cut_um": entry.get("cut_um"),
+        },
+        "screening": {k: screening.get(k) for k in ("verdict", "probability", "model_digest")},
+        "raw_segment": {"sha256": entry.get("segment", cert["raw_segment"]["sha256"])},
+    }
+    found = []
+    for part, want in derived.items():
+        stated = cert.get(part)
+        if isinstance(stated, dict) and isinstance(want, dict):
+            stated = {k: stated.get(k) for k in want}
+        if stated != want:
+            found.append(
+                f"grade_result: the grade record {str(gid)[:12]} says {part} {want!r}, the "
+                f"certificate {stated!r}: it was not made from that record"
+            )
+    rep.problems += found
+    if not found:
+        rep.checks.append(
+            ("grade record", f"{str(gid)[:16]}... logged, and the certificate says what it does")
+        )
+
+
+def _check_override(
+    cert: dict[str, Any], store: Any | None, rep: VerifyReport, cache: dict[Any, Any]
+) -> None:
+    """An override on a certificate: said in a note, and with the store, a logged override
+    record of this very lot with the reason and actor stated. A lot screened clean carries
+    none; one that is not clean cannot be certified without one."""
+    screening = cert.get("screening") or {}
+    override = screening.get("override")
+    verdict = screening.get("verdict")
+    lot_id = (cert.get("lot") or {}).get("lot_id")
+    if override is None:
+        if verdict is not None and verdict != "clean":
+            rep.problems.append(
+                f"screening: verdict {verdict} and no override; such a lot is not certified"
+            )
+        return
+    if not isinstance(override, dict):
+        rep.problems.append(f"screening.override: not an override record: {override!r}")
+        return
+    rep.notes.append(
+        f"certified over a screening verdict of {verdict} by an override of "
+        f"{override.get('actor')!r}: {override.get('reason')!r}"
+    )
+    if verdict == "clean":
+        rep.problems.append(
+            "screening.override: the lot was screened clean; certify records an override "
+            "only on a lot that was flagged"
+        )
+    if store is None:
+        return
+    rid = override.get("record")
+    try:
+        payload = _cached(cache, ("override", rid), lambda: store.get_result("override", rid))
+    except StoreError as exc:
+        rep.problems.append(
+            f"screening.override: the record it names is not a logged override: {exc}"
+        )
+        return
+    found = []
+    if payload.get("lot_id") != lot_id:
+        found.append(
+            f"screening.override: record {str(rid)[:12]} is the override of lot "
+            f"{payload.get('lot_id')!r}, not of lot {lot_id!r}"
+        )
+    for k in ("reason", "actor"):
+        if override.get(k) != payload.get(k):
+            found.append(
+                f"screening.override.{k}: certificate says {override.get(k)!r}, the override "
+                f"record says {payload.get(k)!r}"
+            )
+    rep.problems += found
+    if not found:
+        rep.checks.append(
+            (
+                "override",
+                f"record {str(rid)[:16]}... logged, of lot {lot_id}, recorded "
+                f"{payload.get('created_at')}",
+            )
+        )
 
 
 def _compare_lot(
@@ -1591,22 +1800,52 @@ def _rescreen(
         summary = summarise_table(table, DEFAULT_CUT_UM, "fast")
     deferred = cache.get(_DEFERRED)
     if isinstance(deferred, list):  # a batch: screened together at its end
-        deferred.append((rep, summary, lot.meta.declared_type, stated["verdict"], model))
+        deferred.append((rep, summary, lot.meta.declared_type, stated, model))
         return
-    verdict = screening_entries(model, summary, [lot.meta.declared_type])[0]["verdict"]
-    _compare_verdict(rep, stated["verdict"], verdict, model)
+    got = screening_entries(model, summary, [lot.meta.declared_type])[0]
+    _compare_verdict(rep, stated, got, model)
 
 
 #: cache key of the screenings a batch defers (see :func:`verify_certificates`)
 _DEFERRED = "deferred-screening"
 
 
-def _compare_verdict(rep: VerifyReport, stated: str, verdict: str, model: Any) -> None:
-    if verdict != stated:
-        rep.problems.append(f"screening: certificate says {stated}, the raw data give {verdict}")
-    else:
+#: a screening probability is reported to 4 decimals: one that differs by no more than a
+#: unit of the last (a value on a rounding boundary) agrees
+_PROBABILITY_TOLERANCE = 1.5e-4
+
+
+def _compare_verdict(
+    rep: VerifyReport, stated: dict[str, Any], got: dict[str, Any], model: Any
+) -> None:
+    """The screening verdict and its probability the certificate states against the lot
+    screened again (``got``: a :func:`~fibergrade.screening.screening_entries` entry)."""
+    verdict, prob = got["verdict"], got["probability"]
+    said = stated.get("probability")
+    found = []
+    if verdict != stated["verdict"]:
+        found.append(
+            f"screening: certificate says {stated['verdict']}, the raw data give {verdict}"
+        )
+    if not (
+        said is prob
+        or (
+            isinstance(said, int | float)
+            and not isinstance(said, bool)
+            and prob is not None
+            and abs(said - prob) <= _PROBABILITY_TOLERANCE
+        )
+    ):
+        found.append(
+            f"screening.probability: certificate says {said!r}, the raw data give {prob!r}"
+        )
+    rep.problems += found
+    if not found:
         rep.checks.append(
-            ("screening", f"verdict {verdict} recomputed with model {model.digest[:12]}")
+            (
+                "screening",
+                f"verdict {verdict} (probability {prob}) recomputed with model {model.digest[:12]}",
+            )
         )
 
 
@@ -1645,7 +1884,7 @@ def verify_certificates(
         summary = LotSummary.concat([d[1] for d in deferred])
         verdicts = screening_entries(model, summary, [d[2] for d in deferred])
         for (rep, _, _, stated, _), got in zip(deferred, verdicts, strict=True):
-            _compare_verdict(rep, stated, got["verdict"], model)
+            _compare_verdict(rep, stated, got, model)
     # a report that only the batch screening found wrong fails now
     return [
         VerificationFailed(o.number, o.problems)
