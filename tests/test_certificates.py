@@ -65,6 +65,9 @@ def test_a_certificate_verifies_offline_with_recomputation(lab):
     checks = {c["check"] for c in rep["checks"]}
     assert {"signature", "raw segment", "recomputation", "audit log"} <= checks
     doc = json.loads(cert.read_text())["certificate"]
+    std = doc["standard"]
+    assert {"check": "standard", "result": f"{std['id']} version {std['version']}, packaged "
+            f"with this software, SHA-256 {std['digest'][:16]}..."} in rep["checks"]  # fmt: skip
     assert doc["schema"] == "fibergrade-certificate/1"
     assert doc["screening"]["verdict"] == "clean" and doc["screening"]["model_digest"]
     assert len(doc["raw_segment"]["sha256"]) == 64
@@ -353,7 +356,13 @@ def test_a_certificate_graded_by_a_labs_own_standard_verifies_with_that_file(lab
     assert r.returncode == 5 and "--standard FILE" in r.stderr
     r = verify(d, cert, *STORE, "--standard", str(own), "--json")
     assert r.returncode == 0, r.stderr
-    assert "recomputation" in {c["check"] for c in json.loads(r.stdout)["checks"]}
+    checks = {c["check"]: c["result"] for c in json.loads(r.stdout)["checks"]}
+    assert "recomputation" in checks
+    std = json.loads(cert.read_text())["certificate"]["standard"]
+    assert checks["standard"] == (
+        f"lab-own version 1, the lab's own file {own} given with --standard, "
+        f"SHA-256 {std['digest'][:16]}..."
+    )
     # an edited copy of the file is not the standard the lot was graded by
     own.write_text(own.read_text().replace("limit = 19.0", "limit = 21.0", 1))
     r = verify(d, cert, *STORE, "--standard", str(own))
@@ -477,6 +486,17 @@ def test_refusals_override_and_reissue(lab, tmp_path):
     again = json.loads(r.stdout)[0]
     assert again["supersedes"] == number and again["certificate_number"].endswith("-02")
     assert (d / "certs" / f"{number}.json").exists()  # both kept
+    # verify says it was certified over the screening, by whom and why, and finds the
+    # logged override record of this lot
+    r = verify(d, d / again["json"], *STORE, "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert "override" in {c["check"] for c in rep["checks"]}
+    assert any(
+        n.startswith(f"certified over a screening verdict of {flagged['screening']['verdict']}")
+        and "'SEM confirmed cashmere'" in n
+        for n in rep["notes"]
+    ), rep["notes"]
     # a lot that is in the store but not graded is refused; one not in it is said so
     import numpy as np
 

@@ -1381,6 +1381,7 @@ def given_standards(paths: list[str | Path] | list[Path]) -> dict[Any, Any]:
         if key in cache:
             raise CertificateError(f"{path}: a second standard file with id {std.id!r}")
         cache[key] = (True, std)
+        cache[("standard file", std.id)] = str(path)  # named on the report
     return cache
 
 
@@ -1490,6 +1491,24 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
             f"(digest {std_ref['digest'][:12]})"
         )
         return
+    given = cache.get(("standard file", std.id))
+    rep.checks.append(
+        (
+            "standard",
+            f"{std.id} version {std.version}, "
+            + (
+                f"the lab's own file {given} given with --standard"
+                if given is not None
+                else "packaged with this software"
+            )
+            + f", SHA-256 {std.digest[:16]}...",
+        )
+    )
+    if lot.meta.declared_type not in std.applies_to:
+        rep.notes.append(
+            f"graded by {std.id}, which applies to {', '.join(std.applies_to)}, not to the "
+            f"lot's declared type {lot.meta.declared_type!r}"
+        )
     table = correct_table(store.read_lot(lot_id), a, b)  # this lot's rows only
     summary = summarise_table(table, std.cut_um, "fast")
     rec = summary.to_records()[0] | grade_summary(summary, std).records()[0]
