@@ -80,6 +80,14 @@ def test_a_certificate_verifies_offline_with_recomputation(lab):
 def test_signature_only_needs_the_public_key(lab):
     r = verify(lab, certs(lab)[0])
     assert r.returncode == 0 and "not recomputed" in r.stdout
+    # a revoked certificate would verify so too: said, in text and in JSON
+    assert "note: revocation and supersession were NOT checked" in r.stdout
+    r = verify(lab, certs(lab)[0], "--json")
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["notes"] == [
+        "revocation and supersession were NOT checked: give the lab's signed revocation "
+        "list (--revocations FILE) and the store (--store)"
+    ]
 
 
 @pytest.mark.parametrize("offset", [0.1, 0.35, 0.5, 0.8, 0.97])
@@ -151,8 +159,10 @@ def test_revoked_certificate_fails_against_the_signed_list(lab, tmp_path):
     revs = d / "demo-out" / "fibergrade-data" / "revocations.json"
     r = verify(d, cert, "--revocations", str(revs))
     assert r.returncode == 5 and "revoked" in r.stderr and "mix-up" in r.stderr
-    # another certificate is not affected, and a forged list is refused
-    assert verify(d, certs(d)[0], "--revocations", str(revs)).returncode == 0
+    # another certificate is not affected (a reissue superseding it is not on the list, so
+    # that is said not to be checked), and a forged list is refused
+    r = verify(d, certs(d)[0], "--revocations", str(revs))
+    assert r.returncode == 0 and "note: supersession was NOT checked" in r.stdout
     doc = json.loads(revs.read_text())
     doc["revocations"]["entries"] = []
     revs.write_text(json.dumps(doc))
