@@ -685,24 +685,30 @@ def test_two_certify_runs_at_once_never_issue_one_number_twice(lab, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("edit", "expected"),
+    ("edit", "expected", "code"),
     [
         (lambda t: t.replace('"certificate": {', '"certificate": {"x": 1}, "certificate": {', 1),
-         "key 'certificate' appears twice"),
-        (lambda t: t.replace('"algorithm": "Ed25519"', '"algorithm": "RSA"'), "algorithm 'RSA'"),
-        (lambda t: t.replace('"value": "', '"value": " ', 1), "signature does not verify"),
+         "key 'certificate' appears twice", 2),
+        (lambda t: t.replace('"algorithm": "Ed25519"', '"algorithm": "RSA"'), "algorithm 'RSA'",
+         5),
+        (lambda t: t.replace('"value": "', '"value": " ', 1), "signature does not verify", 5),
         (lambda t: __import__("re").sub(r'"value": "[^"]*"', '"value": 12', t),
-         "a base64 text value"),
-        (lambda t: t.replace('"mfd_um": ', '"mfd_um": NaN, "x": ', 1), "NaN is not a JSON"),
+         "a base64 text value", 5),
+        (lambda t: t.replace('"mfd_um": ', '"mfd_um": NaN, "x": ', 1), "NaN is not a JSON", 2),
     ],
 )  # fmt: skip
-def test_loose_certificate_files_are_refused_with_a_reason(lab, tmp_path, edit, expected):
+def test_loose_certificate_files_are_refused_with_a_reason(lab, tmp_path, edit, expected, code):
+    """A file that is not (strict) JSON is bad input, exit 2; a signed certificate whose
+    signature fails verifies nothing, exit 5."""
     text = certs(lab)[0].read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(edit(text))
     assert bad.read_text() != text
     r = verify(lab, bad)
-    assert r.returncode == 5 and expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == code and expected in r.stderr and "Traceback" not in r.stderr, (
+        r.returncode,
+        r.stderr,
+    )
 
 
 def test_a_revocation_list_in_the_wrong_place_is_named(lab, tmp_path):
@@ -712,7 +718,7 @@ def test_a_revocation_list_in_the_wrong_place_is_named(lab, tmp_path):
     assert r.returncode == 0, r.stderr
     rev = d / "demo-out" / "fibergrade-data" / "revocations.json"
     r = verify(d, rev)
-    assert r.returncode == 5 and "a revocation list, not a certificate" in r.stderr
+    assert r.returncode == 2 and "a revocation list, not a certificate" in r.stderr
     assert run("keys", "init", "--dir", "other", cwd=d).returncode == 0
     from fibergrade.certificates import sign
     from fibergrade.keys import load_private_key
@@ -779,18 +785,18 @@ def test_export_writes_an_issued_certificate_again_and_stale_files_go(lab, tmp_p
 
 def test_a_missing_file_fails_alone_and_the_batch_goes_on(lab, tmp_path):
     """verify --json over a batch in which one file is missing: every file is reported,
-    the missing one as failed, and the exit code says something failed."""
+    the missing one as failed, and the exit code says a file could not be read (2)."""
     good = certs(lab)[:2]
     missing = tmp_path / "FG-NONE-01.json"
     r = verify(lab, good[0], str(missing), good[1], *STORE, "--json")
-    assert r.returncode == 5, r.stderr
+    assert r.returncode == 2, r.stderr
     reports = json.loads(r.stdout)
     assert [x["ok"] for x in reports] == [True, False, True]
     keys = {"file", "certificate_number", "ok", "checks", "problems", "notes"}
     assert all(set(x) == keys for x in reports)  # one shape, passing or failing
     assert reports[1]["file"] == str(missing) and "no such file" in reports[1]["problems"][0]
     r = verify(lab, good[0], str(missing), *STORE)
-    assert r.returncode == 5 and "verifies" in r.stdout and "no such file" in r.stderr
+    assert r.returncode == 2 and "verifies" in r.stdout and "no such file" in r.stderr
 
 
 def test_a_segment_file_placed_by_hand_is_never_certified(lab, tmp_path):
@@ -1317,3 +1323,39 @@ def test_what_grading_recorded_is_recomputed_not_taken_from_the_grade_record(for
         f"screening.override: record {doc['screening']['override']['record'][:12]} is the "
         "override of lot '20261120-0001', not of lot '20261120-0020'"
     ], found["override"]
+
+
+def test_verify_exit_codes_follow_the_table_and_a_batch_goes_on(lab, tmp_path):
+    """README's exit codes: a path that cannot be read or is not a certificate (missing, a
+    folder, not JSON, a missing --revocations file) is bad input, 2; a screening model that
+    cannot be loaded, 4; a certificate failing verification, 5. A batch checks every file
+    and exits with the most serious code of its files."""
+    good = certs(lab)[0]
+    not_json = tmp_path / "not.json"
+    not_json.write_text("{")
+    forged = tmp_path / "forged.json"
+    forged.write_text(good.read_text().replace('"value": "', '"value": " ', 1))
+    r = verify(lab, good, str(tmp_path), str(not_json), "--json")
+    assert r.returncode == 2, r.stderr
+    reports = json.loads(r.stdout)
+    assert [x["ok"] for x in reports] == [True, False, False]
+    assert "a folder, not a certificate file" in reports[1]["problems"][0]
+    assert "not a JSON certificate" in reports[2]["problems"][0]
+    r = verify(lab, good, str(tmp_path / "none.json"), str(forged))
+    assert r.returncode == 5 and "verifies" in r.stdout  # the most serious of 0, 2 and 5
+    assert "no such file" in r.stderr and "signature does not verify" in r.stderr
+    # a --revocations file that is not there: every certificate is still checked (JSON)
+    r = verify(lab, good, good, "--revocations", str(tmp_path / "revocations.json"), "--json")
+    assert r.returncode == 2, r.stderr
+    for rep in json.loads(r.stdout):
+        assert not rep["ok"] and rep["problems"] == [
+            f"revocation list {tmp_path / 'revocations.json'}: no such file"
+        ]
+    empty = tmp_path / "models"
+    empty.mkdir()
+    r = subprocess.run(
+        [EXE, "verify", str(good), "--public-key", PUB, *STORE], capture_output=True,
+        text=True, cwd=lab, env=os.environ | {"FIBERGRADE_MODEL_DIR": str(empty)},
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 4 and "no screening model file" in r.stderr, (r.returncode, r.stderr)

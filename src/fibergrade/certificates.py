@@ -108,8 +108,11 @@ class CertificateError(FibergradeError):
 
 
 class CertificateFileError(CertificateError):
-    """A file given as a certificate is not one (missing, not JSON, not signed, a
-    revocation list): that file fails, the others of a batch are still verified."""
+    """A file given as a certificate is not one (missing, a folder, unreadable, not JSON,
+    not signed, a revocation list): bad input, exit 2; that file fails, the others of a
+    batch are still verified."""
+
+    exit_code = 2
 
 
 class OutputPathError(CertificateError):
@@ -138,11 +141,19 @@ class CertificateRefused(CertificateError):
 
 
 class VerificationFailed(CertificateError):
-    """A certificate fails verification; ``problems`` lists every finding."""
+    """A certificate fails verification; ``problems`` lists every finding. Exit code 5,
+    unless every problem is a check that could not be made for another reason the exit
+    codes name (``report.codes``: an unreadable revocation list 2, the screening model 4):
+    then the most serious of those."""
 
-    def __init__(self, number: str, problems: list[str]) -> None:
+    def __init__(
+        self, number: str, problems: list[str], report: VerifyReport | None = None
+    ) -> None:
         self.number = number
         self.problems = problems
+        self.report = report
+        if report is not None:
+            self.exit_code = report.exit_code()
         super().__init__(f"certificate {number} FAILS verification: " + "; ".join(problems))
 
 
@@ -1168,6 +1179,18 @@ class VerifyReport:
     checks: list[tuple[str, str]] = field(default_factory=list)  # (check, result text)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: problems that are a check not made (not a finding against the certificate), with
+    #: the exit code of their cause; every other problem is exit code 5
+    codes: dict[str, int] = field(default_factory=dict)
+
+    def exit_code(self) -> int:
+        """5 when a problem is a finding; else the most serious code of the checks not
+        made (0 without problems)."""
+        if not self.problems:
+            return 0
+        if any(p not in self.codes for p in self.problems):
+            return VerificationFailed.exit_code
+        return max(self.codes[p] for p in self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -1242,7 +1265,7 @@ def verify_certificate(
     if cert["schema"] == SCHEMA:
         _check_override(cert, store, rep, cache)
     if rep.problems:
-        raise VerificationFailed(number, rep.problems)
+        raise VerificationFailed(number, rep.problems, rep)
     return rep
 
 
@@ -1813,10 +1836,12 @@ def _rescreen(
         # kept in models/archive (a rebuilt model must not leave certificates unverifiable)
         model = _cached(cache, ("model", named), lambda: load_model_by_digest(named))
     except FibergradeError as exc:
-        rep.problems.append(
+        problem = (
             f"screening model: the certificate used {named[:12]}, which this software cannot "
             f"load ({exc}); the verdict is not recomputed"
         )
+        rep.problems.append(problem)
+        rep.codes[problem] = exc.exit_code  # the screening model: 4
         return
     if model.digest != current.digest:
         rep.notes.append(
@@ -1894,16 +1919,27 @@ def verify_certificates(
     deferred: list[Any] = []
     cache[_DEFERRED] = deferred
     outcomes: list[VerifyReport | CertificateFileError | VerificationFailed] = []
+    # a revocation list that cannot be used fails every certificate, each still checked
+    # for the rest (the list's problem, said once per report, is not the certificate's)
+    bad_list = _unusable_list(revocations, public_key) if revocations is not None else None
     try:
         for path in paths:
             try:
-                outcomes.append(
-                    verify_certificate(
-                        path, public_key, store=store, revocations=revocations, cache=cache
-                    )
+                rep = verify_certificate(
+                    path,
+                    public_key,
+                    store=store,
+                    revocations=None if bad_list else revocations,
+                    cache=cache,
                 )
-            except (VerificationFailed, CertificateFileError) as exc:
-                outcomes.append(exc)
+            except VerificationFailed as exc:
+                rep = exc.report if exc.report is not None else exc
+            except CertificateFileError as exc:
+                rep = exc
+            if bad_list is not None and isinstance(rep, VerifyReport):
+                rep.problems.append(bad_list[0])
+                rep.codes[bad_list[0]] = bad_list[1]
+            outcomes.append(rep)
     finally:
         cache.pop(_DEFERRED, None)
     if deferred:
@@ -1912,10 +1948,30 @@ def verify_certificates(
         verdicts = screening_entries(model, summary, [d[2] for d in deferred])
         for (rep, _, _, stated, _), got in zip(deferred, verdicts, strict=True):
             _compare_verdict(rep, stated, got, model)
-    # a report that only the batch screening found wrong fails now
+    # a report that only the batch screening (or the list) found wrong fails now
     return [
-        VerificationFailed(o.number, o.problems)
+        VerificationFailed(o.number, o.problems, o)
         if isinstance(o, VerifyReport) and o.problems
         else o
         for o in outcomes
     ]
+
+
+def _unusable_list(revocations: str | Path, public_key: Any) -> tuple[str, int] | None:
+    """Why a revocation list given for a batch cannot be used, and the exit code: a file
+    that cannot be read or is no signed fibergrade list is bad input (2); one whose
+    signature does not verify with the lab key was forged or altered, and what it says
+    of a certificate cannot be known: that certificate fails verification (5). None for
+    a list that can be used (:func:`verify_certificate` then reads it)."""
+    try:
+        doc = check_signature(read_envelope(revocations), public_key, str(revocations))
+    except CertificateFileError as exc:
+        return f"revocation list {exc}", 2
+    except VerificationFailed as exc:
+        return (
+            f"{revocations}: the revocation list fails its own check: " + "; ".join(exc.problems),
+            5,
+        )
+    if doc.get("schema") != REVOCATION_SCHEMA:
+        return f"{revocations}: not a fibergrade revocation list", 2
+    return None

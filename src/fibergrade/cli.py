@@ -1991,11 +1991,13 @@ def verify_(
         if st is None and reports and not failures:
             out.print("  (no --store given: figures were not recomputed from the raw data)")
     if failures:
-        if json_:
-            raise typer.Exit(failures[0].exit_code)
-        for exc in failures[:-1]:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise failures[-1]
+        # every file was checked; the run's code is the most serious of its files' (5: a
+        # certificate fails verification; 4: the screening model; 2: a file that is not
+        # a certificate, or a revocation list that cannot be read)
+        if not json_:
+            for exc in failures:
+                err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(max(exc.exit_code for exc in failures))
 
 
 @audit_app.command("verify")
