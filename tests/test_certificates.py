@@ -1279,6 +1279,10 @@ def test_a_certificate_must_state_the_lot_metadata_of_its_raw_segment(forged):
     assert problems == [
         f"{k}: certificate says {a!r}, the store gives {b!r}" for k, (a, b) in said.items()
     ], problems  # nothing else: it stands in the store, and its figures are the lot's
+    # the checks it passed are reported too (a failing report kept none)
+    checks = {c["check"] for c in json.loads(r.stdout)["checks"]}
+    assert {"signature", "standing in the store", "audit log", "raw segment"} <= checks
+    assert {"recomputation", "screening"} <= checks
 
 
 def test_what_grading_recorded_is_recomputed_not_taken_from_the_grade_record(forged):
@@ -1351,6 +1355,9 @@ def test_verify_exit_codes_follow_the_table_and_a_batch_goes_on(lab, tmp_path):
         assert not rep["ok"] and rep["problems"] == [
             f"revocation list {tmp_path / 'revocations.json'}: no such file"
         ]
+        # what was checked, and what was not, is kept in a failing report
+        assert [c["check"] for c in rep["checks"]] == ["signature"]
+        assert rep["notes"][0].startswith("revocation and supersession were NOT checked")
     empty = tmp_path / "models"
     empty.mkdir()
     r = subprocess.run(

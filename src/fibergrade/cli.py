@@ -1951,6 +1951,7 @@ def verify_(
     from fibergrade.certificates import (
         CertificateFileError,
         VerificationFailed,
+        VerifyReport,
         given_standards,
         verify_certificates,
     )
@@ -1965,6 +1966,10 @@ def verify_(
     for cert, outcome in zip(certs, outcomes, strict=True):  # a file that fails fails alone
         if isinstance(outcome, VerificationFailed | CertificateFileError):
             failures.append(outcome)
+        report = getattr(outcome, "report", outcome)  # a failure keeps its checks and notes
+        if isinstance(report, VerifyReport):
+            reports.append({"file": str(cert)} | report.to_dict())
+        else:  # not a certificate, or one whose signature failed: nothing else was checked
             reports.append(
                 {
                     "file": str(cert),
@@ -1975,15 +1980,19 @@ def verify_(
                     "notes": [],
                 }
             )
-        else:
-            reports.append({"file": str(cert)} | outcome.to_dict())
     if json_:
         _print_json(reports[0] if len(certs) == 1 else reports)
     else:
         for r in reports:
-            if not r["ok"]:
+            if r["ok"]:
+                out.print(f"[bold green]certificate {escape(r['certificate_number'])} verifies[/]")
+            elif r["checks"] or r["notes"]:  # the problems follow on stderr
+                out.print(
+                    f"[bold red]certificate {escape(str(r['certificate_number']))} FAILS "
+                    "verification[/] (its problems are on stderr; the checks it passed:)"
+                )
+            else:
                 continue
-            out.print(f"[bold green]certificate {escape(r['certificate_number'])} verifies[/]")
             for c in r["checks"]:
                 out.print(f"  {c['check']}: {escape(c['result'])}")
             for note in r["notes"]:
