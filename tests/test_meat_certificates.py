@@ -189,6 +189,8 @@ def test_a_certificate_of_another_scheme_version_or_weight_is_reported(plant):
     doc = json.loads((plant / json.loads(r.stdout)[0]["json"]).read_text())["certificate"]
     key = load_private_key(plant / "keys" / "lab.key")
     old_msa = dict(doc["schemes"]["msa"], version="1", digest="4af0d9038fff" + "0" * 52)
+    assert doc["weighing"], "the example carcasses were weighed on a scale"
+    weighing = dict(doc["weighing"], record="0" * 64)
     for name, forged, expected in (
         ("old-scheme", dict(doc, schemes=dict(doc["schemes"], msa=old_msa)), "msa scheme"),
         ("weight", dict(doc, weight={"hscw_kg": 99.0, "basis": "hot"}), "weight: certificate"),
@@ -196,6 +198,13 @@ def test_a_certificate_of_another_scheme_version_or_weight_is_reported(plant):
             "slaughter",
             dict(doc, slaughter=dict(doc["slaughter"], slaughtered_at="2026-03-01T08:15:00Z")),
             "slaughter: certificate says",
+        ),
+        # the weighing link and the carcass's ids are the store's too
+        ("weighing", dict(doc, weighing=weighing), "weighing: certificate says"),
+        (
+            "animal",
+            dict(doc, carcass=dict(doc["carcass"], animal_id="A-OTHER")),
+            "carcass.animal_id: certificate says 'A-OTHER', the carcass record gives",
         ),
     ):
         fake = plant / f"{name}.json"

@@ -237,6 +237,17 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
                 f"slaughter: certificate says {cert['slaughter']!r}, the slaughter record "
                 f"gives {now!r}"
             )
+    for k in ("carcass_id", "animal_id", "lot_id"):
+        if (cert.get("carcass") or {}).get(k) != again.get(k):
+            rep.problems.append(
+                f"carcass.{k}: certificate says {(cert.get('carcass') or {}).get(k)!r}, the "
+                f"carcass record gives {again.get(k)!r}"
+            )
+    if again.get("weighing") != cert.get("weighing"):
+        rep.problems.append(
+            f"weighing: certificate says {cert.get('weighing')!r}, the store gives "
+            f"{again.get('weighing')!r}"
+        )
     if "weight" in cert and carcass_weight(again) != cert["weight"]:
         rep.problems.append(
             f"weight: certificate says {cert['weight']!r}, the carcass record gives "
@@ -255,7 +266,13 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
                 f"the carcass record gives {again.get(key)!r}"
             )
     if not rep.problems:
-        rep.checks.append(("recomputation", f"{len(GRADED_FIELDS)} graded fields agree"))
+        rep.checks.append(
+            (
+                "recomputation",
+                f"{len(GRADED_FIELDS)} graded fields, the carcass's ids, the weight and the "
+                "weighing link agree",
+            )
+        )
 
 
 def _first_worded(again: Any, stated: Any) -> bool:
