@@ -1366,3 +1366,42 @@ def test_verify_exit_codes_follow_the_table_and_a_batch_goes_on(lab, tmp_path):
         timeout=300, check=False,
     )  # fmt: skip
     assert r.returncode == 4 and "no screening model file" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_a_signed_certificate_not_of_its_schema_fails_without_a_traceback(lab, tmp_path):
+    """Signed with the lab key, but not what certify writes: a field added (verification
+    would not check it), one left out (without ``screening`` no verdict was recomputed),
+    a part of the wrong type: each fails, named, and none ends in a traceback."""
+    from fibergrade.certificates import sign
+    from fibergrade.keys import load_private_key
+
+    key = load_private_key(lab / KEY)
+    doc = json.loads(certs(lab)[0].read_text())["certificate"]
+    variants = {
+        "added": doc | {"organic": True},
+        "left out": {k: v for k, v in doc.items() if k != "screening"},
+        "no verdict": doc | {"screening": doc["screening"] | {"verdict": None}},
+        "wrong type": doc | {"lot": "20261120-0001"},
+        "inner type": doc | {"lot": doc["lot"] | {"lot_id": ["20261120-0001"]}},
+    }
+    paths = []
+    for name, forged in variants.items():
+        paths.append(tmp_path / f"{name.replace(' ', '-')}.json")
+        paths[-1].write_text(json.dumps(sign(forged, key)))
+    r = verify(lab, *paths, *STORE, "--json")
+    assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr
+    found = dict(zip(variants, (x["problems"] for x in json.loads(r.stdout)), strict=True))
+    # the other checks still run: this number's stored certificate is another document
+    assert found["added"] == [
+        "field 'organic' is not part of schema fibergrade-certificate/1",
+        f"the store's certificate {doc['certificate_number']} is another document: this one "
+        "differs from what the store issued under that number",
+    ]
+    assert found["left out"][0] == "field 'screening' is missing (schema fibergrade-certificate/1)"
+    assert "screening: the certificate states no verdict; none is recomputed" in found["left out"]
+    assert found["wrong type"] == ["field 'lot' is str, not an object"]
+    assert "screening: the certificate states no verdict; none is recomputed" in found["no verdict"]
+    assert any(
+        p.startswith("the certificate's fields are not those of fibergrade-certificate/1: ")
+        for p in found["inner type"]
+    ), found["inner type"]

@@ -1230,6 +1230,10 @@ def verify_certificate(
     rep.checks.append(
         ("signature", f"valid Ed25519 signature by key {fingerprint(public_key)[:16]}...")
     )
+    fields, types = _shape_problems(cert) if cert["schema"] == SCHEMA else ([], [])
+    rep.problems += fields + types
+    if types:  # a document the checks below cannot read is not what certify signs
+        raise VerificationFailed(number, rep.problems, rep)
     if revocations is not None:
         try:
             rev_doc = check_signature(read_envelope(revocations), public_key, str(revocations))
@@ -1255,18 +1259,61 @@ def verify_certificate(
         )
     if cache is None:
         cache = {}
-    if store is not None:
-        _standing(cert, store, rep, cache, public_key)
-        _audit_position(cert, store, rep, cache, public_key)
-    if store is not None and cert["schema"] == MEAT_SCHEMA:
-        verify_meat(cert, store, rep)
-    elif store is not None:
-        _recompute(cert, store, rep, cache)
-    if cert["schema"] == SCHEMA:
-        _check_override(cert, store, rep, cache)
+    try:
+        if store is not None:
+            _standing(cert, store, rep, cache, public_key)
+            _audit_position(cert, store, rep, cache, public_key)
+        if store is not None and cert["schema"] == MEAT_SCHEMA:
+            verify_meat(cert, store, rep)
+        elif store is not None:
+            _recompute(cert, store, rep, cache)
+        if cert["schema"] == SCHEMA:
+            _check_override(cert, store, rep, cache)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        # a signed document whose fields are not of its schema fails, never a traceback
+        rep.problems.append(
+            f"the certificate's fields are not those of {cert['schema']}: "
+            f"{type(exc).__name__}: {exc}"
+        )
     if rep.problems:
         raise VerificationFailed(number, rep.problems, rep)
     return rep
+
+
+#: the parts of a fibre certificate that are objects (build_certificate)
+_OBJECT_FIELDS = (
+    "lab",
+    "lot",
+    "origin_claim",
+    "instrument",
+    "calibration",
+    "standard",
+    "figures",
+    "basis",
+    "grade",
+    "screening",
+    "raw_segment",
+    "audit_position",
+)
+
+
+def _shape_problems(cert: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A fibre certificate's fields against its schema: each field certify writes is
+    there (a certificate without ``screening`` would skip the screening check), no other
+    (a field verification does not check must not ride on the signature); and, apart, its
+    parts that are not objects (the other checks cannot read those)."""
+    fields = [f"field {f!r} is missing (schema {SCHEMA})" for f in SCHEMA_FIELDS if f not in cert]
+    fields += [
+        f"field {f!r} is not part of schema {SCHEMA}"
+        for f in cert
+        if f not in SCHEMA_FIELDS and f != "reissue_reason"
+    ]
+    types = [
+        f"field {f!r} is {type(cert[f]).__name__}, not an object"
+        for f in _OBJECT_FIELDS
+        if f in cert and not isinstance(cert[f], dict)
+    ]
+    return fields, types
 
 
 def _audit_position(
@@ -1827,7 +1874,8 @@ def _rescreen(
     from fibergrade.segment_tasks import summarise_table
 
     stated = cert.get("screening") or {}
-    if stated.get("verdict") is None:
+    if stated.get("verdict") is None:  # certify refuses a lot that was not screened
+        rep.problems.append("screening: the certificate states no verdict; none is recomputed")
         return
     named = str(stated.get("model_digest"))
     try:
