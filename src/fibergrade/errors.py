@@ -17,14 +17,10 @@ class FibergradeError(Exception):
     exit_code: int = 1
 
 
-class InputError(FibergradeError):
-    """Malformed or physically impossible input in a file.
-
-    ``path`` and ``line`` (1-based, counting the header and comment lines as a text editor
-    does) locate the problem; ``line`` is None when the problem concerns the whole file.
-    """
-
-    exit_code = 2
+class _Located:
+    """An error about one place in a file: ``path`` and ``line`` (1-based, counting the
+    header and comment lines as a text editor does; None when the problem concerns the whole
+    file), with the message ``path:line: message (expected ...)``."""
 
     def __init__(
         self,
@@ -38,16 +34,18 @@ class InputError(FibergradeError):
         self.line = line
         self.message = message
         self.expected = expected
-        super().__init__(_located(self.path, line, message, expected))
+        where = f"{self.path}:{line}" if line is not None else self.path
+        text = f"{where}: {message}"
+        if expected:
+            text += f" (expected {expected})"
+        super().__init__(text)
 
 
-def _located(path: str, line: int | None, message: str, expected: str | None) -> str:
-    """``path:line: message (expected ...)``, the form every located error takes."""
-    where = f"{path}:{line}" if line is not None else path
-    text = f"{where}: {message}"
-    if expected:
-        text += f" (expected {expected})"
-    return text
+class InputError(_Located, FibergradeError):
+    """Malformed or physically impossible input in a file, located as :class:`_Located`
+    says."""
+
+    exit_code = 2
 
 
 class MeasurementError(FibergradeError):
@@ -106,7 +104,7 @@ class LotConflictError(StoreError):
     """
 
 
-class StoredIdConflictError(StoreError):
+class StoredIdConflictError(_Located, StoreError):
     """A row of a file names an id the store already holds from an earlier file.
 
     The meat counterpart of :class:`LotConflictError` (a carcass or animal id imported
@@ -114,20 +112,6 @@ class StoredIdConflictError(StoreError):
     not a fault of the file alone. ``path`` and ``line`` locate the row as in
     :class:`InputError`.
     """
-
-    def __init__(
-        self,
-        path: str | Path,
-        line: int | None,
-        message: str,
-        *,
-        expected: str | None = None,
-    ) -> None:
-        self.path = str(path)
-        self.line = line
-        self.message = message
-        self.expected = expected
-        super().__init__(_located(self.path, line, message, expected))
 
 
 class StoreLockedError(StoreError):
