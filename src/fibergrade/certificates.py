@@ -1280,21 +1280,10 @@ def verify_certificate(
     return rep
 
 
-#: the parts of a fibre certificate that are objects (build_certificate)
-_OBJECT_FIELDS = (
-    "lab",
-    "lot",
-    "origin_claim",
-    "instrument",
-    "calibration",
-    "standard",
-    "figures",
-    "basis",
-    "grade",
-    "screening",
-    "raw_segment",
-    "audit_position",
-)
+#: the parts of a fibre certificate that are objects (build_certificate); the others are
+#: strings (``supersedes``: a number or null)
+_SCALAR_FIELDS = {"schema", "certificate_number", "issued_at", "grade_result", "software_version"}
+_OBJECT_FIELDS = tuple(f for f in SCHEMA_FIELDS if f not in _SCALAR_FIELDS | {"supersedes"})
 
 
 def _shape_problems(cert: dict[str, Any]) -> tuple[list[str], list[str]]:
