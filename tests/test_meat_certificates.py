@@ -435,3 +435,31 @@ def test_a_carcass_reissue_without_lab_keeps_the_lab_it_supersedes(plant):
     again = json.loads((plant / json.loads(r.stdout)[0]["json"]).read_text())["certificate"]
     assert again["supersedes"] == doc["certificate_number"]
     assert again["lab"]["name"] == "Dubbo Halal Lab"
+
+
+def test_a_carcass_weighed_again_after_certification_still_verifies(plant):
+    """The certificate names the weighing record that was the carcass's latest when it was
+    issued; a weighing logged afterwards (a check weighing) does not make it wrong. verify
+    --store compared it with the store's latest weighing and failed the honest certificate."""
+    from fibergrade.store import Store
+
+    r = run("meat", "certify", "KZ-C-0001", "--store", "s", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    path = plant / json.loads(r.stdout)[0]["json"]
+    assert json.loads(path.read_text())["certificate"]["weighing"]["record"] is None
+    later = {  # a stable weighing of KZ-C-0001 giving its 21.4 kg, logged after issue
+        "kind": "weighing",
+        "created_at": "2099-01-01T00:00:00Z",
+        "scale_id": "CAS-L1",
+        "profile": "cas-ci",
+        "protocol": "cas",
+        "value": 21.4,
+        "unit": "kg",
+        "mode": "stable",
+        "device_stable": True,
+        "timestamp": "2099-01-01T00:00:00Z",
+        "subject": "KZ-C-0001",
+    }
+    Store.open(plant / "s", create=False).put_result("weighing", later)
+    r = run("verify", str(path), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
+    assert r.returncode == 0, r.stderr

@@ -243,10 +243,12 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
                 f"carcass.{k}: certificate says {(cert.get('carcass') or {}).get(k)!r}, the "
                 f"carcass record gives {again.get(k)!r}"
             )
-    if again.get("weighing") != cert.get("weighing"):
+    weighing = again.get("weighing")
+    if isinstance(weighing, dict) and "record" in weighing:  # the link as it was at issue
+        weighing = weighing | {"record": _weighing_at(store, cid, cert.get("issued_at"))}
+    if weighing != cert.get("weighing"):
         rep.problems.append(
-            f"weighing: certificate says {cert.get('weighing')!r}, the store gives "
-            f"{again.get('weighing')!r}"
+            f"weighing: certificate says {cert.get('weighing')!r}, the store gives {weighing!r}"
         )
     if "weight" in cert and carcass_weight(again) != cert["weight"]:
         rep.problems.append(
@@ -273,6 +275,28 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
                 "weighing link agree",
             )
         )
+
+
+def _weighing_at(store: Any, carcass_id: str, issued_at: Any) -> str | None:
+    """The weighing record a carcass certificate issued at ``issued_at`` links: the
+    carcass's latest weighing record stored by then (a weighing logged after the
+    certificate, e.g. a check weighing, does not make it wrong), or None."""
+    from fibergrade.acquisition import WEIGHING_KIND
+
+    def moment(text: Any) -> _dt.datetime | None:
+        try:
+            when = _dt.datetime.fromisoformat(str(text))
+        except ValueError:
+            return None
+        return when if when.tzinfo is not None else when.replace(tzinfo=_dt.UTC)
+
+    issued = moment(issued_at)
+    found = None
+    for rid, rec in store.results(WEIGHING_KIND):  # sorted by created_at
+        made = moment(rec.get("created_at"))
+        if rec.get("subject") == carcass_id and (issued is None or made is None or made <= issued):
+            found = rid
+    return found
 
 
 def _first_worded(again: Any, stated: Any) -> bool:
