@@ -421,6 +421,47 @@ def test_a_standard_file_shadowing_a_packaged_one_is_refused_by_grade_certify_ve
     assert r.returncode == 2 and "own.toml" in r.stderr and "its own id" in r.stderr
 
 
+def test_a_new_version_of_a_packaged_standard_given_to_a_batch_leaves_the_packaged_one(
+    lab, tmp_path
+):
+    """A lab's file that is a new version of a packaged standard (what refusing a shadowing
+    file tells the lab to make) replaced the packaged one for every certificate of the
+    batch: an honest certificate graded by the packaged version failed with "this software
+    has version 2", which the lab's file has."""
+    d = fresh_copy(lab, tmp_path)
+    packaged = Path(__file__).parents[1] / "src/fibergrade/standards/us-wpla-cashmere.toml"
+    own = d / "own-v2.toml"
+    own.write_text(
+        packaged.read_text()
+        .replace('version = "1"', 'version = "2"', 1)
+        .replace("limit = 24.0", "limit = 30.0", 1)
+    )
+    first, second = [
+        c
+        for c in certs(d)
+        if json.loads(c.read_text())["certificate"]["standard"]["id"] == "us-wpla-cashmere"
+    ][:2]
+    lot = json.loads(first.read_text())["certificate"]["lot"]["lot_id"]
+    r = run("grade", lot, "--standard", str(own), *STORE, cwd=d)
+    assert r.returncode == 0, r.stderr
+    r = run("certify", lot, *STORE, "--key", KEY, "--out", CERTS, "--reissue", "--reason",
+            "graded by the lab's version 2", "--json", "--no-pdf", cwd=d)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cert = d / CERTS / f"{json.loads(r.stdout)[0]['certificate_number']}.json"
+    r = run("verify", str(cert), str(second), "--public-key", PUB, *STORE, "--standard",
+            str(own), "--json", cwd=d)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    said = [
+        {c["check"]: c["result"] for c in rep["checks"]}["standard"] for rep in json.loads(r.stdout)
+    ]
+    assert said[0].startswith(f"us-wpla-cashmere version 2, the lab's own file {own}")
+    assert said[1].startswith("us-wpla-cashmere version 1, packaged with this software")
+    # the certificate graded by version 2, verified with another file of that version
+    own.write_text(own.read_text().replace("limit = 30.0", "limit = 29.0", 1))
+    r = verify(d, cert, *STORE, "--standard", str(own))
+    assert r.returncode == 5 and f"the file {own} given with --standard has version 2" in r.stderr
+
+
 def test_audit_verify_without_the_public_key_says_the_signatures_were_not_checked(lab):
     """It said "audit log intact" and ok: true with no checkpoint signature checked."""
     r = run("audit", "verify", *STORE, "--json", cwd=lab)

@@ -1551,14 +1551,27 @@ def _recompute(cert: dict[str, Any], store: Any, rep: VerifyReport, cache: dict[
             f"standard: {exc}; a lab's own standard file is given with --standard FILE"
         )
         return
-    if (std.version, std.digest) != (std_ref["version"], std_ref["digest"]):
+    given = cache.get(("standard file", std.id))
+    wanted = (std_ref["version"], std_ref["digest"])
+    if given is not None and (std.version, std.digest) != wanted:
+        # the lab's own file of this id is another version (a new version of a packaged
+        # standard): a certificate graded by the packaged one is recomputed with that
+        try:
+            packaged = _cached(
+                cache, ("packaged standard", std.id), lambda: load_standard(std_ref["id"])
+            )
+        except FibergradeError:
+            packaged = None
+        if packaged is not None and (packaged.version, packaged.digest) == wanted:
+            std, given = packaged, None
+    if (std.version, std.digest) != wanted:
+        has = f"the file {given} given with --standard has" if given else "this software has"
         rep.problems.append(
-            f"standard {std.id}: this software has version {std.version} "
+            f"standard {std.id}: {has} version {std.version} "
             f"(digest {std.digest[:12]}), the certificate used {std_ref['version']} "
             f"(digest {std_ref['digest'][:12]})"
         )
         return
-    given = cache.get(("standard file", std.id))
     rep.checks.append(
         (
             "standard",
