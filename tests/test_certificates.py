@@ -261,8 +261,14 @@ def test_reissues_supersede_for_good_and_revoking_one_puts_nothing_back(lab, tmp
     assert r.returncode == 0, r.stderr
     fourth = json.loads(r.stdout)[0]
     assert fourth["supersedes"] is None and fourth["certificate_number"].endswith("-04")
-    assert verify(d, d / CERTS / f"{fourth['certificate_number']}.json", *STORE).returncode == 0
+    fourth_file = d / CERTS / f"{fourth['certificate_number']}.json"
+    assert verify(d, fourth_file, *STORE).returncode == 0
     assert verify(d, second_file, *STORE).returncode == 5
+    # certified again without --lab, it keeps the lab of the lot's newest certificate (it
+    # fell back to the default name, renaming the lab, as reissues once did)
+    assert json.loads(fourth_file.read_text())["certificate"]["lab"]["name"] == (
+        "fibergrade demo lab"
+    )
 
 
 def test_a_batch_stopped_part_way_leaves_only_what_was_issued(lab, tmp_path):

@@ -469,17 +469,23 @@ DEFAULT_LAB_NAME = "fibergrade laboratory"
 
 def lab_name_for(prior: list[dict[str, Any]], supersedes: str | None, lab_name: str | None) -> str:
     """The laboratory a new certificate names: ``lab_name`` when given; else, for a reissue,
-    the one on the certificate it supersedes (in ``prior``, the subject's certificates), so
-    that a correction issued without ``--lab`` does not rename the lab; else
-    :data:`DEFAULT_LAB_NAME`."""
+    the one on the certificate it supersedes, and for a subject certified before (a
+    certificate issued after its reissue was revoked), the one on its newest certificate
+    (``prior``: the subject's certificates), so that a certificate issued without ``--lab``
+    does not rename the lab; else :data:`DEFAULT_LAB_NAME`."""
     if lab_name is not None:
         return lab_name
-    for env in prior:
-        doc = env.get("certificate") or {}
-        if supersedes is not None and doc.get("certificate_number") == supersedes:
-            name = (doc.get("lab") or {}).get("name")
-            if isinstance(name, str) and name:
-                return name
+    docs = [env.get("certificate") or {} for env in prior]
+    docs.sort(
+        key=lambda d: (
+            d.get("certificate_number") != supersedes,
+            -_sequence(str(d.get("certificate_number"))),
+        )
+    )
+    for doc in docs:
+        name = (doc.get("lab") or {}).get("name")
+        if isinstance(name, str) and name:
+            return name
     return DEFAULT_LAB_NAME
 
 
