@@ -1117,6 +1117,11 @@ def test_the_pdf_states_what_an_auditor_needs_and_never_contradicts_the_criteria
     near = dict(doc, figures=dict(doc["figures"], cv_pct=24.0), grade={"id": None,
                 "criteria": [crit]})  # fmt: skip
     assert dict(figure_rows(near))["CV (%)"] == "24.0  (graded on 24.02)"
+    # and only then: a figure that reads as the value judged needs no note ("15.3" is 15.30)
+    same = dict(crit, value=15.3012, passed=True)
+    plain = dict(doc, figures=dict(doc["figures"], cv_pct=15.3), grade={"id": None,
+                 "criteria": [same]})  # fmt: skip
+    assert dict(figure_rows(plain))["CV (%)"] == "15.3"
     pdf = certs(lab)[0].with_suffix(".pdf")
     if shutil.which("pdftotext") and shutil.which("pdfinfo"):  # poppler, where installed
         info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout

@@ -169,6 +169,15 @@ def lot_rows(cert: dict[str, Any], calibration: dict[str, Any] | None) -> list[t
     ]
 
 
+def _reads_as(text: str, value: float) -> bool:
+    """Whether a figure as printed reads as ``value`` to two decimals ("15.3" as 15.30,
+    not "24.0" as 24.02): then the value it was judged on goes without saying."""
+    try:
+        return float(text) == float(f"{value:.2f}")
+    except ValueError:
+        return False
+
+
 def figure_rows(cert: dict[str, Any]) -> list[tuple[str, str]]:
     """The figures table: each figure at certificate precision; a figure a criterion judged
     also shows, to the two decimals of the criteria lines, the value it was judged on
@@ -183,7 +192,7 @@ def figure_rows(cert: dict[str, Any]) -> list[tuple[str, str]]:
 
     def fig(key: str) -> str:
         text = _fmt(f.get(key))
-        if key in judged and f.get(key) is not None and f"{judged[key]:.2f}" != text:
+        if key in judged and f.get(key) is not None and not _reads_as(text, judged[key]):
             text += f"  (graded on {judged[key]:.2f})"
         return text
 
