@@ -1255,14 +1255,13 @@ def verify_certificate(
         _revocation_list_check(rev_doc, number, rep, revocations)
     if cert.get("calibration", {}).get("uncalibrated"):
         rep.notes.append("graded WITHOUT a valid calibration (--uncalibrated)")
-    if store is None:  # what a relying party must not take as checked
+    if store is None and revocations is None:  # not to be taken as checked
         rep.notes.append(
             "revocation and supersession were NOT checked: give the lab's signed revocation "
-            "list (--revocations FILE) and the store (--store)"
-            if revocations is None
-            else "supersession was NOT checked: a reissued certificate that supersedes this "
-            "one is not on the revocation list, only in the store (--store)"
+            "list (--revocations FILE) or the store (--store)"
         )
+    # (a list given carries supersessions; one written before it did is noted by
+    # _revocation_list_check)
     if cache is None:
         cache = {}
     try:
