@@ -437,6 +437,35 @@ def test_a_carcass_reissue_without_lab_keeps_the_lab_it_supersedes(plant):
     assert again["lab"]["name"] == "Dubbo Halal Lab"
 
 
+def test_a_weighing_logged_before_certification_is_the_link_whatever_its_time(plant):
+    """The weighing a certificate links is told by the audit log's order: the demo's last
+    carcass was weighed and certified within one second, its weighing's created_at
+    (microseconds) read as after the certificate's issued_at (seconds), and verify --store
+    failed the honest certificate. A clock ahead of the certifying one does the same."""
+    from fibergrade.store import Store
+
+    ahead = {  # logged first, dated after the certificate
+        "kind": "weighing",
+        "created_at": "2099-01-01T00:00:00.500000+00:00",
+        "scale_id": "CAS-L1",
+        "profile": "cas-ci",
+        "protocol": "cas",
+        "value": 21.4,
+        "unit": "kg",
+        "mode": "stable",
+        "device_stable": True,
+        "timestamp": "2099-01-01T00:00:00Z",
+        "subject": "KZ-C-0001",
+    }
+    rid = Store.open(plant / "s", create=False).put_result("weighing", ahead)
+    r = run("meat", "certify", "KZ-C-0001", "--store", "s", "--json", cwd=plant)
+    assert r.returncode == 0, r.stderr
+    path = plant / json.loads(r.stdout)[0]["json"]
+    assert json.loads(path.read_text())["certificate"]["weighing"]["record"] == rid
+    r = run("verify", str(path), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_carcass_weighed_again_after_certification_still_verifies(plant):
     """The certificate names the weighing record that was the carcass's latest when it was
     issued; a weighing logged afterwards (a check weighing) does not make it wrong. verify

@@ -198,6 +198,8 @@ class _Scanned:
     #: segment digest -> (source file name, lot ids) of every import entry that names them
     imports: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     last_line: bytes = b""  # the last whole line read, with its line break
+    #: result record digest -> sequence number of the entry that first logged it
+    logged_seq: dict[str, int] = field(default_factory=dict)
 
 
 #: what :meth:`AuditLog._scan` has read of each log, by path
@@ -690,6 +692,12 @@ class AuditLog:
                 raise AuditError(f"{self.path}: cannot read the audit log: {_why(exc)}") from exc
         return out, 0
 
+    def logged_seq(self, digest: str) -> int | None:
+        """The sequence number of the entry that logged the result record ``digest``
+        (None when the log names no such record): where it stands among the log's steps,
+        exactly, which timestamps of one-second resolution cannot say."""
+        return self._scan().logged_seq.get(digest)
+
     def logged_results(self) -> dict[str, set[str]]:
         """Result kind -> the SHA-256 of every result record the log names (the store logs
         each one it writes, subject ``"<kind> <sha256>"``). Read incrementally: the log only
@@ -801,6 +809,7 @@ class AuditLog:
                     # a result record's entry: subject "<kind> <sha256>", payload the same
                     if named == pd and _KIND.fullmatch(kind):
                         state.kinds.setdefault(kind, set()).add(pd)
+                        state.logged_seq.setdefault(pd, pos.seq)
             state.offset += end
             if len(state.recent) > 2 * _RECENT:
                 state.recent = {s: h for s, h in state.recent.items() if s >= state.lines - _RECENT}

@@ -245,7 +245,7 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
             )
     weighing = again.get("weighing")
     if isinstance(weighing, dict) and "record" in weighing:  # the link as it was at issue
-        weighing = weighing | {"record": _weighing_at(store, cid, cert.get("issued_at"))}
+        weighing = weighing | {"record": _weighing_at(store, cid, cert.get("audit_position"))}
     if weighing != cert.get("weighing"):
         rep.problems.append(
             f"weighing: certificate says {cert.get('weighing')!r}, the store gives {weighing!r}"
@@ -277,26 +277,25 @@ def verify_meat(cert: dict[str, Any], store: Any, rep: VerifyReport) -> None:
         )
 
 
-def _weighing_at(store: Any, carcass_id: str, issued_at: Any) -> str | None:
-    """The weighing record a carcass certificate issued at ``issued_at`` links: the
-    carcass's latest weighing record stored by then (a weighing logged after the
-    certificate, e.g. a check weighing, does not make it wrong), or None."""
+def _weighing_at(store: Any, carcass_id: str, position: Any) -> str | None:
+    """The weighing record a carcass certificate links: the carcass's latest weighing
+    record logged before the certificate's own audit position (a weighing logged after it,
+    e.g. a check weighing, does not make it wrong), or None. The log's order decides, not
+    the records' times: a certificate's ``issued_at`` is to the second, and a weighing
+    stored within that same second, before it, read as after it."""
     from fibergrade.acquisition import WEIGHING_KIND
+    from fibergrade.audit import AuditLog
 
-    def moment(text: Any) -> _dt.datetime | None:
-        try:
-            when = _dt.datetime.fromisoformat(str(text))
-        except ValueError:
-            return None
-        return when if when.tzinfo is not None else when.replace(tzinfo=_dt.UTC)
-
-    issued = moment(issued_at)
-    found = None
-    for rid, rec in store.results(WEIGHING_KIND):  # sorted by created_at
-        made = moment(rec.get("created_at"))
-        if rec.get("subject") == carcass_id and (issued is None or made is None or made <= issued):
-            found = rid
-    return found
+    before = position.get("seq") if isinstance(position, dict) else None
+    log = AuditLog(store.root)
+    found: tuple[int, str] | None = None
+    for rid, rec in store.results(WEIGHING_KIND):
+        seq = log.logged_seq(rid)
+        if rec.get("subject") != carcass_id or seq is None:
+            continue
+        if (not isinstance(before, int) or seq < before) and (found is None or seq > found[0]):
+            found = (seq, rid)
+    return found[1] if found else None
 
 
 def _first_worded(again: Any, stated: Any) -> bool:
