@@ -437,16 +437,11 @@ def test_a_carcass_reissue_without_lab_keeps_the_lab_it_supersedes(plant):
     assert again["lab"]["name"] == "Dubbo Halal Lab"
 
 
-def test_a_weighing_logged_before_certification_is_the_link_whatever_its_time(plant):
-    """The weighing a certificate links is told by the audit log's order: the demo's last
-    carcass was weighed and certified within one second, its weighing's created_at
-    (microseconds) read as after the certificate's issued_at (seconds), and verify --store
-    failed the honest certificate. A clock ahead of the certifying one does the same."""
-    from fibergrade.store import Store
-
-    ahead = {  # logged first, dated after the certificate
+def _weighing(when: str) -> dict:
+    """A stable weighing record of KZ-C-0001 giving its 21.4 kg, made at ``when``."""
+    return {
         "kind": "weighing",
-        "created_at": "2099-01-01T00:00:00.500000+00:00",
+        "created_at": when,
         "scale_id": "CAS-L1",
         "profile": "cas-ci",
         "protocol": "cas",
@@ -454,9 +449,20 @@ def test_a_weighing_logged_before_certification_is_the_link_whatever_its_time(pl
         "unit": "kg",
         "mode": "stable",
         "device_stable": True,
-        "timestamp": "2099-01-01T00:00:00Z",
+        "timestamp": when,
         "subject": "KZ-C-0001",
     }
+
+
+def test_a_weighing_logged_before_certification_is_the_link_whatever_its_time(plant):
+    """The weighing a certificate links is told by the audit log's order: the demo's last
+    carcass was weighed and certified within one second, its weighing's created_at
+    (microseconds) read as after the certificate's issued_at (seconds), and verify --store
+    failed the honest certificate. A clock ahead of the certifying one does the same."""
+    from fibergrade.store import Store
+
+    # logged first, dated after the certificate
+    ahead = _weighing("2099-01-01T00:00:00.500000+00:00")
     rid = Store.open(plant / "s", create=False).put_result("weighing", ahead)
     r = run("meat", "certify", "KZ-C-0001", "--store", "s", "--json", cwd=plant)
     assert r.returncode == 0, r.stderr
@@ -476,19 +482,7 @@ def test_a_carcass_weighed_again_after_certification_still_verifies(plant):
     assert r.returncode == 0, r.stderr
     path = plant / json.loads(r.stdout)[0]["json"]
     assert json.loads(path.read_text())["certificate"]["weighing"]["record"] is None
-    later = {  # a stable weighing of KZ-C-0001 giving its 21.4 kg, logged after issue
-        "kind": "weighing",
-        "created_at": "2099-01-01T00:00:00Z",
-        "scale_id": "CAS-L1",
-        "profile": "cas-ci",
-        "protocol": "cas",
-        "value": 21.4,
-        "unit": "kg",
-        "mode": "stable",
-        "device_stable": True,
-        "timestamp": "2099-01-01T00:00:00Z",
-        "subject": "KZ-C-0001",
-    }
+    later = _weighing("2099-01-01T00:00:00Z")  # logged after issue
     Store.open(plant / "s", create=False).put_result("weighing", later)
     r = run("verify", str(path), "--public-key", "keys/lab.pub", "--store", "s", cwd=plant)
     assert r.returncode == 0, r.stderr
