@@ -1240,18 +1240,10 @@ def verify_certificate(
     rep.problems += fields + types
     if types:  # a document the checks below cannot read is not what certify signs
         raise VerificationFailed(number, rep.problems, rep)
+    if cache is None:
+        cache = {}
     if revocations is not None:
-        try:
-            rev_doc = check_signature(read_envelope(revocations), public_key, str(revocations))
-        except VerificationFailed as exc:
-            raise CertificateError(
-                f"{revocations}: the revocation list fails its own check: "
-                + "; ".join(exc.problems)
-            ) from None
-        except CertificateFileError as exc:  # the list's problem, not this certificate's
-            raise CertificateError(str(exc)) from None
-        if rev_doc.get("schema") != REVOCATION_SCHEMA:
-            raise CertificateError(f"{revocations}: not a fibergrade revocation list")
+        rev_doc = _revocation_list(revocations, public_key, cache)
         _revocation_list_check(rev_doc, number, rep, revocations)
     if cert.get("calibration", {}).get("uncalibrated"):
         rep.notes.append("graded WITHOUT a valid calibration (--uncalibrated)")
@@ -1262,8 +1254,6 @@ def verify_certificate(
         )
     # (a list given carries supersessions; one written before it did is noted by
     # _revocation_list_check)
-    if cache is None:
-        cache = {}
     try:
         if store is not None:
             _standing(cert, store, rep, cache, public_key)
@@ -1976,7 +1966,12 @@ def verify_certificates(
     outcomes: list[VerifyReport | CertificateFileError | VerificationFailed] = []
     # a revocation list that cannot be used fails every certificate, each still checked
     # for the rest (the list's problem, said once per report, is not the certificate's)
-    bad_list = _unusable_list(revocations, public_key) if revocations is not None else None
+    bad_list = None
+    if revocations is not None:  # read and checked once for the batch (kept in the cache)
+        try:
+            _revocation_list(revocations, public_key, cache)
+        except RevocationListUnusable as exc:
+            bad_list = (str(exc), exc.exit_code)
     try:
         for path in paths:
             try:
@@ -2012,21 +2007,37 @@ def verify_certificates(
     ]
 
 
-def _unusable_list(revocations: str | Path, public_key: Any) -> tuple[str, int] | None:
-    """Why a revocation list given for a batch cannot be used, and the exit code: a file
-    that cannot be read or is no signed fibergrade list is bad input (2); one whose
-    signature does not verify with the lab key was forged or altered, and what it says
-    of a certificate cannot be known: that certificate fails verification (5). None for
-    a list that can be used (:func:`verify_certificate` then reads it)."""
+class RevocationListUnusable(CertificateError):
+    """A revocation list that cannot be used: a file that cannot be read or is no signed
+    fibergrade list is bad input (``exit_code`` 2); one whose signature does not verify with
+    the lab key was forged or altered, and what it says of a certificate cannot be known:
+    that certificate fails verification (5)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _revocation_list(
+    revocations: str | Path, public_key: Any, cache: dict[Any, Any]
+) -> dict[str, Any]:
+    """The signed document of a revocation list, read and checked once per ``cache`` (a
+    batch), or :class:`RevocationListUnusable`."""
+    key = ("revocation list", str(revocations))
+    return _cached(cache, key, lambda: _checked_revocation_list(revocations, public_key))
+
+
+def _checked_revocation_list(revocations: str | Path, public_key: Any) -> dict[str, Any]:
+    """The signed document of a revocation list, or :class:`RevocationListUnusable`."""
     try:
         doc = check_signature(read_envelope(revocations), public_key, str(revocations))
     except CertificateFileError as exc:
-        return f"revocation list {exc}", 2
+        raise RevocationListUnusable(f"revocation list {exc}", 2) from None
     except VerificationFailed as exc:
-        return (
+        raise RevocationListUnusable(
             f"{revocations}: the revocation list fails its own check: " + "; ".join(exc.problems),
             5,
-        )
+        ) from None
     if doc.get("schema") != REVOCATION_SCHEMA:
-        return f"{revocations}: not a fibergrade revocation list", 2
-    return None
+        raise RevocationListUnusable(f"{revocations}: not a fibergrade revocation list", 2)
+    return doc
