@@ -470,6 +470,15 @@ def test_new_workers_warm_up_before_any_task(lab):
         assert warm == grade_lots(store, lots, record=False).records
 
 
+def test_the_connect_timeout_is_dasks_own_setting():
+    from fibergrade.cluster import connect_timeout_s
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2.5s"}):
+        assert connect_timeout_s() == 2.5
+    with dask.config.set({"distributed.comm.timeouts.connect": 4}):  # seconds
+        assert connect_timeout_s() == 4.0
+
+
 def test_bad_executor_arguments():
     with pytest.raises(ClusterError, match="not both"), executor(2, "tcp://127.0.0.1:1"):
         pass
@@ -482,10 +491,13 @@ def test_bad_executor_arguments():
 # --------------------------------------------------------------------------- CLI
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False
-    )
+        [EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False,
+        env=None if env is None else os.environ | env,
+    )  # fmt: skip
 
 
 def test_cli_grade_with_workers_matches_and_records_once(lab, tmp_path):
@@ -537,7 +549,9 @@ def test_cli_cluster_errors_are_clear(lab, tmp_path):
 
 def test_a_scheduler_address_where_another_service_listens_is_refused(lab, tmp_path):
     """A web server (the dashboard's port) says nothing; an SSH server's banner is no Dask
-    greeting: both end with exit 6 and one line, not a hang or a traceback."""
+    greeting: both end with exit 6 and one line, not a hang or a traceback. The wait for a
+    greeting is Dask's connect timeout, as an administrator sets it (30 s by default; 2 s
+    here, in the environment)."""
     import socket
     import threading
 
@@ -545,9 +559,11 @@ def test_a_scheduler_address_where_another_service_listens_is_refused(lab, tmp_p
         silent.bind(("127.0.0.1", 0))
         silent.listen()  # connections complete in the backlog; nothing is ever sent
         r = cli("grade", "--store", str(lab / "store"), "--scheduler",
-                f"tcp://127.0.0.1:{silent.getsockname()[1]}", cwd=tmp_path)  # fmt: skip
+                f"tcp://127.0.0.1:{silent.getsockname()[1]}", cwd=tmp_path,
+                env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})  # fmt: skip
     assert r.returncode == 6, r.stderr
-    assert "sent no Dask greeting" in r.stderr and "Traceback" not in r.stderr
+    assert "sent no Dask greeting within 2 s, Dask's connect timeout" in r.stderr
+    assert "Traceback" not in r.stderr
     with contextlib.closing(socket.socket()) as ssh:
         ssh.bind(("127.0.0.1", 0))
         ssh.listen()

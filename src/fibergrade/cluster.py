@@ -49,8 +49,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 Progress = Callable[[int, int], None]
 
-#: how long to wait for an existing scheduler to answer, and for its first worker
-CONNECT_TIMEOUT_S = 20.0
+
+def connect_timeout_s() -> float:
+    """How long to wait for an existing scheduler to answer (its greeting included) and for
+    its first worker: Dask's own connect timeout, ``distributed.comm.timeouts.connect``
+    (30 s unless the Dask configuration or ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT``
+    sets another), so that a cluster's administrator sets it in one place."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
 
 
 class ClusterError(FibergradeError):
@@ -494,9 +502,6 @@ def _check_versions(client: Any, where: str) -> None:
         )
 
 
-#: how long to wait for a scheduler's greeting: it greets at once, but a busy one's event
-#: loop may take a while, so as long as Dask's own connect timeout
-GREETING_TIMEOUT_S = CONNECT_TIMEOUT_S
 #: a Dask greeting is a short message; a first length field above this is another protocol
 #: (an SSH banner read as a length asks for exabytes)
 GREETING_MAX_BYTES = 64 * 1024 * 1024
@@ -518,15 +523,18 @@ def _probe(address: str, where: str) -> None:
         raise ClusterError(f"{where}: not an address of the form tcp://HOST:PORT ({exc})") from exc
     if not host or port is None:
         raise ClusterError(f"{where}: not an address of the form tcp://HOST:PORT")
+    # a scheduler greets at once, but a busy one's event loop may take a while: wait for
+    # its greeting as long as Dask waits for a connection
+    timeout = connect_timeout_s()
     try:
-        conn = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        conn = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise _unreachable(where, exc) from exc
     if url.scheme == "tls":
         conn.close()  # the greeting comes after the TLS handshake: let Dask do both
         return
     with conn:
-        conn.settimeout(GREETING_TIMEOUT_S)
+        conn.settimeout(timeout)
         head = b""
         try:
             while len(head) < 8 and (part := conn.recv(8 - len(head))):
@@ -536,7 +544,8 @@ def _probe(address: str, where: str) -> None:
     if len(head) < 8:
         raise ClusterError(
             f"{where}: something listens there but sent no Dask greeting within "
-            f"{GREETING_TIMEOUT_S:.0f} s (a scheduler greets at once unless it is very busy). "
+            f"{timeout:g} s, Dask's connect timeout (a scheduler greets at once unless it "
+            "is very busy). "
             "Is it the scheduler's port (8786 unless set), not its dashboard's (8787)?"
         )
     if int.from_bytes(head, "little") > GREETING_MAX_BYTES:
@@ -596,16 +605,17 @@ def executor(
             where = f"the Dask scheduler at {scheduler}"
             _probe(str(scheduler), where)
             try:
-                client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+                client = Client(scheduler, timeout=connect_timeout_s())
             except Exception as exc:  # distributed raises many kinds on a failed connect
                 raise _unreachable(where, exc) from exc
         try:
             if scheduler is not None:
                 try:
-                    client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+                    client.wait_for_workers(1, timeout=connect_timeout_s())
                 except TimeoutError as exc:
                     raise ClusterError(
-                        f"{where} has no workers after {CONNECT_TIMEOUT_S:.0f} s; start some "
+                        f"{where} has no workers after {connect_timeout_s():g} s, Dask's "
+                        "connect timeout; start some "
                         f"with `dask worker {scheduler}`"
                     ) from exc
             _check_versions(client, where)
@@ -628,6 +638,7 @@ __all__ = [
     "TaskFailed",
     "TaskRun",
     "chunk_tasks",
+    "connect_timeout_s",
     "executor",
     "task_weight",
     "warm_up",
