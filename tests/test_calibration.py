@@ -22,6 +22,7 @@ from fibergrade.calibration import (
     NoValidCalibrationError,
     ReferenceSetError,
     TopMeasurement,
+    UnknownTopError,
     calibrate,
     calibrate_bias,
     correct_fibres,
@@ -153,10 +154,11 @@ def test_a_top_unknown_to_the_reference_set_is_named_with_its_file_and_line(tmp_
     rows = "".join(f"{m.top},{m.measured_mfd_um}\n" for m in tops())
     p.write_text("top,measured_mfd_um\n" + rows + "99,20.0\n")
     store = make_store(tmp_path)
-    with pytest.raises(CalibrationRefused) as e:
+    with pytest.raises(UnknownTopError) as e:
         calibrate(store, "OFDA-1", load_reference_set("ih-23"), read_top_measurements(p), now=T0)
     line = 2 + len(tops())
     assert f"top '99' ({p}, line {line}) is not in reference set ih-23" in str(e.value)
+    assert e.value.exit_code == 2  # bad input, as an unknown reference set is
     assert store.results("calibration") == []
 
 

@@ -135,6 +135,26 @@ def test_packaged_reference_set_found_by_name_from_any_directory(lab):
     assert r.returncode == 2 and "ih-23" in r.stderr  # the packaged set is listed
 
 
+def test_a_top_the_reference_set_lacks_is_bad_input_in_calibrate_and_in_qc(lab):
+    """The same mistake, a top the set does not hold, exits 2 (bad input) through both
+    commands, names the set's tops and stores nothing."""
+    s, cwd = lab["store"], lab["cwd"]
+    bad = lab["dir"] / "tops-99.csv"
+    bad.write_text(lab["tops"].read_text() + "99,20.0,20.0\n")
+    r = run("calibrate", "--instrument", "OFDA-1", "--reference", str(lab["ref"]), str(bad),
+            store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"top '99' ({bad}, line 10) is not in reference set ih-23" in r.stderr
+    assert "its tops: 1, 2, 3, 4, 5, 6, 7, 8" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(run("calibrations", "--json", store=s, cwd=cwd).stdout) == []
+
+    r = run("qc", "--instrument", "OFDA-1", "--reference", str(lab["ref"]), "--top", "99",
+            "20.0", store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "top '99' is not in reference set ih-23 (its tops: 1, 2, 3" in r.stderr
+    assert not (s / "results" / "qc").exists()
+
+
 def test_edited_calibration_record_detected_via_digest(lab):
     s, cwd = lab["store"], lab["cwd"]
     r = run("calibrate", "--instrument", "OFDA-1", "--reference", str(lab["ref"]),

@@ -114,6 +114,22 @@ class CalibrationRefused(CalibrationError):
     """A fit, bias correction or QC check that fibergrade will not record, with the reason."""
 
 
+class UnknownTopError(CalibrationError):
+    """A top that the reference set does not hold, named by the user (a row of a tops file,
+    ``qc --top``): bad input, like an unknown reference set, so exit code 2. The message
+    names the set and the tops it holds."""
+
+    exit_code = 2
+
+    def __init__(self, top: str, reference: ReferenceSet, where: str = "") -> None:
+        self.top = top
+        self.reference_id = reference.id
+        super().__init__(
+            f"top {top!r}{where} is not in reference set {reference.id} "
+            f"(its tops: {', '.join(t.top for t in reference.tops)})"
+        )
+
+
 class NoValidCalibrationError(CalibrationError):
     """Grading (or QC) needs a valid calibration that the instrument does not have."""
 
@@ -176,6 +192,14 @@ class ReferenceSet:
 
     def top(self, top: str) -> ReferenceTop | None:
         return next((t for t in self.tops if t.top == top), None)
+
+    def known_top(self, top: str) -> ReferenceTop:
+        """The top named ``top``; :class:`UnknownTopError` (naming the set's tops) when the
+        set does not hold it."""
+        found = self.top(top)
+        if found is None:
+            raise UnknownTopError(top, self)
+        return found
 
     def ref(self) -> dict[str, Any]:
         """What a calibration record says about its reference set."""
@@ -467,9 +491,10 @@ def calibrate(
 ) -> tuple[str, dict[str, Any]]:
     """Fit, check and store a calibration record; returns ``(record id, record)``.
 
-    Refuses (:class:`CalibrationRefused`) without storing anything: a top unknown to the
-    reference set, fewer than :data:`MIN_TOPS` tops, a non-positive slope, any residual
-    above :data:`RESIDUAL_TOLERANCE_UM`, a reference set not valid today.
+    Refuses without storing anything: a top unknown to the reference set
+    (:class:`UnknownTopError`, bad input, naming its file and line); and
+    (:class:`CalibrationRefused`) fewer than :data:`MIN_TOPS` tops, a non-positive slope,
+    any residual above :data:`RESIDUAL_TOLERANCE_UM`, a reference set not valid today.
     """
     t = now or _now()
     _check_instrument_id(instrument_id)
@@ -486,11 +511,7 @@ def calibrate(
             where = ", ".join(
                 x for x in (m.path, f"line {m.line}" if m.line else None) if x is not None
             )
-            where = f" ({where})" if where else ""
-            raise CalibrationRefused(
-                f"top {m.top!r}{where} is not in reference set {reference.id} "
-                f"(tops: {', '.join(x.top for x in reference.tops)})"
-            )
+            raise UnknownTopError(m.top, reference, f" ({where})" if where else "")
     if len(measurements) < MIN_TOPS:
         raise CalibrationRefused(
             f"{len(measurements)} top(s) measured; a calibration needs at least {MIN_TOPS} "

@@ -1226,9 +1226,7 @@ def qc_(
         raise typer.BadParameter("give either --assigned X or --reference SET --top T")
     if assigned is None:
         ref = load_reference_set(str(reference))
-        found = ref.top(str(top))
-        if found is None:
-            raise typer.BadParameter(f"top {top!r} is not in reference set {ref.id}")
+        found = ref.known_top(str(top))
         assigned, sample = found.mfd_um, sample or f"{ref.id} top {found.top}"
     st = _open_store(store)
     qid, rec = record_qc(
