@@ -155,6 +155,21 @@ def test_a_top_the_reference_set_lacks_is_bad_input_in_calibrate_and_in_qc(lab):
     assert not (s / "results" / "qc").exists()
 
 
+def test_a_qc_value_typed_in_millimetres_is_bad_input_with_the_unit_named(lab):
+    """0.0165 (mm) for 16.5 um is a typing mistake: exit 2 with the unit hint, not a
+    calibration failure (4), and never converted or recorded."""
+    s, cwd = lab["store"], lab["cwd"]
+    for args in (["--assigned", "16.5", "0.0165"], ["--assigned", "0.0165", "16.5"]):
+        r = run("qc", "--instrument", "OFDA-1", *args, store=s, cwd=cwd)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        assert "0.0165 um looks like millimetres" in r.stderr, r.stderr
+        assert "expected in micrometres" in r.stderr and "Traceback" not in r.stderr
+    r = run("qc", "--instrument", "OFDA-1", "--assigned", "16.5", "16.5", "--tolerance", "-1",
+            store=s, cwd=cwd)  # fmt: skip
+    assert r.returncode == 2 and "tolerance must be a positive number" in r.stderr
+    assert not (s / "results" / "qc").exists()
+
+
 def test_edited_calibration_record_detected_via_digest(lab):
     s, cwd = lab["store"], lab["cwd"]
     r = run("calibrate", "--instrument", "OFDA-1", "--reference", str(lab["ref"]),

@@ -114,6 +114,13 @@ class CalibrationRefused(CalibrationError):
     """A fit, bias correction or QC check that fibergrade will not record, with the reason."""
 
 
+class QCValueError(CalibrationError):
+    """A value typed for a QC check (measured or assigned MFD, tolerance) that cannot be
+    one: bad input, exit code 2, never converted (a millimetre figure is named as such)."""
+
+    exit_code = 2
+
+
 class UnknownTopError(CalibrationError):
     """A top that the reference set does not hold, named by the user (a row of a tops file,
     ``qc --top``): bad input, like an unknown reference set, so exit code 2. The message
@@ -831,15 +838,17 @@ def record_qc(
     The measured MFD is corrected through the calibration in force and compared with the
     assigned value; outside ``tolerance_um`` the check fails and suspends the instrument
     until a new calibration is recorded. Needs a valid calibration (else
-    :class:`NoValidCalibrationError`).
+    :class:`NoValidCalibrationError`). A value that cannot be an MFD (NaN, <= 0, above
+    200 um, below 1 um as a millimetre figure would be) or a tolerance that is not positive
+    is :class:`QCValueError` (bad input), checked before anything else.
     """
     t = now or _now()
     for name, v in (("measured", measured_mfd_um), ("assigned", assigned_mfd_um)):
         problem = diameter_problem(float(v))
-        if problem:
-            raise CalibrationRefused(f"QC {name} MFD {v!r} um {problem}")
+        if problem:  # below 1 um: "looks like millimetres", the import's unit hint
+            raise QCValueError(f"QC {name} MFD {v!r} um {problem}")
     if not (math.isfinite(tolerance_um) and tolerance_um > 0):
-        raise CalibrationRefused(f"QC tolerance must be a positive number, got {tolerance_um!r}")
+        raise QCValueError(f"QC tolerance must be a positive number, got {tolerance_um!r}")
     st = instrument_state(store, instrument_id, now=t)
     if st.state != "valid" or st.record is None or st.calibration_id is None:
         raise NoValidCalibrationError([(instrument_id, st.reason)], grading=False)
