@@ -142,6 +142,47 @@ def test_import_instrument_is_all_or_nothing_and_checks_the_profile(tmp_path):
     assert r.returncode == 2 and "ofda-export" in r.stderr  # lists the known profiles
 
 
+def test_import_takes_the_instrument_an_export_preamble_names(tmp_path):
+    """The Laserscan example's preamble says 'Instrument,LS-DEMO-01': lots the manifest
+    gives no instrument take it (so they can be calibrated); a manifest naming another one
+    is refused, naming the file and both ids; a re-import is still recognised."""
+    store = tmp_path / "store"
+    laser = INSTRUMENTS / "laserscan-histogram-example.csv"
+    other = tmp_path / "other.csv"
+    other.write_text(
+        "lot_id,declared_type,origin,client,instrument_id\n"
+        "LS-24-001,cashmere,MN,Coop,\nLS-24-002,cashmere,MN,Coop,LS-OTHER-7\n"
+    )
+    r = run("import", "--instrument", "laserscan-histogram", str(laser), "--lots", str(other),
+            "--store", str(store), cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"{laser}:2:" in r.stderr and "Traceback" not in r.stderr
+    assert "'LS-DEMO-01'" in r.stderr and "'LS-OTHER-7'" in r.stderr
+    assert "other.csv" in r.stderr and "'LS-24-002'" in r.stderr
+    assert not list((store / "segments").glob("*.h5"))
+
+    manifest = tmp_path / "lots.csv"
+    manifest.write_text(other.read_text().replace("LS-OTHER-7", ""))
+    r = run("import", "--instrument", "laserscan-histogram", str(laser), "--lots", str(manifest),
+            "--store", str(store), cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lots = json.loads(run("lots", "--json", "--store", str(store), cwd=tmp_path).stdout)
+    assert [(x["lot_id"], x["instrument_id"]) for x in lots] == [
+        ("LS-24-001", "LS-DEMO-01"),
+        ("LS-24-002", "LS-DEMO-01"),
+    ]
+    assert lots[0]["declared_type"] == "cashmere"  # the manifest's other metadata applies
+    # the same file again, with the same manifest or none: recognised, and no note that
+    # the manifest was not applied (the preamble's instrument is what it would apply)
+    for extra in (["--lots", str(manifest)], []):
+        r = run("import", "--instrument", "laserscan-histogram", str(laser), *extra,
+                "--store", str(store), cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 0 and "already imported" in r.stdout, r.stderr
+        assert "note" not in r.stderr, r.stderr
+    r = run("grade", "--store", str(store), cwd=tmp_path)  # the instrument gates grading now
+    assert r.returncode == 4 and "LS-DEMO-01" in r.stderr, r.stderr
+
+
 # --------------------------------------------------------------------------- simulate
 
 

@@ -14,7 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fibergrade.adapters.errors import ProfileError
-from fibergrade.adapters.exports import read_export, read_histogram, read_per_fibre
+from fibergrade.adapters.exports import (
+    preamble_instrument,
+    read_export,
+    read_histogram,
+    read_per_fibre,
+)
 from fibergrade.adapters.profiles import (
     find_profile,
     list_profiles,
@@ -108,6 +113,7 @@ _DELETE = object()
         ("export", "units.diameter", "µm", "units.diameter", "one of"),
         ("export", "file.encoding", "klingon", "file.encoding", "encoding"),
         ("histogram", "histogram", _DELETE, "histogram.class_width_um", "class_width_um"),
+        ("histogram", "file.header_line", 1, "file.instrument_label", "header_line above 1"),
         ("analyser", "analyser.line_timeout_s", 0, "analyser.line_timeout_s", "> 0"),
     ],
 )
@@ -199,6 +205,49 @@ def test_laserscan_example_reads_to_histogram_lots():
     assert isinstance(h, HistogramLots)
     assert h.lot_ids == ("LS-24-001", "LS-24-002") and h.offsets.tolist() == [0, 35, 70]
     assert np.all(h.upper_um - h.lower_um == 1.0) and h.counts.sum() == 4000
+
+
+def test_the_preamble_names_the_instrument_where_the_profile_says():
+    laserscan = load_profile("laserscan-histogram")
+    assert laserscan.export.instrument_label == "Instrument"
+    found = preamble_instrument(laserscan, INSTRUMENTS / "laserscan-histogram-example.csv")
+    assert (found.instrument_id, found.line) == ("LS-DEMO-01", 2)
+    # a profile without file.instrument_label does not read the preamble
+    ofda = load_profile("ofda-export")
+    assert preamble_instrument(ofda, INSTRUMENTS / "ofda-export-example.csv") is None
+
+
+@pytest.mark.parametrize(
+    ("preamble", "expected"),
+    [
+        ("# Instrument,LS-9\nDate,2024-05-14\n", None),  # a comment names nothing
+        ("Instrument , LS-7 ,Date,2024\n\n", ("LS-7", 1)),
+        ("x\nInstrument,LS-7\n", ("LS-7", 2)),
+        ("Instrument,LS-7\nInstrument,LS-7\n", ("LS-7", 1)),
+    ],
+)
+def test_preamble_instrument_reads_the_field_after_the_label(tmp_path, preamble, expected):
+    prof = histogram_profile(tmp_path, file__header_line=preamble.count("\n") + 1)
+    path = write(tmp_path, preamble + "Specimen,Class (um),Count\nX,10,5\n")
+    found = preamble_instrument(prof, path)
+    assert ((found.instrument_id, found.line) if found else None) == expected
+    assert read_histogram(prof, path).lot_ids == ("X",)
+
+
+@pytest.mark.parametrize(
+    ("preamble", "line", "words"),
+    [
+        ("Instrument,,Date\n", 1, "no instrument id after it"),
+        ("Date,1\nInstrument\n", 2, "no instrument id after it"),
+        ("Instrument,LS-7\nInstrument,LS-8\n", 2, "'LS-8' here and 'LS-7' on line 1"),
+    ],
+)
+def test_preamble_instrument_is_read_as_written_or_refused(tmp_path, preamble, line, words):
+    prof = histogram_profile(tmp_path, file__header_line=preamble.count("\n") + 1)
+    path = write(tmp_path, preamble + "Specimen,Class (um),Count\nX,10,5\n")
+    with pytest.raises(InputError) as ei:
+        preamble_instrument(prof, path)
+    assert ei.value.path == str(path) and ei.value.line == line and words in str(ei.value)
 
 
 def export_profile(tmp_path, **over):

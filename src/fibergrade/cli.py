@@ -160,8 +160,8 @@ def import_(
     from fibergrade.adapters.interchange import read_lot_manifest
     from fibergrade.workflow import (
         check_grade_inputs,
-        import_files,
         manifest_not_applied,
+        read_import_files,
         unmatched_manifest_lots,
     )
 
@@ -170,11 +170,14 @@ def import_(
     st = _open_store(store, create=True)
     prog, update = _progress("reading files", enabled=not json_)
     with prog:
-        outcomes = import_files(st, files, manifest=lots, progress=update, instrument=profile)
-    metas = read_lot_manifest(lots) if lots else {}  # read and checked by import_files
+        pending = read_import_files(files, manifest=lots, progress=update, instrument=profile)
+        outcomes = st.import_segments(pending)
+    metas = read_lot_manifest(lots) if lots else {}  # read and checked by read_import_files
     unmatched = unmatched_manifest_lots(st, metas)
     again = [lot for o in outcomes if o.already_imported for lot in o.lot_ids]
-    not_applied = manifest_not_applied(st, metas, again)
+    # the manifest's rows as this import gave them (with an export's preamble instrument)
+    applied = {lot: m for item in pending for lot, m in item.meta.items() if lot in metas}
+    not_applied = manifest_not_applied(st, applied, again)
     if not_applied:  # on stderr, with --json too: the user expected the manifest to apply
         err.print(
             f"[yellow]note:[/] {len(not_applied)} lot(s) of files imported before keep the "

@@ -16,7 +16,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,9 +82,29 @@ def import_files(
     Files are the project's interchange CSVs, or with ``instrument`` (an export profile,
     :mod:`fibergrade.adapters.profiles`) vendor exports read through that profile. A bad
     file (or a manifest problem) raises before anything is stored, so an import either
-    stores every new file or none.
+    stores every new file or none. (:func:`read_import_files`, then
+    :meth:`Store.import_segments`.)
     """
-    from fibergrade.adapters.exports import read_export
+    return store.import_segments(read_import_files(paths, manifest, progress, instrument))
+
+
+def read_import_files(
+    paths: Sequence[str | Path],
+    manifest: str | Path | None = None,
+    progress: Progress | None = None,
+    instrument: Profile | None = None,
+) -> list[PendingSegment]:
+    """Parse every file and give each lot its metadata; stores nothing.
+
+    A lot's metadata is the manifest's row for it. A vendor export whose preamble names its
+    instrument (the profile's ``file.instrument_label``,
+    :func:`fibergrade.adapters.exports.preamble_instrument`) gives that id to its lots that
+    the manifest gives none; a manifest that names another instrument for one of them is an
+    :class:`InputError` naming the file, its preamble line, the lot and both ids (which one
+    is right is not guessed). The source digest is the file's bytes alone, so a file
+    imported again is recognised whatever metadata it is given.
+    """
+    from fibergrade.adapters.exports import preamble_instrument, read_export
     from fibergrade.adapters.interchange import read_lot_manifest, read_measurements
 
     metas: dict[str, LotMeta] = {}
@@ -92,18 +112,36 @@ def import_files(
         metas = read_lot_manifest(manifest)
     pending: list[PendingSegment] = []
     for i, p in enumerate(paths):
-        table = read_measurements(p) if instrument is None else read_export(instrument, p)
+        if instrument is None:
+            table, named = read_measurements(p), None
+        else:
+            table, named = read_export(instrument, p), preamble_instrument(instrument, p)
+        meta = {lot: metas.get(lot, LotMeta(lot)) for lot in table.lot_ids}
+        if named is not None:
+            for lot, m in meta.items():
+                if m.instrument_id is None:
+                    meta[lot] = replace(m, instrument_id=named.instrument_id)
+                elif m.instrument_id != named.instrument_id:
+                    raise InputError(
+                        p,
+                        named.line,
+                        f"the preamble names instrument {named.instrument_id!r}, but the "
+                        f"manifest {Path(str(manifest)).name} gives lot {lot!r} instrument "
+                        f"{m.instrument_id!r}",
+                        expected="the instrument that measured the lot: correct the manifest "
+                        "or the file (fibergrade does not choose between them)",
+                    )
         pending.append(
             PendingSegment(
                 table=table,
-                meta={lot: metas.get(lot, LotMeta(lot)) for lot in table.lot_ids},
+                meta=meta,
                 source_name=Path(p).name,
                 source_digest=sha256_file(p),
             )
         )
         if progress:
             progress(i + 1, len(paths))
-    return store.import_segments(pending)
+    return pending
 
 
 def manifest_not_applied(

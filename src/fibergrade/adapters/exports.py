@@ -15,8 +15,10 @@ code (DESIGN.md, "Interchange formats"). Two layouts:
 Rules (each violation is an :class:`fibergrade.errors.InputError` naming the file, the
 1-based line as a text editor counts it, and what was expected):
 
-* lines before ``header_line`` are the vendor's preamble and are skipped; blank lines and
-  lines starting with the profile's ``comment`` prefix are skipped;
+* lines before ``header_line`` are the vendor's preamble and are skipped (but for the
+  instrument id a profile's ``file.instrument_label`` points to, read by
+  :func:`preamble_instrument`); blank lines and lines starting with the profile's
+  ``comment`` prefix are skipped;
 * every mapped column must be in the header; other columns are ignored;
 * a data row has as many fields as the header; a field may be quoted, but a row may not
   span lines;
@@ -44,6 +46,7 @@ import csv
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,8 +134,8 @@ def _refuse_first(
         raise InputError(path, lines[i], problem(i), expected=expected)
 
 
-def _rows(path: Path, ex: ExportSettings) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
-    """(header fields, header line number, [(line number, fields)]) of the data rows."""
+def _text_lines(path: Path, ex: ExportSettings) -> tuple[str, list[str]]:
+    """The file's text in the profile's encoding and its lines (line breaks removed)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -151,6 +154,25 @@ def _rows(path: Path, ex: ExportSettings) -> tuple[list[str], int, list[tuple[in
     lines = [x[:-1] if x.endswith("\r") else x for x in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()  # the file's final line break
+    return text, lines
+
+
+def _split(path: Path, ex: ExportSettings, line_no: int, raw: str) -> list[str]:
+    """One line's fields, as the csv module splits them with the profile's delimiter."""
+    try:
+        return next(csv.reader([raw], delimiter=ex.delimiter, strict=True))
+    except (csv.Error, StopIteration) as exc:
+        raise InputError(
+            path,
+            line_no,
+            f"cannot split the row: {exc}",
+            expected=f"fields separated by {ex.delimiter!r}",
+        ) from None
+
+
+def _rows(path: Path, ex: ExportSettings) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
+    """(header fields, header line number, [(line number, fields)]) of the data rows."""
+    text, lines = _text_lines(path, ex)
     if len(lines) < ex.header_line:
         raise InputError(
             path,
@@ -159,18 +181,7 @@ def _rows(path: Path, ex: ExportSettings) -> tuple[list[str], int, list[tuple[in
             expected="the header row the profile names",
         )
 
-    def split(line_no: int, raw: str) -> list[str]:
-        try:
-            return next(csv.reader([raw], delimiter=ex.delimiter, strict=True))
-        except (csv.Error, StopIteration) as exc:
-            raise InputError(
-                path,
-                line_no,
-                f"cannot split the row: {exc}",
-                expected=f"fields separated by {ex.delimiter!r}",
-            ) from None
-
-    header = [h.strip() for h in split(ex.header_line, lines[ex.header_line - 1])]
+    header = [h.strip() for h in _split(path, ex, ex.header_line, lines[ex.header_line - 1])]
     # with no quote, stray carriage return or NUL anywhere, a row's fields are its text
     # between delimiters, exactly as the csv module splits it, about ten times faster
     plain = not any(c in text.replace("\r\n", "\n") for c in ('"', "\r", "\0"))
@@ -182,7 +193,7 @@ def _rows(path: Path, ex: ExportSettings) -> tuple[list[str], int, list[tuple[in
     ]
 
     def fields_of(no: int, raw: str) -> list[str]:
-        fields = raw.split(ex.delimiter) if plain else split(no, raw)
+        fields = raw.split(ex.delimiter) if plain else _split(path, ex, no, raw)
         if len(fields) != len(header):
             raise InputError(
                 path,
@@ -198,6 +209,61 @@ def _rows(path: Path, ex: ExportSettings) -> tuple[list[str], int, list[tuple[in
             path, None, "no data rows after the header", expected="at least one measurement row"
         )
     return header, ex.header_line, rows
+
+
+@dataclass(frozen=True)
+class PreambleInstrument:
+    """The instrument an export file's preamble names: its id and the line naming it."""
+
+    instrument_id: str
+    line: int
+
+
+def preamble_instrument(profile: Profile, path: str | Path) -> PreambleInstrument | None:
+    """The instrument id the file's preamble gives, when the profile says where
+    (``file.instrument_label``: the field before the id, as ``Instrument`` in
+    ``Instrument,LS-DEMO-01,Date,2024-05-14``); None when the profile has no label or no
+    preamble line carries it.
+
+    Preamble lines are those before ``header_line``, split by the profile's delimiter;
+    comment and blank lines are skipped. The label with no id after it, or two lines naming
+    different instruments, is an :class:`~fibergrade.errors.InputError` at its line: the
+    id is read as written, never guessed."""
+    ex = _export_settings(profile, profile.protocol)
+    label = ex.instrument_label
+    if label is None:
+        return None
+    path = Path(path)
+    _, lines = _text_lines(path, ex)
+    comment = ex.comment or None
+    found: PreambleInstrument | None = None
+    for no, raw in enumerate(lines[: ex.header_line - 1], 1):
+        kept = raw.strip()
+        if not kept or (comment and kept.startswith(comment)):
+            continue
+        fields = [f.strip() for f in _split(path, ex, no, raw)]
+        if label not in fields:
+            continue
+        k = fields.index(label)
+        ident = fields[k + 1] if k + 1 < len(fields) else ""
+        if not ident:
+            raise InputError(
+                path,
+                no,
+                f"the preamble field {label!r} has no instrument id after it",
+                expected=f"{label}{ex.delimiter}<instrument id> (profile file.instrument_label)",
+            )
+        if found is not None and found.instrument_id != ident:
+            raise InputError(
+                path,
+                no,
+                f"the preamble names instrument {ident!r} here and {found.instrument_id!r} "
+                f"on line {found.line}",
+                expected="one instrument per file",
+            )
+        if found is None:
+            found = PreambleInstrument(ident, no)
+    return found
 
 
 def _column_index(

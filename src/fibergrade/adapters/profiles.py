@@ -25,7 +25,10 @@ Sections by ``instrument.kind``:
     ``[file]``     delimiter (one character; ``"\\t"`` for tab), decimal (``"."`` or ``","``);
                    optional encoding (utf-8), header_line (1-based, default 1: lines before
                    it are the vendor's preamble), comment (a prefix; lines starting with it
-                   are skipped)
+                   are skipped), instrument_label (the preamble field before the
+                   instrument's id, e.g. ``Instrument`` for ``Instrument,LS-DEMO-01``: the
+                   lots of the file take that id unless a manifest gives them one; needs
+                   header_line above 1; see :func:`.exports.preamble_instrument`)
     ``[columns]``  fibergrade field = header text in the file. per-fibre-table: lot_id,
                    diameter required; length, curvature, medullated optional.
                    histogram-table: lot_id, lower, count required; upper optional (else
@@ -131,6 +134,8 @@ class ExportSettings:
     encoding: str = "utf-8"
     header_line: int = 1
     comment: str | None = None
+    #: the preamble field that precedes the instrument id (None: the preamble is not read)
+    instrument_label: str | None = None
     true_values: tuple[str, ...] = ("1", "true", "yes", "y")
     false_values: tuple[str, ...] = ("0", "false", "no", "n")
     class_width_um: float | None = None
@@ -260,6 +265,7 @@ _FILE = {
     "encoding": (False, _encoding),
     "header_line": (False, _int_range(1, 10_000)),
     "comment": (False, _string),
+    "instrument_label": (False, _string),
 }
 _UNITS = {
     "diameter": (True, _one_of("um", "mm")),
@@ -397,6 +403,13 @@ def profile_from_dict(
             )
         if f["delimiter"] in '\r\n"':
             raise ProfileError(spath, "file.delimiter", "must not be a quote or line break")
+        if "instrument_label" in f and f.get("header_line", 1) == 1:
+            raise ProfileError(
+                spath,
+                "file.instrument_label",
+                "is read from the preamble, the lines before the header: it needs "
+                "file.header_line above 1",
+            )
         cols = checked["columns"]
         headers = list(cols.values())
         dup = next((h for h in headers if headers.count(h) > 1), None)
@@ -429,6 +442,7 @@ def profile_from_dict(
             encoding=f.get("encoding", "utf-8"),
             header_line=f.get("header_line", 1),
             comment=f.get("comment"),
+            instrument_label=f["instrument_label"].strip() if "instrument_label" in f else None,
             true_values=t,
             false_values=fv,
             class_width_um=hist.get("class_width_um"),
