@@ -384,6 +384,32 @@ def test_record_then_replay_recognises_the_samples(tmp_path):
     assert doc["ended"] == "idle"
 
 
+def test_a_replay_prints_its_own_time_and_says_it_is_a_replay(tmp_path):
+    """A capture whose 30 lines arrived 4 s apart (120 s on the capture's clock): the
+    replay does not print '30 readings in 120.0 s' as if it had taken that long."""
+    from fibergrade.adapters.analyser import format_sample
+
+    cap = tmp_path / "slow.jsonl"
+    meta = {"kind": "analyser", "protocol": "fibergrade-line", "profile": "analyser-line"}
+    events = [
+        {"t": 4.0 * i, "rx": line.decode("ascii")}
+        for i, line in enumerate(format_sample("R-1", [15.0 + 0.1 * k for k in range(30)]))
+    ]
+    cap.write_text(
+        "\n".join(json.dumps(x) for x in [{"fibergrade_capture": 1, "meta": meta}, *events]) + "\n"
+    )
+    store = tmp_path / "store"
+    args = ("acquire", "--instrument", "analyser-line", "--replay", str(cap), "--store", str(store))
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = r.stdout.splitlines()[-1]
+    assert "30 readings replayed in " in summary, summary
+    assert "(the captured session took 120.0 s)" in summary and "in 120.0 s" not in summary
+    doc = json.loads(run(*args, "--json", cwd=tmp_path).stdout)
+    assert doc["replay"] is True and doc["elapsed_s"] == 120.0  # the capture's clock
+    assert isinstance(doc["run_s"], float) and doc["run_s"] >= 0
+
+
 def test_acquire_checks_its_options_and_finds_profiles_anywhere(tmp_path):
     r = run(
         "acquire",

@@ -78,6 +78,7 @@ import hashlib
 import math
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ from fibergrade.adapters.errors import (
     ScaleError,
 )
 from fibergrade.adapters.scales.base import ScaleBackend, Weighing
+from fibergrade.adapters.transport import ReplayPort
 from fibergrade.errors import InputError, LotConflictError, StoreError
 from fibergrade.measurements import LOT_ID_RULE, LotMeta, lot_id_problem
 from fibergrade.store import Store
@@ -267,9 +269,15 @@ class AnalyserAcquisition:
     lines_read: int = 0
     readings: int = 0
     discarded_lines: int = 0
+    #: first to last line on the transport's clock: for a replay, the captured session's
+    #: time (the replay's clock follows the capture), not the replay's
     elapsed_s: float = 0.0
     #: the number of samples asked for (``max_samples``), None for an open-ended run
     planned: int | None = None
+    #: the lines came from a replayed capture, not a live port
+    replay: bool = False
+    #: wall-clock seconds this run took, start to end (a replay's own time)
+    run_s: float = 0.0
 
     @property
     def new_samples(self) -> int:
@@ -290,7 +298,8 @@ class AnalyserAcquisition:
 
     @property
     def readings_per_s(self) -> float:
-        """Measurement lines accepted per second over the whole run."""
+        """Measurement lines accepted per second over :attr:`elapsed_s` (for a replay, the
+        captured session's rate)."""
         return self.readings / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -323,6 +332,8 @@ class AnalyserAcquisition:
             "discarded_lines": self.discarded_lines,
             "elapsed_s": round(self.elapsed_s, 3),
             "readings_per_s": round(self.readings_per_s, 1),
+            "replay": self.replay,
+            "run_s": round(self.run_s, 3),
         }
 
 
@@ -480,11 +491,13 @@ def acquire_samples(
         raise ValueError("max_samples must be at least 1")
     if not reader.keep_raw:
         raise ValueError("acquisition needs the raw lines of each sample (keep_raw=True)")
+    started = time.monotonic()
     summary = AnalyserAcquisition(
         profile=profile,
         source=reader.transport.name,
         instrument_id=instrument_id or profile,
         planned=max_samples,
+        replay=isinstance(reader.transport.port, ReplayPort),
     )
     tracker = _Tracker(reader, summary, progress, progress_interval_s)
     previous_hook = reader.on_line
@@ -575,6 +588,7 @@ def acquire_samples(
     summary.lines_read = reader.lines_read
     summary.discarded_lines = len(reader.discarded)
     summary.elapsed_s = tracker.elapsed()
+    summary.run_s = time.monotonic() - started
     return summary
 
 

@@ -808,10 +808,17 @@ def _acquire_analyser(
     if json_:
         _print_json(summary.to_dict())
     else:
+        if summary.replay:  # the session's clock is the capture's: say which time is which
+            timing = (
+                f"replayed in {summary.run_s:.2f} s (the captured session took "
+                f"{summary.elapsed_s:.1f} s)"
+            )
+        else:
+            timing = f"in {summary.elapsed_s:.1f} s ({summary.readings_per_s:,.0f}/s)"
         out.print(
             f"{len(summary.committed)} samples committed ({summary.new_samples} new), "
-            f"{len(summary.errors)} refused, {summary.readings:,} readings in "
-            f"{summary.elapsed_s:.1f} s ({summary.readings_per_s:,.0f}/s); ended: {summary.ended}"
+            f"{len(summary.errors)} refused, {summary.readings:,} readings {timing}; "
+            f"ended: {summary.ended}"
         )
     p = summary.partial
     if p is not None:
