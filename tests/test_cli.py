@@ -84,7 +84,7 @@ def test_import_grade_show_and_reimport(files, tmp_path):
         store=store,
     )
     assert r.returncode == 0, r.stderr
-    assert "4 lots" in r.stdout and "1 lots" in r.stdout
+    assert "4 lots, " in r.stdout and "1 lot, " in r.stdout and "1 lots" not in r.stdout
 
     r = run("lots", "--json", store=store)
     lots = {x["lot_id"]: x for x in json.loads(r.stdout)}

@@ -291,7 +291,7 @@ def test_sigint_to_a_running_acquire_keeps_completed_samples(tmp_path):
     assert all(r.n == 60 for r in s.lots())  # only whole samples
     for seg in s.segments():
         s.verify_segment(seg.digest)
-    assert f"{len(kept)} completed samples kept" in errs
+    assert f"{len(kept)} completed sample{'' if len(kept) == 1 else 's'} kept" in errs
     if "partial sample" in errs:  # the one in progress is named and not stored
         partial = errs.split("partial sample ", 1)[1].split(":", 1)[0]
         assert partial not in kept
@@ -403,6 +403,7 @@ def test_a_replay_prints_its_own_time_and_says_it_is_a_replay(tmp_path):
     r = run(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = r.stdout.splitlines()[-1]
+    assert summary.startswith("1 sample committed (1 new), 0 refused, "), summary
     assert "30 readings replayed in " in summary, summary
     assert "(the captured session took 120.0 s)" in summary and "in 120.0 s" not in summary
     doc = json.loads(run(*args, "--json", cwd=tmp_path).stdout)

@@ -121,9 +121,15 @@ def _open_store(path: Path, create: bool = False):  # type: ignore[no-untyped-de
     return Store.open(path, create=create)
 
 
+def _noun(n: int, one: str, many: str | None = None) -> str:
+    """The noun for ``n`` of it, singular for one: "lot", "lots" (for numbers printed in
+    their own format, such as "1,200 readings")."""
+    return one if n == 1 else (many or one + "s")
+
+
 def _count(n: int, one: str, many: str | None = None) -> str:
     """``n`` and the noun, singular for one: "1 lot", "2 lots"."""
-    return f"{n} {one if n == 1 else (many or one + 's')}"
+    return f"{n} {_noun(n, one, many)}"
 
 
 def _print_json(obj: Any) -> None:
@@ -210,8 +216,8 @@ def import_(
             )
         else:
             out.print(
-                f"{escape(o.source_name)}: {len(o.lot_ids)} lots, {o.n_rows} rows -> "
-                f"segment {o.segment[:12]}"
+                f"{escape(o.source_name)}: {_count(len(o.lot_ids), 'lot')}, "
+                f"{_count(o.n_rows, 'row')} -> segment {o.segment[:12]}"
             )
     if unmatched:
         out.print(f"note: {len(unmatched)} manifest lot(s) have no measurements yet")
@@ -444,7 +450,7 @@ def grade_(
         "grades: " + ", ".join(f"{k or 'none'} {v}" for k, v in sorted(graded.items(), key=str))
     )
     if run.result_id:
-        out.print(f"result recorded as {run.result_id[:16]} ({len(run.records)} lots)")
+        out.print(f"result recorded as {run.result_id[:16]} ({_count(len(run.records), 'lot')})")
 
 
 @app.command("show")
@@ -526,7 +532,9 @@ def demo_(
         report = run_demo(out_dir, st_path, n_lots=n_lots, seed=seed, progress=update)
     for line in report.steps:
         out.print(line)
-    out.print(_grade_table(report.failed, f"{len(report.failed)} lots that meet no grade"))
+    n_failed = len(report.failed)
+    meet = "meets" if n_failed == 1 else "meet"
+    out.print(_grade_table(report.failed, f"{_count(n_failed, 'lot')} that {meet} no grade"))
     _print_calibration_legend(report.failed)  # the legend of that table, not of every lot
     _print_reasons(report.failed)
     t = Table(title="grades by declared type")
@@ -536,7 +544,7 @@ def demo_(
     for (typ, grade), cnt in sorted(report.grade_counts.items(), key=str):
         t.add_row(typ or "—", grade or "[red]none[/]", str(cnt))
     out.print(t)
-    out.print(f"histogram PNGs: {escape(str(report.plot_dir))} ({report.n_plots} files)")
+    out.print(f"histogram PNGs: {escape(str(report.plot_dir))} ({_count(report.n_plots, 'file')})")
     out.print(
         f"store: {escape(str(st_path))}   try: fibergrade show {report.example_lot} "
         f"--store {escape(str(st_path))}"
@@ -684,7 +692,8 @@ def simulate_(
         fibres = fibres or 400
         what = (
             f"simulated analyser ({analyser.PROTOCOL}), "
-            f"{samples if samples is not None else 'endless'} samples of {fibres} fibres, "
+            f"{_count(samples, 'sample') if samples is not None else 'endless samples'} of "
+            f"{_count(fibres, 'fibre')}, "
             f"{paced}"
         )
         options = {"n_samples": samples, "fibres_per_sample": fibres, "baudrate": rate or None}
@@ -702,7 +711,10 @@ def simulate_(
         _say("simulator stopped")
         return
     if sim.unplugged:
-        _say(f"adapter unplugged after {sim.frames_sent} frames (fault unplug-after); stopped")
+        _say(
+            f"adapter unplugged after {_count(sim.frames_sent, 'frame')} (fault unplug-after); "
+            "stopped"
+        )
 
 
 def _acquire_bar(enabled: bool, total: int | None):  # type: ignore[no-untyped-def]
@@ -773,7 +785,8 @@ def _acquire_analyser(
             task,
             completed=p.samples_committed,
             description=f"{prof.name}: {now}",
-            stats=f"{p.readings:,} readings, {p.readings_per_s:,.0f}/s, running MFD {mfd}, "
+            stats=f"{p.readings:,} {_noun(p.readings, 'reading')}, {p.readings_per_s:,.0f}/s, "
+            f"running MFD {mfd}, "
             f"{p.samples_committed} committed, {p.samples_failed} failed",
         )
 
@@ -782,7 +795,7 @@ def _acquire_analyser(
             return
         state = "already in the store" if c.already_imported else f"segment {c.segment[:12]}"
         out.print(
-            f"sample {escape(c.sample_id)} -> lot {escape(c.lot_id)}: {c.n} fibres, "
+            f"sample {escape(c.sample_id)} -> lot {escape(c.lot_id)}: {_count(c.n, 'fibre')}, "
             f"MFD {c.mfd_um:.2f} um, {state}"
         )
 
@@ -816,18 +829,19 @@ def _acquire_analyser(
         else:
             timing = f"in {summary.elapsed_s:.1f} s ({summary.readings_per_s:,.0f}/s)"
         out.print(
-            f"{len(summary.committed)} samples committed ({summary.new_samples} new), "
-            f"{len(summary.errors)} refused, {summary.readings:,} readings {timing}; "
+            f"{_count(len(summary.committed), 'sample')} committed ({summary.new_samples} new), "
+            f"{len(summary.errors)} refused, {summary.readings:,} "
+            f"{_noun(summary.readings, 'reading')} {timing}; "
             f"ended: {summary.ended}"
         )
     p = summary.partial
     if p is not None:
         err.print(
-            f"[yellow]partial sample {escape(p.sample_id)}:[/] {p.received} fibres received "
-            f"(stream lines {p.first_line}-{p.last_line}), not stored: a sample is stored whole "
-            "or not at all; measure it again"
+            f"[yellow]partial sample {escape(p.sample_id)}:[/] {_count(p.received, 'fibre')} "
+            f"received (stream lines {p.first_line}-{p.last_line}), not stored: a sample is "
+            "stored whole or not at all; measure it again"
         )
-    _acquire_exit(summary, f"{len(summary.committed)} completed samples kept in {store}")
+    _acquire_exit(summary, f"{_count(len(summary.committed), 'completed sample')} kept in {store}")
 
 
 def _acquire_scale(
@@ -889,12 +903,12 @@ def _acquire_scale(
         _print_json(summary.to_dict())
     else:
         out.print(
-            f"{len(summary.stored)} weights stored ({summary.mode}), {len(summary.errors)} "
-            f"refused; ended: {summary.ended}"
+            f"{_count(len(summary.stored), 'weight')} stored ({summary.mode}), "
+            f"{len(summary.errors)} refused; ended: {summary.ended}"
         )
     if summary.not_weighed:
         err.print(f"not weighed: {escape(', '.join(summary.not_weighed))}")
-    _acquire_exit(summary, f"{len(summary.stored)} stored weights kept in {store}")
+    _acquire_exit(summary, f"{_count(len(summary.stored), 'stored weight')} kept in {store}")
 
 
 @app.command("acquire")
@@ -1290,7 +1304,7 @@ def calibrations_(
         out.print(
             f"{r['id'][:12]}  [bold]{escape(r['instrument_id'])}[/]  [{c}]{r['state']}[/]  "
             f"({escape(basis)}, {r['created_at'][:10]} .. {r['expires_at'][:10]}, "
-            f"QC {r['qc_checks']} checks, {r['qc_failed']} failed)"
+            f"QC {_count(r['qc_checks'], 'check')}, {r['qc_failed']} failed)"
         )
         out.print(
             f"    MFD' = {r['intercept_um']:+.3f} + {r['slope']:.4f} x MFD, valid for "
@@ -1361,12 +1375,13 @@ def _print_evaluation(ev: dict[str, Any]) -> None:
     for m in ev["mislabel_detection"]:
         out.print(
             f"{m['true']} declared {m['declared']}: flagged {_pct_or_dash(m['detected'])} "
-            f"of {m['lots']} lots"
+            f"of {_count(m['lots'], 'lot')}"
         )
     for r in ev["limits"]:
         pct = f" at {r['blend_pct']}%" if r["blend_pct"] is not None else ""
         out.print(
-            f"limit: {r['case']}{pct}: flagged {_pct_or_dash(r['detected'])} of {r['lots']} lots"
+            f"limit: {r['case']}{pct}: flagged {_pct_or_dash(r['detected'])} of "
+            f"{_count(r['lots'], 'lot')}"
         )
 
 
@@ -1417,7 +1432,7 @@ def model_train_(
         return
     out.print(
         f"model {card['model_id']} written to {escape(str(target))} "
-        f"(trained on {card['training']['lots']} lots; flag when P(clean) < "
+        f"(trained on {_count(card['training']['lots'], 'lot')}; flag when P(clean) < "
         f"{card['threshold']['p_clean_below']:.4f})"
     )
     _print_evaluation(card["evaluation"])
@@ -1464,7 +1479,7 @@ def screen_(
     _print_screening(run.records, show_clean=all_ or bool(lots))
     counts = Counter(r["verdict"] for r in run.records)
     out.print(
-        f"{len(run.records)} lots screened by {run.model_id}: "
+        f"{_count(len(run.records), 'lot')} screened by {run.model_id}: "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     )
     if run.result_id:
@@ -1602,7 +1617,9 @@ def meat_grade_(
         for note in notes:
             out.print(f"  {escape(r['carcass_id'])}: {escape(note)}")
     if result_id:
-        out.print(f"result recorded as {result_id[:16]} ({len(records)} carcasses)")
+        out.print(
+            f"result recorded as {result_id[:16]} ({_count(len(records), 'carcass', 'carcasses')})"
+        )
 
 
 @app.command("trace")
@@ -2111,10 +2128,10 @@ def audit_verify(
     assert rep is not None
     out.print(
         f"[bold green]audit log {'intact' if rep.signatures_checked else 'chain intact'}[/]: "
-        f"{rep.entries} entries, {rep.checkpoints} checkpoint(s)"
+        f"{_count(rep.entries, 'entry', 'entries')}, {_count(rep.checkpoints, 'checkpoint')}"
         f"{' signed by the lab key' if rep.signatures_checked else ' (signatures NOT checked)'}, "
-        f"{rep.unanchored} entries after the last checkpoint; every logged record and "
-        "segment matches its SHA-256"
+        f"{_count(rep.unanchored, 'entry', 'entries')} after the last checkpoint; every logged "
+        "record and segment matches its SHA-256"
     )
     for note in notes:
         out.print(f"[yellow]note:[/] {escape(note)}")
@@ -2164,7 +2181,7 @@ def audit_log(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False) -> None:
     if json_:
         _print_json(entries)
         return
-    t = Table(title=f"audit log: {len(entries)} entries")
+    t = Table(title=f"audit log: {_count(len(entries), 'entry', 'entries')}")
     for col in ("seq", "time", "actor", "action", "subject"):
         t.add_column(col, no_wrap=col != "subject", overflow="fold")
     for e in entries:
