@@ -293,8 +293,11 @@ def run_scale_script(scale, script):
 
 
 def _rewrite_meta(path: Path, meta: dict) -> None:
+    """Put ``meta`` in the capture's header, keeping its other keys (``started_at``)."""
     lines = path.read_text().splitlines()
-    lines[0] = json.dumps({"fibergrade_capture": 1, "meta": meta}, ensure_ascii=True)
+    header = json.loads(lines[0])
+    header["meta"] = meta
+    lines[0] = json.dumps(header, ensure_ascii=True)
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -414,6 +417,7 @@ def test_record_an_analyser_session_and_replay_it(tmp_path):
     assert meta["results"][1]["error"] == "SampleIndexGapError"
     replayed = read_all(AnalyserReader(Transport.replay(path), line_timeout_s=1.0))
     assert replayed == meta["results"]
+    assert Transport.replay(path).capture_started_at is not None  # kept by _rewrite_meta
 
 
 @pytest.mark.parametrize("capture", sorted(p.name for p in CAPTURES.glob("*-session.jsonl")))

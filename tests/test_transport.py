@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import tty
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +32,7 @@ from fibergrade.adapters.transport import (
     ReplayPort,
     SessionRecorder,
     Transport,
+    load_capture,
     open_transport,
     read_capture,
 )
@@ -238,6 +240,9 @@ def test_record_then_replay_a_session(pty_pair, tmp_path):
     assert events[-1].kind == "disconnected"
     header = json.loads(cap.read_text().splitlines()[0])
     assert header["fibergrade_capture"] == 1
+    start = datetime.fromisoformat(header["started_at"])  # the wall clock at t = 0
+    assert start.utcoffset() == timedelta(0)
+    assert load_capture(cap).started_at == start == Transport.replay(cap).capture_started_at
 
     rp = Transport.replay(cap)
     rp.write(b"SI\r\n")
@@ -316,6 +321,89 @@ def test_recorder_escapes_every_byte(tmp_path):
     _, events = read_capture(p)
     assert events[0] == CaptureEvent(0.0, "rx", bytes(range(256)))
     assert events[1] == CaptureEvent(0.5, "tx", b"\x1bP")
+
+
+START = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+
+
+def test_the_header_records_the_wall_clock_time_of_t0(tmp_path):
+    """started_at is read from the wall clock when the first event sets t = 0 (not when
+    the recorder is made: a port can sit idle for minutes before the first byte), so a
+    line's wall-clock time is started_at + its t."""
+    reads = []
+
+    def wall_clock():
+        reads.append(1)
+        return START
+
+    p = tmp_path / "s.jsonl"
+    rec = SessionRecorder(p, {"k": 1}, wall_clock=wall_clock)
+    assert reads == []
+    rec.tx(100.0, b"SI\r\n")
+    rec.rx(102.5, b"S S 1 g\r\n")
+    rec.close()
+    assert reads == [1]
+    header = json.loads(p.read_text().splitlines()[0])
+    assert header == {
+        "fibergrade_capture": 1,
+        "started_at": "2025-03-04T05:06:07.890123+00:00",
+        "meta": {"k": 1},
+    }
+    cap = load_capture(p)
+    assert cap.started_at == START and cap.meta == {"k": 1}
+    assert [e.t for e in cap.events] == [0.0, 2.5]
+    assert read_capture(p) == (cap.meta, cap.events)
+    port = ReplayPort.from_file(p)
+    assert port.started_at == START and Transport(port).capture_started_at == START
+
+
+def test_a_replay_gives_the_wall_clock_time_of_the_captured_clock():
+    events = [CaptureEvent(0.0, "rx", b"a\n"), CaptureEvent(12.25, "rx", b"b\n")]
+    port = ReplayPort(events, started_at=START)
+    tr = Transport(port)
+    assert tr.read_line(1.0) == b"a" and port.wall_time() == START
+    assert tr.read_line(20.0) == b"b"
+    assert port.wall_time() == START + timedelta(seconds=12.25)
+    assert ReplayPort(events).wall_time() is None  # no start recorded: not guessed
+
+
+def test_a_wall_clock_in_another_zone_is_recorded_in_utc(tmp_path):
+    p = tmp_path / "s.jsonl"
+    perth = START.astimezone(timezone(timedelta(hours=8)))
+    rec = SessionRecorder(p, wall_clock=lambda: perth)
+    rec.rx(0.0, b"x\n")
+    rec.close()
+    assert json.loads(p.read_text().splitlines()[0])["started_at"] == START.isoformat()
+    with pytest.raises(ValueError, match="time zone"):
+        SessionRecorder(tmp_path / "n.jsonl", wall_clock=lambda: datetime(2025, 1, 1)).rx(0, b"")
+
+
+def test_a_session_without_events_has_a_header_and_no_start(tmp_path):
+    p = tmp_path / "s.jsonl"
+    SessionRecorder(p, {"k": 1}, wall_clock=lambda: START).close()
+    assert json.loads(p.read_text()) == {"fibergrade_capture": 1, "meta": {"k": 1}}
+    assert load_capture(p).started_at is None
+
+
+def test_a_capture_without_a_start_still_reads_and_replays(tmp_path):
+    """Captures written before the header recorded started_at (the shipped ones too) are
+    the same version and read as before; their start is unknown, not guessed."""
+    p = tmp_path / "old.jsonl"
+    p.write_text('{"fibergrade_capture": 1, "meta": {"k": 1}}\n{"t": 0.5, "rx": "a\\n"}\n')
+    cap = load_capture(p)
+    assert cap.started_at is None and cap.events == [CaptureEvent(0.5, "rx", b"a\n")]
+    tr = Transport.replay(p)
+    assert tr.capture_started_at is None and tr.read_line(1.0) == b"a"
+    assert Transport(ReplayPort.from_bytes(b"a\n")).capture_started_at is None
+
+
+@pytest.mark.parametrize("value", ['"yesterday"', '"2025-03-04T05:06:07"', "17", "null", '""'])
+def test_a_start_that_is_no_utc_time_is_a_bad_capture(tmp_path, value):
+    p = tmp_path / "x.jsonl"
+    p.write_text(f'{{"fibergrade_capture": 1, "started_at": {value}, "meta": {{}}}}\n')
+    with pytest.raises(FrameError, match="started_at") as ei:
+        load_capture(p)
+    assert "line 1" in str(ei.value)
 
 
 @settings(max_examples=200, deadline=None)

@@ -25,8 +25,9 @@ until a terminator arrives or *its* deadline passes, and then raises
   (garbage with no terminator); parsers raise it for every other kind of garbage.
 
 Capture files (``*.jsonl``): one JSON object per line. The first is a header
-``{"fibergrade_capture": 1, "meta": {...}}``; then events in time order, ``t`` in seconds
-since the start of the session::
+``{"fibergrade_capture": 1, "started_at": "2025-03-04T05:06:07.890123+00:00", "meta": {...}}``;
+then events in time order, ``t`` in seconds since the start of the session (the first
+event, at ``t`` = 0)::
 
     {"t": 0.0012, "tx": "SI\\r\\n"}          bytes written by the host
     {"t": 0.0051, "rx": "S S    100.00 g\\r\\n"}  bytes as one read returned them
@@ -34,6 +35,13 @@ since the start of the session::
 
 Bytes are stored as the latin-1 decoding of the data (JSON escapes control characters), so
 a capture is readable and exact.
+
+``started_at`` is the UTC wall-clock time at ``t`` = 0 (ISO 8601, as the store's other
+timestamps), so an event's wall-clock time is ``started_at`` + its ``t``: a replay dates
+what it stores by the session, not by the replay. Captures recorded before the header held
+it have no ``started_at`` and are read as before (their start is unknown, never guessed);
+the key is optional, so the format stays version 1 and older readers still read new
+captures. A session that ended before any event has no ``started_at`` either.
 """
 
 from __future__ import annotations
@@ -44,8 +52,9 @@ import os
 import select
 import termios
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol, Self
 
@@ -207,20 +216,42 @@ def _dec(text: str) -> bytes:
     return text.encode("latin-1")
 
 
+def _wall_clock_utc() -> datetime:
+    return datetime.now(UTC)
+
+
 class SessionRecorder:
     """Writes a capture file (format in the module docstring) of one session.
 
     ``meta`` is stored in the header: protocol, profile, what the session did. Timestamps
-    come from the transport's clock, relative to the first event.
+    come from the transport's clock, relative to the first event. ``wall_clock`` (an aware
+    datetime; default: now, UTC) is read once, when the first event sets ``t`` = 0, and
+    stored as the header's ``started_at``; the header is therefore written with the first
+    event (or on :meth:`close` of a session without any, then without ``started_at``).
     """
 
-    def __init__(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        wall_clock: Callable[[], datetime] = _wall_clock_utc,
+    ) -> None:
         self.path = Path(path)
         self.meta: dict[str, Any] = dict(meta or {})
+        self._wall_clock = wall_clock
         self._fh: IO[str] | None = self.path.open("w", encoding="ascii", newline="\n")
         self._t0: float | None = None
+        self._header_written = False
         self._last_flush = time.monotonic()
-        self._write({"fibergrade_capture": CAPTURE_VERSION, "meta": self.meta})
+
+    def _header(self, started_at: datetime | None) -> None:
+        header: dict[str, Any] = {"fibergrade_capture": CAPTURE_VERSION}
+        if started_at is not None:
+            header["started_at"] = started_at.isoformat()
+        header["meta"] = self.meta
+        self._header_written = True
+        self._write(header)
 
     def _write(self, obj: dict[str, Any]) -> None:
         if self._fh is None:
@@ -233,7 +264,11 @@ class SessionRecorder:
 
     def _t(self, now: float) -> float:
         if self._t0 is None:
+            wall = self._wall_clock()
+            if wall.tzinfo is None or wall.utcoffset() is None:
+                raise ValueError(f"wall_clock gave {wall!r}, a time without a time zone")
             self._t0 = now
+            self._header(wall.astimezone(UTC))
         return round(now - self._t0, 6)
 
     def tx(self, now: float, data: bytes) -> None:
@@ -251,6 +286,8 @@ class SessionRecorder:
     def close(self) -> None:
         """Flush and close the capture file."""
         if self._fh is not None:
+            if not self._header_written:
+                self._header(None)
             self._fh.close()
             self._fh = None
 
@@ -265,13 +302,52 @@ class CaptureEvent:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Capture:
+    """A parsed capture file: the header's ``meta`` and ``started_at`` (UTC; None when the
+    header does not record it), and the events."""
+
+    meta: dict[str, Any]
+    events: list[CaptureEvent]
+    started_at: datetime | None = None
+
+
+def _started_at(value: Any, path: Path) -> datetime:
+    """The header's ``started_at``: an ISO 8601 time with a UTC offset, returned in UTC."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        t = datetime.fromisoformat(value)
+        if t.tzinfo is None or t.utcoffset() is None:
+            raise ValueError(value)
+    except ValueError:
+        raise FrameError(
+            f"line 1: the header's started_at {value!r} is not a time with a UTC offset",
+            source=str(path),
+            expected="an ISO 8601 time such as 2025-03-04T05:06:07.890123+00:00",
+        ) from None
+    return t.astimezone(UTC)
+
+
 def read_capture(path: str | Path) -> tuple[dict[str, Any], list[CaptureEvent]]:
-    """Parse a capture file into its ``meta`` header and events.
+    """Parse a capture file into its ``meta`` header and events (:func:`load_capture`
+    gives the header's ``started_at`` too).
 
     Raises :class:`FrameError` (source = the file) when the file is not a capture.
     """
+    cap = load_capture(path)
+    return cap.meta, cap.events
+
+
+def load_capture(path: str | Path) -> Capture:
+    """Parse a capture file (format in the module docstring).
+
+    Raises :class:`FrameError` (source = the file) when the file is not a capture, or its
+    header's ``started_at`` is not a time with a UTC offset.
+    """
     path = Path(path)
     meta: dict[str, Any] | None = None
+    started_at: datetime | None = None
     events: list[CaptureEvent] = []
     try:
         lines = path.read_text(encoding="ascii").splitlines()
@@ -286,6 +362,8 @@ def read_capture(path: str | Path) -> tuple[dict[str, Any], list[CaptureEvent]]:
                 if obj.get("fibergrade_capture") != CAPTURE_VERSION:
                     raise ValueError("header")
                 meta = dict(obj.get("meta") or {})
+                if "started_at" in obj:
+                    started_at = _started_at(obj["started_at"], path)
                 continue
             t = float(obj["t"])
             if "tx" in obj:
@@ -302,7 +380,7 @@ def read_capture(path: str | Path) -> tuple[dict[str, Any], list[CaptureEvent]]:
             ) from None
     if meta is None:
         raise FrameError("empty capture file", source=str(path))
-    return meta, events
+    return Capture(meta, events, started_at)
 
 
 class ReplayPort:
@@ -327,10 +405,14 @@ class ReplayPort:
         *,
         name: str = "replay",
         meta: Mapping[str, Any] | None = None,
+        started_at: datetime | None = None,
     ) -> None:
         self.name = name
         #: the capture header's ``meta`` (kind, protocol, profile ...); empty when unknown
         self.meta: dict[str, Any] = dict(meta or {})
+        #: the capture header's ``started_at``: the UTC wall-clock time at t = 0; None when
+        #: the capture does not record it
+        self.started_at = started_at
         self._events = events
         self._i = 0
         self._now = 0.0
@@ -338,8 +420,8 @@ class ReplayPort:
     @classmethod
     def from_file(cls, path: str | Path) -> ReplayPort:
         """A replay of a capture file written by :class:`SessionRecorder`."""
-        meta, events = read_capture(path)
-        return cls(events, name=str(path), meta=meta)
+        cap = load_capture(path)
+        return cls(cap.events, name=str(path), meta=cap.meta, started_at=cap.started_at)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, chunk: int = 0, name: str = "bytes") -> ReplayPort:
@@ -412,6 +494,13 @@ class ReplayPort:
     def discard_input(self) -> None:
         return None
 
+    def wall_time(self) -> datetime | None:
+        """The wall-clock time (UTC) the live session had at the replay's clock now:
+        ``started_at`` + the captured time; None when the capture records no start."""
+        if self.started_at is None:
+            return None
+        return self.started_at + timedelta(seconds=self._now)
+
     def clock(self) -> float:
         return self._now
 
@@ -481,6 +570,12 @@ class Transport:
         (or a replay whose origin is not recorded)."""
         meta = self.port.meta if isinstance(self.port, ReplayPort) else None
         return meta or None
+
+    @property
+    def capture_started_at(self) -> datetime | None:
+        """The UTC wall-clock start (``t`` = 0) of the capture this transport replays; None
+        for a live port or a capture that does not record it."""
+        return self.port.started_at if isinstance(self.port, ReplayPort) else None
 
     def check_capture(self, kind: str, protocol: str) -> None:
         """Refuse to replay a capture recorded from another kind of instrument or another
