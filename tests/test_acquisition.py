@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from fibergrade.adapters.analyser import AnalyserReader
 from fibergrade.adapters.profiles import load_profile
 from fibergrade.adapters.scales import open_scale
 from fibergrade.adapters.simulators import AnalyserSimulator, Simulator, start_simulator
-from fibergrade.adapters.transport import Transport
+from fibergrade.adapters.transport import SessionRecorder, Transport, load_capture
 from fibergrade.distribution import summarise
 from fibergrade.errors import InputError
 from fibergrade.measurements import LotMeta
@@ -43,6 +43,9 @@ from fibergrade.store import Store
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 PROFILE = "analyser-line"
+CAPTURES = Path(__file__).resolve().parents[1] / "instruments" / "captures"
+#: the wall-clock start of recorded sessions (injected), long before any replay
+START = datetime(2024, 9, 17, 6, 41, 2, 250000, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -157,6 +160,99 @@ def test_a_recorded_session_replayed_is_already_imported(store, tmp_path):
     assert [c.segment for c in again.committed] == before
     store.refresh()
     assert [s.digest for s in store.segments()] == before
+
+
+def end_line_times(capture: Path) -> dict[str, float]:
+    """The captured time ``t`` of each sample's end line: that of the read that returned
+    the line's last byte."""
+    stream, ends = b"", []  # (stream length after the read, t)
+    for ev in load_capture(capture).events:
+        if ev.kind == "rx":
+            stream += ev.data
+            ends.append((len(stream), ev.t))
+    out, pos = {}, 0
+    for line in stream.splitlines(keepends=True):
+        pos += len(line)
+        if line.startswith(b"E,"):
+            sid = line.split(b",")[1].decode()
+            out[sid] = next(t for n, t in ends if n >= pos)
+    return out
+
+
+def test_a_replayed_capture_dates_new_lots_by_the_session_not_the_replay(tmp_path):
+    """A lot first stored from a replay is measured_at the capture's started_at + the
+    captured time of its end line (when the live session received it), not the time of
+    the replay."""
+    sent = sent_samples(3, 60, seed=9)
+    cap = tmp_path / "session.jsonl"
+    profile = load_profile(PROFILE)
+    live = Store.open(tmp_path / "live", create=True)
+    with start_simulator("analyser", samples=sent) as sim:
+        rec = SessionRecorder(cap, {"kind": "analyser"}, wall_clock=lambda: START)
+        tr = Transport.open(sim.url, profile.serial, recorder=rec)
+        with AnalyserReader(tr) as reader:
+            acquire_samples(live, reader, profile=PROFILE, max_samples=3)
+    ends = end_line_times(cap)
+    assert sorted(ends) == ["P-1", "P-2", "P-3"]
+
+    fresh = Store.open(tmp_path / "fresh", create=True)
+    reader = AnalyserReader(Transport.replay(cap), line_timeout_s=1.0)
+    run = acquire_samples(fresh, reader, profile=PROFILE, idle_timeout_s=1.0)
+    assert run.new_samples == 3 and run.capture_started_at == START.isoformat()
+    assert run.to_dict()["capture_started_at"] == START.isoformat()
+    for c in run.committed:
+        want = (START + timedelta(seconds=ends[c.sample_id])).isoformat()
+        assert c.measured_at == want == fresh.lot(c.lot_id).meta.measured_at
+
+
+def test_a_replay_dates_a_sample_by_the_read_that_completed_its_end_line(store, tmp_path):
+    """Captured times are exact here: the end line of P-1 comes in two reads (at 3.0 and
+    4.75 s), and the read at 4.75 s also holds P-2's first line; P-2 ends at 9.75 s."""
+    lines = crafted(sent_samples(2, 5, seed=10))
+    p1_end, p2 = lines[5], lines[6:]
+    events = [{"t": float(i) * 0.5, "rx": x.decode()} for i, x in enumerate(lines[:5])]
+    events += [
+        {"t": 3.0, "rx": p1_end[:4].decode()},
+        {"t": 4.75, "rx": (p1_end[4:] + p2[0]).decode()},
+        *({"t": 4.75 + i, "rx": x.decode()} for i, x in enumerate(p2[1:], 1)),
+    ]
+    start = "2024-09-17T14:41:02.250000+08:00"  # another zone: stored in UTC
+    header = {"fibergrade_capture": 1, "started_at": start, "meta": {}}
+    cap = tmp_path / "c.jsonl"
+    cap.write_text("".join(json.dumps(x) + "\n" for x in [header, *events]))
+    reader = AnalyserReader(Transport.replay(cap))
+    run = acquire_samples(store, reader, profile=PROFILE, idle_timeout_s=1.0)
+    assert [(c.sample_id, c.measured_at) for c in run.committed] == [
+        ("P-1", (START + timedelta(seconds=4.75)).isoformat()),
+        ("P-2", (START + timedelta(seconds=9.75)).isoformat()),
+    ]
+    assert [store.lot(x).meta.measured_at for x in ("P-1", "P-2")] == [
+        c.measured_at for c in run.committed
+    ]
+
+
+@pytest.mark.parametrize("capture", ["shipped", "old-format"])
+def test_a_capture_without_a_start_stores_lots_without_a_measurement_time(store, tmp_path, capture):
+    """No start recorded (captures made before the header held one): the time of the
+    replay is not a measurement time, and none is invented; the lot says it is unknown."""
+    if capture == "shipped":
+        cap = CAPTURES / "analyser-line-session.jsonl"
+        want = ["L-1", "L-3"]  # L-2 lost a line on the way
+    else:
+        cap = tmp_path / "old.jsonl"
+        lines = crafted(sent_samples(1, 10, seed=11))
+        header = {"fibergrade_capture": 1, "meta": {"kind": "analyser"}}
+        events = [{"t": 0.1 * i, "rx": x.decode()} for i, x in enumerate(lines)]
+        cap.write_text("".join(json.dumps(x) + "\n" for x in [header, *events]))
+        want = ["P-1"]
+    reader = AnalyserReader(Transport.replay(cap), line_timeout_s=1.0)
+    run = acquire_samples(store, reader, profile=PROFILE, idle_timeout_s=1.0)
+    assert [c.sample_id for c in run.committed] == want and run.new_samples == len(want)
+    assert run.replay and run.capture_started_at is None
+    assert all(c.measured_at is None for c in run.committed)
+    assert all(c["measured_at"] is None for c in run.to_dict()["committed"])
+    assert [store.lot(x).meta.measured_at for x in want] == [None] * len(want)
+    assert [store.lot(x).meta.instrument_id for x in want] == [PROFILE] * len(want)
 
 
 def test_a_bad_checksum_sample_is_reported_and_the_others_commit(store):

@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -382,6 +383,65 @@ def test_record_then_replay_recognises_the_samples(tmp_path):
     doc = json.loads(r.stdout)
     assert [c["already_imported"] for c in doc["committed"]] == [True, True]
     assert doc["ended"] == "idle"
+
+    # replayed into a fresh store, the lots are dated by the session, not by the replay:
+    # the capture's start + the captured time of a read (the one ending the end line)
+    fresh = tmp_path / "fresh"
+    r = run(*replay_args(cap, fresh), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "records no start time" not in r.stderr
+    doc = json.loads(r.stdout)
+    header = json.loads(cap.read_text().splitlines()[0])
+    start = datetime.fromisoformat(header["started_at"])
+    assert doc["capture_started_at"] == start.isoformat()
+    reads = {
+        start + timedelta(seconds=e["t"])
+        for e in map(json.loads, cap.read_text().splitlines()[1:])
+        if "rx" in e
+    }
+    lots = {x.lot_id: x.meta for x in Store.open(fresh, create=False).lots()}
+    assert [c["already_imported"] for c in doc["committed"]] == [False, False]
+    for c in doc["committed"]:
+        assert datetime.fromisoformat(c["measured_at"]) in reads
+        assert lots[c["lot_id"]].measured_at == c["measured_at"]
+
+
+def replay_args(cap: Path, store: Path) -> tuple[str, ...]:
+    return ("acquire", "--instrument", "analyser-line", "--replay", str(cap), "--store", str(store))
+
+
+def test_a_capture_without_a_start_stores_no_measurement_time_and_says_so_once(tmp_path):
+    """A capture recorded before the header held started_at: the time of the replay is not
+    when the samples were measured, so the new lots carry none, and the CLI says so once."""
+    from fibergrade.adapters.analyser import format_sample
+
+    cap = tmp_path / "old.jsonl"
+    meta = {"kind": "analyser", "protocol": "fibergrade-line", "profile": "analyser-line"}
+    lines = [
+        line
+        for sid in ("O-1", "O-2")
+        for line in format_sample(sid, [15.0 + 0.1 * k for k in range(20)])
+    ]
+    events = [{"t": 0.5 * i, "rx": line.decode("ascii")} for i, line in enumerate(lines)]
+    cap.write_text(
+        "\n".join(json.dumps(x) for x in [{"fibergrade_capture": 1, "meta": meta}, *events]) + "\n"
+    )
+    store = tmp_path / "store"
+    r = run(*replay_args(cap, store), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("records no start time") == 1, r.stderr
+    assert "the 2 new lots stored from it carry no measurement time" in r.stderr, r.stderr
+    assert r.stdout.splitlines()[-1].startswith("2 samples committed (2 new)")
+    st = Store.open(store, create=False)
+    assert [(x.lot_id, x.meta.measured_at) for x in st.lots()] == [("O-1", None), ("O-2", None)]
+    r = run("lots", "--json", "--store", str(store), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [x["measured_at"] for x in json.loads(r.stdout)] == [None, None]
+    # replayed again: nothing new is stored, so there is nothing to say
+    r = run(*replay_args(cap, store), "--json", cwd=tmp_path)
+    assert r.returncode == 0 and "records no start time" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["capture_started_at"] is None and doc["replay"] is True
 
 
 def test_a_replay_prints_its_own_time_and_says_it_is_a_replay(tmp_path):

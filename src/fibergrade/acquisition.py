@@ -18,7 +18,10 @@ once as **its own store segment** through :meth:`fibergrade.store.Store.import_f
   twice (``already_imported``);
 * lot metadata: the caller's :class:`~fibergrade.measurements.LotMeta` for that lot if any
   (a lot manifest), with ``instrument_id`` and ``measured_at`` (UTC, when the end line
-  arrived) set by the acquisition.
+  arrived) set by the acquisition. For a replayed capture that is when the *live session*
+  received the end line: the capture's ``started_at`` + the captured time of the read that
+  completed it (:mod:`fibergrade.adapters.transport`), never the time of the replay; a
+  capture that records no start (made before the header held one) leaves it None, unknown.
 
 What happens when things go wrong (the partial-sample policy):
 
@@ -95,7 +98,7 @@ from fibergrade.adapters.errors import (
     ScaleError,
 )
 from fibergrade.adapters.scales.base import ScaleBackend, Weighing
-from fibergrade.adapters.transport import ReplayPort
+from fibergrade.adapters.transport import ReplayPort, Transport
 from fibergrade.errors import InputError, LotConflictError, StoreError
 from fibergrade.measurements import LOT_ID_RULE, LotMeta, lot_id_problem
 from fibergrade.store import Store
@@ -131,6 +134,18 @@ WEIGHING_KEYS = (
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _end_line_time(transport: Transport) -> str | None:
+    """``measured_at`` of the sample whose end line was just read: now (UTC) on a live
+    port; for a replay, the wall-clock time of the replay's clock, which read_sample left
+    at the captured time of the read that completed the end line (it returns on that line
+    without reading further), or None when the capture records no start."""
+    port = transport.port
+    if not isinstance(port, ReplayPort):
+        return _utc_now()
+    t = port.wall_time()
+    return None if t is None else t.isoformat()
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -197,7 +212,8 @@ class CommittedSample:
     segment: str
     already_imported: bool
     lines: tuple[int, int]
-    measured_at: str
+    #: ISO 8601 UTC; None when unknown (a replayed capture that records no start)
+    measured_at: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -278,6 +294,9 @@ class AnalyserAcquisition:
     replay: bool = False
     #: wall-clock seconds this run took, start to end (a replay's own time)
     run_s: float = 0.0
+    #: a replay: the capture's recorded start (``started_at``, ISO 8601 UTC), from which its
+    #: lots' ``measured_at`` is dated; None for a live run or a capture without one
+    capture_started_at: str | None = None
 
     @property
     def new_samples(self) -> int:
@@ -334,6 +353,7 @@ class AnalyserAcquisition:
             "readings_per_s": round(self.readings_per_s, 1),
             "replay": self.replay,
             "run_s": round(self.run_s, 3),
+            "capture_started_at": self.capture_started_at,
         }
 
 
@@ -422,17 +442,19 @@ def commit_sample(
     *,
     profile: str,
     instrument_id: str,
+    measured_at: str | None,
     lot_id: str | None = None,
     meta: LotMeta | None = None,
-    measured_at: str | None = None,
 ) -> CommittedSample:
     """Commit one completed sample as its own segment (rules in the module docstring).
+
+    ``measured_at`` (ISO 8601 UTC, when the sample's end line arrived) is stored as given;
+    None stores the lot with no measurement time (unknown), never the time of the commit.
 
     Raises :class:`~fibergrade.errors.LotConflictError` when the store holds the lot id from
     another source, :class:`~fibergrade.errors.StoreError` for other store failures.
     """
     lot = lot_id or sample.sample_id
-    measured_at = measured_at or _utc_now()
     base = meta if meta is not None else LotMeta(lot)
     if base.lot_id != lot:
         base = dataclasses.replace(base, lot_id=lot)
@@ -499,6 +521,8 @@ def acquire_samples(
         planned=max_samples,
         replay=isinstance(reader.transport.port, ReplayPort),
     )
+    started_at = reader.transport.capture_started_at
+    summary.capture_started_at = None if started_at is None else started_at.isoformat()
     tracker = _Tracker(reader, summary, progress, progress_interval_s)
     previous_hook = reader.on_line
     reader.on_line = tracker.on_line
@@ -530,6 +554,7 @@ def acquire_samples(
                         summary.detail = str(exc)
                         break
                     continue
+                measured_at = _end_line_time(reader.transport)
                 lot_id = lot or sample.sample_id
                 conflict: LotConflictError | None = None
                 with guard.committing():
@@ -539,6 +564,7 @@ def acquire_samples(
                             sample,
                             profile=profile,
                             instrument_id=summary.instrument_id,
+                            measured_at=measured_at,
                             lot_id=lot_id,
                             meta=metas.get(lot_id),
                         )

@@ -834,6 +834,15 @@ def _acquire_analyser(
             f"{_noun(summary.readings, 'reading')} {timing}; "
             f"ended: {summary.ended}"
         )
+    new = summary.new_samples
+    if summary.replay and summary.capture_started_at is None and new:
+        # a capture from before the header held its start: the replay's time is not a
+        # measurement time, so its lots were stored without one (acquisition docstring)
+        err.print(
+            f"[yellow]note:[/] {escape(summary.source)} records no start time, so the "
+            f"{_count(new, 'new lot')} stored from it {_noun(new, 'carries', 'carry')} no "
+            "measurement time (measured_at)"
+        )
     p = summary.partial
     if p is not None:
         err.print(
