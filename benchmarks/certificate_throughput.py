@@ -60,14 +60,10 @@ def build(root: Path, n_lots: int, per_lot: int, seed: int = 20261122) -> Any:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from fibergrade.certificate_pdf import render_pdf
-    from fibergrade.certificates import (
-        VerifyReport,
-        certify_lots,
-        verify_certificate,
-        verify_certificates,
-    )
+    from fibergrade.certificates import certify_lots
     from fibergrade.keys import init_keys, load_private_key, load_public_key
     from fibergrade.store import Store
+    from fibergrade.verification import VerifyReport, verify_certificate, verify_certificates
     from fibergrade.workflow import grade_lots
 
     with tempfile.TemporaryDirectory() as tmp:

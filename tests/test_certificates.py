@@ -990,8 +990,9 @@ def test_verify_recomputes_the_screening_verdict(lab, tmp_path):
     r = verify(d, certs(d)[0], *STORE, "--json")
     assert r.returncode == 0 and "screening" in {c["check"] for c in json.loads(r.stdout)["checks"]}
     # one certificate through the library (screened at once, not batched), and a batch
-    from fibergrade.certificates import VerificationFailed, verify_certificate, verify_certificates
+    from fibergrade.certificates import VerificationFailed
     from fibergrade.keys import load_public_key
+    from fibergrade.verification import verify_certificate, verify_certificates
 
     pub = load_public_key(d / PUB)
     expected = f"certificate says clean, the raw data give {was}"

@@ -1982,14 +1982,9 @@ def verify_(
     json_: JsonOpt = False,
 ) -> None:
     """Verify certificates offline: signature, revocation, recomputation from raw data."""
-    from fibergrade.certificates import (
-        CertificateFileError,
-        VerificationFailed,
-        VerifyReport,
-        given_standards,
-        verify_certificates,
-    )
+    from fibergrade.certificates import CertificateFileError, VerificationFailed
     from fibergrade.keys import load_public_key
+    from fibergrade.verification import VerifyReport, given_standards, verify_certificates
 
     st = _open_store(store) if store is not None else None
     key = load_public_key(public_key)

@@ -164,8 +164,9 @@ def _certify_and_verify(out: Path, store: Store, records: list[dict[str, Any]], 
     an earlier run are not certified again.
     """
     from fibergrade.certificates import certify_lots as certify
-    from fibergrade.certificates import existing_certificates, verify_certificate
+    from fibergrade.certificates import existing_certificates
     from fibergrade.keys import init_keys, load_private_key, load_public_key
+    from fibergrade.verification import verify_certificate
 
     key_dir = out / "keys"
     if not (key_dir / "lab.key").exists():

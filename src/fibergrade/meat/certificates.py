@@ -30,7 +30,6 @@ from fibergrade.certificates import (
     CertificateRefused,
     CertifyOutcome,
     Issued,
-    VerifyReport,
     checkpointed,
     clear_stale_files,
     lab_name_for,
@@ -47,6 +46,7 @@ from fibergrade.certificates import (
 )
 from fibergrade.certificates import unfit_for_file_name as unfit
 from fibergrade.store import under_issue_lock
+from fibergrade.verification import VerifyReport
 
 MEAT_SCHEMA = "fibergrade-meat-certificate/1"
 #: the graded fields a carcass certificate carries (and verification recomputes)
