@@ -339,7 +339,7 @@ def test_trace_with_the_lab_key_refuses_a_revocation_the_lab_did_not_sign(plant)
     """Someone who can write the store (and append to its unkeyed log) records an unsigned
     revocation: trace without a key reads it as stored and says so; with --public-key the
     record is refused, naming it, and a forged certificate too."""
-    from fibergrade.certificates import digest
+    from fibergrade.audit import digest
     from fibergrade.store import Store
 
     r = run("meat", "certify", "--store", "s", "--json", cwd=plant)

@@ -1919,8 +1919,8 @@ def revoke_(
     json_: JsonOpt = False,
 ) -> None:
     """Revoke a certificate; writes the whole signed revocation list."""
-    from fibergrade.certificates import revoke, write_revocation_list
     from fibergrade.keys import load_private_key
+    from fibergrade.revocation import revoke, write_revocation_list
 
     if list_only and (cert or reason):
         raise typer.BadParameter("--list-only revokes nothing: give no certificate or --reason")

@@ -30,7 +30,6 @@ from fibergrade.certificates import (
     check_signature,
     read_envelope,
     report_figures,
-    revocation_entries,
     screening_of,
     standing_certificate,
     subject_of,
@@ -39,6 +38,7 @@ from fibergrade.certificates import (
 from fibergrade.distribution import DEFAULT_CUT_UM
 from fibergrade.errors import FibergradeError, LotNotFoundError, StoreError
 from fibergrade.keys import fingerprint
+from fibergrade.revocation import revocation_entries
 
 
 @dataclass

@@ -36,15 +36,14 @@ from fibergrade.certificates import (
     next_certificate,
     output_folder,
     publish,
-    relist_after_reissue,
     require_reason,
-    revocation_entries,
     sign,
     standing_certificate,
     stored_certificates,
     superseded_numbers,
 )
 from fibergrade.certificates import unfit_for_file_name as unfit
+from fibergrade.revocation import relist_after_reissue, revocation_entries
 from fibergrade.store import under_issue_lock
 from fibergrade.verification import VerifyReport
 

@@ -424,12 +424,12 @@ def trace(store: Store, ident: str, public_key: Any = None) -> dict[str, Any]:
     if cert_hits:
         matched.append("halal certificate")
         wanted.extend(cert_hits)
-    from fibergrade.certificates import revocation_entries
     from fibergrade.meat.certificates import (
         certificate_links,
         certificate_note,
         meat_certificates,
     )
+    from fibergrade.revocation import revocation_entries
 
     certificates = meat_certificates(store)  # read once: for the id and for every chain
     if public_key is not None:
