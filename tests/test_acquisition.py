@@ -32,7 +32,7 @@ from fibergrade.acquisition import (
 from fibergrade.adapters import analyser
 from fibergrade.adapters.analyser import AnalyserReader
 from fibergrade.adapters.profiles import load_profile
-from fibergrade.adapters.scales import open_scale
+from fibergrade.adapters.scales import make_scale, open_scale
 from fibergrade.adapters.simulators import AnalyserSimulator, Simulator, start_simulator
 from fibergrade.adapters.transport import SessionRecorder, Transport, load_capture
 from fibergrade.distribution import summarise
@@ -519,6 +519,85 @@ def test_gross_and_net_weights_are_stored_apart(store):
     assert run.stored[0].record["gross"] is None
 
 
+def record_scale_session(cap: Path, profile, loads: dict[str, float]) -> None:
+    """Weigh ``loads`` (subject -> load) on a simulated MT-SICS balance, recording the
+    session with the injected wall-clock start START."""
+    meta = {"kind": "scale", "protocol": profile.protocol, "profile": profile.name}
+    live = Store.open(cap.parent / f"live-{cap.stem}", create=True)
+    with start_simulator("scale", "mt-sics", profile=profile, load=0.0, settle_s=0.05) as sim:
+        rec = SessionRecorder(cap, meta, wall_clock=lambda: START)
+        tr = Transport.open(sim.url, profile.serial, recorder=rec)
+        with make_scale(profile, tr, scale_id="bench-1") as scale:
+            run = acquire_weights(
+                live,
+                scale,
+                profile=profile.name,
+                subjects=list(loads),
+                before_weighing=lambda k, s: sim.balance.set_load(loads[s]),
+            )
+    assert run.complete, run.to_dict()
+
+
+def test_a_replayed_weighing_is_dated_by_the_session_and_stored_at_the_replay(tmp_path):
+    """A weight stored from a replay: its ``timestamp`` (when the scale gave it) is the
+    capture's started_at + the captured time of the read that completed the reply that
+    ended the stable procedure, the session's last read here; ``created_at`` is when the
+    replay stored it. Neither is the other."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"CARC-1": 123.45})
+    last_read = [e.t for e in load_capture(cap).events if e.kind == "rx"][-1]
+
+    fresh = Store.open(tmp_path / "fresh", create=True)
+    replayed = Transport.replay(cap)
+    before = datetime.now(UTC)
+    with make_scale(profile, replayed, scale_id="bench-1") as scale:
+        run = acquire_weights(fresh, scale, profile=profile.name, subjects=["CARC-1"])
+        replayed.check_replayed()
+    assert run.complete and run.replay and run.capture_started_at == START.isoformat()
+    assert run.to_dict()["capture_started_at"] == START.isoformat()
+    assert run.to_dict()["replay"] is True
+    ((rid, rec),) = fresh.results("weighing")
+    assert rec == run.stored[0].record and rid == run.stored[0].result_id
+    assert (rec["subject"], rec["value"], rec["mode"]) == ("CARC-1", 123.45, "stable")
+    assert rec["timestamp"] == (START + timedelta(seconds=last_read)).isoformat()
+    assert datetime.fromisoformat(rec["created_at"]) >= before  # stored by the replay
+
+
+def test_a_weighing_replayed_from_a_capture_without_a_start_carries_no_time(store, tmp_path):
+    """No start recorded (a capture made before the header held one): when the scale
+    gave the weight is unknown; the replay's time is not it, and none is invented. The
+    record says so with a null timestamp; created_at is still when it was stored."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"A": 50.0, "B": 60.0})
+    lines = cap.read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["started_at"]  # as an old capture's header
+    cap.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+
+    before = datetime.now(UTC)
+    with make_scale(profile, Transport.replay(cap)) as scale:
+        run = acquire_weights(store, scale, profile=profile.name, count=2)
+    assert run.complete and run.replay and run.capture_started_at is None
+    assert run.to_dict()["capture_started_at"] is None
+    recs = [rec for _, rec in store.results("weighing")]
+    assert [(r["value"], r["timestamp"]) for r in recs] == [(50.0, None), (60.0, None)]
+    assert all(datetime.fromisoformat(r["created_at"]) >= before for r in recs)
+    assert all(set(r) == set(WEIGHING_KEYS) for r in recs)
+
+
+def test_a_live_run_is_not_a_replay(store):
+    profile = fast_scale("mt-sics-scale")
+    with (
+        start_simulator("scale", "mt-sics", profile=profile, load=50.0, settle_s=0.0) as sim,
+        open_scale(profile, sim.url) as scale,
+    ):
+        run = acquire_weights(store, scale, profile=profile.name, count=1, immediate=True)
+    assert run.replay is False and run.capture_started_at is None
+    assert datetime.fromisoformat(run.stored[0].record["timestamp"]).utcoffset() == timedelta(0)
+
+
 def test_an_sbi_reading_without_its_unit_is_never_stored(store):
     # SBI leaves the unit blank while the load moves (scales.md): an immediate weighing of
     # it is refused for that weighing, not stored in the profile's unit
@@ -581,10 +660,13 @@ def test_ctrl_c_in_the_demos_weighing_is_an_interrupt_not_a_failure(store):
 def test_weighing_record_and_subjects_file(tmp_path):
     from fibergrade.adapters.scales.base import Weighing
 
-    w = Weighing(12.5, "kg", "stable", True, "line-2", "cas")
+    w = Weighing(12.5, "kg", "stable", True, "line-2", "cas", timestamp=START)
     rec = weighing_record(w, profile="cas-ci", subject="K-1", created_at="2026-01-01T00:00:00Z")
     assert list(rec) == list(WEIGHING_KEYS)
-    assert rec["timestamp"] == w.timestamp.isoformat()
+    assert rec["timestamp"] == START.isoformat() and rec["created_at"] == "2026-01-01T00:00:00Z"
+    # a weighing whose time is unknown (a replay of a capture without a start): null
+    unknown = weighing_record(replace(w, timestamp=None), profile="cas-ci", subject="K-1")
+    assert unknown["timestamp"] is None and unknown["created_at"] is not None
     assert rec["gross"] is None  # the protocol did not say
     net = replace(w, gross=False)
     assert weighing_record(net, profile="cas-ci", subject="K-1")["gross"] is False

@@ -12,12 +12,16 @@ import signal
 import stat
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from fibergrade.acquisition import acquire_weights
+from fibergrade.adapters.profiles import load_profile
+from fibergrade.adapters.scales import make_scale, mtsics
 from fibergrade.adapters.simulators import start_simulator
+from fibergrade.adapters.transport import SessionRecorder, Transport, load_capture
 from fibergrade.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -442,6 +446,105 @@ def test_a_capture_without_a_start_stores_no_measurement_time_and_says_so_once(t
     assert r.returncode == 0 and "records no start time" not in r.stderr, r.stderr
     doc = json.loads(r.stdout)
     assert doc["capture_started_at"] is None and doc["replay"] is True
+
+
+#: the wall-clock start (injected) of a recorded scale session, long before any replay
+SCALE_START = datetime(2024, 9, 17, 6, 41, 2, 250000, tzinfo=UTC)
+
+
+def reply_times(cap: Path) -> list[float]:
+    """The captured time of each reply line: that of the read that returned its last byte."""
+    stream, reads = b"", []  # (stream length after the read, t)
+    for ev in load_capture(cap).events:
+        if ev.kind == "rx":
+            stream += ev.data
+            reads.append((len(stream), ev.t))
+    out, pos = [], 0
+    for line in stream.splitlines(keepends=True):
+        pos += len(line)
+        out.append(next(t for n, t in reads if n >= pos))
+    return out
+
+
+def scale_replay_args(cap: Path, store: Path, *subjects: str) -> tuple[str, ...]:
+    who = [x for s in subjects for x in ("--subject", s)]
+    args = ("acquire", "--instrument", "mt-sics-scale", "--replay", str(cap), "--immediate")
+    return (*args, *who, "--store", str(store))
+
+
+def test_a_replayed_scale_session_stores_the_time_the_scale_gave_each_weight(tmp_path):
+    """Weights stored from a replay are dated by the session, not by the replay: each
+    record's timestamp is the capture's started_at + the captured time of the read that
+    completed its reply; created_at says when the replay stored it."""
+    profile = load_profile("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    meta = {"kind": "scale", "protocol": "mt-sics", "profile": profile.name}
+    loads = {"CARC-101": 210.0, "CARC-102": 187.5}
+    live = Store.open(tmp_path / "live", create=True)
+    with start_simulator("scale", "mt-sics", load=0.0, settle_s=0.0) as sim:
+        rec = SessionRecorder(cap, meta, wall_clock=lambda: SCALE_START)
+        tr = Transport.open(sim.url, profile.serial, recorder=rec)
+        with make_scale(profile, tr, scale_id="bal-7") as scale:
+            acquire_weights(
+                live,
+                scale,
+                profile=profile.name,
+                subjects=list(loads),
+                immediate=True,
+                before_weighing=lambda k, s: sim.balance.set_load(loads[s]),
+            )
+    replies = reply_times(cap)
+    assert len(replies) == 2
+
+    store = tmp_path / "fresh"
+    r = run(*scale_replay_args(cap, store, *loads), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "records no start time" not in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["replay"] is True and doc["capture_started_at"] == SCALE_START.isoformat()
+    want = [(SCALE_START + timedelta(seconds=t)).isoformat() for t in replies]
+    assert [(s["subject"], s["value"], s["timestamp"]) for s in doc["stored"]] == [
+        (subject, load, t) for (subject, load), t in zip(loads.items(), want, strict=True)
+    ]
+    stored = dict(Store.open(store, create=False).results("weighing"))
+    for s in doc["stored"]:
+        record = stored[s["result_id"]]
+        assert record["timestamp"] == s["timestamp"]
+        # stored by the replay, well after the session it replays
+        assert datetime.fromisoformat(record["created_at"]) > SCALE_START + timedelta(days=1)
+
+
+def test_a_scale_capture_without_a_start_stores_no_weighing_time_and_says_so_once(tmp_path):
+    """A capture recorded before the header held started_at: the time of the replay is not
+    when the scale gave the weights, so their records carry none (null), and acquire says
+    so once."""
+    cap = tmp_path / "old.jsonl"
+    meta = {"kind": "scale", "protocol": "mt-sics", "profile": "mt-sics-scale"}
+    events = []
+    for k, value in enumerate((210.0, 187.5)):
+        events.append({"t": 0.5 * k, "tx": "SI\r\n"})
+        reply = mtsics.format_weight("S", "S", value, "g", 2).decode("ascii")
+        events.append({"t": 0.5 * k + 0.1, "rx": reply})
+    cap.write_text(
+        "\n".join(json.dumps(x) for x in [{"fibergrade_capture": 1, "meta": meta}, *events]) + "\n"
+    )
+    store = tmp_path / "store"
+    r = run(*scale_replay_args(cap, store, "A", "B"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("records no start time") == 1, r.stderr
+    assert "the 2 weights stored from it carry no weighing time" in r.stderr, r.stderr
+    recs = [x for _, x in Store.open(store, create=False).results("weighing")]
+    assert [(x["subject"], x["value"], x["timestamp"]) for x in recs] == [
+        ("A", 210.0, None),
+        ("B", 187.5, None),
+    ]
+    assert all(x["created_at"] for x in recs)  # when it was stored is known
+    r = run(*scale_replay_args(cap, tmp_path / "other", "A", "B"), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("records no start time") == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["capture_started_at"] is None and doc["replay"] is True
+    assert [s["timestamp"] for s in doc["stored"]] == [None, None]
 
 
 def test_a_replay_prints_its_own_time_and_says_it_is_a_replay(tmp_path):

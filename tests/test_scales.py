@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ from fibergrade.adapters.errors import (
 )
 from fibergrade.adapters.profiles import ScaleSettings, load_profile
 from fibergrade.adapters.scales import DRIVERS, aandd, cas, make_scale, mtsics, open_scale, sbi
-from fibergrade.adapters.scales.base import Reading, Weighing, decimals_for
+from fibergrade.adapters.scales.base import Reading, ScaleBackend, Weighing, decimals_for
 from fibergrade.adapters.simulators import Faults, start_simulator
 from fibergrade.adapters.transport import CaptureEvent, ReplayPort, Transport
 from fibergrade.errors import FibergradeError
@@ -45,6 +46,8 @@ pytestmark = pytest.mark.timeout(60)
 
 CAPTURES = Path(__file__).resolve().parents[1] / "instruments" / "captures"
 PROFILES = {"mt-sics": "mt-sics-scale", "sbi": "sartorius-sbi", "and": "and-scale", "cas": "cas-ci"}
+#: the wall-clock start (started_at) of crafted captures, long before any replay
+START = datetime(2024, 9, 17, 6, 41, 2, 250000, tzinfo=UTC)
 GRAMS = ScaleSettings(unit="g", max=620.0, e=0.01, min=0.2, reply_timeout_s=1.0)
 KILOS = ScaleSettings(unit="kg", max=300.0, e=0.1, min=2.0, reply_timeout_s=1.0)
 
@@ -487,7 +490,7 @@ def test_sbi_reading_without_a_unit_is_not_guessed_nor_recorded():
     w = scripted("sbi", moving, dt=0.1).stable_weight(poll_s=0.1)
     assert (w.value, w.unit, w.readings) == (123.45, "g", 17)
     with pytest.raises(UnitMismatch, match="without a unit"):
-        Weighing(1.0, None, "immediate", False, "T1", "sbi")
+        Weighing(1.0, None, "immediate", False, "T1", "sbi", timestamp=None)
 
 
 def test_weighings_keep_the_gross_net_flag():
@@ -545,6 +548,9 @@ def test_live_session_on_a_pty(protocol):
             assert w.readings >= 2 and w.span <= s.e
             i = scale.immediate_weight()
             assert i.mode == "immediate" and i.value == pytest.approx(w.value)
+            # a live port: the weighings are dated now, in UTC
+            for x in (w, i):
+                assert x.timestamp is not None and x.timestamp.utcoffset() == timedelta(0)
             scale.tare()
             sim.balance.set_load(0.5 * s.max)
             assert scale.stable_weight().value == pytest.approx(0.1 * s.max)
@@ -689,6 +695,76 @@ def test_replay_of_the_shipped_capture(protocol):
     scale.transport.check_replayed()  # the drivers sent and read all the session held
     kinds = {s.get("error") for s in meta["script"]}
     assert {"Overload", None} <= kinds  # the session covers weighing and an overload
+
+
+#: per protocol: the immediate-reading command, a stable reply of 123.4 and its settings
+TIMED = {
+    "mt-sics": (b"SI\r\n", mtsics.format_weight("S", "S", 123.4, "g", 2), GRAMS),
+    "sbi": (sbi.CMD_PRINT, sbi.format_reading(123.4, "g", True, 2), GRAMS),
+    "and": (aandd.CMD_IMMEDIATE, aandd.format_reading("ST", 123.4, "g", 2), GRAMS),
+    "cas": (b"01RW\r\n", cas_frame(data=b"  123.40"), KILOS),
+}
+
+
+def split_replies(protocol: str, n: int, *, start=START) -> tuple[ScaleBackend, list[float]]:
+    """A driver on a capture of ``n`` immediate readings, each reply in two reads: the
+    command at 0.25 k s, the reply's first bytes at + 0.05 s, the rest at + 0.125 s (times
+    exact in binary). Returns the driver and the time of each read that completed a reply."""
+    cmd, reply, settings = TIMED[protocol]
+    events = []
+    for k in range(n):
+        t = 0.25 * k
+        events += [
+            CaptureEvent(t, "tx", cmd),
+            CaptureEvent(t + 0.05, "rx", reply[:5]),
+            CaptureEvent(t + 0.125, "rx", reply[5:]),
+        ]
+    transport = Transport(ReplayPort(events, started_at=start))
+    _STRICT.append(transport)
+    done = [0.25 * k + 0.125 for k in range(n)]
+    return DRIVERS[protocol](transport, settings, scale_id="T1"), done
+
+
+@pytest.mark.parametrize("protocol", list(PROFILES))
+def test_a_replayed_weighing_is_dated_by_the_read_that_completed_its_reply(protocol):
+    """A weighing from a replay happened when the live session read the reply that
+    completed it: the capture's started_at + that read's captured time, never the time of
+    the replay. Each reply comes in two reads; the second completes it."""
+    scale, done = split_replies(protocol, 1)
+    w = scale.immediate_weight()
+    assert w.value == 123.4 and w.timestamp == START + timedelta(seconds=done[0])
+    assert w.to_dict()["timestamp"] == (START + timedelta(seconds=0.125)).isoformat()
+    # the stable procedure ends on the reading that covers the 1 s window: the fifth, its
+    # reply completed at 1.125 s (poll 0.1 s < 0.25 s: each command at its captured time)
+    scale, done = split_replies(protocol, 5)
+    w = scale.stable_weight(poll_s=0.1)
+    assert (w.mode, w.readings) == ("stable", 5)
+    assert w.timestamp == START + timedelta(seconds=done[-1]) == START + timedelta(seconds=1.125)
+
+
+def test_a_replay_without_a_start_dates_no_weighing():
+    """A capture that records no start (made before the header held one): when the
+    weighing happened is unknown, and the replay's time is not it."""
+    scale, _ = split_replies("mt-sics", 1, start=None)
+    w = scale.immediate_weight()
+    assert w.value == 123.4 and w.timestamp is None and w.to_dict()["timestamp"] is None
+
+
+@pytest.mark.parametrize("protocol", list(PROFILES))
+def test_the_shipped_captures_record_no_start_so_their_weighings_carry_no_time(protocol):
+    path = CAPTURES / f"{protocol}-session.jsonl"
+    meta = json.loads(path.read_text().splitlines()[0])["meta"]
+    transport = Transport.replay(path)
+    assert transport.capture_started_at is None
+    scale = make_scale(load_profile(meta["profile"]), transport, scale_id=meta["scale_id"])
+    weighings = []
+    for step in meta["script"]:
+        with contextlib.suppress(FibergradeError):
+            res = getattr(scale, step["op"])()
+            if isinstance(res, Weighing):
+                weighings.append(res)
+    assert [w.mode for w in weighings] == ["stable", "immediate"]
+    assert [w.timestamp for w in weighings] == [None, None]
 
 
 # --------------------------------------------------------------------------- fuzzing

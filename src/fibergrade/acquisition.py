@@ -58,7 +58,15 @@ exactly these keys (:func:`weighing_record`; the meat workflow reads them)::
      "scale_id": str, "profile": str, "protocol": str,
      "value": float, "unit": str, "mode": "stable" | "immediate", "device_stable": bool,
      "gross": bool | None,
-     "timestamp": ISO-8601 (when the scale gave the weight), "subject": str | None}
+     "timestamp": ISO-8601 UTC (when the scale gave the weight) | None,
+     "subject": str | None}
+
+``timestamp`` is when the weighing happened, ``created_at`` when its record was stored. Live
+they are moments apart; for a replayed capture ``timestamp`` is when the *live session*
+read the reply that completed the weighing, the capture's ``started_at`` + the captured
+time of that read (:mod:`fibergrade.adapters.scales.base`), and ``created_at`` the time of
+the replay. A capture that records no start (made before the header held one) stores
+``timestamp`` None, unknown: the replay's time is not when the scale gave the weight.
 
 ``gross`` is true for a gross weight, false for a net (tared) weight, and null when the
 reply does not say: CAS frames say it (``GS``/``NT``, scales.md); MT-SICS and A&D replies
@@ -660,6 +668,11 @@ class WeighingAcquisition:
     detail: str = ""
     #: subjects planned but not weighed because the run ended first
     not_weighed: list[str] = field(default_factory=list)
+    #: the weights came from a replayed capture, not a live port
+    replay: bool = False
+    #: a replay: the capture's recorded start (``started_at``, ISO 8601 UTC), from which its
+    #: weighings' ``timestamp`` is dated; None for a live run or a capture without one
+    capture_started_at: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -681,6 +694,8 @@ class WeighingAcquisition:
             "stored": [s.to_dict() for s in self.stored],
             "errors": [e.to_dict() for e in self.errors],
             "not_weighed": list(self.not_weighed),
+            "replay": self.replay,
+            "capture_started_at": self.capture_started_at,
         }
 
 
@@ -688,7 +703,8 @@ def weighing_record(
     weighing: Weighing, *, profile: str, subject: str | None, created_at: str | None = None
 ) -> dict[str, Any]:
     """The stored form of a weight (schema in the module docstring; keys
-    :data:`WEIGHING_KEYS`)."""
+    :data:`WEIGHING_KEYS`): ``timestamp`` is the weighing's own (None stays None),
+    ``created_at`` when it is stored (default: now)."""
     return {
         "kind": WEIGHING_KIND,
         "created_at": created_at or _utc_now(),
@@ -700,7 +716,7 @@ def weighing_record(
         "mode": weighing.mode,
         "device_stable": bool(weighing.device_stable),
         "gross": None if weighing.gross is None else bool(weighing.gross),
-        "timestamp": weighing.timestamp.isoformat(),
+        "timestamp": None if weighing.timestamp is None else weighing.timestamp.isoformat(),
         "subject": subject,
     }
 
@@ -757,7 +773,10 @@ def acquire_weights(
         scale_id=scale.scale_id,
         source=scale.transport.name,
         mode=mode,
+        replay=isinstance(scale.transport.port, ReplayPort),
     )
+    started_at = scale.transport.capture_started_at
+    summary.capture_started_at = None if started_at is None else started_at.isoformat()
     total = len(subjects) if subjects is not None else count
     k = 0
     with _InterruptGuard() as guard:

@@ -915,6 +915,15 @@ def _acquire_scale(
             f"{_count(len(summary.stored), 'weight')} stored ({summary.mode}), "
             f"{len(summary.errors)} refused; ended: {summary.ended}"
         )
+    n = len(summary.stored)
+    if summary.replay and summary.capture_started_at is None and n:
+        # a capture from before the header held its start: the replay's time is not when
+        # the scale gave the weights, so they were stored without one (acquisition docstring)
+        err.print(
+            f"[yellow]note:[/] {escape(summary.source)} records no start time, so the "
+            f"{_count(n, 'weight')} stored from it {_noun(n, 'carries', 'carry')} no "
+            "weighing time (timestamp)"
+        )
     if summary.not_weighed:
         err.print(f"not weighed: {escape(', '.join(summary.not_weighed))}")
     _acquire_exit(summary, f"{_count(len(summary.stored), 'stored weight')} kept in {store}")

@@ -12,6 +12,12 @@ bit 6, SBI non-blank unit) *and* the readings over about the last second
 ``e``. Overload and underload are raised at once, never waited out. A weighing outside
 [Min, Max] of the profile is refused, never clipped. Every :class:`Weighing` records whether
 it came from the stable procedure or a single immediate reading, the scale id and the unit.
+
+When a weighing happened (:attr:`Weighing.timestamp`) is when the reply that completed it
+was read: on a live port, now (UTC); on a replayed capture, when the *live session* read
+it, the capture's ``started_at`` + the captured time of that read (the replay's clock stays
+there, as the drivers return on the reply without reading further), never the time of the
+replay; a capture that records no start gives None, unknown.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from fibergrade.adapters.errors import (
     WeightOutOfRange,
 )
 from fibergrade.adapters.profiles import ScaleSettings
-from fibergrade.adapters.transport import Transport
+from fibergrade.adapters.transport import ReplayPort, Transport
 
 #: relative slack when comparing a span with e (decimal values are not exact in binary)
 _SPAN_SLACK = 1e-6
@@ -65,7 +71,9 @@ class Weighing:
     device said about it). ``span`` is the spread of the readings in the stability window
     and ``readings`` how many were taken. ``gross`` is the reading's gross/net flag: True
     for a gross weight, False for a net (tared) weight, None when the protocol does not say
-    (MT-SICS and A&D replies carry no such flag).
+    (MT-SICS and A&D replies carry no such flag). ``timestamp`` is when the scale gave the
+    weight, in UTC (module docstring), None when unknown (a replay of a capture that records
+    no start); it has no default, so no weighing is dated by when it was constructed.
     """
 
     value: float
@@ -74,7 +82,7 @@ class Weighing:
     device_stable: bool
     scale_id: str
     protocol: str
-    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    timestamp: datetime | None = field(kw_only=True)
     readings: int = 1
     span: float | None = None
     raw: bytes = b""
@@ -94,7 +102,7 @@ class Weighing:
         return self.mode == "stable"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (timestamp in ISO 8601 UTC, raw as latin-1 text)."""
+        """A JSON-ready dict (timestamp in ISO 8601 UTC or None, raw as latin-1 text)."""
         return {
             "value": self.value,
             "unit": self.unit,
@@ -104,7 +112,7 @@ class Weighing:
             "gross": self.gross,
             "scale_id": self.scale_id,
             "protocol": self.protocol,
-            "timestamp": self.timestamp.isoformat(),
+            "timestamp": None if self.timestamp is None else self.timestamp.isoformat(),
             "readings": self.readings,
             "span": self.span,
             "raw": self.raw.decode("latin-1"),
@@ -179,6 +187,16 @@ class ScaleBackend(ABC):
             self.settings.reply_timeout_s, immediate=immediate, require_cr=self.crlf
         )
 
+    def _reply_time(self) -> datetime | None:
+        """When the reply just read was completed (module docstring): now (UTC) on a live
+        port; for a replay, the capture's ``started_at`` + the replay's clock, which the read
+        left at the captured time of the read that completed the reply; None when the
+        capture records no start."""
+        port = self.transport.port
+        if isinstance(port, ReplayPort):
+            return port.wall_time()
+        return datetime.now(UTC)
+
     def _check(self, reading: Reading) -> None:
         s = self.settings
         if reading.unit is None:
@@ -201,6 +219,7 @@ class ScaleBackend(ABC):
     def immediate_weight(self) -> Weighing:
         """One immediate reading, checked (unit, [Min, Max]), recorded as ``immediate``."""
         r = self.read_immediate()
+        at = self._reply_time()
         self._check(r)
         return Weighing(
             value=r.value,
@@ -209,6 +228,7 @@ class ScaleBackend(ABC):
             device_stable=r.device_stable,
             scale_id=self.scale_id,
             protocol=self.protocol,
+            timestamp=at,
             raw=r.raw,
             gross=r.gross,
         )
@@ -239,6 +259,7 @@ class ScaleBackend(ABC):
         while True:
             r = self.read_immediate()
             t = clock()
+            at = self._reply_time()
             total += 1
             if not r.device_stable:
                 win.clear()
@@ -262,6 +283,7 @@ class ScaleBackend(ABC):
                             device_stable=True,
                             scale_id=self.scale_id,
                             protocol=self.protocol,
+                            timestamp=at,
                             readings=total,
                             span=span,
                             raw=r.raw,
