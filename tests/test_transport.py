@@ -7,6 +7,7 @@ hardware").
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -29,6 +30,7 @@ from fibergrade.adapters.errors import (
 from fibergrade.adapters.profiles import SerialSettings
 from fibergrade.adapters.transport import (
     CaptureEvent,
+    CapturePosition,
     ReplayPort,
     SessionRecorder,
     Transport,
@@ -404,6 +406,66 @@ def test_a_start_that_is_no_utc_time_is_a_bad_capture(tmp_path, value):
     with pytest.raises(FrameError, match="started_at") as ei:
         load_capture(p)
     assert "line 1" in str(ei.value)
+
+
+def test_a_replay_names_its_capture_by_the_sha256_of_the_file(tmp_path):
+    """The capture's identity is the SHA-256 of the file's bytes as read (what sha256sum
+    prints), so a second replay of the same capture, under any name, is recognisable."""
+    p = tmp_path / "s.jsonl"
+    rec = SessionRecorder(p, {"k": 1}, wall_clock=lambda: START)
+    rec.tx(0.0, b"SI\r\n")
+    rec.rx(0.1, b"S S 1 g\r\n")
+    rec.close()
+    want = hashlib.sha256(p.read_bytes()).hexdigest()
+    assert load_capture(p).sha256 == want
+    assert ReplayPort.from_file(p).sha256 == want
+    assert Transport.replay(p).capture_sha256 == want
+    copy = tmp_path / "renamed.jsonl"
+    copy.write_bytes(p.read_bytes())
+    assert Transport.replay(copy).capture_sha256 == want
+    p.write_bytes(p.read_bytes().replace(b"S S 1 g", b"S S 2 g"))  # another session
+    assert Transport.replay(p).capture_sha256 != want
+    # no file, no file digest: events made in memory, and a live port
+    assert Transport(ReplayPort.from_bytes(b"a\n")).capture_sha256 is None
+    assert ReplayPort([]).sha256 is None
+
+
+def test_a_replay_tells_the_event_of_the_read_that_completed_a_reply():
+    """The position of what a replay just read: the number of the captured event (1 = the
+    first after the header, as ReplayMismatch counts them) whose bytes the last read
+    returned, and its captured time. Two identical replies are told apart by it."""
+    events = [
+        CaptureEvent(0.0, "tx", b"SI\r\n"),
+        CaptureEvent(0.05, "rx", b"S S "),
+        CaptureEvent(0.125, "rx", b"1 g\r\n"),
+        CaptureEvent(0.25, "tx", b"SI\r\n"),
+        CaptureEvent(0.375, "note", detail="an event a replay skips"),
+        CaptureEvent(0.375, "rx", b"S S 1 g\r\n"),
+    ]
+    tr = Transport(ReplayPort(events))
+    assert tr.capture_position is None  # nothing read yet
+    tr.write(b"SI\r\n")
+    assert tr.capture_position is None  # a write is no read
+    assert tr.read_line(1.0) == b"S S 1 g"
+    first = tr.capture_position
+    assert first == CapturePosition(event=3, t=0.125)
+    assert first.to_dict() == {"event": 3, "t": 0.125}
+    tr.write(b"SI\r\n")
+    assert tr.capture_position == first  # still the read that completed the reply
+    assert tr.read_line(1.0) == b"S S 1 g"  # the same bytes again, a later reply
+    assert tr.capture_position == CapturePosition(event=6, t=0.375)
+    with pytest.raises(InstrumentTimeout):
+        tr.read_line(0.5)  # the end of the capture: no read returns bytes
+    assert tr.capture_position == CapturePosition(event=6, t=0.375)
+
+
+@pytest.mark.integration
+def test_a_live_port_has_no_capture_position(pty_pair):
+    master, path = pty_pair
+    with open_transport(path) as tr:
+        os.write(master, b"S S 1 g\r\n")
+        assert tr.read_line(2.0) == b"S S 1 g"
+        assert tr.capture_position is None and tr.capture_sha256 is None
 
 
 @settings(max_examples=200, deadline=None)

@@ -42,11 +42,21 @@ what it stores by the session, not by the replay. Captures recorded before the h
 it have no ``started_at`` and are read as before (their start is unknown, never guessed);
 the key is optional, so the format stays version 1 and older readers still read new
 captures. A session that ended before any event has no ``started_at`` either.
+
+A replay also says what it is replaying and where it is in it, so that what it stores can
+name its origin: :attr:`Transport.capture_sha256` is the SHA-256 of the capture file's bytes
+(what ``sha256sum`` prints: a copy under another name is the same capture, a re-recorded
+session another), and :attr:`Transport.capture_position` the :class:`CapturePosition` of
+the last read, the number of the captured event whose bytes it returned (1 = the first
+event after the header, as :class:`~fibergrade.adapters.errors.ReplayMismatch` messages
+count them) and that event's ``t``. Each event is one read of the live session, so two
+replies with the same bytes still have different positions. A live port has neither.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import select
@@ -303,13 +313,28 @@ class CaptureEvent:
 
 
 @dataclass(frozen=True)
+class CapturePosition:
+    """Where in a capture a replay's last read was: ``event``, the number of the captured
+    event whose bytes it returned (1 = the first event after the header, counting every
+    event), and ``t``, that event's captured time in seconds."""
+
+    event: int
+    t: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "t": self.t}
+
+
+@dataclass(frozen=True)
 class Capture:
     """A parsed capture file: the header's ``meta`` and ``started_at`` (UTC; None when the
-    header does not record it), and the events."""
+    header does not record it), the events, and ``sha256``, the SHA-256 hex of the file's
+    bytes as read (None for a capture not read from a file)."""
 
     meta: dict[str, Any]
     events: list[CaptureEvent]
     started_at: datetime | None = None
+    sha256: str | None = None
 
 
 def _started_at(value: Any, path: Path) -> datetime:
@@ -350,7 +375,9 @@ def load_capture(path: str | Path) -> Capture:
     started_at: datetime | None = None
     events: list[CaptureEvent] = []
     try:
-        lines = path.read_text(encoding="ascii").splitlines()
+        # one read: the digest is of the very bytes parsed
+        data = path.read_bytes()
+        lines = data.decode("ascii").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise FrameError(f"cannot read capture: {exc}", source=str(path)) from None
     for no, line in enumerate(lines, 1):
@@ -380,7 +407,7 @@ def load_capture(path: str | Path) -> Capture:
             ) from None
     if meta is None:
         raise FrameError("empty capture file", source=str(path))
-    return Capture(meta, events, started_at)
+    return Capture(meta, events, started_at, hashlib.sha256(data).hexdigest())
 
 
 class ReplayPort:
@@ -397,6 +424,10 @@ class ReplayPort:
     that write is a :class:`ReplayMismatch` (the recorder logs only bytes a read returned,
     so a driver that leaves them unread diverges from the session), and
     :meth:`check_exhausted` refuses a replay that ends with captured traffic left over.
+
+    :attr:`last_read` is the position of the event the last read returned (module
+    docstring); ``sha256`` names the capture file (None when the events came from
+    elsewhere).
     """
 
     def __init__(
@@ -406,6 +437,7 @@ class ReplayPort:
         name: str = "replay",
         meta: Mapping[str, Any] | None = None,
         started_at: datetime | None = None,
+        sha256: str | None = None,
     ) -> None:
         self.name = name
         #: the capture header's ``meta`` (kind, protocol, profile ...); empty when unknown
@@ -413,15 +445,24 @@ class ReplayPort:
         #: the capture header's ``started_at``: the UTC wall-clock time at t = 0; None when
         #: the capture does not record it
         self.started_at = started_at
+        #: the SHA-256 hex of the capture file's bytes; None when not replayed from a file
+        self.sha256 = sha256
         self._events = events
         self._i = 0
         self._now = 0.0
+        self._last_read: CapturePosition | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> ReplayPort:
         """A replay of a capture file written by :class:`SessionRecorder`."""
         cap = load_capture(path)
-        return cls(cap.events, name=str(path), meta=cap.meta, started_at=cap.started_at)
+        return cls(
+            cap.events,
+            name=str(path),
+            meta=cap.meta,
+            started_at=cap.started_at,
+            sha256=cap.sha256,
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes, *, chunk: int = 0, name: str = "bytes") -> ReplayPort:
@@ -437,6 +478,13 @@ class ReplayPort:
         """True once every captured event has been consumed."""
         return self._i >= len(self._events)
 
+    @property
+    def last_read(self) -> CapturePosition | None:
+        """The captured event whose bytes the last read returned (its number, 1-based, and
+        ``t``); None before any read returned bytes. Writes, skipped events and reads that
+        return nothing leave it as it was."""
+        return self._last_read
+
     def read_chunk(self, timeout_s: float) -> bytes:
         if self._i < len(self._events):
             ev = self._events[self._i]
@@ -447,6 +495,7 @@ class ReplayPort:
             if ev.kind == "rx" and ev.t <= self._now + timeout_s + 1e-9:
                 self._i += 1
                 self._now = max(self._now, ev.t)
+                self._last_read = CapturePosition(self._i, ev.t)
                 return ev.data
             if ev.kind not in ("rx", "tx"):
                 self._i += 1  # unknown event: skip
@@ -576,6 +625,19 @@ class Transport:
         """The UTC wall-clock start (``t`` = 0) of the capture this transport replays; None
         for a live port or a capture that does not record it."""
         return self.port.started_at if isinstance(self.port, ReplayPort) else None
+
+    @property
+    def capture_sha256(self) -> str | None:
+        """The SHA-256 hex of the capture file this transport replays; None for a live port
+        or a replay not read from a file."""
+        return self.port.sha256 if isinstance(self.port, ReplayPort) else None
+
+    @property
+    def capture_position(self) -> CapturePosition | None:
+        """Under replay, the captured event whose bytes the last read returned
+        (:attr:`ReplayPort.last_read`): for a reply a driver has just read, without reading
+        further, the read that completed it. None for a live port or before any read."""
+        return self.port.last_read if isinstance(self.port, ReplayPort) else None
 
     def check_capture(self, kind: str, protocol: str) -> None:
         """Refuse to replay a capture recorded from another kind of instrument or another
