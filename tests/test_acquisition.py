@@ -598,6 +598,138 @@ def test_a_live_run_is_not_a_replay(store):
     assert datetime.fromisoformat(run.stored[0].record["timestamp"]).utcoffset() == timedelta(0)
 
 
+def replay_weights(store: Store, cap: Path, profile, **kw):
+    """Replay a scale capture into ``store`` (strictly: the whole session replayed)."""
+    transport = Transport.replay(cap)
+    with make_scale(profile, transport, scale_id="bench-1") as scale:
+        run = acquire_weights(store, scale, profile=profile.name, **kw)
+        transport.check_replayed()
+    return run
+
+
+def audit_entries(store: Store) -> list[dict]:
+    from fibergrade.audit import AuditLog
+
+    return AuditLog(store.root).entries()
+
+
+def test_a_second_replay_of_a_capture_stores_none_of_its_weighings_again(tmp_path):
+    """Each weighing stored from a replay names its origin: the capture file's SHA-256 and
+    the captured event (number and t) of the read that completed its reply. Replaying the
+    same capture again recognises them: nothing new is stored or logged, and the run
+    reports them as already stored, with the records the store holds."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"CARC-1": 123.45, "CARC-2": 87.6})
+    sha = hashlib.sha256(cap.read_bytes()).hexdigest()
+    events = load_capture(cap).events
+    fresh = Store.open(tmp_path / "fresh", create=True)
+
+    first = replay_weights(fresh, cap, profile, subjects=["CARC-1", "CARC-2"])
+    assert first.complete and [s.already_stored for s in first.stored] == [False, False]
+    stored = dict(fresh.results("weighing"))
+    assert sorted(stored) == sorted(s.result_id for s in first.stored)
+    origins = [stored[s.result_id]["capture"] for s in first.stored]
+    for origin, s in zip(origins, first.stored, strict=True):
+        assert set(stored[s.result_id]) == set(WEIGHING_KEYS)
+        assert origin["sha256"] == sha
+        ev = events[origin["event"] - 1]  # the read that completed the reply
+        assert ev.kind == "rx" and ev.t == origin["t"]
+        assert stored[s.result_id]["timestamp"] == (START + timedelta(seconds=ev.t)).isoformat()
+    assert origins[0]["event"] < origins[1]["event"]
+    logged = audit_entries(fresh)
+
+    again = replay_weights(fresh, cap, profile, subjects=["CARC-1", "CARC-2"])
+    assert again.complete and again.ended == "limit" and not again.errors
+    assert [s.already_stored for s in again.stored] == [True, True]
+    assert again.new_weighings == 0 and again.already_stored == 2
+    assert [(s.result_id, s.record) for s in again.stored] == [
+        (s.result_id, s.record) for s in first.stored
+    ]
+    assert dict(fresh.results("weighing")) == stored  # the same records, no new ones
+    assert audit_entries(fresh) == logged  # nothing logged for what was not stored
+    doc = again.to_dict()
+    assert [(x["result_id"], x["already_stored"]) for x in doc["stored"]] == [
+        (s.result_id, True) for s in first.stored
+    ]
+    assert first.to_dict()["stored"][0]["already_stored"] is False
+
+
+def test_a_replay_that_stopped_early_stores_the_rest_on_the_next_replay(tmp_path):
+    """A replay cut short stored its first weighing whole; the next replay of the capture
+    recognises that one and stores only the weighing not stored before."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"A": 50.0, "B": 60.0})
+    fresh = Store.open(tmp_path / "fresh", create=True)
+    with make_scale(profile, Transport.replay(cap), scale_id="bench-1") as scale:
+        cut = acquire_weights(fresh, scale, profile=profile.name, subjects=["A"])
+    assert [s.already_stored for s in cut.stored] == [False]
+    rest = replay_weights(fresh, cap, profile, subjects=["A", "B"])
+    assert [(s.record["subject"], s.already_stored) for s in rest.stored] == [
+        ("A", True),
+        ("B", False),
+    ]
+    assert rest.stored[0].result_id == cut.stored[0].result_id
+    assert [r["subject"] for _, r in fresh.results("weighing")] == ["A", "B"]
+    assert len(audit_entries(fresh)) == 2
+
+
+def identical_replies_capture(path: Path, n: int) -> None:
+    """A capture (no start recorded) of ``n`` immediate weighings whose replies are the
+    same bytes: the records they store differ in nothing but where they came from."""
+    from fibergrade.adapters.scales import mtsics
+
+    reply = mtsics.format_weight("S", "S", 42.0, "g", 2).decode("ascii")
+    meta = {"kind": "scale", "protocol": "mt-sics", "profile": "mt-sics-scale"}
+    lines = [{"fibergrade_capture": 1, "meta": meta}]
+    for k in range(n):
+        lines += [{"t": 0.5 * k, "tx": "SI\r\n"}, {"t": 0.5 * k + 0.1, "rx": reply}]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def test_two_identical_replies_in_a_capture_are_two_weighings_and_stored_once(tmp_path):
+    """Two weighings with identical replies, no subject and no known time: the capture
+    position tells them apart, so both are stored, and a second replay stores neither."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "same.jsonl"
+    identical_replies_capture(cap, 2)
+    store = Store.open(tmp_path / "store", create=True)
+    first = replay_weights(store, cap, profile, count=2, immediate=True)
+    assert first.complete and [s.already_stored for s in first.stored] == [False, False]
+    recs = dict(store.results("weighing"))
+    assert len(recs) == 2
+    a, b = (recs[s.result_id] for s in first.stored)
+    assert [a["capture"]["event"], b["capture"]["event"]] == [2, 4]
+    assert {k: v for k, v in a.items() if k not in ("capture", "created_at")} == {
+        k: v for k, v in b.items() if k not in ("capture", "created_at")
+    }
+    again = replay_weights(store, cap, profile, count=2, immediate=True)
+    assert again.complete and [s.already_stored for s in again.stored] == [True, True]
+    assert [s.result_id for s in again.stored] == [s.result_id for s in first.stored]
+    assert dict(store.results("weighing")) == recs
+
+
+def test_a_live_scale_weighing_the_same_load_twice_stores_two_weighings(store):
+    """Live weighings are real events: the same load weighed twice on a live port is two
+    weighings, never taken for one, and they name no capture."""
+    profile = fast_scale("mt-sics-scale")
+    with (
+        start_simulator("scale", "mt-sics", profile=profile, load=50.0, settle_s=0.0) as sim,
+        open_scale(profile, sim.url, scale_id="bench-1") as scale,
+    ):
+        run = acquire_weights(
+            store, scale, profile=profile.name, subjects=["X", "X"], immediate=True
+        )
+    assert run.complete and [s.already_stored for s in run.stored] == [False, False]
+    recs = [rec for _, rec in store.results("weighing")]
+    assert [(r["subject"], r["value"], r["capture"]) for r in recs] == [
+        ("X", 50.0, None),
+        ("X", 50.0, None),
+    ]
+    assert len({s.result_id for s in run.stored}) == 2 and len(audit_entries(store)) == 2
+
+
 def test_an_sbi_reading_without_its_unit_is_never_stored(store):
     # SBI leaves the unit blank while the load moves (scales.md): an immediate weighing of
     # it is refused for that weighing, not stored in the profile's unit
@@ -670,6 +802,10 @@ def test_weighing_record_and_subjects_file(tmp_path):
     assert rec["gross"] is None  # the protocol did not say
     net = replace(w, gross=False)
     assert weighing_record(net, profile="cas-ci", subject="K-1")["gross"] is False
+    assert rec["capture"] is None  # a live weighing comes from no capture
+    origin = {"sha256": "ab" * 32, "event": 7, "t": 1.5}
+    replayed = weighing_record(w, profile="cas-ci", subject="K-1", capture=origin)
+    assert list(replayed) == list(WEIGHING_KEYS) and replayed["capture"] == origin
     f = tmp_path / "subjects.txt"
     f.write_text("\ufeff# carcasses of lot 7\nK-1\n\n  K-2  \n#K-3\n")
     assert read_subjects(f) == ["K-1", "K-2"]

@@ -5,6 +5,7 @@ runs from a scratch directory, so profiles are found without being in the reposi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -545,6 +546,51 @@ def test_a_scale_capture_without_a_start_stores_no_weighing_time_and_says_so_onc
     doc = json.loads(r.stdout)
     assert doc["capture_started_at"] is None and doc["replay"] is True
     assert [s["timestamp"] for s in doc["stored"]] == [None, None]
+
+
+def test_replaying_a_scale_capture_twice_stores_its_weighings_once(tmp_path):
+    """A session recorded live, replayed twice into a fresh store: the first replay stores
+    each weighing with its origin (the capture's SHA-256, the event of its reply), the
+    second recognises them, stores and logs nothing, says how many were already stored,
+    and exits 0; the store holds the same weighing records after it."""
+    from fibergrade.audit import AuditLog
+
+    cap = tmp_path / "session.jsonl"
+    who = ("--subject", "CARC-101", "--subject", "CARC-102")
+    with start_simulator("scale", "mt-sics", load=210.0, settle_s=0.0) as sim:
+        live = ("acquire", "--instrument", "mt-sics-scale", "--port", sim.url, "--immediate")
+        r = run(*live, *who, "--record", str(cap), "--store", str(tmp_path / "live"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    sha = hashlib.sha256(cap.read_bytes()).hexdigest()
+
+    store = tmp_path / "fresh"
+    r = run(*scale_replay_args(cap, store, "CARC-101", "CARC-102"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 weights stored (immediate), 0 already stored from this capture" in r.stdout
+    records = dict(Store.open(store, create=False).results("weighing"))
+    assert len(records) == 2
+    assert {x["capture"]["sha256"] for x in records.values()} == {sha}
+    assert len({x["capture"]["event"] for x in records.values()}) == 2
+    logged = AuditLog(store).entries()
+
+    r = run(*scale_replay_args(cap, store, "CARC-101", "CARC-102"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "0 weights stored (immediate), 2 already stored from this capture" in r.stdout
+    lines = [x for x in r.stdout.splitlines() if "-> result" in x]
+    assert len(lines) == 2 and all(x.endswith("(already stored)") for x in lines), lines
+    assert dict(Store.open(store, create=False).results("weighing")) == records
+    assert AuditLog(store).entries() == logged
+
+    r = run(*scale_replay_args(cap, store, "CARC-101", "CARC-102"), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["complete"] is True and doc["replay"] is True
+    assert [(s["already_stored"], s["subject"]) for s in doc["stored"]] == [
+        (True, "CARC-101"),
+        (True, "CARC-102"),
+    ]
+    assert {s["result_id"] for s in doc["stored"]} == set(records)
+    assert dict(Store.open(store, create=False).results("weighing")) == records
 
 
 def test_a_replay_prints_its_own_time_and_says_it_is_a_replay(tmp_path):

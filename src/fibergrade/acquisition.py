@@ -59,7 +59,8 @@ exactly these keys (:func:`weighing_record`; the meat workflow reads them)::
      "value": float, "unit": str, "mode": "stable" | "immediate", "device_stable": bool,
      "gross": bool | None,
      "timestamp": ISO-8601 UTC (when the scale gave the weight) | None,
-     "subject": str | None}
+     "subject": str | None,
+     "capture": {"sha256": str, "event": int, "t": float} | None}
 
 ``timestamp`` is when the weighing happened, ``created_at`` when its record was stored. Live
 they are moments apart; for a replayed capture ``timestamp`` is when the *live session*
@@ -67,6 +68,23 @@ read the reply that completed the weighing, the capture's ``started_at`` + the c
 time of that read (:mod:`fibergrade.adapters.scales.base`), and ``created_at`` the time of
 the replay. A capture that records no start (made before the header held one) stores
 ``timestamp`` None, unknown: the replay's time is not when the scale gave the weight.
+
+``capture`` says where a weight stored from a replay came from: the SHA-256 of the capture
+file (``sha256``) and the captured read that completed the weighing's reply, its event
+number in the capture (``event``, 1 = the first event after the header) and captured time
+(``t``), :attr:`~fibergrade.adapters.transport.Transport.capture_position` taken when the
+weighing returns (the drivers return on the reply without reading further). A live
+weighing has ``capture`` None. The event number tells apart two weighings of one capture
+even when their replies are the same bytes and their times unknown. A replay of a capture
+recognises the weighings already stored from it, by ``sha256`` and ``event`` among the
+store's weighing records: such a weighing is not stored again, and nothing is logged for
+it; the run reports it as ``already_stored`` with the record the store holds (the subject
+it was stored for, as a re-imported sample keeps its lot id), as an analyser run reports an
+``already_imported`` sample. Otherwise one replay after another would each add the same
+weighings anew, each dated later by ``created_at``, and the meat workflow, which takes a
+carcass's latest weighing, would take an old weighing for the newest. Live weighings are
+real events and are never taken for one another: the same load weighed twice is stored
+twice.
 
 ``gross`` is true for a gross weight, false for a net (tared) weight, and null when the
 reply does not say: CAS frames say it (``GS``/``NT``, scales.md); MT-SICS and A&D replies
@@ -137,6 +155,7 @@ WEIGHING_KEYS = (
     "gross",
     "timestamp",
     "subject",
+    "capture",
 )
 
 
@@ -631,13 +650,16 @@ def acquire_samples(
 
 @dataclass(frozen=True)
 class StoredWeighing:
-    """A weight stored as a ``weighing`` result: its digest and the record."""
+    """A weight stored as a ``weighing`` result: its digest and the record.
+    ``already_stored``: a replayed weighing that an earlier replay of the same capture
+    stored; the digest and record are those the store holds, and this run stored nothing."""
 
     result_id: str
     record: dict[str, Any]
+    already_stored: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"result_id": self.result_id, **self.record}
+        return {"result_id": self.result_id, "already_stored": self.already_stored, **self.record}
 
 
 @dataclass(frozen=True)
@@ -675,8 +697,19 @@ class WeighingAcquisition:
     capture_started_at: str | None = None
 
     @property
+    def new_weighings(self) -> int:
+        """Weights stored by this run (not recognised as already stored)."""
+        return sum(not s.already_stored for s in self.stored)
+
+    @property
+    def already_stored(self) -> int:
+        """Replayed weighings an earlier replay of the same capture had stored."""
+        return len(self.stored) - self.new_weighings
+
+    @property
     def complete(self) -> bool:
-        """True when every planned weighing stored a weight."""
+        """True when every planned weighing has its weight in the store (stored by this run
+        or, for a replay, already stored from the same capture)."""
         return not self.errors and not self.not_weighed and self.ended == "limit"
 
     def to_dict(self) -> dict[str, Any]:
@@ -700,11 +733,17 @@ class WeighingAcquisition:
 
 
 def weighing_record(
-    weighing: Weighing, *, profile: str, subject: str | None, created_at: str | None = None
+    weighing: Weighing,
+    *,
+    profile: str,
+    subject: str | None,
+    created_at: str | None = None,
+    capture: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The stored form of a weight (schema in the module docstring; keys
     :data:`WEIGHING_KEYS`): ``timestamp`` is the weighing's own (None stays None),
-    ``created_at`` when it is stored (default: now)."""
+    ``created_at`` when it is stored (default: now), ``capture`` where a replayed weighing
+    came from (``sha256``, ``event``, ``t``), None for a live one."""
     return {
         "kind": WEIGHING_KIND,
         "created_at": created_at or _utc_now(),
@@ -718,7 +757,31 @@ def weighing_record(
         "gross": None if weighing.gross is None else bool(weighing.gross),
         "timestamp": None if weighing.timestamp is None else weighing.timestamp.isoformat(),
         "subject": subject,
+        "capture": None if capture is None else dict(capture),
     }
+
+
+def _capture_origin(transport: Transport) -> dict[str, Any] | None:
+    """Where the weighing whose reply was just read came from, for its record: the capture
+    file's SHA-256 and the captured read that completed the reply (module docstring); None
+    on a live port (or a replay not read from a file, which no later replay can name)."""
+    sha = transport.capture_sha256
+    position = transport.capture_position
+    if sha is None or position is None:
+        return None
+    return {"sha256": sha, **position.to_dict()}
+
+
+def _stored_from_capture(store: Store, sha256: str) -> dict[int, StoredWeighing]:
+    """The weighings the store holds from the capture ``sha256``, by event number."""
+    out: dict[int, StoredWeighing] = {}
+    for rid, rec in store.results(WEIGHING_KIND):
+        origin = rec.get("capture")
+        if isinstance(origin, dict) and origin.get("sha256") == sha256:
+            event = origin.get("event")
+            if isinstance(event, int) and event not in out:
+                out[event] = StoredWeighing(rid, rec, already_stored=True)
+    return out
 
 
 def read_subjects(path: str | Path) -> list[str]:
@@ -757,6 +820,11 @@ def acquire_weights(
     ``before_weighing(index, subject)`` runs before each weighing (a prompt, or a test
     changing the simulated load); ``interval_s`` is waited between weighings, and
     ``error_pause_s`` after a failed one so a refused load does not flood the log.
+
+    A replay does not store again a weighing an earlier replay of the same capture stored
+    (module docstring): it is reported as already stored (``on_weight`` too) and counts as
+    weighed. Raises :class:`~fibergrade.errors.StoreError` before anything is read when
+    the store's weighing records cannot be listed for that check.
     """
     if subjects is not None:
         subjects = list(subjects)
@@ -777,10 +845,13 @@ def acquire_weights(
     )
     started_at = scale.transport.capture_started_at
     summary.capture_started_at = None if started_at is None else started_at.isoformat()
+    sha = scale.transport.capture_sha256
     total = len(subjects) if subjects is not None else count
     k = 0
     with _InterruptGuard() as guard:
         try:
+            # a replay: the weighings earlier replays of this capture stored, by event
+            earlier = {} if sha is None else _stored_from_capture(store, sha)
             while total is None or k < total:
                 subject = subjects[k] if subjects is not None else None
                 if k and interval_s > 0:
@@ -802,7 +873,15 @@ def acquire_weights(
                     if error_pause_s > 0 and (total is None or k < total):
                         scale.transport.sleep(error_pause_s)
                     continue
-                record = weighing_record(w, profile=profile, subject=subject)
+                origin = _capture_origin(scale.transport)
+                already = None if origin is None else earlier.get(origin["event"])
+                if already is not None:  # stored by an earlier replay: nothing to store
+                    summary.stored.append(already)
+                    k += 1
+                    if on_weight is not None:
+                        on_weight(already)
+                    continue
+                record = weighing_record(w, profile=profile, subject=subject, capture=origin)
                 with guard.committing():
                     try:
                         digest = store.put_result(WEIGHING_KIND, record)

@@ -884,9 +884,10 @@ def _acquire_scale(
             return
         r = s.record
         who = f"  subject {escape(r['subject'])}" if r["subject"] else ""
+        state = " (already stored)" if s.already_stored else ""
         out.print(
             f"{r['value']:.{decimals}f} {r['unit']}  {r['mode']}  scale {escape(r['scale_id'])}"
-            f"{who}  -> result {s.result_id[:12]}"
+            f"{who}  -> result {s.result_id[:12]}{state}"
         )
 
     def failed(e: Any) -> None:
@@ -908,14 +909,17 @@ def _acquire_scale(
             on_weight=stored,
             on_error=failed,
         )
+    n = summary.new_weighings
     if json_:
         _print_json(summary.to_dict())
     else:
+        # a replay says how many of its weighings an earlier replay of the capture stored
+        seen = f"{summary.already_stored} already stored from this capture, "
         out.print(
-            f"{_count(len(summary.stored), 'weight')} stored ({summary.mode}), "
-            f"{len(summary.errors)} refused; ended: {summary.ended}"
+            f"{_count(n, 'weight')} stored ({summary.mode}), "
+            f"{seen if summary.replay else ''}{len(summary.errors)} refused; "
+            f"ended: {summary.ended}"
         )
-    n = len(summary.stored)
     if summary.replay and summary.capture_started_at is None and n:
         # a capture from before the header held its start: the replay's time is not when
         # the scale gave the weights, so they were stored without one (acquisition docstring)
@@ -1019,7 +1023,8 @@ def acquire_(
     skipped. Ctrl-C or an unplugged adapter keeps every completed sample and reports the
     partial one, which is never stored (exit code 130 after Ctrl-C, 4 when anything was
     lost). Each weight is stored as a "weighing" result and printed with its unit, mode
-    (stable or immediate) and scale id.
+    (stable or immediate) and scale id; a replay does not store again the weights an
+    earlier replay of the same capture stored (they are reported as already stored).
     """
     from fibergrade.acquisition import read_subjects
 
