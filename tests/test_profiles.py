@@ -224,6 +224,9 @@ def test_the_preamble_names_the_instrument_where_the_profile_says():
         ("Instrument , LS-7 ,Date,2024\n\n", ("LS-7", 1)),
         ("x\nInstrument,LS-7\n", ("LS-7", 2)),
         ("Instrument,LS-7\nInstrument,LS-7\n", ("LS-7", 1)),
+        # free text the vendor's software writes (an unbalanced quote) on a line that does
+        # not carry the label is skipped, as every preamble line was before the label
+        ('Operator,"J. Smith\nInstrument,LS-7\n', ("LS-7", 2)),
     ],
 )
 def test_preamble_instrument_reads_the_field_after_the_label(tmp_path, preamble, expected):

@@ -225,8 +225,9 @@ def preamble_instrument(profile: Profile, path: str | Path) -> PreambleInstrumen
     ``Instrument,LS-DEMO-01,Date,2024-05-14``); None when the profile has no label or no
     preamble line carries it.
 
-    Preamble lines are those before ``header_line``, split by the profile's delimiter;
-    comment and blank lines are skipped. The label with no id after it, or two lines naming
+    Preamble lines are those before ``header_line``; a line carrying the label is split by
+    the profile's delimiter, the others (comments, blank lines, the vendor's free text,
+    which need not split as CSV) are skipped. The label with no id after it, or two lines naming
     different instruments, is an :class:`~fibergrade.errors.InputError` at its line: the
     id is read as written, never guessed."""
     ex = _export_settings(profile, profile.protocol)
@@ -239,8 +240,8 @@ def preamble_instrument(profile: Profile, path: str | Path) -> PreambleInstrumen
     found: PreambleInstrument | None = None
     for no, raw in enumerate(lines[: ex.header_line - 1], 1):
         kept = raw.strip()
-        if not kept or (comment and kept.startswith(comment)):
-            continue
+        if not kept or (comment and kept.startswith(comment)) or label not in raw:
+            continue  # only a line that carries the label is split: the rest is free text
         fields = [f.strip() for f in _split(path, ex, no, raw)]
         if label not in fields:
             continue
