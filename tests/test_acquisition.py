@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from fibergrade.acquisition import (
     WEIGHING_KEYS,
+    _end_line_time,
     _InterruptGuard,
     acquire_samples,
     acquire_weights,
@@ -34,7 +36,13 @@ from fibergrade.adapters.analyser import AnalyserReader
 from fibergrade.adapters.profiles import load_profile
 from fibergrade.adapters.scales import make_scale, open_scale
 from fibergrade.adapters.simulators import AnalyserSimulator, Simulator, start_simulator
-from fibergrade.adapters.transport import SessionRecorder, Transport, load_capture
+from fibergrade.adapters.transport import (
+    CaptureEvent,
+    ReplayPort,
+    SessionRecorder,
+    Transport,
+    load_capture,
+)
 from fibergrade.distribution import summarise
 from fibergrade.errors import InputError
 from fibergrade.measurements import LotMeta
@@ -253,6 +261,23 @@ def test_a_capture_without_a_start_stores_lots_without_a_measurement_time(store,
     assert all(c["measured_at"] is None for c in run.to_dict()["committed"])
     assert [store.lot(x).meta.measured_at for x in want] == [None] * len(want)
     assert [store.lot(x).meta.instrument_id for x in want] == [PROFILE] * len(want)
+
+
+def test_a_sample_is_dated_by_its_end_line_read_even_when_the_replay_clock_ran_ahead():
+    """measured_at is started_at + the captured t of the read that completed the end line,
+    not started_at + the replay's clock, which a wait on the replay (sleep, a timed-out
+    read) moves past the captured time."""
+    lines = crafted(sent_samples(1, 3, seed=12))
+    events = [CaptureEvent(2.5 * i, "rx", x) for i, x in enumerate(lines)]
+    tr = Transport(ReplayPort(events, started_at=START))
+    reader = AnalyserReader(tr, line_timeout_s=5.0)
+    sample = reader.read_sample(timeout_s=1.0)
+    assert sample.sample_id == "P-1"
+    end = events[-1].t
+    assert _end_line_time(tr) == (START + timedelta(seconds=end)).isoformat()
+    tr.sleep(60.0)  # the replay's clock, not the session's
+    assert tr.clock() > end + 60.0 - 1e-9
+    assert _end_line_time(tr) == (START + timedelta(seconds=end)).isoformat()
 
 
 def test_a_bad_checksum_sample_is_reported_and_the_others_commit(store):
@@ -585,6 +610,43 @@ def test_a_weighing_replayed_from_a_capture_without_a_start_carries_no_time(stor
     assert [(r["value"], r["timestamp"]) for r in recs] == [(50.0, None), (60.0, None)]
     assert all(datetime.fromisoformat(r["created_at"]) >= before for r in recs)
     assert all(set(r) == set(WEIGHING_KEYS) for r in recs)
+
+
+def spaced_replies_capture(path: Path, times: Sequence[float], *, value: float = 100.0) -> None:
+    """A capture (start recorded) of immediate MT-SICS weighings: ``SI`` at each of
+    ``times`` and its reply 0.01 s later, in one read."""
+    from fibergrade.adapters.scales import mtsics
+
+    reply = mtsics.format_weight("S", "S", value, "g", 2).decode("ascii")
+    meta = {"kind": "scale", "protocol": "mt-sics", "profile": "mt-sics-scale"}
+    lines: list[dict] = [
+        {"fibergrade_capture": 1, "started_at": "2025-03-04T05:00:00+00:00", "meta": meta}
+    ]
+    for t in times:
+        lines += [{"t": t, "tx": "SI\r\n"}, {"t": round(t + 0.01, 6), "rx": reply}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_a_replay_with_a_longer_interval_dates_weighings_by_the_capture(store, tmp_path):
+    """Replayed with a longer interval between weighings than the live session had (15 s
+    against 10 s), the replay's clock runs ahead of the capture; each weighing is still
+    dated started_at + the captured t of its reply, as its capture origin says."""
+    cap = tmp_path / "spaced.jsonl"
+    spaced_replies_capture(cap, [0.0, 10.0, 20.0])
+    start = datetime(2025, 3, 4, 5, 0, tzinfo=UTC)
+    transport = Transport.replay(cap)
+    with make_scale(fast_scale("mt-sics-scale"), transport, scale_id="bench-1") as scale:
+        run = acquire_weights(
+            store, scale, profile="mt-sics-scale", count=3, immediate=True, interval_s=15.0
+        )
+        transport.check_replayed()
+    assert run.complete
+    want = [(start + timedelta(seconds=t)).isoformat() for t in (0.01, 10.01, 20.01)]
+    assert [s.record["timestamp"] for s in run.stored] == want
+    assert [r["timestamp"] for _, r in store.results("weighing")] == want
+    for s in run.stored:
+        rec = s.record
+        assert rec["timestamp"] == (start + timedelta(seconds=rec["capture"]["t"])).isoformat()
 
 
 def test_a_live_run_is_not_a_replay(store):

@@ -548,6 +548,29 @@ def test_a_scale_capture_without_a_start_stores_no_weighing_time_and_says_so_onc
     assert [s["timestamp"] for s in doc["stored"]] == [None, None]
 
 
+def test_a_replay_with_a_longer_interval_dates_weights_by_the_capture(tmp_path):
+    """--interval 15 on a capture whose weighings were 10 s apart: the replay's clock runs
+    ahead of the capture, but each weight is dated started_at + the captured t of the read
+    that completed its reply (05:00:00.01, :10.01, :20.01), not :15.01 and :30.01."""
+    cap = tmp_path / "cap.jsonl"
+    meta = {"kind": "scale", "protocol": "mt-sics", "profile": "mt-sics-scale"}
+    lines: list[dict] = [
+        {"fibergrade_capture": 1, "started_at": "2025-03-04T05:00:00+00:00", "meta": meta}
+    ]
+    for t in (0, 10, 20):
+        lines += [{"t": t, "tx": "SI\r\n"}, {"t": t + 0.01, "rx": "S S     100.00 g\r\n"}]
+    cap.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    store = tmp_path / "s1"
+    args = ("acquire", "--instrument", "mt-sics-scale", "--replay", str(cap), "--immediate")
+    r = run(
+        *args, "--samples", "3", "--interval", "15", "--store", str(store), "--json", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    want = [f"2025-03-04T05:00:{s}.010000+00:00" for s in ("00", "10", "20")]
+    assert [s["timestamp"] for s in json.loads(r.stdout)["stored"]] == want
+    assert [x["timestamp"] for _, x in Store.open(store, create=False).results("weighing")] == want
+
+
 def test_replaying_a_scale_capture_twice_stores_its_weighings_once(tmp_path):
     """A session recorded live, replayed twice into a fresh store: the first replay stores
     each weighing with its origin (the capture's SHA-256, the event of its reply), the

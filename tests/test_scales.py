@@ -742,6 +742,20 @@ def test_a_replayed_weighing_is_dated_by_the_read_that_completed_its_reply(proto
     assert w.timestamp == START + timedelta(seconds=done[-1]) == START + timedelta(seconds=1.125)
 
 
+@pytest.mark.parametrize("protocol", list(PROFILES))
+def test_a_replay_that_waits_longer_than_the_session_dates_by_the_capture(protocol):
+    """A replay that waits longer between weighings than the live session did (a longer
+    interval, a poll interval raised after the recording) runs its clock past the captured
+    replies; each weighing is still dated by the captured time of the read that completed
+    its reply."""
+    scale, done = split_replies(protocol, 3)
+    got = []
+    for _ in range(3):
+        got.append(scale.immediate_weight().timestamp)
+        scale.transport.sleep(7.5)  # the live session waited 0.25 s
+    assert got == [START + timedelta(seconds=t) for t in done]
+
+
 def test_a_replay_without_a_start_dates_no_weighing():
     """A capture that records no start (made before the header held one): when the
     weighing happened is unknown, and the replay's time is not it."""

@@ -369,6 +369,32 @@ def test_a_replay_gives_the_wall_clock_time_of_the_captured_clock():
     assert ReplayPort(events).wall_time() is None  # no start recorded: not guessed
 
 
+def test_a_replay_that_waits_longer_than_the_session_dates_reads_by_the_capture():
+    """The replay's clock runs ahead of the capture when the replay waits longer than the
+    live session did (a longer interval between weighings, a poll interval raised since
+    the recording): the captured reply is then served at once, and its wall-clock time is
+    still started_at + its captured t, not started_at + the replay's clock."""
+    events = [
+        CaptureEvent(0.0, "tx", b"SI\r\n"),
+        CaptureEvent(0.25, "rx", b"S S 1 g\r\n"),
+        CaptureEvent(10.0, "tx", b"SI\r\n"),
+        CaptureEvent(10.25, "rx", b"S S 2 g\r\n"),
+    ]
+    port = ReplayPort(events, started_at=START)
+    tr = Transport(port)
+    assert port.wall_time() is None  # nothing read yet: no read to date
+    tr.write(b"SI\r\n")
+    assert tr.read_line(1.0) == b"S S 1 g"
+    tr.sleep(15.0)  # the live session waited 10 s between the commands
+    assert tr.clock() > 15.0  # the replay's clock is past the next reply's t
+    tr.write(b"SI\r\n")
+    assert tr.read_line(1.0) == b"S S 2 g"
+    assert tr.clock() > 15.0
+    assert port.wall_time() == START + timedelta(seconds=10.25)
+    tr.sleep(100.0)  # waiting after the read does not move its time either
+    assert port.wall_time() == START + timedelta(seconds=10.25)
+
+
 def test_a_wall_clock_in_another_zone_is_recorded_in_utc(tmp_path):
     p = tmp_path / "s.jsonl"
     perth = START.astimezone(timezone(timedelta(hours=8)))

@@ -165,9 +165,10 @@ def _utc_now() -> str:
 
 def _end_line_time(transport: Transport) -> str | None:
     """``measured_at`` of the sample whose end line was just read: now (UTC) on a live
-    port; for a replay, the wall-clock time of the replay's clock, which read_sample left
-    at the captured time of the read that completed the end line (it returns on that line
-    without reading further), or None when the capture records no start."""
+    port; for a replay, the capture's ``started_at`` + the captured time of the last read,
+    the one that completed the end line (read_sample returns on that line without reading
+    further; :meth:`ReplayPort.wall_time`), not the replay's clock, or None when the
+    capture records no start."""
     port = transport.port
     if not isinstance(port, ReplayPort):
         return _utc_now()

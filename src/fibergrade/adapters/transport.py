@@ -38,10 +38,13 @@ a capture is readable and exact.
 
 ``started_at`` is the UTC wall-clock time at ``t`` = 0 (ISO 8601, as the store's other
 timestamps), so an event's wall-clock time is ``started_at`` + its ``t``: a replay dates
-what it stores by the session, not by the replay. Captures recorded before the header held
-it have no ``started_at`` and are read as before (their start is unknown, never guessed);
-the key is optional, so the format stays version 1 and older readers still read new
-captures. A session that ended before any event has no ``started_at`` either.
+what it stores by the session, not by the replay, from the captured ``t`` of the read that
+returned it (:meth:`ReplayPort.wall_time`), never from the replay's own clock, which runs
+ahead of the capture whenever the replay waits longer than the live session did. Captures
+recorded before the header held it have no ``started_at`` and are read as before (their
+start is unknown, never guessed); the key is optional, so the format stays version 1 and
+older readers still read new captures. A session that ended before any event has no
+``started_at`` either.
 
 A replay also says what it is replaying and where it is in it, so that what it stores can
 name its origin: :attr:`Transport.capture_sha256` is the SHA-256 of the capture file's bytes
@@ -544,11 +547,18 @@ class ReplayPort:
         return None
 
     def wall_time(self) -> datetime | None:
-        """The wall-clock time (UTC) the live session had at the replay's clock now:
-        ``started_at`` + the captured time; None when the capture records no start."""
-        if self.started_at is None:
+        """The wall-clock time (UTC) at which the live session made the read whose bytes
+        the replay's last read returned: ``started_at`` + that event's captured ``t``
+        (:attr:`last_read`). None when the capture records no start, or before any read
+        returned bytes.
+
+        Not the replay's clock: :meth:`sleep` and reads that time out advance that, so a
+        replay that waits longer between commands than the live session did (a longer
+        ``--interval``, a poll interval raised since the recording) is served each captured
+        reply at once but with its clock past the reply's captured time."""
+        if self.started_at is None or self._last_read is None:
             return None
-        return self.started_at + timedelta(seconds=self._now)
+        return self.started_at + timedelta(seconds=self._last_read.t)
 
     def clock(self) -> float:
         return self._now

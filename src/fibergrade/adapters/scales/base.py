@@ -15,9 +15,11 @@ it came from the stable procedure or a single immediate reading, the scale id an
 
 When a weighing happened (:attr:`Weighing.timestamp`) is when the reply that completed it
 was read: on a live port, now (UTC); on a replayed capture, when the *live session* read
-it, the capture's ``started_at`` + the captured time of that read (the replay's clock stays
-there, as the drivers return on the reply without reading further), never the time of the
-replay; a capture that records no start gives None, unknown.
+it, the capture's ``started_at`` + the captured time of that read (the last read, as the
+drivers return on the reply without reading further), never the time of the replay nor the
+replay's own clock, which runs ahead of the capture when the replay waits longer than the
+session did (a longer interval, a raised poll interval); a capture that records no start
+gives None, unknown.
 """
 
 from __future__ import annotations
@@ -189,9 +191,9 @@ class ScaleBackend(ABC):
 
     def _reply_time(self) -> datetime | None:
         """When the reply just read was completed (module docstring): now (UTC) on a live
-        port; for a replay, the capture's ``started_at`` + the replay's clock, which the read
-        left at the captured time of the read that completed the reply; None when the
-        capture records no start."""
+        port; for a replay, the capture's ``started_at`` + the captured time of the last
+        read, the one that completed the reply (:meth:`ReplayPort.wall_time`); None when
+        the capture records no start."""
         port = self.transport.port
         if isinstance(port, ReplayPort):
             return port.wall_time()
