@@ -737,6 +737,69 @@ def test_a_replay_that_stopped_early_stores_the_rest_on_the_next_replay(tmp_path
     assert len(audit_entries(fresh)) == 2
 
 
+def test_a_replay_asking_other_subjects_than_the_stored_weighings_is_a_conflict(tmp_path):
+    """A weighing the store already holds from the capture, stored for another subject
+    than this run names: nothing is stored for it, and the run says so as a conflict that
+    names the event, the stored subject and the asked one, not as 'already stored' under
+    the old subject (the subject named now would silently never get its weighing)."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"A": 50.0, "B": 60.0})
+    fresh = Store.open(tmp_path / "fresh", create=True)
+    first = replay_weights(fresh, cap, profile, subjects=["A", "B"])
+    assert first.complete
+    stored = dict(fresh.results("weighing"))
+    logged = audit_entries(fresh)
+    seen = []
+
+    again = replay_weights(fresh, cap, profile, subjects=["A", "C"], on_error=seen.append)
+    assert not again.complete and again.ended == "limit"
+    assert [(s.record["subject"], s.already_stored) for s in again.stored] == [("A", True)]
+    assert [(e.index, e.subject, e.error) for e in again.errors] == [
+        (2, "C", "ReplayConflictError")
+    ]
+    assert again.conflicts == again.errors and seen == again.errors
+    event = first.stored[1].record["capture"]["event"]
+    msg = again.errors[0].message
+    assert f"event {event}" in msg and "'B'" in msg and "'C'" in msg, msg
+    assert first.stored[1].result_id[:12] in msg
+    assert dict(fresh.results("weighing")) == stored  # nothing new stored for C
+    assert audit_entries(fresh) == logged
+    doc = again.to_dict()
+    assert doc["complete"] is False
+    assert [(e["subject"], e["error"]) for e in doc["errors"]] == [("C", "ReplayConflictError")]
+
+    # no subject named this time, where the store holds one: a conflict too
+    bare = replay_weights(fresh, cap, profile, count=2)
+    assert [e.error for e in bare.errors] == ["ReplayConflictError"] * 2
+    assert "no subject" in bare.errors[0].message and bare.stored == []
+    assert dict(fresh.results("weighing")) == stored
+
+
+def test_a_replay_naming_another_scale_than_the_stored_weighings_is_a_conflict(tmp_path):
+    """A named scale id (an option or the profile's) that differs from the stored record's
+    is a conflict; a scale id that is only the default (the port's or capture's name,
+    which differs between a live session, its replay and a copy of the capture) is not."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"A": 50.0})
+    fresh = Store.open(tmp_path / "fresh", create=True)
+    assert replay_weights(fresh, cap, profile, subjects=["A"]).complete  # bench-1
+    stored = dict(fresh.results("weighing"))
+    with make_scale(profile, Transport.replay(cap), scale_id="bench-2") as scale:
+        other = acquire_weights(fresh, scale, profile=profile.name, subjects=["A"])
+    assert [e.error for e in other.errors] == ["ReplayConflictError"] and not other.stored
+    assert "'bench-1'" in other.errors[0].message and "'bench-2'" in other.errors[0].message
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(cap.read_bytes())
+    with make_scale(profile, Transport.replay(copy)) as scale:  # default id: the file name
+        assert not scale.scale_id_named
+        same = acquire_weights(fresh, scale, profile=profile.name, subjects=["A"])
+    assert same.complete and [s.already_stored for s in same.stored] == [True]
+    assert same.stored[0].record["scale_id"] == "bench-1"  # the record the store holds
+    assert dict(fresh.results("weighing")) == stored
+
+
 def identical_replies_capture(path: Path, n: int) -> None:
     """A capture (no start recorded) of ``n`` immediate weighings whose replies are the
     same bytes: the records they store differ in nothing but where they came from."""

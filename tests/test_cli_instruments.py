@@ -616,6 +616,46 @@ def test_replaying_a_scale_capture_twice_stores_its_weighings_once(tmp_path):
     assert dict(Store.open(store, create=False).results("weighing")) == records
 
 
+def test_a_replay_naming_other_subjects_than_the_stored_weighings_exits_3(tmp_path):
+    """A capture whose weighings are stored for CARC-101 and CARC-102, replayed again for
+    CARC-201 and CARC-202: not '(already stored)' under the old subjects and exit 0, but a
+    conflict with the store for each (the event, the stored and the asked subject), nothing
+    stored, and exit 3, the code for a conflict with what the store holds."""
+    cap = tmp_path / "session.jsonl"
+    meta = {"kind": "scale", "protocol": "mt-sics", "profile": "mt-sics-scale"}
+    lines: list[dict] = [
+        {"fibergrade_capture": 1, "started_at": SCALE_START.isoformat(), "meta": meta}
+    ]
+    reply = mtsics.format_weight("S", "S", 210.0, "g", 2).decode("ascii")
+    for t in (0.0, 1.0):
+        lines += [{"t": t, "tx": "SI\r\n"}, {"t": t + 0.25, "rx": reply}]
+    cap.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    store = tmp_path / "store"
+    r = run(*scale_replay_args(cap, store, "CARC-101", "CARC-102"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    records = dict(Store.open(store, create=False).results("weighing"))
+
+    r = run(*scale_replay_args(cap, store, "CARC-201", "CARC-202"), cwd=tmp_path)
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "(already stored)" not in r.stdout
+    for event, old, new in ((2, "CARC-101", "CARC-201"), (4, "CARC-102", "CARC-202")):
+        line = next(x for x in r.stderr.splitlines() if f"event {event} " in x)
+        assert f"'{old}'" in line and f"'{new}'" in line, r.stderr
+    assert "conflict" in r.stderr
+    assert "2 in conflict with the store" in r.stdout, r.stdout
+    assert dict(Store.open(store, create=False).results("weighing")) == records
+
+    r = run(*scale_replay_args(cap, store, "CARC-101", "CARC-202"), "--json", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    assert [(s["subject"], s["already_stored"]) for s in doc["stored"]] == [("CARC-101", True)]
+    assert [(e["subject"], e["error"]) for e in doc["errors"]] == [
+        ("CARC-202", "ReplayConflictError")
+    ]
+    assert doc["complete"] is False
+    assert dict(Store.open(store, create=False).results("weighing")) == records
+
+
 def test_a_replay_prints_its_own_time_and_says_it_is_a_replay(tmp_path):
     """A capture whose 30 lines arrived 4 s apart (120 s on the capture's clock): the
     replay does not print '30 readings in 120.0 s' as if it had taken that long."""

@@ -78,9 +78,16 @@ weighing has ``capture`` None. The event number tells apart two weighings of one
 even when their replies are the same bytes and their times unknown. A replay of a capture
 recognises the weighings already stored from it, by ``sha256`` and ``event`` among the
 store's weighing records: such a weighing is not stored again, and nothing is logged for
-it; the run reports it as ``already_stored`` with the record the store holds (the subject
-it was stored for, as a re-imported sample keeps its lot id), as an analyser run reports an
-``already_imported`` sample. Otherwise one replay after another would each add the same
+it; the run reports it as ``already_stored`` with the record the store holds, as an
+analyser run reports an ``already_imported`` sample. That needs the record to be what this
+run would have stored: a weighing the store holds for another subject than the run names
+(a subject where it names none, or none where it names one, included), or by another scale
+id than a scale id the run names (``scale_id`` or the profile's; a default, the port's or
+capture's name, names no scale), is a :class:`~fibergrade.errors.ReplayConflictError` for
+that weighing: nothing is stored for it, the failure names the event and the stored and
+asked subject or scale, and the run goes on; the CLI exits 3, a conflict with what the
+store holds. Reporting it as already stored would leave the subject named now without its
+weighing, silently. Otherwise one replay after another would each add the same
 weighings anew, each dated later by ``created_at``, and the meat workflow, which takes a
 carcass's latest weighing, would take an old weighing for the newest. Live weighings are
 real events and are never taken for one another: the same load weighed twice is stored
@@ -125,7 +132,7 @@ from fibergrade.adapters.errors import (
 )
 from fibergrade.adapters.scales.base import ScaleBackend, Weighing
 from fibergrade.adapters.transport import ReplayPort, Transport
-from fibergrade.errors import InputError, LotConflictError, StoreError
+from fibergrade.errors import InputError, LotConflictError, ReplayConflictError, StoreError
 from fibergrade.measurements import LOT_ID_RULE, LotMeta, lot_id_problem
 from fibergrade.store import Store
 
@@ -708,6 +715,13 @@ class WeighingAcquisition:
         return len(self.stored) - self.new_weighings
 
     @property
+    def conflicts(self) -> list[WeighingFailure]:
+        """The failures that are conflicts with the store (:class:`ReplayConflictError`):
+        replayed weighings the store holds for another subject or scale than this run
+        names, for which nothing was stored."""
+        return [e for e in self.errors if e.error == ReplayConflictError.__name__]
+
+    @property
     def complete(self) -> bool:
         """True when every planned weighing has its weight in the store (stored by this run
         or, for a replay, already stored from the same capture)."""
@@ -785,6 +799,37 @@ def _stored_from_capture(store: Store, sha256: str) -> dict[int, StoredWeighing]
     return out
 
 
+def _who(subject: Any) -> str:
+    return "no subject" if subject is None else f"subject {subject!r}"
+
+
+def _weighing_conflict(
+    already: StoredWeighing, origin: Mapping[str, Any], *, subject: str | None, scale: ScaleBackend
+) -> ReplayConflictError | None:
+    """A replayed weighing the store holds (``already``) but for another subject than this
+    run names, or by another scale id when this run names one (a default scale id, the
+    port's or capture's name, names no scale): the conflict, else None."""
+    rec = already.record
+    stored_as = []
+    asked = []
+    if rec.get("subject") != subject:
+        stored_as.append(f"for {_who(rec.get('subject'))}")
+        asked.append(f"for {_who(subject)}")
+    if scale.scale_id_named and rec.get("scale_id") != scale.scale_id:
+        stored_as.append(f"by scale {rec.get('scale_id')!r}")
+        asked.append(f"by scale {scale.scale_id!r}")
+    if not stored_as:
+        return None
+    named = "" if subject is None else f" for {subject!r}"
+    return ReplayConflictError(
+        f"event {origin['event']} of the capture (t = {origin['t']:g} s) is a weighing the "
+        f"store already holds {' and '.join(stored_as)} (result {already.result_id[:12]}), "
+        f"not {' and '.join(asked)} as this run asks; stored weighings are never rewritten, "
+        f"so nothing is stored{named}: replay with the subjects and scale id it was stored "
+        "with, or weigh again"
+    )
+
+
 def read_subjects(path: str | Path) -> list[str]:
     """Subject ids from a text file: one per line; blank lines and lines starting with ``#``
     are skipped; surrounding spaces are stripped. Raises :class:`InputError`."""
@@ -824,8 +869,11 @@ def acquire_weights(
 
     A replay does not store again a weighing an earlier replay of the same capture stored
     (module docstring): it is reported as already stored (``on_weight`` too) and counts as
-    weighed. Raises :class:`~fibergrade.errors.StoreError` before anything is read when
-    the store's weighing records cannot be listed for that check.
+    weighed, when it was stored for the subject (and named scale id) this run gives it;
+    else it is a :class:`~fibergrade.errors.ReplayConflictError` for that weighing
+    (``on_error``, :attr:`WeighingAcquisition.conflicts`), nothing is stored for it, and the
+    next weighing follows. Raises :class:`~fibergrade.errors.StoreError` before anything
+    is read when the store's weighing records cannot be listed for that check.
     """
     if subjects is not None:
         subjects = list(subjects)
@@ -876,6 +924,24 @@ def acquire_weights(
                     continue
                 origin = _capture_origin(scale.transport)
                 already = None if origin is None else earlier.get(origin["event"])
+                conflict = (
+                    None
+                    if already is None or origin is None
+                    else _weighing_conflict(already, origin, subject=subject, scale=scale)
+                )
+                if conflict is not None:  # stored for another subject: nothing to store
+                    failure = WeighingFailure(
+                        k + 1, subject, type(conflict).__name__, str(conflict)
+                    )
+                    summary.errors.append(failure)
+                    if on_error is not None:
+                        on_error(failure)
+                    k += 1
+                    if stop_on_error:
+                        summary.ended = "stopped-on-error"
+                        summary.detail = str(conflict)
+                        break
+                    continue
                 if already is not None:  # stored by an earlier replay: nothing to store
                     summary.stored.append(already)
                     k += 1

@@ -736,7 +736,8 @@ def _acquire_bar(enabled: bool, total: int | None):  # type: ignore[no-untyped-d
 
 def _acquire_exit(summary: Any, kept: str) -> None:
     """Say why an acquisition ended when it was not the plan, and exit: 130 after Ctrl-C,
-    3 for a store failure, 4 when anything was lost or refused, else 0."""
+    3 for a store failure or a conflict with what the store holds (a replayed reading it
+    holds for another subject or lot), 4 when anything was lost or refused, else 0."""
     if summary.ended == "interrupted":
         err.print(f"[bold red]interrupted:[/] {escape(kept)}")
         raise typer.Exit(130)
@@ -750,6 +751,17 @@ def _acquire_exit(summary: Any, kept: str) -> None:
             f"[bold red]incomplete:[/] {len(summary.committed)} of the {planned} sample(s) "
             f"asked for (ended: {summary.ended})"
         )
+    conflicts = len(getattr(summary, "conflicts", ()))
+    if conflicts:
+        what, named = (
+            ("weighing", "subject or scale") if hasattr(summary, "stored") else ("sample", "lot")
+        )
+        err.print(
+            f"[bold red]conflict with the store:[/] {_count(conflicts, what)} of this capture "
+            f"{_noun(conflicts, 'is', 'are')} stored for another {named} than this run "
+            f"names; nothing was stored for {_noun(conflicts, 'it', 'them')} (see above)"
+        )
+        raise typer.Exit(3)
     if not summary.complete:
         raise typer.Exit(4)
 
@@ -913,11 +925,14 @@ def _acquire_scale(
     if json_:
         _print_json(summary.to_dict())
     else:
-        # a replay says how many of its weighings an earlier replay of the capture stored
+        # a replay says how many of its weighings an earlier replay of the capture stored,
+        # and how many the store holds for another subject or scale (conflicts)
         seen = f"{summary.already_stored} already stored from this capture, "
+        c = len(summary.conflicts)
+        clash = f"{c} in conflict with the store, " if c else ""
         out.print(
             f"{_count(n, 'weight')} stored ({summary.mode}), "
-            f"{seen if summary.replay else ''}{len(summary.errors)} refused; "
+            f"{seen if summary.replay else ''}{clash}{len(summary.errors) - c} refused; "
             f"ended: {summary.ended}"
         )
     if summary.replay and summary.capture_started_at is None and n:
@@ -1024,7 +1039,9 @@ def acquire_(
     partial one, which is never stored (exit code 130 after Ctrl-C, 4 when anything was
     lost). Each weight is stored as a "weighing" result and printed with its unit, mode
     (stable or immediate) and scale id; a replay does not store again the weights an
-    earlier replay of the same capture stored (they are reported as already stored).
+    earlier replay of the same capture stored (they are reported as already stored), and
+    one stored for another subject or scale than the replay names is a conflict with the
+    store (nothing stored for it, exit code 3).
     """
     from fibergrade.acquisition import read_subjects
 

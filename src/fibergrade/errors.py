@@ -114,6 +114,17 @@ class StoredIdConflictError(_Located, StoreError):
     """
 
 
+class ReplayConflictError(StoreError):
+    """A replayed reading the store already holds (a weighing, a sample) was stored for
+    another subject, scale or lot than the replay names now.
+
+    Stored records are never rewritten, and storing the reading again would make one
+    reading two, so nothing is stored for it: the subject or lot named now has no reading
+    from this run. Like :class:`LotConflictError` it is a conflict with what the store
+    holds (exit code 3). An acquisition reports it for that reading and goes on.
+    """
+
+
 class StoreLockedError(StoreError):
     """Another process is writing to the store."""
 

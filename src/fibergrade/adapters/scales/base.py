@@ -162,6 +162,10 @@ class ScaleBackend(ABC):
         self.transport = transport
         self.settings = settings
         self.scale_id = scale_id or settings.id or transport.name
+        #: the scale id was named (``scale_id`` or the profile's ``scale.id``), not the
+        #: port's name, a default that names no scale and differs between a live session,
+        #: its replay and a copy of its capture
+        self.scale_id_named = bool(scale_id or settings.id)
 
     # ------------------------------------------------------------------ primitives
     @abstractmethod
