@@ -280,6 +280,49 @@ def test_a_sample_is_dated_by_its_end_line_read_even_when_the_replay_clock_ran_a
     assert _end_line_time(tr) == (START + timedelta(seconds=end)).isoformat()
 
 
+def analyser_capture(path: Path, samples, *, started_at: str | None = None) -> None:
+    """A capture of the crafted ``samples``' lines, one read each, 0.1 s apart."""
+    header: dict = {"fibergrade_capture": 1, "meta": {"kind": "analyser"}}
+    if started_at is not None:
+        header = {"fibergrade_capture": 1, "started_at": started_at, "meta": header["meta"]}
+    events = [{"t": round(0.1 * i, 6), "rx": x.decode()} for i, x in enumerate(crafted(samples))]
+    path.write_text("".join(json.dumps(x) + "\n" for x in [header, *events]))
+
+
+def test_a_sample_imported_before_as_another_lot_is_a_conflict(store, tmp_path):
+    """A sample the store already holds (same raw lines) as lot L-A, acquired again as
+    --lot L-B: not reported as already imported under L-A, silently, but a conflict with
+    the store for that sample, naming it and both lot ids; nothing is stored as L-B."""
+    cap = tmp_path / "one.jsonl"
+    analyser_capture(cap, sent_samples(1, 20, seed=13), started_at=START.isoformat())
+
+    def replay(**kw):
+        reader = AnalyserReader(Transport.replay(cap), line_timeout_s=1.0)
+        return acquire_samples(store, reader, profile=PROFILE, idle_timeout_s=1.0, **kw)
+
+    first = replay(lot="L-A")
+    assert [(c.lot_id, c.already_imported) for c in first.committed] == [("L-A", False)]
+    segments = [s.digest for s in store.segments()]
+    same = replay(lot="L-A")
+    assert same.complete and [c.already_imported for c in same.committed] == [True]
+
+    seen = []
+    other = replay(lot="L-B", on_error=seen.append)
+    assert other.committed == [] and not other.complete
+    assert [(e.sample_id, e.error) for e in other.errors] == [("P-1", "ReplayConflictError")]
+    assert other.conflicts == other.errors == seen
+    msg = other.errors[0].message
+    assert "'P-1'" in msg and "'L-A'" in msg and "'L-B'" in msg, msg
+    assert segments[0][:12] in msg
+    store.refresh()
+    assert [s.digest for s in store.segments()] == segments
+    assert [x.lot_id for x in store.lots()] == ["L-A"]
+    # without --lot the lot id would be the sample id: a conflict too
+    bare = replay()
+    assert [e.error for e in bare.errors] == ["ReplayConflictError"] and bare.committed == []
+    assert "'P-1'" in bare.errors[0].message and "'L-A'" in bare.errors[0].message
+
+
 def test_a_bad_checksum_sample_is_reported_and_the_others_commit(store):
     lines = crafted(sent_samples(3, 40, seed=3))
     bad = 41 + 5  # line 6 of the second sample (each sample: 40 M lines + 1 E line)

@@ -656,6 +656,38 @@ def test_a_replay_naming_other_subjects_than_the_stored_weighings_exits_3(tmp_pa
     assert dict(Store.open(store, create=False).results("weighing")) == records
 
 
+def test_a_sample_replayed_as_another_lot_than_it_was_stored_exits_3(tmp_path):
+    """--lot L-B on a capture whose sample the store holds as lot L-A: a conflict with the
+    store (the sample and both lot ids named), nothing stored, exit 3, as for a weighing
+    replayed for another subject."""
+    from fibergrade.adapters.analyser import format_sample
+
+    cap = tmp_path / "one.jsonl"
+    meta = {"kind": "analyser", "protocol": "fibergrade-line", "profile": "analyser-line"}
+    lines = format_sample("R-1", [15.0 + 0.1 * k for k in range(20)])
+    events = [{"t": 0.1 * i, "rx": line.decode("ascii")} for i, line in enumerate(lines)]
+    header = {"fibergrade_capture": 1, "started_at": SCALE_START.isoformat(), "meta": meta}
+    cap.write_text("".join(json.dumps(x) + "\n" for x in [header, *events]))
+    store = tmp_path / "store"
+    r = run(*replay_args(cap, store), "--lot", "L-A", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run(*replay_args(cap, store), "--lot", "L-A", cwd=tmp_path)
+    assert r.returncode == 0 and "already in the store" in r.stdout, r.stderr
+
+    r = run(*replay_args(cap, store), "--lot", "L-B", cwd=tmp_path)
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    line = next(x for x in r.stderr.splitlines() if "'R-1'" in x)
+    assert "'L-A'" in line and "'L-B'" in line, r.stderr
+    assert "conflict with the store" in r.stderr and "already in the store" not in r.stdout
+    assert "1 in conflict with the store" in r.stdout, r.stdout
+    assert [x.lot_id for x in Store.open(store, create=False).lots()] == ["L-A"]
+    r = run(*replay_args(cap, store), "--lot", "L-B", "--json", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["committed"] == [] and doc["complete"] is False
+    assert [(e["sample_id"], e["error"]) for e in doc["errors"]] == [("R-1", "ReplayConflictError")]
+
+
 def test_a_replay_prints_its_own_time_and_says_it_is_a_replay(tmp_path):
     """A capture whose 30 lines arrived 4 s apart (120 s on the capture's clock): the
     replay does not print '30 readings in 120.0 s' as if it had taken that long."""

@@ -15,7 +15,12 @@ once as **its own store segment** through :meth:`fibergrade.store.Store.import_f
 * ``source_name``: ``acquire:<profile>:<sample id>``;
 * ``source_digest``: SHA-256 of the sample's raw lines as received (CR LF included), so the
   same sample seen again (a replayed capture, a re-sent stream) is recognised and not stored
-  twice (``already_imported``);
+  twice (``already_imported``), when the store holds it as the lot this run asks for
+  (``lot``, else the sample id); held as another lot, it is a
+  :class:`~fibergrade.errors.ReplayConflictError` for that sample (reported as a bad sample
+  is, :attr:`AnalyserAcquisition.conflicts`; the CLI exits 3), nothing is stored for it,
+  and the lot asked for gets no sample from it, as a replayed weighing stored for another
+  subject is (below);
 * lot metadata: the caller's :class:`~fibergrade.measurements.LotMeta` for that lot if any
   (a lot manifest), with ``instrument_id`` and ``measured_at`` (UTC, when the end line
   arrived) set by the acquisition. For a replayed capture that is when the *live session*
@@ -339,6 +344,13 @@ class AnalyserAcquisition:
         return sum(not c.already_imported for c in self.committed)
 
     @property
+    def conflicts(self) -> list[SampleFailure]:
+        """The failures that are conflicts with the store (:class:`ReplayConflictError`):
+        samples the store already holds (the same raw lines) as another lot than this run
+        asks for; nothing was stored for them."""
+        return [e for e in self.errors if e.error == ReplayConflictError.__name__]
+
+    @property
     def complete(self) -> bool:
         """True when nothing was lost: no bad sample, no partial one, no Ctrl-C, no store
         error, and a planned number of samples all read. (An unplug between two samples of
@@ -512,6 +524,20 @@ def commit_sample(
     )
 
 
+def _sample_conflict(done: CommittedSample, lot_id: str) -> ReplayConflictError | None:
+    """A sample the store already held (same raw lines), but as another lot than the run
+    asked for (``lot``, else the sample id): the conflict, else None."""
+    if not done.already_imported or done.lot_id == lot_id:
+        return None
+    first, last = done.lines
+    return ReplayConflictError(
+        f"sample {done.sample_id!r} (stream lines {first}-{last}) is already in the store as "
+        f"lot {done.lot_id!r} (segment {done.segment[:12]}, the same raw lines), not as lot "
+        f"{lot_id!r} as this run asks; raw data is never rewritten, so nothing is stored as "
+        f"{lot_id!r}: replay with the lot id it was stored as, or measure the lot again"
+    )
+
+
 def acquire_samples(
     store: Store,
     reader: AnalyserReader,
@@ -591,7 +617,9 @@ def acquire_samples(
                     continue
                 measured_at = _end_line_time(reader.transport)
                 lot_id = lot or sample.sample_id
-                conflict: LotConflictError | None = None
+                # the store refused the lot id (held from another source), or holds this
+                # sample already as another lot than asked for: reported, nothing stored
+                refused: tuple[str, StoreError] | None = None
                 with guard.committing():
                     try:
                         done = commit_sample(
@@ -604,29 +632,34 @@ def acquire_samples(
                             meta=metas.get(lot_id),
                         )
                     except LotConflictError as exc:
-                        conflict = exc
+                        refused = ("lot conflict", exc)
                     except StoreError as exc:
                         summary.ended = "store-error"
                         summary.store_error = f"sample {sample.sample_id!r} not stored: {exc}"
                         summary.detail = str(exc)
                         break
                     else:
-                        summary.committed.append(done)
-                        tracker.close_sample(done.n, done.mfd_um)
-                if conflict is not None:
+                        stored_as = _sample_conflict(done, lot_id)
+                        if stored_as is not None:
+                            refused = ("stored as another lot", stored_as)
+                        else:
+                            summary.committed.append(done)
+                            tracker.close_sample(done.n, done.mfd_um)
+                if refused is not None:
+                    kind, exc = refused
                     fail(
                         SampleFailure(
                             sample.sample_id,
-                            type(conflict).__name__,
-                            "lot conflict",
+                            type(exc).__name__,
+                            kind,
                             None,
                             sample.n,
-                            str(conflict),
+                            str(exc),
                         )
                     )
                     if stop_on_error:
                         summary.ended = "stopped-on-error"
-                        summary.detail = str(conflict)
+                        summary.detail = str(exc)
                         break
                     continue
                 if on_sample is not None:

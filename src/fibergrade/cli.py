@@ -751,14 +751,14 @@ def _acquire_exit(summary: Any, kept: str) -> None:
             f"[bold red]incomplete:[/] {len(summary.committed)} of the {planned} sample(s) "
             f"asked for (ended: {summary.ended})"
         )
-    conflicts = len(getattr(summary, "conflicts", ()))
+    conflicts = len(summary.conflicts)
     if conflicts:
-        what, named = (
-            ("weighing", "subject or scale") if hasattr(summary, "stored") else ("sample", "lot")
-        )
+        scale = hasattr(summary, "stored")
+        what = "weighing" if scale else "sample"
+        held = "for another subject or scale" if scale else "as another lot"
         err.print(
-            f"[bold red]conflict with the store:[/] {_count(conflicts, what)} of this capture "
-            f"{_noun(conflicts, 'is', 'are')} stored for another {named} than this run "
+            f"[bold red]conflict with the store:[/] {_count(conflicts, what)} "
+            f"{_noun(conflicts, 'is', 'are')} already in the store {held} than this run "
             f"names; nothing was stored for {_noun(conflicts, 'it', 'them')} (see above)"
         )
         raise typer.Exit(3)
@@ -840,9 +840,11 @@ def _acquire_analyser(
             )
         else:
             timing = f"in {summary.elapsed_s:.1f} s ({summary.readings_per_s:,.0f}/s)"
+        c = len(summary.conflicts)
+        clash = f"{c} in conflict with the store, " if c else ""
         out.print(
             f"{_count(len(summary.committed), 'sample')} committed ({summary.new_samples} new), "
-            f"{len(summary.errors)} refused, {summary.readings:,} "
+            f"{clash}{len(summary.errors) - c} refused, {summary.readings:,} "
             f"{_noun(summary.readings, 'reading')} {timing}; "
             f"ended: {summary.ended}"
         )
@@ -1035,13 +1037,14 @@ def acquire_(
     """Acquire samples from a fibre analyser, or weights from a scale, into the store.
 
     Each completed sample is committed as its own segment; a bad sample is reported and
-    skipped. Ctrl-C or an unplugged adapter keeps every completed sample and reports the
-    partial one, which is never stored (exit code 130 after Ctrl-C, 4 when anything was
-    lost). Each weight is stored as a "weighing" result and printed with its unit, mode
-    (stable or immediate) and scale id; a replay does not store again the weights an
-    earlier replay of the same capture stored (they are reported as already stored), and
-    one stored for another subject or scale than the replay names is a conflict with the
-    store (nothing stored for it, exit code 3).
+    skipped, and one the store already holds as another lot is a conflict with the store
+    (nothing stored for it, exit code 3). Ctrl-C or an unplugged adapter keeps every
+    completed sample and reports the partial one, which is never stored (exit code 130
+    after Ctrl-C, 4 when anything was lost). Each weight is stored as a "weighing" result
+    and printed with its unit, mode (stable or immediate) and scale id; a replay does not
+    store again the weights an earlier replay of the same capture stored (they are
+    reported as already stored), and one stored for another subject or scale than the
+    replay names is a conflict with the store (nothing stored for it, exit code 3).
     """
     from fibergrade.acquisition import read_subjects
 

@@ -115,8 +115,9 @@ class StoredIdConflictError(_Located, StoreError):
 
 
 class ReplayConflictError(StoreError):
-    """A replayed reading the store already holds (a weighing, a sample) was stored for
-    another subject, scale or lot than the replay names now.
+    """A reading the store already holds (a replayed weighing; a sample replayed or sent
+    again, the same raw lines) was stored for another subject, scale or lot than the run
+    names now.
 
     Stored records are never rewritten, and storing the reading again would make one
     reading two, so nothing is stored for it: the subject or lot named now has no reading
