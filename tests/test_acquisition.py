@@ -843,6 +843,86 @@ def test_a_replay_naming_another_scale_than_the_stored_weighings_is_a_conflict(t
     assert dict(fresh.results("weighing")) == stored
 
 
+def test_a_capture_replayed_into_the_store_its_live_session_wrote_stores_nothing_again(
+    tmp_path,
+):
+    """A session weighed live with --record stores each weighing with the capture's
+    session id and the event the recorder logged for the read that completed its reply;
+    replaying the capture into that same store recognises every weighing (the same session
+    and event), so the meat workflow's latest weighing stays the live one."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"CARC-1": 123.45, "CARC-2": 87.6})
+    live = Store.open(tmp_path / "live-session", create=False)
+    stored = dict(live.results("weighing"))
+    session = json.loads(cap.read_text().splitlines()[0])["session"]
+    events = load_capture(cap).events
+    origins = [r["capture"] for r in stored.values()]
+    assert [o["session"] for o in origins] == [session, session]
+    assert [o["sha256"] for o in origins] == [None, None]  # the file was not done yet
+    for o in origins:
+        assert events[o["event"] - 1].kind == "rx" and events[o["event"] - 1].t == o["t"]
+    logged = audit_entries(live)
+
+    again = replay_weights(live, cap, profile, subjects=["CARC-1", "CARC-2"])
+    assert again.complete and [s.already_stored for s in again.stored] == [True, True]
+    assert [s.result_id for s in again.stored] == list(stored)
+    assert dict(live.results("weighing")) == stored and audit_entries(live) == logged
+
+
+def _cut_after(cap: Path, event: int, dest: Path) -> None:
+    """A copy of ``cap`` cut after its event ``event`` (header kept)."""
+    dest.write_text("\n".join(cap.read_text().splitlines()[: 1 + event]) + "\n")
+
+
+def test_a_truncated_copy_then_the_whole_capture_stores_each_weighing_once(tmp_path):
+    """A copy cut after the first weighing is another file (another SHA-256) of the same
+    session: replaying it, then the whole capture, stores the first weighing once."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"A": 50.0, "B": 60.0})
+    live = dict(Store.open(tmp_path / "live-session", create=False).results("weighing"))
+    first_event = next(iter(live.values()))["capture"]["event"]
+    part = tmp_path / "part.jsonl"
+    _cut_after(cap, first_event, part)
+    assert hashlib.sha256(part.read_bytes()).digest() != hashlib.sha256(cap.read_bytes()).digest()
+    fresh = Store.open(tmp_path / "fresh", create=True)
+    cut = replay_weights(fresh, part, profile, subjects=["A"])
+    assert cut.complete and [s.already_stored for s in cut.stored] == [False]
+    whole = replay_weights(fresh, cap, profile, subjects=["A", "B"])
+    assert [(s.record["subject"], s.already_stored) for s in whole.stored] == [
+        ("A", True),
+        ("B", False),
+    ]
+    assert [r["subject"] for _, r in fresh.results("weighing")] == ["A", "B"]
+
+
+@pytest.mark.parametrize("change", ["header-note", "crlf"])
+def test_a_capture_edited_after_the_session_is_still_the_same_session(tmp_path, change):
+    """Notes added to the header (as instruments/captures/README.md suggests) or line ends
+    converted to CR LF change the file's SHA-256, not its session: a replay of the edited
+    file recognises the weighings stored from the original."""
+    profile = fast_scale("mt-sics-scale")
+    cap = tmp_path / "session.jsonl"
+    record_scale_session(cap, profile, {"A": 50.0, "B": 60.0})
+    fresh = Store.open(tmp_path / "fresh", create=True)
+    first = replay_weights(fresh, cap, profile, subjects=["A", "B"])
+    assert first.complete and first.new_weighings == 2
+    stored = dict(fresh.results("weighing"))
+    lines = cap.read_text().splitlines()
+    edited = tmp_path / "edited.jsonl"
+    if change == "header-note":
+        header = json.loads(lines[0])
+        header["meta"]["note"] = "carcasses of lot 7, bench 1"
+        edited.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    else:
+        edited.write_bytes(cap.read_bytes().replace(b"\n", b"\r\n"))
+    assert hashlib.sha256(edited.read_bytes()).digest() != hashlib.sha256(cap.read_bytes()).digest()
+    again = replay_weights(fresh, edited, profile, subjects=["A", "B"])
+    assert again.complete and [s.already_stored for s in again.stored] == [True, True]
+    assert dict(fresh.results("weighing")) == stored
+
+
 def identical_replies_capture(path: Path, n: int) -> None:
     """A capture (no start recorded) of ``n`` immediate weighings whose replies are the
     same bytes: the records they store differ in nothing but where they came from."""

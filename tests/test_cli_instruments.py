@@ -616,6 +616,26 @@ def test_replaying_a_scale_capture_twice_stores_its_weighings_once(tmp_path):
     assert dict(Store.open(store, create=False).results("weighing")) == records
 
 
+def test_a_capture_replayed_into_the_store_its_live_run_wrote_stores_nothing_again(tmp_path):
+    """acquire --record stores each live weighing with the capture's session id and event;
+    --replay of that capture into the same store recognises them all: nothing stored,
+    '2 already stored from this capture', exit 0, the live records left as they were."""
+    cap, store = tmp_path / "session.jsonl", tmp_path / "store"
+    who = ("--subject", "CARC-101", "--subject", "CARC-102")
+    with start_simulator("scale", "mt-sics", load=210.0, settle_s=0.0) as sim:
+        live = ("acquire", "--instrument", "mt-sics-scale", "--port", sim.url, "--immediate")
+        r = run(*live, *who, "--record", str(cap), "--store", str(store), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    records = dict(Store.open(store, create=False).results("weighing"))
+    session = json.loads(cap.read_text().splitlines()[0])["session"]
+    assert [x["capture"]["session"] for x in records.values()] == [session, session]
+
+    r = run(*scale_replay_args(cap, store, "CARC-101", "CARC-102"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "0 weights stored (immediate), 2 already stored from this capture" in r.stdout
+    assert dict(Store.open(store, create=False).results("weighing")) == records
+
+
 def test_a_replay_naming_other_subjects_than_the_stored_weighings_exits_3(tmp_path):
     """A capture whose weighings are stored for CARC-101 and CARC-102, replayed again for
     CARC-201 and CARC-202: not '(already stored)' under the old subjects and exit 0, but a

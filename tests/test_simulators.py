@@ -293,7 +293,8 @@ def run_scale_script(scale, script):
 
 
 def _rewrite_meta(path: Path, meta: dict) -> None:
-    """Put ``meta`` in the capture's header, keeping its other keys (``started_at``)."""
+    """Put ``meta`` in the capture's header, keeping its other keys (``started_at``,
+    ``session``)."""
     lines = path.read_text().splitlines()
     header = json.loads(lines[0])
     header["meta"] = meta
@@ -406,6 +407,7 @@ def test_record_a_scale_session_and_replay_it(protocol, tmp_path):
     )
     assert run_scale_script(scale, meta["script"]) == meta["script"]
     scale.transport.check_replayed()
+    assert scale.transport.capture_session is not None  # kept by _rewrite_meta
 
 
 @pytest.mark.integration
@@ -418,6 +420,7 @@ def test_record_an_analyser_session_and_replay_it(tmp_path):
     replayed = read_all(AnalyserReader(Transport.replay(path), line_timeout_s=1.0))
     assert replayed == meta["results"]
     assert Transport.replay(path).capture_started_at is not None  # kept by _rewrite_meta
+    assert Transport.replay(path).capture_session is not None  # kept too
 
 
 @pytest.mark.parametrize("capture", sorted(p.name for p in CAPTURES.glob("*-session.jsonl")))

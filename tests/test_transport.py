@@ -326,6 +326,7 @@ def test_recorder_escapes_every_byte(tmp_path):
 
 
 START = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+SESSION = "0123456789abcdef0123456789abcdef"
 
 
 def test_the_header_records_the_wall_clock_time_of_t0(tmp_path):
@@ -339,7 +340,7 @@ def test_the_header_records_the_wall_clock_time_of_t0(tmp_path):
         return START
 
     p = tmp_path / "s.jsonl"
-    rec = SessionRecorder(p, {"k": 1}, wall_clock=wall_clock)
+    rec = SessionRecorder(p, {"k": 1}, wall_clock=wall_clock, session_id=SESSION)
     assert reads == []
     rec.tx(100.0, b"SI\r\n")
     rec.rx(102.5, b"S S 1 g\r\n")
@@ -349,6 +350,7 @@ def test_the_header_records_the_wall_clock_time_of_t0(tmp_path):
     assert header == {
         "fibergrade_capture": 1,
         "started_at": "2025-03-04T05:06:07.890123+00:00",
+        "session": SESSION,
         "meta": {"k": 1},
     }
     cap = load_capture(p)
@@ -408,9 +410,13 @@ def test_a_wall_clock_in_another_zone_is_recorded_in_utc(tmp_path):
 
 def test_a_session_without_events_has_a_header_and_no_start(tmp_path):
     p = tmp_path / "s.jsonl"
-    SessionRecorder(p, {"k": 1}, wall_clock=lambda: START).close()
-    assert json.loads(p.read_text()) == {"fibergrade_capture": 1, "meta": {"k": 1}}
-    assert load_capture(p).started_at is None
+    SessionRecorder(p, {"k": 1}, wall_clock=lambda: START, session_id=SESSION).close()
+    assert json.loads(p.read_text()) == {
+        "fibergrade_capture": 1,
+        "session": SESSION,
+        "meta": {"k": 1},
+    }
+    assert load_capture(p).started_at is None and load_capture(p).session == SESSION
 
 
 def test_a_capture_without_a_start_still_reads_and_replays(tmp_path):
@@ -485,6 +491,81 @@ def test_a_replay_tells_the_event_of_the_read_that_completed_a_reply():
     assert tr.capture_position == CapturePosition(event=6, t=0.375)
 
 
+def test_each_recording_names_its_session_with_a_random_id(tmp_path):
+    """The header's session id (uuid4 hex) names the recorded session: whatever happens to
+    the file later (notes added to its header, CR LF line ends, a truncated copy), what a
+    replay of it stores can still be told to come from that session."""
+    ids = []
+    for name in ("a.jsonl", "b.jsonl"):
+        p = tmp_path / name
+        rec = SessionRecorder(p, {"k": 1}, wall_clock=lambda: START)
+        rec.rx(0.0, b"x\n")
+        rec.close()
+        header = json.loads(p.read_text().splitlines()[0])
+        assert len(header["session"]) == 32 and int(header["session"], 16) >= 0
+        assert rec.session == header["session"]
+        assert load_capture(p).session == header["session"]
+        assert ReplayPort.from_file(p).session == header["session"]
+        assert Transport.replay(p).capture_session == header["session"]
+        ids.append(header["session"])
+    assert ids[0] != ids[1]
+    # a header edited afterwards, CR LF line ends: the same session, another file digest
+    p = tmp_path / "a.jsonl"
+    lines = p.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["meta"]["note"] = "bench 2, after the service"
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("\r\n".join([json.dumps(header), *lines[1:]]) + "\r\n")
+    assert Transport.replay(edited).capture_session == ids[0]
+    assert Transport.replay(edited).capture_sha256 != Transport.replay(p).capture_sha256
+    # captures recorded before the header held one, events made in memory, a live port
+    old = tmp_path / "old.jsonl"
+    old.write_text('{"fibergrade_capture": 1, "meta": {}}\n{"t": 0.5, "rx": "a\\n"}\n')
+    assert load_capture(old).session is None and Transport.replay(old).capture_session is None
+    assert Transport(ReplayPort.from_bytes(b"a\n")).capture_session is None
+
+
+@pytest.mark.parametrize("value", ["17", "null", '""', '["a"]'])
+def test_a_session_id_that_is_no_text_is_a_bad_capture(tmp_path, value):
+    p = tmp_path / "x.jsonl"
+    p.write_text(f'{{"fibergrade_capture": 1, "session": {value}, "meta": {{}}}}\n')
+    with pytest.raises(FrameError, match="session") as ei:
+        load_capture(p)
+    assert "line 1" in str(ei.value)
+
+
+@pytest.mark.integration
+def test_a_recorded_live_session_positions_each_read_as_its_replay_does(pty_pair, tmp_path):
+    """While a live session is recorded, the transport says which captured event its last
+    read is (the recorder logs it) and which session: the very position and session a
+    replay of the capture gives the same read, so what each stores can be matched."""
+    master, path = pty_pair
+    cap = tmp_path / "live.jsonl"
+    live = []
+    with open_transport(path, record_to=cap) as tr:
+        assert tr.capture_position is None  # nothing read yet
+        session = tr.capture_session
+        assert session is not None and tr.capture_sha256 is None  # the file is not done
+        for k in range(3):
+            tr.write(b"SI\r\n")
+            assert tr.capture_position == (live[-1] if live else None)  # a write: no read
+            os.write(master, b"S S     %d.00 g\r\n" % k)
+            tr.read_line(2.0)
+            live.append(tr.capture_position)
+    assert all(p is not None for p in live)
+    assert len({p.event for p in live}) == 3
+    replay = Transport.replay(cap)
+    assert replay.capture_session == session
+    replayed = []
+    for _ in range(3):
+        replay.write(b"SI\r\n")
+        replay.read_line(2.0)
+        replayed.append(replay.capture_position)
+    assert replayed == live
+    events = load_capture(cap).events
+    assert all(events[p.event - 1].kind == "rx" and events[p.event - 1].t == p.t for p in live)
+
+
 @pytest.mark.integration
 def test_a_live_port_has_no_capture_position(pty_pair):
     master, path = pty_pair
@@ -492,6 +573,7 @@ def test_a_live_port_has_no_capture_position(pty_pair):
         os.write(master, b"S S 1 g\r\n")
         assert tr.read_line(2.0) == b"S S 1 g"
         assert tr.capture_position is None and tr.capture_sha256 is None
+        assert tr.capture_session is None  # not recorded: no session to name
 
 
 @settings(max_examples=200, deadline=None)

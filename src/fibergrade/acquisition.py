@@ -65,7 +65,8 @@ exactly these keys (:func:`weighing_record`; the meat workflow reads them)::
      "gross": bool | None,
      "timestamp": ISO-8601 UTC (when the scale gave the weight) | None,
      "subject": str | None,
-     "capture": {"sha256": str, "event": int, "t": float} | None}
+     "capture": {"session": str | None, "sha256": str | None,
+                 "event": int, "t": float} | None}
 
 ``timestamp`` is when the weighing happened, ``created_at`` when its record was stored. Live
 they are moments apart; for a replayed capture ``timestamp`` is when the *live session*
@@ -74,29 +75,42 @@ time of that read (:mod:`fibergrade.adapters.scales.base`), and ``created_at`` t
 the replay. A capture that records no start (made before the header held one) stores
 ``timestamp`` None, unknown: the replay's time is not when the scale gave the weight.
 
-``capture`` says where a weight stored from a replay came from: the SHA-256 of the capture
-file (``sha256``) and the captured read that completed the weighing's reply, its event
-number in the capture (``event``, 1 = the first event after the header) and captured time
-(``t``), :attr:`~fibergrade.adapters.transport.Transport.capture_position` taken when the
-weighing returns (the drivers return on the reply without reading further). A live
-weighing has ``capture`` None. The event number tells apart two weighings of one capture
-even when their replies are the same bytes and their times unknown. A replay of a capture
-recognises the weighings already stored from it, by ``sha256`` and ``event`` among the
-store's weighing records: such a weighing is not stored again, and nothing is logged for
+``capture`` says which recorded session a weight came from, and where in it: ``session``,
+the capture header's session id (:mod:`fibergrade.adapters.transport`; None for a capture
+recorded before headers held one), ``sha256``, the SHA-256 of the capture file replayed
+(None for a live weighing: its capture is still being written), and the captured read that
+completed the weighing's reply, its event number in the capture (``event``, 1 = the first
+event after the header) and captured time (``t``),
+:attr:`~fibergrade.adapters.transport.Transport.capture_position` taken when the weighing
+returns (the drivers return on the reply without reading further). A replay has it from
+the capture; a live session recorded with ``record_to`` (``acquire --record``) has it from
+its recorder, which logs the same event numbers and times a replay of the capture gives
+the same reads. A live weighing not recorded has ``capture`` None. The event number tells
+apart two weighings of one session even when their replies are the same bytes and their
+times unknown.
+
+A replay recognises the weighings the store already holds from the same session, by
+``session`` and ``event`` among the store's weighing records (by ``sha256`` and ``event``
+when the capture, or the stored record, has no session id): those its live run stored
+while recording it, and those earlier replays stored, from this file or another copy of
+the session (a truncated copy, notes added to the header, CR LF line ends: each another
+file, the same session). Such a weighing is not stored again, and nothing is logged for
 it; the run reports it as ``already_stored`` with the record the store holds, as an
-analyser run reports an ``already_imported`` sample. That needs the record to be what this
-run would have stored: a weighing the store holds for another subject than the run names
-(a subject where it names none, or none where it names one, included), or by another scale
-id than a scale id the run names (``scale_id`` or the profile's; a default, the port's or
-capture's name, names no scale), is a :class:`~fibergrade.errors.ReplayConflictError` for
-that weighing: nothing is stored for it, the failure names the event and the stored and
-asked subject or scale, and the run goes on; the CLI exits 3, a conflict with what the
-store holds. Reporting it as already stored would leave the subject named now without its
-weighing, silently. Otherwise one replay after another would each add the same
-weighings anew, each dated later by ``created_at``, and the meat workflow, which takes a
-carcass's latest weighing, would take an old weighing for the newest. Live weighings are
-real events and are never taken for one another: the same load weighed twice is stored
-twice.
+analyser run reports an ``already_imported`` sample. Otherwise one replay after another
+would each add the same weighings anew, each dated later by ``created_at``, and the meat
+workflow, which takes a carcass's latest weighing, would take an old weighing for the
+newest. Live weighings are real events and are never taken for one another: the same load
+weighed twice is stored twice.
+
+Recognising a weighing needs its record to be what this run would have stored: a weighing
+the store holds for another subject than the run names (a subject where it names none, or
+none where it names one, included), or by another scale id than a scale id the run names
+(``scale_id`` or the profile's; a default, the port's or capture's name, names no scale
+and differs between a live session and its replay), is a
+:class:`~fibergrade.errors.ReplayConflictError` for that weighing: nothing is stored for
+it, the failure names the event and the stored and asked subject or scale, and the run
+goes on; the CLI exits 3, a conflict with what the store holds. Reporting it as already
+stored would leave the subject named now without its weighing, silently.
 
 ``gross`` is true for a gross weight, false for a net (tared) weight, and null when the
 reply does not say: CAS frames say it (``GS``/``NT``, scales.md); MT-SICS and A&D replies
@@ -692,8 +706,9 @@ def acquire_samples(
 @dataclass(frozen=True)
 class StoredWeighing:
     """A weight stored as a ``weighing`` result: its digest and the record.
-    ``already_stored``: a replayed weighing that an earlier replay of the same capture
-    stored; the digest and record are those the store holds, and this run stored nothing."""
+    ``already_stored``: a replayed weighing the store already held from the same recorded
+    session (stored by its live run or an earlier replay); the digest and record are those
+    the store holds, and this run stored nothing."""
 
     result_id: str
     record: dict[str, Any]
@@ -744,7 +759,7 @@ class WeighingAcquisition:
 
     @property
     def already_stored(self) -> int:
-        """Replayed weighings an earlier replay of the same capture had stored."""
+        """Replayed weighings the store already held from the same recorded session."""
         return len(self.stored) - self.new_weighings
 
     @property
@@ -790,8 +805,9 @@ def weighing_record(
 ) -> dict[str, Any]:
     """The stored form of a weight (schema in the module docstring; keys
     :data:`WEIGHING_KEYS`): ``timestamp`` is the weighing's own (None stays None),
-    ``created_at`` when it is stored (default: now), ``capture`` where a replayed weighing
-    came from (``sha256``, ``event``, ``t``), None for a live one."""
+    ``created_at`` when it is stored (default: now), ``capture`` the recorded session and
+    read it came from (``session``, ``sha256``, ``event``, ``t``), None for a live weighing
+    not recorded."""
     return {
         "kind": WEIGHING_KIND,
         "created_at": created_at or _utc_now(),
@@ -810,22 +826,37 @@ def weighing_record(
 
 
 def _capture_origin(transport: Transport) -> dict[str, Any] | None:
-    """Where the weighing whose reply was just read came from, for its record: the capture
-    file's SHA-256 and the captured read that completed the reply (module docstring); None
-    on a live port (or a replay not read from a file, which no later replay can name)."""
+    """Where the weighing whose reply was just read came from, for its record: the
+    capture's session id and file SHA-256 and the captured read that completed the reply
+    (module docstring); None on a live port not recorded, or a replay that names neither a
+    session nor a file (which no later replay can name)."""
+    session = transport.capture_session
     sha = transport.capture_sha256
     position = transport.capture_position
-    if sha is None or position is None:
+    if position is None or (session is None and sha is None):
         return None
-    return {"sha256": sha, **position.to_dict()}
+    return {"session": session, "sha256": sha, **position.to_dict()}
 
 
-def _stored_from_capture(store: Store, sha256: str) -> dict[int, StoredWeighing]:
-    """The weighings the store holds from the capture ``sha256``, by event number."""
+def _same_capture(origin: Mapping[str, Any], session: str | None, sha256: str | None) -> bool:
+    """Whether a stored weighing's ``capture`` comes from the capture replayed now: by its
+    session id; for a record without one, or a capture without one (recorded before the
+    header held it), by the file's SHA-256."""
+    stored_session = origin.get("session")
+    if session is not None and stored_session is not None:
+        return bool(stored_session == session)
+    return sha256 is not None and origin.get("sha256") == sha256
+
+
+def _stored_from_capture(
+    store: Store, session: str | None, sha256: str | None
+) -> dict[int, StoredWeighing]:
+    """The weighings the store holds from the capture replayed now (``session``, else
+    ``sha256``), by event number."""
     out: dict[int, StoredWeighing] = {}
     for rid, rec in store.results(WEIGHING_KIND):
         origin = rec.get("capture")
-        if isinstance(origin, dict) and origin.get("sha256") == sha256:
+        if isinstance(origin, dict) and _same_capture(origin, session, sha256):
             event = origin.get("event")
             if isinstance(event, int) and event not in out:
                 out[event] = StoredWeighing(rid, rec, already_stored=True)
@@ -900,12 +931,13 @@ def acquire_weights(
     changing the simulated load); ``interval_s`` is waited between weighings, and
     ``error_pause_s`` after a failed one so a refused load does not flood the log.
 
-    A replay does not store again a weighing an earlier replay of the same capture stored
-    (module docstring): it is reported as already stored (``on_weight`` too) and counts as
-    weighed, when it was stored for the subject (and named scale id) this run gives it;
-    else it is a :class:`~fibergrade.errors.ReplayConflictError` for that weighing
-    (``on_error``, :attr:`WeighingAcquisition.conflicts`), nothing is stored for it, and the
-    next weighing follows. Raises :class:`~fibergrade.errors.StoreError` before anything
+    A replay does not store again a weighing the store holds from the same recorded
+    session, stored by its live run or an earlier replay (module docstring): it is reported
+    as already stored (``on_weight`` too) and counts as weighed, when it was stored for the
+    subject (and named scale id) this run gives it; else it is a
+    :class:`~fibergrade.errors.ReplayConflictError` for that weighing (``on_error``,
+    :attr:`WeighingAcquisition.conflicts`), nothing is stored for it, and the next weighing
+    follows. Raises :class:`~fibergrade.errors.StoreError` before anything
     is read when the store's weighing records cannot be listed for that check.
     """
     if subjects is not None:
@@ -927,13 +959,19 @@ def acquire_weights(
     )
     started_at = scale.transport.capture_started_at
     summary.capture_started_at = None if started_at is None else started_at.isoformat()
+    session = scale.transport.capture_session
     sha = scale.transport.capture_sha256
     total = len(subjects) if subjects is not None else count
     k = 0
     with _InterruptGuard() as guard:
         try:
-            # a replay: the weighings earlier replays of this capture stored, by event
-            earlier = {} if sha is None else _stored_from_capture(store, sha)
+            # a replay: the weighings the store holds from this capture's session (its live
+            # run, earlier replays) by event; a live session is new, and never looked up
+            earlier = (
+                _stored_from_capture(store, session, sha)
+                if summary.replay and (session is not None or sha is not None)
+                else {}
+            )
             while total is None or k < total:
                 subject = subjects[k] if subjects is not None else None
                 if k and interval_s > 0:
@@ -975,7 +1013,7 @@ def acquire_weights(
                         summary.detail = str(conflict)
                         break
                     continue
-                if already is not None:  # stored by an earlier replay: nothing to store
+                if already is not None:  # already held from this session: nothing to store
                     summary.stored.append(already)
                     k += 1
                     if on_weight is not None:

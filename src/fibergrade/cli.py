@@ -927,7 +927,7 @@ def _acquire_scale(
     if json_:
         _print_json(summary.to_dict())
     else:
-        # a replay says how many of its weighings an earlier replay of the capture stored,
+        # a replay says how many of its weighings the store held from the same session,
         # and how many the store holds for another subject or scale (conflicts)
         seen = f"{summary.already_stored} already stored from this capture, "
         c = len(summary.conflicts)
@@ -1042,9 +1042,10 @@ def acquire_(
     completed sample and reports the partial one, which is never stored (exit code 130
     after Ctrl-C, 4 when anything was lost). Each weight is stored as a "weighing" result
     and printed with its unit, mode (stable or immediate) and scale id; a replay does not
-    store again the weights an earlier replay of the same capture stored (they are
-    reported as already stored), and one stored for another subject or scale than the
-    replay names is a conflict with the store (nothing stored for it, exit code 3).
+    store again the weights the store holds from the same recorded session, stored by its
+    live --record run or an earlier replay (they are reported as already stored), and one
+    stored for another subject or scale than the replay names is a conflict with the store
+    (nothing stored for it, exit code 3).
     """
     from fibergrade.acquisition import read_subjects
 

@@ -25,9 +25,9 @@ until a terminator arrives or *its* deadline passes, and then raises
   (garbage with no terminator); parsers raise it for every other kind of garbage.
 
 Capture files (``*.jsonl``): one JSON object per line. The first is a header
-``{"fibergrade_capture": 1, "started_at": "2025-03-04T05:06:07.890123+00:00", "meta": {...}}``;
-then events in time order, ``t`` in seconds since the start of the session (the first
-event, at ``t`` = 0)::
+``{"fibergrade_capture": 1, "started_at": "2025-03-04T05:06:07.890123+00:00",
+"session": "9f1c...", "meta": {...}}``; then events in time order, ``t`` in seconds since
+the start of the session (the first event, at ``t`` = 0)::
 
     {"t": 0.0012, "tx": "SI\\r\\n"}          bytes written by the host
     {"t": 0.0051, "rx": "S S    100.00 g\\r\\n"}  bytes as one read returned them
@@ -46,14 +46,24 @@ start is unknown, never guessed); the key is optional, so the format stays versi
 older readers still read new captures. A session that ended before any event has no
 ``started_at`` either.
 
+``session`` is a random id (uuid4 hex) the recorder gives the session: it names the
+recorded session, not the file, so it survives what people do to capture files (notes added
+to the header's ``meta``, CR LF line ends, a truncated copy), all of which change the
+file's bytes. Captures recorded before the header held it have none; it is optional too.
+
 A replay also says what it is replaying and where it is in it, so that what it stores can
-name its origin: :attr:`Transport.capture_sha256` is the SHA-256 of the capture file's bytes
-(what ``sha256sum`` prints: a copy under another name is the same capture, a re-recorded
-session another), and :attr:`Transport.capture_position` the :class:`CapturePosition` of
-the last read, the number of the captured event whose bytes it returned (1 = the first
-event after the header, as :class:`~fibergrade.adapters.errors.ReplayMismatch` messages
-count them) and that event's ``t``. Each event is one read of the live session, so two
-replies with the same bytes still have different positions. A live port has neither.
+name its origin: :attr:`Transport.capture_session` is the header's session id,
+:attr:`Transport.capture_sha256` the SHA-256 of the capture file's bytes (what ``sha256sum``
+prints: a copy under another name is the same file, an edited one another), and
+:attr:`Transport.capture_position` the :class:`CapturePosition` of the last read, the number
+of the captured event whose bytes it returned (1 = the first event after the header, as
+:class:`~fibergrade.adapters.errors.ReplayMismatch` messages count them) and that event's
+``t``. Each event is one read of the live session, so two replies with the same bytes still
+have different positions. A live session that is being recorded says the same of itself:
+its recorder's session id and, for its last read, the number and ``t`` of the event the
+recorder logged for it, which are those a replay of the capture gives the same read; it
+has no file digest yet (the file is not finished). A live port not recorded has none of
+them.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ import os
 import select
 import termios
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -241,6 +252,10 @@ class SessionRecorder:
     datetime; default: now, UTC) is read once, when the first event sets ``t`` = 0, and
     stored as the header's ``started_at``; the header is therefore written with the first
     event (or on :meth:`close` of a session without any, then without ``started_at``).
+    ``session_id`` (default: a new uuid4 hex) is the header's ``session``.
+
+    :attr:`last_read` is the position of the last ``rx`` event logged: its event number,
+    counted as a replay counts events, and its ``t`` as written.
     """
 
     def __init__(
@@ -249,19 +264,31 @@ class SessionRecorder:
         meta: Mapping[str, Any] | None = None,
         *,
         wall_clock: Callable[[], datetime] = _wall_clock_utc,
+        session_id: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.meta: dict[str, Any] = dict(meta or {})
+        #: the random id naming this session, written as the header's ``session``
+        self.session: str = session_id or uuid.uuid4().hex
         self._wall_clock = wall_clock
         self._fh: IO[str] | None = self.path.open("w", encoding="ascii", newline="\n")
         self._t0: float | None = None
         self._header_written = False
         self._last_flush = time.monotonic()
+        self._events = 0
+        self._last_read: CapturePosition | None = None
+
+    @property
+    def last_read(self) -> CapturePosition | None:
+        """The last ``rx`` event logged (number, 1 = the first event after the header, and
+        ``t``); None before any."""
+        return self._last_read
 
     def _header(self, started_at: datetime | None) -> None:
         header: dict[str, Any] = {"fibergrade_capture": CAPTURE_VERSION}
         if started_at is not None:
             header["started_at"] = started_at.isoformat()
+        header["session"] = self.session
         header["meta"] = self.meta
         self._header_written = True
         self._write(header)
@@ -284,17 +311,25 @@ class SessionRecorder:
             self._header(wall.astimezone(UTC))
         return round(now - self._t0, 6)
 
+    def _event(self, obj: dict[str, Any]) -> int:
+        """Write one event; its number (1 = the first after the header)."""
+        if self._fh is not None:
+            self._events += 1
+        self._write(obj)
+        return self._events
+
     def tx(self, now: float, data: bytes) -> None:
         """Record bytes the host wrote."""
-        self._write({"t": self._t(now), "tx": _enc(data)})
+        self._event({"t": self._t(now), "tx": _enc(data)})
 
     def rx(self, now: float, data: bytes) -> None:
-        """Record bytes one read returned."""
-        self._write({"t": self._t(now), "rx": _enc(data)})
+        """Record bytes one read returned (and its position, :attr:`last_read`)."""
+        t = self._t(now)
+        self._last_read = CapturePosition(self._event({"t": t, "rx": _enc(data)}), t)
 
     def event(self, now: float, name: str, detail: str = "") -> None:
         """Record a transport event (``disconnected``)."""
-        self._write({"t": self._t(now), "event": name, "detail": detail})
+        self._event({"t": self._t(now), "event": name, "detail": detail})
 
     def close(self) -> None:
         """Flush and close the capture file."""
@@ -331,13 +366,15 @@ class CapturePosition:
 @dataclass(frozen=True)
 class Capture:
     """A parsed capture file: the header's ``meta`` and ``started_at`` (UTC; None when the
-    header does not record it), the events, and ``sha256``, the SHA-256 hex of the file's
-    bytes as read (None for a capture not read from a file)."""
+    header does not record it), the events, ``sha256``, the SHA-256 hex of the file's
+    bytes as read (None for a capture not read from a file), and ``session``, the header's
+    session id (None when it records none)."""
 
     meta: dict[str, Any]
     events: list[CaptureEvent]
     started_at: datetime | None = None
     sha256: str | None = None
+    session: str | None = None
 
 
 def _started_at(value: Any, path: Path) -> datetime:
@@ -357,6 +394,17 @@ def _started_at(value: Any, path: Path) -> datetime:
     return t.astimezone(UTC)
 
 
+def _session(value: Any, path: Path) -> str:
+    """The header's ``session``: a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise FrameError(
+            f"line 1: the header's session {value!r} is not a session id",
+            source=str(path),
+            expected="a non-empty string (fibergrade writes a uuid4 hex)",
+        )
+    return value
+
+
 def read_capture(path: str | Path) -> tuple[dict[str, Any], list[CaptureEvent]]:
     """Parse a capture file into its ``meta`` header and events (:func:`load_capture`
     gives the header's ``started_at`` too).
@@ -371,11 +419,12 @@ def load_capture(path: str | Path) -> Capture:
     """Parse a capture file (format in the module docstring).
 
     Raises :class:`FrameError` (source = the file) when the file is not a capture, or its
-    header's ``started_at`` is not a time with a UTC offset.
+    header's ``started_at`` is not a time with a UTC offset, or its ``session`` no string.
     """
     path = Path(path)
     meta: dict[str, Any] | None = None
     started_at: datetime | None = None
+    session: str | None = None
     events: list[CaptureEvent] = []
     try:
         # one read: the digest is of the very bytes parsed
@@ -394,6 +443,8 @@ def load_capture(path: str | Path) -> Capture:
                 meta = dict(obj.get("meta") or {})
                 if "started_at" in obj:
                     started_at = _started_at(obj["started_at"], path)
+                if "session" in obj:
+                    session = _session(obj["session"], path)
                 continue
             t = float(obj["t"])
             if "tx" in obj:
@@ -410,7 +461,7 @@ def load_capture(path: str | Path) -> Capture:
             ) from None
     if meta is None:
         raise FrameError("empty capture file", source=str(path))
-    return Capture(meta, events, started_at, hashlib.sha256(data).hexdigest())
+    return Capture(meta, events, started_at, hashlib.sha256(data).hexdigest(), session)
 
 
 class ReplayPort:
@@ -430,7 +481,7 @@ class ReplayPort:
 
     :attr:`last_read` is the position of the event the last read returned (module
     docstring); ``sha256`` names the capture file (None when the events came from
-    elsewhere).
+    elsewhere), ``session`` the recorded session (None when the header records none).
     """
 
     def __init__(
@@ -441,6 +492,7 @@ class ReplayPort:
         meta: Mapping[str, Any] | None = None,
         started_at: datetime | None = None,
         sha256: str | None = None,
+        session: str | None = None,
     ) -> None:
         self.name = name
         #: the capture header's ``meta`` (kind, protocol, profile ...); empty when unknown
@@ -450,6 +502,8 @@ class ReplayPort:
         self.started_at = started_at
         #: the SHA-256 hex of the capture file's bytes; None when not replayed from a file
         self.sha256 = sha256
+        #: the header's session id; None when the capture records none
+        self.session = session
         self._events = events
         self._i = 0
         self._now = 0.0
@@ -465,6 +519,7 @@ class ReplayPort:
             meta=cap.meta,
             started_at=cap.started_at,
             sha256=cap.sha256,
+            session=cap.session,
         )
 
     @classmethod
@@ -643,11 +698,25 @@ class Transport:
         return self.port.sha256 if isinstance(self.port, ReplayPort) else None
 
     @property
+    def capture_session(self) -> str | None:
+        """The session id of the capture: under replay, its header's (None when it records
+        none); on a live port being recorded, the recorder's; None on a live port not
+        recorded."""
+        if isinstance(self.port, ReplayPort):
+            return self.port.session
+        return None if self.recorder is None else self.recorder.session
+
+    @property
     def capture_position(self) -> CapturePosition | None:
-        """Under replay, the captured event whose bytes the last read returned
-        (:attr:`ReplayPort.last_read`): for a reply a driver has just read, without reading
-        further, the read that completed it. None for a live port or before any read."""
-        return self.port.last_read if isinstance(self.port, ReplayPort) else None
+        """The captured event of the last read that returned bytes: for a reply a driver
+        has just read, without reading further, the read that completed it. Under replay,
+        the event it returned (:attr:`ReplayPort.last_read`); on a live port being
+        recorded, the event the recorder logged for it (:attr:`SessionRecorder.last_read`),
+        the same number and ``t`` a replay of the capture gives that read. None on a live
+        port not recorded, or before any read."""
+        if isinstance(self.port, ReplayPort):
+            return self.port.last_read
+        return None if self.recorder is None else self.recorder.last_read
 
     def check_capture(self, kind: str, protocol: str) -> None:
         """Refuse to replay a capture recorded from another kind of instrument or another
