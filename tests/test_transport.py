@@ -420,8 +420,8 @@ def test_a_session_without_events_has_a_header_and_no_start(tmp_path):
 
 
 def test_a_capture_without_a_start_still_reads_and_replays(tmp_path):
-    """Captures written before the header recorded started_at (the shipped ones too) are
-    the same version and read as before; their start is unknown, not guessed."""
+    """Captures written before the header recorded started_at are the same version and
+    read as before; their start is unknown, not guessed."""
     p = tmp_path / "old.jsonl"
     p.write_text('{"fibergrade_capture": 1, "meta": {"k": 1}}\n{"t": 0.5, "rx": "a\\n"}\n')
     cap = load_capture(p)
