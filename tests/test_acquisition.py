@@ -327,6 +327,60 @@ def test_a_sample_imported_before_as_another_lot_is_a_conflict(store, tmp_path):
     assert "'P-1'" in bare.errors[0].message and "'L-A'" in bare.errors[0].message
 
 
+def test_a_capture_without_a_start_keeps_the_manifests_measurement_time(store, tmp_path):
+    """A manifest that knows when a lot was measured, and a replay that does not (a
+    capture without a start): the lot keeps the manifest's measured_at, not None. When
+    the acquisition knows its time (a capture with a start), that time wins."""
+    samples = sent_samples(2, 10, seed=14)
+    old = tmp_path / "old.jsonl"
+    analyser_capture(old, samples[:1])
+    manifest = {
+        "P-1": LotMeta("P-1", declared_type="cashmere", measured_at="2024-05-14"),
+        "P-2": LotMeta("P-2", declared_type="cashmere", measured_at="2024-05-15"),
+    }
+    reader = AnalyserReader(Transport.replay(old), line_timeout_s=1.0)
+    run = acquire_samples(store, reader, profile=PROFILE, idle_timeout_s=1.0, lot_meta=manifest)
+    assert run.new_samples == 1 and run.capture_started_at is None
+    assert store.lot("P-1").meta.measured_at == "2024-05-14"
+    assert run.committed[0].measured_at == "2024-05-14"
+    assert run.to_dict()["committed"][0]["measured_at"] == "2024-05-14"
+    assert store.lot("P-1").meta.declared_type == "cashmere"
+    # a capture with a start: the acquisition's own time wins over the manifest's
+    dated = tmp_path / "dated.jsonl"
+    analyser_capture(dated, samples[1:], started_at=START.isoformat())
+    reader = AnalyserReader(Transport.replay(dated), line_timeout_s=1.0)
+    run = acquire_samples(store, reader, profile=PROFILE, idle_timeout_s=1.0, lot_meta=manifest)
+    end = load_capture(dated).events[-1].t
+    want = (START + timedelta(seconds=end)).isoformat()
+    assert store.lot("P-2").meta.measured_at == want == run.committed[0].measured_at
+
+
+def test_an_already_imported_sample_reports_the_stored_measurement_time(store, tmp_path):
+    """A sample the store already holds reports the measured_at the store holds for it,
+    not the one this run would have given it: stored from a capture with a start, then
+    seen again in a copy without one (this run's time: None), and the reverse."""
+    cap = tmp_path / "dated.jsonl"
+    analyser_capture(cap, sent_samples(1, 10, seed=15), started_at=START.isoformat())
+    old = old_format_copy(cap, tmp_path / "old.jsonl")
+
+    def replay(path: Path, target: Store):
+        reader = AnalyserReader(Transport.replay(path), line_timeout_s=1.0)
+        return acquire_samples(target, reader, profile=PROFILE, idle_timeout_s=1.0)
+
+    first = replay(cap, store)
+    stored = store.lot("P-1").meta.measured_at
+    assert stored is not None and first.committed[0].measured_at == stored
+    again = replay(old, store)
+    assert [c.already_imported for c in again.committed] == [True]
+    assert again.committed[0].measured_at == stored
+    assert again.to_dict()["committed"][0]["measured_at"] == stored
+    other = Store.open(tmp_path / "other", create=True)
+    assert replay(old, other).committed[0].measured_at is None
+    reverse = replay(cap, other)
+    assert [c.already_imported for c in reverse.committed] == [True]
+    assert reverse.committed[0].measured_at is None  # what the store holds: unknown
+
+
 def test_a_bad_checksum_sample_is_reported_and_the_others_commit(store):
     lines = crafted(sent_samples(3, 40, seed=3))
     bad = 41 + 5  # line 6 of the second sample (each sample: 40 M lines + 1 E line)
@@ -872,6 +926,13 @@ def test_a_capture_replayed_into_the_store_its_live_session_wrote_stores_nothing
     assert again.complete and [s.already_stored for s in again.stored] == [True, True]
     assert [s.result_id for s in again.stored] == list(stored)
     assert dict(live.results("weighing")) == stored and audit_entries(live) == logged
+    # reported with the stored timestamp (the live clock's), not this replay's
+    # started_at + t, which differs (the recording's start was injected)
+    stamps = [r["timestamp"] for r in stored.values()]
+    replayed = [(START + timedelta(seconds=o["t"])).isoformat() for o in origins]
+    assert stamps != replayed
+    assert [s.record["timestamp"] for s in again.stored] == stamps
+    assert [x["timestamp"] for x in again.to_dict()["stored"]] == stamps
 
 
 def _cut_after(cap: Path, event: int, dest: Path) -> None:

@@ -448,6 +448,24 @@ def test_a_capture_without_a_start_stores_no_measurement_time_and_says_so_once(t
     doc = json.loads(r.stdout)
     assert doc["capture_started_at"] is None and doc["replay"] is True
 
+    # a --lots manifest that knows when O-1 was measured: O-1 keeps that time (the
+    # capture knows none), and the note counts only the lot left without one
+    manifest = tmp_path / "lots.csv"
+    manifest.write_text(
+        "lot_id,declared_type,origin,client,measured_at\n"
+        "O-1,cashmere,MN,Coop,2024-05-14T09:30:00+08:00\n"
+        "O-2,cashmere,MN,Coop,\n"
+    )
+    other = tmp_path / "other"
+    r = run(*replay_args(cap, other), "--lots", str(manifest), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "the 1 new lot stored from it carries no measurement time" in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    st = Store.open(other, create=False)
+    times = [(x.lot_id, x.meta.measured_at) for x in st.lots()]
+    assert times == [("O-1", "2024-05-14T09:30:00+08:00"), ("O-2", None)], times
+    assert [(c["lot_id"], c["measured_at"]) for c in doc["committed"]] == times
+
 
 #: the wall-clock start (injected) of a recorded scale session, long before any replay
 SCALE_START = datetime(2024, 9, 17, 6, 41, 2, 250000, tzinfo=UTC)

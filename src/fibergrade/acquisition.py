@@ -25,8 +25,13 @@ once as **its own store segment** through :meth:`fibergrade.store.Store.import_f
   (a lot manifest), with ``instrument_id`` and ``measured_at`` (UTC, when the end line
   arrived) set by the acquisition. For a replayed capture that is when the *live session*
   received the end line: the capture's ``started_at`` + the captured time of the read that
-  completed it (:mod:`fibergrade.adapters.transport`), never the time of the replay; a
-  capture that records no start (made before the header held one) leaves it None, unknown.
+  completed it (:mod:`fibergrade.adapters.transport`), never the time of the replay. The
+  acquisition's time wins over the manifest's when it is known; a capture that records no
+  start (made before the header held one) knows none, and then the lot keeps the
+  manifest's ``measured_at``, or has none (None, unknown) without a manifest value: an
+  unknown time never erases a known one. A sample already imported is reported
+  (:class:`CommittedSample`) with the ``measured_at`` the store holds for it, not the one
+  this run would have given it.
 
 What happens when things go wrong (the partial-sample policy):
 
@@ -266,7 +271,8 @@ class CommittedSample:
     segment: str
     already_imported: bool
     lines: tuple[int, int]
-    #: ISO 8601 UTC; None when unknown (a replayed capture that records no start)
+    #: what the store holds for the lot (ISO 8601; a manifest's may be a date); None when
+    #: unknown (a replayed capture that records no start, and no manifest value)
     measured_at: str | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -509,8 +515,11 @@ def commit_sample(
 ) -> CommittedSample:
     """Commit one completed sample as its own segment (rules in the module docstring).
 
-    ``measured_at`` (ISO 8601 UTC, when the sample's end line arrived) is stored as given;
-    None stores the lot with no measurement time (unknown), never the time of the commit.
+    ``measured_at`` (ISO 8601 UTC, when the sample's end line arrived) is stored as given
+    when known; None (unknown: a replay of a capture without a start) keeps ``meta``'s
+    (a lot manifest's), else stores the lot with no measurement time, never the time of
+    the commit. The result's ``measured_at`` is what the store holds for the lot: for a
+    sample already imported, its stored time, not ``measured_at``.
 
     Raises :class:`~fibergrade.errors.LotConflictError` when the store holds the lot id from
     another source, :class:`~fibergrade.errors.StoreError` for other store failures.
@@ -519,13 +528,17 @@ def commit_sample(
     base = meta if meta is not None else LotMeta(lot)
     if base.lot_id != lot:
         base = dataclasses.replace(base, lot_id=lot)
-    lot_meta = dataclasses.replace(base, instrument_id=instrument_id, measured_at=measured_at)
+    # the acquisition's time when it knows one; an unknown one keeps the manifest's
+    when = measured_at if measured_at is not None else base.measured_at
+    lot_meta = dataclasses.replace(base, instrument_id=instrument_id, measured_at=when)
     outcome = store.import_fibres(
         sample.to_fibre_lots(lot),
         {lot: lot_meta},
         source_name=f"acquire:{profile}:{sample.sample_id}",
         source_digest=sample_digest(sample),
     )
+    # what the store holds: this lot's, or for a sample already imported, its stored lot's
+    stored_at = store.lot(outcome.lot_ids[0]).meta.measured_at
     return CommittedSample(
         sample_id=sample.sample_id,
         lot_id=outcome.lot_ids[0],
@@ -534,7 +547,7 @@ def commit_sample(
         segment=outcome.segment,
         already_imported=outcome.already_imported,
         lines=sample.lines,
-        measured_at=measured_at,
+        measured_at=stored_at,
     )
 
 

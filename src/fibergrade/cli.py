@@ -848,7 +848,8 @@ def _acquire_analyser(
             f"{_noun(summary.readings, 'reading')} {timing}; "
             f"ended: {summary.ended}"
         )
-    new = summary.new_samples
+    # new lots left without a measurement time (a manifest's, when given, is kept)
+    new = sum(not c.already_imported and c.measured_at is None for c in summary.committed)
     if summary.replay and summary.capture_started_at is None and new:
         # a capture from before the header held its start: the replay's time is not a
         # measurement time, so its lots were stored without one (acquisition docstring)
