@@ -726,6 +726,28 @@ def test_a_sample_replayed_as_another_lot_than_it_was_stored_exits_3(tmp_path):
     assert [(e["sample_id"], e["error"]) for e in doc["errors"]] == [("R-1", "ReplayConflictError")]
 
 
+def test_a_sample_named_by_a_lot_id_imported_from_a_file_exits_3(tmp_path):
+    """--lot L-A when the store holds L-A from an imported file: a conflict with what the
+    store holds (exit 3, as the README's table says for a lot id stored from another
+    source), not a bad sample (4); nothing is stored for the sample."""
+    from fibergrade.adapters.analyser import format_sample
+
+    cap = tmp_path / "one.jsonl"
+    meta = {"kind": "analyser", "protocol": "fibergrade-line", "profile": "analyser-line"}
+    lines = format_sample("R-1", [15.0 + 0.1 * k for k in range(20)])
+    events = [{"t": 0.1 * i, "rx": line.decode("ascii")} for i, line in enumerate(lines)]
+    header = {"fibergrade_capture": 1, "started_at": SCALE_START.isoformat(), "meta": meta}
+    cap.write_text("".join(json.dumps(x) + "\n" for x in [header, *events]))
+    (tmp_path / "lots.csv").write_text("lot_id,diameter_um\nL-A,15.5\nL-A,16.0\n")
+    store = tmp_path / "store"
+    r = run("import", "lots.csv", "--store", str(store), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run(*replay_args(cap, store), "--lot", "L-A", cwd=tmp_path)
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "conflict with the store" in r.stderr and "'L-A'" in r.stderr, r.stderr
+    assert [x.n for x in Store.open(store, create=False).lots()] == [2]
+
+
 def test_a_replay_prints_its_own_time_and_says_it_is_a_replay(tmp_path):
     """A capture whose 30 lines arrived 4 s apart (120 s on the capture's clock): the
     replay does not print '30 readings in 120.0 s' as if it had taken that long."""

@@ -365,10 +365,12 @@ class AnalyserAcquisition:
 
     @property
     def conflicts(self) -> list[SampleFailure]:
-        """The failures that are conflicts with the store (:class:`ReplayConflictError`):
-        samples the store already holds (the same raw lines) as another lot than this run
-        asks for; nothing was stored for them."""
-        return [e for e in self.errors if e.error == ReplayConflictError.__name__]
+        """The failures that are conflicts with the store: samples it already holds (the
+        same raw lines) as another lot than this run asks for
+        (:class:`ReplayConflictError`), and samples whose lot id it holds from another
+        source (:class:`~fibergrade.errors.LotConflictError`); nothing was stored for them."""
+        kinds = (ReplayConflictError.__name__, LotConflictError.__name__)
+        return [e for e in self.errors if e.error in kinds]
 
     @property
     def complete(self) -> bool:

@@ -755,11 +755,16 @@ def _acquire_exit(summary: Any, kept: str) -> None:
     if conflicts:
         scale = hasattr(summary, "stored")
         what = "weighing" if scale else "sample"
-        held = "for another subject or scale" if scale else "as another lot"
+        held = (
+            "already in the store for another subject or scale than this run names"
+            if scale
+            else "already in the store as another lot than this run names, or named by a "
+            "lot id the store holds from another source"
+        )
         err.print(
             f"[bold red]conflict with the store:[/] {_count(conflicts, what)} "
-            f"{_noun(conflicts, 'is', 'are')} already in the store {held} than this run "
-            f"names; nothing was stored for {_noun(conflicts, 'it', 'them')} (see above)"
+            f"{_noun(conflicts, 'is', 'are')} {held}; nothing was stored for "
+            f"{_noun(conflicts, 'it', 'them')} (see above)"
         )
         raise typer.Exit(3)
     if not summary.complete:
