@@ -935,6 +935,37 @@ def test_a_capture_replayed_into_the_store_its_live_session_wrote_stores_nothing
     assert [x["timestamp"] for x in again.to_dict()["stored"]] == stamps
 
 
+def test_a_replay_stores_the_scale_id_its_live_session_stored(tmp_path):
+    """No scale id named (mt-sics-scale has no scale.id): the live session stores the port
+    it read; its replay stores the same id, which the capture header records, not the
+    capture file's path. A capture that records none (an older one) still falls back to
+    the file's name."""
+    profile = fast_scale("mt-sics-scale")
+    assert profile.scale.id is None
+    cap = tmp_path / "session.jsonl"
+    live = Store.open(tmp_path / "live", create=True)
+    with (
+        start_simulator("scale", "mt-sics", profile=profile, load=50.0, settle_s=0.0) as sim,
+        open_scale(profile, sim.url, record_to=cap) as scale,
+    ):
+        run = acquire_weights(live, scale, profile=profile.name, count=1, immediate=True)
+    assert [s.record["scale_id"] for s in run.stored] == [sim.url]
+    with make_scale(profile, Transport.replay(cap)) as scale:
+        assert scale.scale_id == sim.url and not scale.scale_id_named
+        again = acquire_weights(
+            Store.open(tmp_path / "fresh", create=True), scale, profile=profile.name, count=1,
+            immediate=True,
+        )  # fmt: skip
+    assert [s.record["scale_id"] for s in again.stored] == [sim.url]
+    old = old_format_copy(cap, tmp_path / "old.jsonl")
+    header = json.loads(old.read_text().splitlines()[0])
+    header["meta"].pop("scale_id")
+    header["meta"].pop("url")
+    old.write_text("\n".join([json.dumps(header), *old.read_text().splitlines()[1:]]) + "\n")
+    with make_scale(profile, Transport.replay(old)) as scale:
+        assert scale.scale_id == str(old)
+
+
 def _cut_after(cap: Path, event: int, dest: Path) -> None:
     """A copy of ``cap`` cut after its event ``event`` (header kept)."""
     dest.write_text("\n".join(cap.read_text().splitlines()[: 1 + event]) + "\n")

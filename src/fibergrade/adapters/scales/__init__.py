@@ -65,6 +65,8 @@ def open_scale(
             "kind": profile.kind,
             "profile": profile.name,
             "protocol": profile.protocol,
+            # the id the weighings are stored with, which a replay of the capture reuses
+            "scale_id": scale_id or profile.scale.id or url,
             **(meta or {}),
         },
     )

@@ -140,6 +140,19 @@ def decimals_for(e: float) -> int:
     return max(0, math.ceil(-math.log10(e) - 1e-9)) if e < 1 else 1
 
 
+def _recorded_scale(transport: Transport) -> str | None:
+    """Under replay, the scale id the live session stored its weighings with (the capture
+    header's ``scale_id``, else the port ``url`` it was recorded from), so that a replay
+    stores the same id as the live session did rather than the capture file's path; None
+    for a live port or a capture that records neither."""
+    meta = transport.capture_meta or {}
+    for key in ("scale_id", "url"):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 class ScaleBackend(ABC):
     """A scale driver: protocol primitives in subclasses, the weighing rules here.
 
@@ -161,7 +174,7 @@ class ScaleBackend(ABC):
     ) -> None:
         self.transport = transport
         self.settings = settings
-        self.scale_id = scale_id or settings.id or transport.name
+        self.scale_id = scale_id or settings.id or _recorded_scale(transport) or transport.name
         #: the scale id was named (``scale_id`` or the profile's ``scale.id``), not the
         #: port's name, a default that names no scale and differs between a live session,
         #: its replay and a copy of its capture
