@@ -694,18 +694,23 @@ def test_a_replay_naming_other_subjects_than_the_stored_weighings_exits_3(tmp_pa
     assert dict(Store.open(store, create=False).results("weighing")) == records
 
 
-def test_a_sample_replayed_as_another_lot_than_it_was_stored_exits_3(tmp_path):
-    """--lot L-B on a capture whose sample the store holds as lot L-A: a conflict with the
-    store (the sample and both lot ids named), nothing stored, exit 3, as for a weighing
-    replayed for another subject."""
+def one_sample_capture(cap: Path) -> Path:
+    """A capture of one analyser sample, R-1 (20 readings 0.1 s apart), with a start."""
     from fibergrade.adapters.analyser import format_sample
 
-    cap = tmp_path / "one.jsonl"
     meta = {"kind": "analyser", "protocol": "fibergrade-line", "profile": "analyser-line"}
     lines = format_sample("R-1", [15.0 + 0.1 * k for k in range(20)])
     events = [{"t": 0.1 * i, "rx": line.decode("ascii")} for i, line in enumerate(lines)]
     header = {"fibergrade_capture": 1, "started_at": SCALE_START.isoformat(), "meta": meta}
     cap.write_text("".join(json.dumps(x) + "\n" for x in [header, *events]))
+    return cap
+
+
+def test_a_sample_replayed_as_another_lot_than_it_was_stored_exits_3(tmp_path):
+    """--lot L-B on a capture whose sample the store holds as lot L-A: a conflict with the
+    store (the sample and both lot ids named), nothing stored, exit 3, as for a weighing
+    replayed for another subject."""
+    cap = one_sample_capture(tmp_path / "one.jsonl")
     store = tmp_path / "store"
     r = run(*replay_args(cap, store), "--lot", "L-A", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -730,14 +735,7 @@ def test_a_sample_named_by_a_lot_id_imported_from_a_file_exits_3(tmp_path):
     """--lot L-A when the store holds L-A from an imported file: a conflict with what the
     store holds (exit 3, as the README's table says for a lot id stored from another
     source), not a bad sample (4); nothing is stored for the sample."""
-    from fibergrade.adapters.analyser import format_sample
-
-    cap = tmp_path / "one.jsonl"
-    meta = {"kind": "analyser", "protocol": "fibergrade-line", "profile": "analyser-line"}
-    lines = format_sample("R-1", [15.0 + 0.1 * k for k in range(20)])
-    events = [{"t": 0.1 * i, "rx": line.decode("ascii")} for i, line in enumerate(lines)]
-    header = {"fibergrade_capture": 1, "started_at": SCALE_START.isoformat(), "meta": meta}
-    cap.write_text("".join(json.dumps(x) + "\n" for x in [header, *events]))
+    cap = one_sample_capture(tmp_path / "one.jsonl")
     (tmp_path / "lots.csv").write_text("lot_id,diameter_um\nL-A,15.5\nL-A,16.0\n")
     store = tmp_path / "store"
     r = run("import", "lots.csv", "--store", str(store), cwd=tmp_path)

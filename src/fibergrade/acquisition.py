@@ -977,6 +977,17 @@ def acquire_weights(
     session = scale.transport.capture_session
     sha = scale.transport.capture_sha256
     total = len(subjects) if subjects is not None else count
+
+    def failed(failure: WeighingFailure) -> bool:
+        """Record a weighing that was not stored; True when the run stops at it."""
+        summary.errors.append(failure)
+        if on_error is not None:
+            on_error(failure)
+        if stop_on_error:
+            summary.ended = "stopped-on-error"
+            summary.detail = failure.message
+        return stop_on_error
+
     k = 0
     with _InterruptGuard() as guard:
         try:
@@ -996,14 +1007,8 @@ def acquire_weights(
                 try:
                     w = scale.immediate_weight() if immediate else scale.stable_weight()
                 except (ScaleError, InstrumentTimeout, FrameError) as exc:
-                    failure = WeighingFailure(k + 1, subject, type(exc).__name__, str(exc))
-                    summary.errors.append(failure)
-                    if on_error is not None:
-                        on_error(failure)
                     k += 1
-                    if stop_on_error:
-                        summary.ended = "stopped-on-error"
-                        summary.detail = str(exc)
+                    if failed(WeighingFailure(k, subject, type(exc).__name__, str(exc))):
                         break
                     if error_pause_s > 0 and (total is None or k < total):
                         scale.transport.sleep(error_pause_s)
@@ -1016,16 +1021,8 @@ def acquire_weights(
                     else _weighing_conflict(already, origin, subject=subject, scale=scale)
                 )
                 if conflict is not None:  # stored for another subject: nothing to store
-                    failure = WeighingFailure(
-                        k + 1, subject, type(conflict).__name__, str(conflict)
-                    )
-                    summary.errors.append(failure)
-                    if on_error is not None:
-                        on_error(failure)
                     k += 1
-                    if stop_on_error:
-                        summary.ended = "stopped-on-error"
-                        summary.detail = str(conflict)
+                    if failed(WeighingFailure(k, subject, type(conflict).__name__, str(conflict))):
                         break
                     continue
                 if already is not None:  # already held from this session: nothing to store
